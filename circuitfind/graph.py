@@ -1,0 +1,303 @@
+"""The computational graph of a transformer: senders, receivers and the edges between them.
+
+Convention (REFERENCE §1, the MIB / EAP-IG naming):
+
+* senders: ``input`` (embeddings), every head's output ``a{L}.h{H}``, every MLP's output ``m{L}``;
+* receivers: every head's ``<q>``, ``<k>``, ``<v>`` input, every MLP's input ``m{L}``, and ``logits``;
+* an edge runs from every sender to every receiver downstream of it in the residual stream.
+
+Senders and receivers are laid out densely so that masks and scores are ``(S, R)`` tensors:
+
+* sender index: ``input`` = 0; head ``(l, h)`` = ``1 + l*(H+1) + h``; MLP ``l`` = ``1 + l*(H+1) + H``.
+* receiver index: layer ``l`` occupies ``l*(3H+1) ...``: first the H ``<q>``, then H ``<k>``, then H ``<v>``,
+  then the MLP; ``logits`` is last.
+
+Because senders are ordered by position in the residual stream, the senders upstream of any receiver are a
+prefix ``0 .. n_upstream(r)``; the patched forward relies on this.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from circuitfind.errors import ConfigError, ShapeError
+
+__all__ = ["Edge", "Graph", "Node", "NodeKind", "Receiver"]
+
+
+class NodeKind(enum.Enum):
+    """What a node of the graph is."""
+
+    INPUT = "input"
+    """Token (and position) embeddings; a sender only."""
+    HEAD = "head"
+    """One attention head; sends its output, receives on q, k and v."""
+    MLP = "mlp"
+    """One MLP; sends its output and receives its input."""
+    LOGITS = "logits"
+    """The final residual stream (before the final norm); a receiver only."""
+
+
+class Channel(enum.Enum):
+    """Which input of an attention head a receiver is."""
+
+    Q = "q"
+    """The query input."""
+    K = "k"
+    """The key input."""
+    V = "v"
+    """The value input."""
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A node of the graph. ``layer`` and ``head`` are -1 where they do not apply."""
+
+    kind: NodeKind
+    layer: int = -1
+    head: int = -1
+
+    @property
+    def name(self) -> str:
+        """``input``, ``a{L}.h{H}``, ``m{L}`` or ``logits``."""
+        if self.kind is NodeKind.INPUT:
+            return "input"
+        if self.kind is NodeKind.HEAD:
+            return f"a{self.layer}.h{self.head}"
+        if self.kind is NodeKind.MLP:
+            return f"m{self.layer}"
+        return "logits"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The input of a node that edges arrive at: a head's q/k/v, an MLP's input, or the logits."""
+
+    node: Node
+    channel: Channel | None = None
+
+    @property
+    def name(self) -> str:
+        """``a{L}.h{H}<q>`` for head inputs, else the node's name."""
+        if self.channel is None:
+            return self.node.name
+        return f"{self.node.name}<{self.channel.value}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One edge: a sender node into a receiver."""
+
+    sender: Node
+    receiver: Receiver
+
+    @property
+    def name(self) -> str:
+        """``a0.h1->a3.h7<q>``, ``input->m0``, ``m11->logits``."""
+        return f"{self.sender.name}->{self.receiver.name}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The dense sender x receiver layout of one model's computational graph.
+
+    Args:
+        n_layers: number of transformer blocks.
+        n_heads: number of query heads per block (GQA models: k and v receivers are given per query head).
+        parallel: True for parallel attention/MLP blocks (GPT-NeoX, GPT-J): no ``a{L}.h{H} -> m{L}`` edge.
+
+    Example:
+        >>> g = Graph(n_layers=12, n_heads=12)
+        >>> g.n_edges, g.n_senders, g.n_receivers
+        (32491, 157, 445)
+    """
+
+    n_layers: int
+    n_heads: int
+    parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 1 or self.n_heads < 1:
+            raise ConfigError(
+                f"a graph needs at least one layer and one head; got n_layers={self.n_layers}, "
+                f"n_heads={self.n_heads}"
+            )
+
+    # --- sizes -----------------------------------------------------------------------------------
+    @property
+    def senders_per_layer(self) -> int:
+        return self.n_heads + 1
+
+    @property
+    def receivers_per_layer(self) -> int:
+        return 3 * self.n_heads + 1
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * self.senders_per_layer
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * self.receivers_per_layer + 1
+
+    @cached_property
+    def n_edges(self) -> int:
+        return int(self.n_upstream.sum())
+
+    # --- index arithmetic ------------------------------------------------------------------------
+    def head_sender(self, layer: int, head: int) -> int:
+        return 1 + layer * self.senders_per_layer + head
+
+    def mlp_sender(self, layer: int) -> int:
+        return 1 + layer * self.senders_per_layer + self.n_heads
+
+    def senders_before(self, layer: int) -> int:
+        """Number of senders strictly below ``layer`` (``input`` and all of layers ``< layer``)."""
+        return 1 + layer * self.senders_per_layer
+
+    def head_receiver(self, layer: int, head: int, channel: Channel | str) -> int:
+        offset = {"q": 0, "k": 1, "v": 2}[Channel(channel).value]
+        return layer * self.receivers_per_layer + offset * self.n_heads + head
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * self.receivers_per_layer + 3 * self.n_heads
+
+    @property
+    def logits_receiver(self) -> int:
+        return self.n_layers * self.receivers_per_layer
+
+    def receivers_of_layer(self, layer: int) -> range:
+        """Receiver indices of block ``layer`` (q, k, v of every head, then the MLP)."""
+        start = layer * self.receivers_per_layer
+        return range(start, start + self.receivers_per_layer)
+
+    def receivers_from(self, layer: int) -> int:
+        """Index of the first receiver at or above ``layer`` (``n_layers`` gives the logits)."""
+        return layer * self.receivers_per_layer
+
+    def receiver_layer(self, r: int) -> int:
+        """Block a receiver belongs to; ``n_layers`` for the logits."""
+        return r // self.receivers_per_layer
+
+    # --- nodes and edges -------------------------------------------------------------------------
+    @cached_property
+    def senders(self) -> tuple[Node, ...]:
+        nodes = [Node(NodeKind.INPUT)]
+        for layer in range(self.n_layers):
+            nodes += [Node(NodeKind.HEAD, layer, h) for h in range(self.n_heads)]
+            nodes.append(Node(NodeKind.MLP, layer))
+        return tuple(nodes)
+
+    @cached_property
+    def receivers(self) -> tuple[Receiver, ...]:
+        out: list[Receiver] = []
+        for layer in range(self.n_layers):
+            for channel in Channel:
+                out += [Receiver(Node(NodeKind.HEAD, layer, h), channel) for h in range(self.n_heads)]
+            out.append(Receiver(Node(NodeKind.MLP, layer)))
+        out.append(Receiver(Node(NodeKind.LOGITS, self.n_layers)))
+        return tuple(out)
+
+    @cached_property
+    def n_upstream(self) -> torch.Tensor:
+        """``(R,)`` long: receiver r's senders are exactly ``0 .. n_upstream[r]``."""
+        counts = []
+        for layer in range(self.n_layers):
+            before = self.senders_before(layer)
+            counts += [before] * (3 * self.n_heads)
+            counts.append(before if self.parallel else before + self.n_heads)
+        counts.append(self.n_senders)
+        return torch.tensor(counts, dtype=torch.long)
+
+    @cached_property
+    def edge_mask(self) -> torch.Tensor:
+        """``(S, R)`` bool: True where an edge exists."""
+        sender_idx = torch.arange(self.n_senders).unsqueeze(1)
+        return sender_idx < self.n_upstream.unsqueeze(0)
+
+    @cached_property
+    def _sender_index(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.senders)}
+
+    @cached_property
+    def _receiver_index(self) -> dict[str, int]:
+        return {r.name: i for i, r in enumerate(self.receivers)}
+
+    def sender_index(self, name: str) -> int:
+        try:
+            return self._sender_index[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown sender {name!r}; expected 'input', 'a{{L}}.h{{H}}' or 'm{{L}}' with "
+                f"L < {self.n_layers} and H < {self.n_heads}"
+            ) from None
+
+    def receiver_index(self, name: str) -> int:
+        try:
+            return self._receiver_index[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown receiver {name!r}; expected 'a{{L}}.h{{H}}<q|k|v>', 'm{{L}}' or 'logits' with "
+                f"L < {self.n_layers} and H < {self.n_heads}"
+            ) from None
+
+    def edge(self, s: int, r: int) -> Edge:
+        return Edge(self.senders[s], self.receivers[r])
+
+    def edge_index(self, name: str) -> tuple[int, int]:
+        """``(sender, receiver)`` indices of an edge name such as ``a0.h1->a3.h7<q>``."""
+        sender, sep, receiver = name.partition("->")
+        if not sep:
+            raise ConfigError(f"edge names look like 'a0.h1->a3.h7<q>'; got {name!r}")
+        s, r = self.sender_index(sender), self.receiver_index(receiver)
+        if not self.edge_mask[s, r]:
+            raise ConfigError(f"{name!r} is not an edge of this graph: {sender} is not upstream of {receiver}")
+        return s, r
+
+    def edges_of(self, mask: torch.Tensor) -> list[Edge]:
+        """The edges where a ``(S, R)`` mask is true (non-edges ignored), in sender-major order."""
+        self.check_mask(mask)
+        keep = (mask.bool().cpu() & self.edge_mask).nonzero().tolist()
+        return [self.edge(s, r) for s, r in keep]
+
+    def mask_of(self, edges: list[str] | list[Edge]) -> torch.Tensor:
+        """``(S, R)`` bool mask that is true on the given edges (names or :class:`Edge`)."""
+        mask = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
+        for e in edges:
+            s, r = self.edge_index(e.name if isinstance(e, Edge) else e)
+            mask[s, r] = True
+        return mask
+
+    def full_mask(self) -> torch.Tensor:
+        """``(S, R)`` bool mask with every edge present."""
+        return self.edge_mask.clone()
+
+    def check_mask(self, mask: torch.Tensor) -> None:
+        """Raise :class:`ShapeError` unless ``mask`` is ``(S, R)`` or ``(K, S, R)``."""
+        want = (self.n_senders, self.n_receivers)
+        if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != want:
+            found = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ShapeError(
+                f"an edge mask must have shape (senders, receivers) = {want} or (K, {want[0]}, {want[1]}); "
+                f"got {found}. Build one with graph.full_mask() or graph.mask_of(edge_names)."
+            )
+
+    def describe(self) -> str:
+        kind = "parallel" if self.parallel else "sequential"
+        return (
+            f"{self.n_layers} layers x {self.n_heads} heads ({kind} blocks): "
+            f"{self.n_senders} senders, {self.n_receivers} receivers, {self.n_edges:,} edges"
+        )

@@ -1,0 +1,436 @@
+"""The edge-masked forward pass and the ablation sources.
+
+Removing edge ``s -> r`` replaces ``s``'s contribution *in r's input only* by ``s``'s ablated output
+(REFERENCE §2). Every receiver's input is therefore
+
+    input_r = base_r + sum_{s upstream of r} mask[s, r] * (live_s - ablated_s)
+
+where ``base_r`` is the sum of the ablated outputs of r's upstream senders plus the constant biases that belong
+to no node (attention output biases). The norm of the receiving block is recomputed on that sum, per receiver.
+All of it is dense tensor algebra: one einsum per layer mixes every sender into every receiver of that layer;
+there is no per-edge hook.
+
+Layout: ``diffs`` of senders (``live - ablated``) are stored sender-major, so the senders upstream of a
+receiver are a contiguous prefix. Masks are ``(S, R)`` or ``(K, S, R)``; with K masks the batch is evaluated
+K times in one pass (used by ACDC to test several candidate removals at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from torch import Tensor, nn
+
+from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.graph import Graph
+from circuitfind.models import spec_for
+from circuitfind.models.spec import ArchSpec, rotate_half
+
+__all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache"]
+
+
+class Ablation(enum.Enum):
+    """What a removed edge carries instead of its sender's live output."""
+
+    RESAMPLE = "resample"
+    """The sender's output on the paired corrupted prompt (the default and the most robust)."""
+    MEAN = "mean"
+    """The sender's mean output over a reference batch (per position when lengths agree)."""
+    ZERO = "zero"
+    """Zero; biases that belong to no single node (attention output biases) stay."""
+
+    @classmethod
+    def parse(cls, value: Ablation | str) -> Ablation:
+        try:
+            return value if isinstance(value, Ablation) else cls(str(value).lower())
+        except ValueError:
+            raise ConfigError(
+                f"unknown ablation {value!r}; expected one of {[a.value for a in cls]}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class AblatedOutputs:
+    """The ablated output of every sender and the per-group residual sums they form.
+
+    Attributes:
+        kind: how they were made.
+        outputs: ``(S, B', T', D)`` with ``B'`` in {1, B} and ``T'`` in {1, T} (broadcast over the batch).
+        bases: ``(G, B', T', D)``, one per receiver group (attention inputs of a layer, MLP input of a layer,
+            logits): constant biases plus the sum of the group's upstream ablated outputs.
+    """
+
+    kind: Ablation
+    outputs: Tensor
+    bases: Tensor
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    """Everything below ``start_layer``, so that a forward can restart there.
+
+    Attributes:
+        start_layer: the first block the forward computes.
+        diffs: ``(S_pre, B, T, D)`` live-minus-ablated outputs of the senders below ``start_layer``.
+        mask: ``(S, R)`` float mask those were computed under.
+        partial: ``(R_after, B, T, D)``: for every receiver above ``start_layer``, its base plus the
+            contributions of the senders below ``start_layer`` under ``mask``.
+    """
+
+    start_layer: int
+    diffs: Tensor
+    mask: Tensor
+    partial: Tensor
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the duration; the module's own flags are restored after."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        module.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        module.train(was_training)
+
+
+class _PostStore:
+    """Diffs of the senders computed in this pass, ``(K, n, B, T, D)``, appended layer by layer.
+
+    Without autograd it writes into one preallocated buffer (no copies); with autograd it concatenates, since
+    writing in place into a tensor already read by the graph would invalidate saved activations.
+    """
+
+    def __init__(self, K: int, capacity: int, shape: tuple[int, ...], like: Tensor, grad: bool) -> None:
+        self.grad = grad
+        self.n = 0
+        self.chunks: list[Tensor] = []
+        self.buf = None if grad else like.new_empty((K, capacity, *shape))
+        self._cat: Tensor | None = None
+
+    def append(self, chunk: Tensor) -> None:  # (K, c, B, T, D)
+        c = chunk.shape[1]
+        if self.buf is None:
+            self.chunks.append(chunk)
+            self._cat = None
+        else:
+            self.buf[:, self.n : self.n + c] = chunk
+        self.n += c
+
+    def first(self, n: int) -> Tensor:  # (K, n, B, T, D)
+        if self.buf is not None:
+            return self.buf[:, :n]
+        if self._cat is None:
+            self._cat = torch.cat(self.chunks, dim=1)
+        return self._cat[:, :n]
+
+
+class PatchableModel:
+    """A model seen as a graph of heads and MLPs, with an exact edge-masked forward pass.
+
+    Args:
+        model: a transformers causal LM (any supported family) or a ready :class:`ArchSpec`.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> pm = PatchableModel(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=8, vocab_size=20)))
+        >>> ids = torch.randint(20, (3, 5))
+        >>> abl = pm.ablation("zero")
+        >>> pm.forward(ids, abl, pm.graph.full_mask()).shape
+        torch.Size([3, 5, 20])
+    """
+
+    def __init__(self, model: nn.Module | ArchSpec) -> None:
+        self.module = model if isinstance(model, nn.Module) else None
+        self.spec = spec_for(model)
+        self.graph = Graph(self.spec.n_layers, self.spec.n_heads, parallel=self.spec.parallel)
+        w = self.spec.layers[0].attn.W_Q
+        self.dtype, self.device = w.dtype, w.device
+        g = self.graph
+        # receiver -> group (attention inputs 2l, MLP input 2l+1, logits 2L)
+        groups = [2 * layer + (0 if i < 3 * g.n_heads else 1) for layer in range(g.n_layers)
+                  for i in range(g.receivers_per_layer)]
+        self.receiver_group = torch.tensor(groups + [2 * g.n_layers], device=self.device)
+
+    # --- ablations -------------------------------------------------------------------------------
+    def _bases(self, outputs: Tensor) -> Tensor:
+        """``(G, B', T', D)`` group bases from ``(S, B', T', D)`` ablated outputs."""
+        g, spec = self.graph, self.spec
+        zero = torch.zeros(spec.d_model, dtype=self.dtype, device=self.device)
+        b_o = [lay.attn.b_O.detach() if lay.attn.b_O is not None else zero for lay in spec.layers]
+        cum = outputs.cumsum(dim=0)
+        bases = []
+        const = zero
+        for layer in range(g.n_layers):
+            bases.append(cum[g.senders_before(layer) - 1] + const)
+            const = const + b_o[layer]
+            mlp_up = g.senders_before(layer) + (0 if g.parallel else g.n_heads)
+            bases.append(cum[mlp_up - 1] + (const if not g.parallel else const - b_o[layer]))
+        bases.append(cum[-1] + const)
+        return torch.stack(bases)
+
+    def _make(self, kind: Ablation, outputs: Tensor) -> AblatedOutputs:
+        outputs = outputs.to(self.dtype)
+        return AblatedOutputs(kind, outputs, self._bases(outputs))
+
+    def ablation(
+        self,
+        kind: Ablation | str = Ablation.RESAMPLE,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        per_position: bool | None = None,
+    ) -> AblatedOutputs:
+        """The ablated sender outputs for ``kind``.
+
+        Args:
+            kind: ``resample`` (``input_ids`` are the corrupted prompts, paired with the clean ones),
+                ``mean`` (``input_ids`` are a reference batch) or ``zero`` (no inputs).
+            per_position: mean ablation only: average per position (default when the reference batch has no
+                padding) or over all real tokens.
+
+        Example:
+            >>> abl = pm.ablation("resample", corrupted_ids)  # doctest: +SKIP
+        """
+        kind = Ablation.parse(kind)
+        if kind is Ablation.ZERO:
+            zeros = torch.zeros(self.graph.n_senders, 1, 1, self.spec.d_model, dtype=self.dtype, device=self.device)
+            return self._make(kind, zeros)
+        if input_ids is None:
+            raise ConfigError(
+                f"{kind.value} ablation needs input ids: the corrupted prompts for resample, a reference batch "
+                "for mean"
+            )
+        with torch.no_grad():
+            live = self.sender_outputs(input_ids, attention_mask)  # (S, N, T, D)
+        if kind is Ablation.RESAMPLE:
+            return self._make(kind, live)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        am = attention_mask.to(self.device, self.dtype)  # (N, T)
+        if per_position is None:
+            per_position = bool(am.all())
+        if per_position:
+            weights = am / am.sum(0).clamp(min=1)  # (N, T)
+            mean = einsum(live, weights, "s n t d, n t -> s t d").unsqueeze(1)
+        else:
+            mean = (einsum(live, am, "s n t d, n t -> s d") / am.sum()).reshape(live.shape[0], 1, 1, -1)
+        return self._make(kind, mean)
+
+    def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``(S, B, T, D)`` live outputs of every sender in the unpatched model."""
+        zero = self.ablation(Ablation.ZERO)
+        _, diffs = self.forward(input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask,
+                                return_diffs=True)
+        return diffs
+
+    # --- caches ----------------------------------------------------------------------------------
+    def prefix_cache(self, diffs: Tensor, ablated: AblatedOutputs, mask: Tensor, start_layer: int) -> PrefixCache:
+        """Cache the part of a pass below ``start_layer`` (``diffs`` from ``forward(..., return_diffs=True)``).
+
+        ``mask`` must be the mask the diffs were computed under, as far as receivers below ``start_layer`` go,
+        and it fixes the contributions of those senders to the receivers above ``start_layer``.
+        """
+        g = self.graph
+        if not 0 <= start_layer <= g.n_layers:
+            raise ConfigError(f"start_layer must be in 0..{g.n_layers}; got {start_layer}")
+        s_pre = g.senders_before(start_layer)
+        m = self._float_mask(mask).detach()
+        r_after = g.receivers_from(start_layer + 1) if start_layer < g.n_layers else g.n_receivers
+        pre = diffs[:s_pre].detach()
+        base = ablated.bases[self.receiver_group[r_after:]]  # (R_after, B', T', D)
+        partial = base + einsum(pre, m[:s_pre, r_after:], "s b t d, s r -> r b t d")
+        return PrefixCache(start_layer, pre, m, partial)
+
+    # --- the masked forward ----------------------------------------------------------------------
+    def _float_mask(self, mask: Tensor) -> Tensor:
+        self.graph.check_mask(mask)
+        edge = self.graph.edge_mask.to(self.device)
+        return mask.to(self.device, self.dtype) * edge
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        ablated: AblatedOutputs,
+        mask: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        start_layer: int = 0,
+        cache: PrefixCache | None = None,
+        return_diffs: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits with every receiver's input mixed from live and ablated sender outputs by ``mask``.
+
+        Args:
+            input_ids: ``(B, T)`` clean token ids.
+            ablated: from :meth:`ablation`; batch and length must broadcast against ``input_ids``.
+            mask: ``(S, R)`` or ``(K, S, R)``, bool or float (1 = edge kept; floats interpolate and may carry
+                gradients). Entries that are not edges are ignored.
+            attention_mask: ``(B, T)``, 1 for real tokens; left or right padding.
+            positions: ``(B,)`` positions to return logits at (one per prompt); None for all positions.
+            position_ids: ``(B, T)``; default: count of real tokens before each position.
+            start_layer: first block to compute; requires ``cache`` when > 0.
+            cache: from :meth:`prefix_cache`; validated against ``mask``.
+            return_diffs: also return ``(S, B, T, D)`` live-minus-ablated sender outputs (needs a 2-D mask).
+
+        Returns:
+            logits ``([K,] B, V)`` with ``positions`` else ``([K,] B, T, V)``; and the diffs if asked.
+        """
+        g, spec = self.graph, self.spec
+        single = mask.dim() == 2 if isinstance(mask, Tensor) else True
+        M = self._float_mask(mask)
+        M = M.unsqueeze(0) if single else M  # (K, S, R)
+        K = M.shape[0]
+        ids, am, pos_ids, positions = self._check_inputs(input_ids, attention_mask, position_ids, positions, ablated)
+        B, T = ids.shape
+        if return_diffs and not single:
+            raise ConfigError("return_diffs needs a single (S, R) mask")
+        grad = torch.is_grad_enabled() and (M.requires_grad or ablated.outputs.requires_grad)
+
+        with _frozen(self.module), torch.set_grad_enabled(grad):
+            if start_layer == 0:
+                emb = spec.embed(ids, pos_ids)  # (B, T, D)
+                pre = (emb - ablated.outputs[0]).unsqueeze(0)  # (1, B, T, D)
+                partial = None
+            else:
+                self._check_cache(cache, start_layer, M, B, T)
+                pre, partial = cache.diffs, cache.partial
+            s_pre = pre.shape[0]
+            post = _PostStore(K, g.n_senders - s_pre, (B, T, spec.d_model), pre, grad)
+            attn_bias = self._attention_bias(am, K)  # (K*B, 1, T, T)
+            rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
+            r_after = g.receivers_from(start_layer + 1)
+
+            def receiver_inputs(cols: slice, n_up: int, group: int, layer: int) -> Tensor:  # (K, C, B, T, D)
+                if partial is not None and layer > start_layer:
+                    x = partial[cols.start - r_after : cols.stop - r_after].unsqueeze(0)
+                else:
+                    x = ablated.bases[group].unsqueeze(0).unsqueeze(0)
+                    x = x + einsum(pre[: min(n_up, s_pre)], M[:, : min(n_up, s_pre), cols],
+                                   "s b t d, k s c -> k c b t d")
+                if n_up > s_pre:
+                    x = x + einsum(post.first(n_up - s_pre), M[:, s_pre:n_up, cols],
+                                   "k s b t d, k s c -> k c b t d")
+                return x
+
+            H = spec.n_heads
+            for layer in range(start_layer, spec.n_layers):
+                lay = spec.layers[layer]
+                r0, n_attn = g.receivers_from(layer), g.senders_before(layer)
+                x = lay.attn_norm(receiver_inputs(slice(r0, r0 + 3 * H), n_attn, 2 * layer, layer))
+                z = self._attention(lay, x, rot, attn_bias, K, B)  # (K, B, H, T, E)
+                heads = einsum(z, lay.attn.W_O, "k b h t e, h e d -> k h b t d")
+                first = g.head_sender(layer, 0)
+                post.append(heads - ablated.outputs[first : first + H])
+                n_mlp = n_attn + (0 if g.parallel else H)
+                xm = receiver_inputs(slice(r0 + 3 * H, r0 + 3 * H + 1), n_mlp, 2 * layer + 1, layer)
+                out = lay.mlp(lay.mlp_norm(xm[:, 0]))  # (K, B, T, D)
+                post.append((out - ablated.outputs[g.mlp_sender(layer)]).unsqueeze(1))
+
+            r_log = g.logits_receiver
+            final = receiver_inputs(slice(r_log, r_log + 1), g.n_senders, 2 * g.n_layers, g.n_layers)[:, 0]
+            if positions is not None:
+                final = final[:, torch.arange(B, device=self.device), positions]  # (K, B, D)
+            logits = spec.unembed(spec.final_norm(final))
+            logits = logits[0] if single else logits
+            if not return_diffs:
+                return logits
+            diffs = torch.cat([pre, post.first(post.n)[0]], dim=0) if post.n else pre
+            return logits, diffs
+
+    def _attention(self, lay, x: Tensor, rot, attn_bias: Tensor, K: int, B: int) -> Tensor:
+        """Per-head attention on per-receiver inputs ``x (K, 3H, B, T, D)`` -> ``z (K, B, H, T, E)``."""
+        H = self.spec.n_heads
+        a = lay.attn
+        qkv = []
+        for j, (w, b) in enumerate(((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))):
+            t = einsum(x[:, j * H : (j + 1) * H], w, "k h b t d, h d e -> k b h t e")
+            qkv.append(t if b is None else t + b[:, None, :])
+        q, k, v = qkv
+        if rot is not None:
+            cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        T, E = q.shape[-2], q.shape[-1]
+        z = F.scaled_dot_product_attention(
+            q.reshape(K * B, H, T, E), k.reshape(K * B, H, T, E), v.reshape(K * B, H, T, E),
+            attn_mask=attn_bias, scale=lay.attn_scale,
+        )
+        return z.reshape(K, B, H, T, E)
+
+    @staticmethod
+    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        rd = cos.shape[-1]
+        if rd == x.shape[-1]:
+            return x * cos + rotate_half(x) * sin
+        xr, xp = x[..., :rd], x[..., rd:]
+        return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
+
+    def _attention_bias(self, am: Tensor, K: int) -> Tensor:
+        """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is) and padding keys masked."""
+        B, T = am.shape
+        allowed = am.bool()[:, None, None, :].expand(B, 1, T, T)
+        if self.spec.causal:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+        bias = torch.zeros(B, 1, T, T, dtype=self.dtype, device=self.device)
+        bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
+        return bias.repeat(K, 1, 1, 1)
+
+    # --- validation ------------------------------------------------------------------------------
+    def _check_inputs(self, input_ids, attention_mask, position_ids, positions, ablated):
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            found = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else type(input_ids)
+            raise ShapeError(f"input_ids must be a (batch, seq) long tensor; got {found}")
+        ids = input_ids.to(self.device)
+        B, T = ids.shape
+        am = torch.ones_like(ids) if attention_mask is None else attention_mask.to(self.device)
+        if am.shape != ids.shape:
+            raise ShapeError(f"attention_mask must match input_ids {tuple(ids.shape)}; got {tuple(am.shape)}")
+        if position_ids is None:
+            position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
+        elif position_ids.shape != ids.shape:
+            raise ShapeError(f"position_ids must match input_ids {tuple(ids.shape)}; got {tuple(position_ids.shape)}")
+        if positions is not None:
+            positions = positions.to(self.device).long()
+            if positions.shape != (B,) or bool((positions < 0).any() | (positions >= T).any()):
+                raise ShapeError(f"positions must be ({B},) with values in 0..{T - 1}; got {positions.tolist()}")
+        o = ablated.outputs
+        if o.dim() != 4 or o.shape[0] != self.graph.n_senders or o.shape[1] not in (1, B) or o.shape[2] not in (1, T):
+            raise ShapeError(
+                f"ablated outputs have shape {tuple(o.shape)} but the clean inputs are (batch={B}, seq={T}): "
+                f"expected ({self.graph.n_senders}, 1 or {B}, 1 or {T}, {self.spec.d_model}). For resample "
+                "ablation the corrupted prompts must have the same shape as the clean ones."
+            )
+        return ids, am, position_ids.to(self.device), positions
+
+    def _check_cache(self, cache: PrefixCache | None, start_layer: int, M: Tensor, B: int, T: int) -> None:
+        g = self.graph
+        if cache is None or cache.start_layer != start_layer:
+            found = None if cache is None else cache.start_layer
+            raise ConfigError(f"start_layer={start_layer} needs a PrefixCache for that layer; got {found}")
+        s_pre = g.senders_before(start_layer)
+        if cache.diffs.shape[:3] != (s_pre, B, T):
+            raise ShapeError(f"cache holds diffs {tuple(cache.diffs.shape)}; expected ({s_pre}, {B}, {T}, D)")
+        below, after = g.receivers_from(start_layer), g.receivers_from(start_layer + 1)
+        if not torch.equal(M[:, :, :below], cache.mask[:, :below].expand(M.shape[0], -1, -1)) or not torch.equal(
+            M[:, :s_pre, after:], cache.mask[:s_pre, after:].expand(M.shape[0], -1, -1)
+        ):
+            raise ConfigError(
+                "the mask differs from the cache's mask below the start layer (or from senders below it to "
+                "receivers above it); rebuild the cache with prefix_cache() for this mask"
+            )

@@ -1,0 +1,56 @@
+"""Tiny random models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+VOCAB = 61
+
+
+def tiny_gpt2(seed: int = 0, n_layer: int = 3, n_head: int = 4, n_embd: int = 32, init: float = 0.02) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=VOCAB, n_positions=64,
+                     bos_token_id=0, eos_token_id=0, initializer_range=init)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(seed: int = 0, init: float = 0.02) -> LlamaForCausalLM:
+    """GQA: 4 query heads sharing 2 key/value heads; untied unembedding."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                      intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0,
+                      eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
+                      initializer_range=init)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_neox(seed: int = 0, parallel: bool = True, init: float = 0.02) -> GPTNeoXForCausalLM:
+    """Parallel attention/MLP and partial rotary (a quarter of each head's dims)."""
+    torch.manual_seed(seed)
+    cfg = GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+                        vocab_size=VOCAB, max_position_embeddings=64, rotary_pct=0.25,
+                        use_parallel_residual=parallel, bos_token_id=0, eos_token_id=0,
+                        initializer_range=init)
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+def randomize_biases(model: torch.nn.Module, seed: int = 1) -> None:
+    """Random init leaves biases at zero; make them nonzero so bias handling is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            if "norm" in name and name.endswith("weight") or name.endswith(("ln_1.weight", "ln_2.weight")):
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
+
+
+FAMILIES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "neox": tiny_neox}

@@ -1,0 +1,83 @@
+"""Graph layout: edge counts from REFERENCE §1, names, masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, LlamaConfig
+
+from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
+from circuitfind.graph import Graph
+from circuitfind.models import spec_for
+from circuitfind.patching import PatchableModel
+from tests.models_tiny import tiny_neox
+
+
+def test_gpt2_small_counts():
+    g = Graph(12, 12)
+    assert (g.n_senders, g.n_receivers, g.n_edges) == (157, 445, 32_491)
+    # ACDC's published total adds one q/k/v-internal edge per head and channel
+    assert g.n_edges + 3 * 144 == 32_923
+
+
+def test_gpt2_small_config_builds_that_graph():
+    cfg = GPT2Config()  # GPT-2 small's shape; weights are random, nothing is downloaded
+    assert (cfg.n_layer, cfg.n_head) == (12, 12)
+    assert Graph(cfg.n_layer, cfg.n_head).n_edges == 32_491
+
+
+def test_smollm2_counts():
+    cfg = LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    g = Graph(cfg.num_hidden_layers, cfg.num_attention_heads)
+    assert (g.n_senders, g.n_edges) == (301, 123_211)
+
+
+@pytest.mark.parametrize("n_layers,n_heads", [(1, 1), (3, 4), (6, 8)])
+def test_parallel_count_formula(n_layers, n_heads):
+    """Parallel blocks: every receiver of layer l (q, k, v, MLP) sees the 1 + l(H+1) senders below it."""
+    L, H = n_layers, n_heads
+    expected = sum((3 * H + 1) * (1 + layer * (H + 1)) for layer in range(L)) + 1 + L * (H + 1)
+    assert Graph(L, H, parallel=True).n_edges == expected
+    # sequential adds the same-layer head -> MLP edges
+    assert Graph(L, H).n_edges == expected + L * H
+
+
+def test_tiny_neox_graph_is_parallel():
+    pm = PatchableModel(tiny_neox())
+    g = pm.graph
+    assert g.parallel
+    assert g.n_edges == Graph(3, 4, parallel=True).n_edges
+    with pytest.raises(ConfigError, match="not upstream"):
+        g.edge_index("a1.h0->m1")
+
+
+def test_names_and_round_trip():
+    g = Graph(2, 3)
+    assert g.senders[0].name == "input"
+    assert g.senders[g.head_sender(1, 2)].name == "a1.h2"
+    assert g.senders[g.mlp_sender(0)].name == "m0"
+    assert g.receivers[g.head_receiver(1, 0, "k")].name == "a1.h0<k>"
+    assert g.receivers[g.logits_receiver].name == "logits"
+    names = ["input->a1.h0<k>", "a0.h1->m0", "m1->logits"]
+    mask = g.mask_of(names)
+    assert sorted(e.name for e in g.edges_of(mask)) == sorted(names)
+    assert int(mask.sum()) == 3
+    assert len(g.edges_of(g.full_mask())) == g.n_edges
+
+
+def test_bad_names_and_masks():
+    g = Graph(2, 3)
+    with pytest.raises(ConfigError, match="unknown sender"):
+        g.edge_index("a5.h0->logits")
+    with pytest.raises(ConfigError, match="look like"):
+        g.edge_index("input m0")
+    with pytest.raises(ShapeError, match="senders, receivers"):
+        g.check_mask(torch.ones(2, 2))
+
+
+def test_unsupported_architecture_names_supported_ones():
+    class Fake(torch.nn.Module):
+        config = type("C", (), {"model_type": "mamba"})()
+
+    with pytest.raises(UnsupportedModelError, match="gpt2.*gpt_neox.*llama"):
+        spec_for(Fake())

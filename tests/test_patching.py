@@ -1,0 +1,220 @@
+"""The edge-masked forward: invariants against the HF model and against the slow reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.patching import Ablation, PatchableModel
+from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_neox
+from tests.reference_forward import assert_close, reference_forward
+
+B, T = 4, 7
+
+
+def _models():
+    out = {}
+    for name, make in FAMILIES.items():
+        m = make()
+        randomize_biases(m)
+        out[name] = m
+    seq_neox = tiny_neox(parallel=False)
+    randomize_biases(seq_neox)
+    out["neox-sequential"] = seq_neox
+    return out
+
+
+MODELS = _models()
+
+
+@pytest.fixture(params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]
+
+
+def _ids(seed=0, b=B, t=T):
+    return torch.randint(1, VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def _hf(model, ids, am=None):
+    pos = None if am is None else (am.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(ids, attention_mask=am, position_ids=pos).logits
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_all_edges_kept_equals_hf(model, padding):
+    pm = PatchableModel(model)
+    ids = _ids()
+    am = torch.ones_like(ids)
+    if padding == "right":
+        am[1, 5:] = 0
+        am[2, 3:] = 0
+    elif padding == "left":
+        am[1, :2] = 0
+        am[3, :4] = 0
+    for kind in ("zero", "mean", "resample"):
+        abl = pm.ablation(kind, None if kind == "zero" else _ids(1))
+        with torch.no_grad():
+            out = pm.forward(ids, abl, pm.graph.full_mask(), attention_mask=am)
+        ref = _hf(model, ids, am)
+        real = am.bool()
+        assert_close(out[real], ref[real])
+
+
+def test_no_edges_kept_equals_corrupted_run(model):
+    pm = PatchableModel(model)
+    clean, corrupt = _ids(0), _ids(1)
+    abl = pm.ablation(Ablation.RESAMPLE, corrupt)
+    with torch.no_grad():
+        out = pm.forward(clean, abl, torch.zeros(pm.graph.n_senders, pm.graph.n_receivers))
+    assert_close(out, _hf(model, corrupt))
+
+
+@pytest.mark.parametrize("kind", ["resample", "mean", "zero"])
+def test_random_masks_match_reference(model, kind):
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation(kind, None if kind == "zero" else _ids(2))
+    gen = torch.Generator().manual_seed(3)
+    masks = [torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5,
+             torch.rand(g.n_senders, g.n_receivers, generator=gen)]  # bool half, float interpolation
+    s, r = g.edge_index("a0.h1->a1.h0<k>")
+    single = g.full_mask()
+    single[s, r] = False
+    masks.append(single)
+    for mask in masks:
+        with torch.no_grad():
+            out = pm.forward(clean, abl, mask)
+            ref = reference_forward(pm.spec, g, clean, abl.outputs, mask.float())
+        assert_close(out, ref)
+
+
+def test_single_edge_removal_only_changes_downstream():
+    model = MODELS["gpt2"]
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean, corrupt = _ids(0), _ids(1)
+    abl = pm.ablation("resample", corrupt)
+    mask = g.full_mask()
+    s, r = g.edge_index("input->m2")
+    mask[s, r] = False
+    with torch.no_grad():
+        _, d_full = pm.forward(clean, abl, g.full_mask(), return_diffs=True)
+        _, d_cut = pm.forward(clean, abl, mask, return_diffs=True)
+    # every sender below m2 is unchanged; m2 itself changes
+    assert torch.equal(d_full[: g.mlp_sender(2)], d_cut[: g.mlp_sender(2)])
+    assert not torch.allclose(d_full[g.mlp_sender(2)], d_cut[g.mlp_sender(2)])
+
+
+@pytest.mark.parametrize("start", [1, 2, 3])
+def test_start_from_cache_equals_full_pass(model, start):
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation("resample", _ids(1))
+    mask = torch.rand(g.n_senders, g.n_receivers, generator=torch.Generator().manual_seed(5)) < 0.7
+    pos = torch.tensor([6, 5, 4, 6])
+    with torch.no_grad():
+        full, diffs = pm.forward(clean, abl, mask, positions=pos, return_diffs=True)
+        cache = pm.prefix_cache(diffs, abl, mask, start)
+        # candidates that differ only in receivers of the start layer (and above for the partial's non-prefix)
+        cands = mask.repeat(3, 1, 1)
+        if start < g.n_layers:
+            cols = list(g.receivers_of_layer(start))
+            cands[1, :, cols[0]] = False
+            cands[2, : g.senders_before(start), cols[-1]] = False
+        restarted = pm.forward(clean, abl, cands, positions=pos, start_layer=start, cache=cache)
+        direct = torch.stack([pm.forward(clean, abl, c, positions=pos) for c in cands])
+    assert_close(restarted[0], full, 1e-5)
+    assert_close(restarted, direct, 1e-5)
+
+
+def test_cache_mismatch_is_detected():
+    pm = PatchableModel(MODELS["gpt2"])
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation("resample", _ids(1))
+    with torch.no_grad():
+        _, diffs = pm.forward(clean, abl, g.full_mask(), return_diffs=True)
+    cache = pm.prefix_cache(diffs, abl, g.full_mask(), 2)
+    bad = g.full_mask()
+    bad[0, g.mlp_receiver(0)] = False  # a receiver below the start layer
+    with pytest.raises(ConfigError, match="cache"):
+        pm.forward(clean, abl, bad, start_layer=2, cache=cache)
+    with pytest.raises(ConfigError, match="PrefixCache"):
+        pm.forward(clean, abl, g.full_mask(), start_layer=2)
+
+
+def test_stacked_masks_equal_separate_passes(model):
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation("resample", _ids(1))
+    gen = torch.Generator().manual_seed(7)
+    masks = torch.rand(3, g.n_senders, g.n_receivers, generator=gen) < 0.6
+    with torch.no_grad():
+        stacked = pm.forward(clean, abl, masks)
+        for k in range(3):
+            assert_close(stacked[k], pm.forward(clean, abl, masks[k]), 1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_float_mask_gradient_matches_finite_difference(family):
+    model = FAMILIES[family](init=0.3).double()  # larger weights: edges with visible effects
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation("resample", _ids(1))
+    mask = torch.full((g.n_senders, g.n_receivers), 0.8, dtype=torch.float64, requires_grad=True)
+    pos = torch.full((B,), T - 1)
+    out = pm.forward(clean, abl, mask, positions=pos)
+    (out**2).sum().backward()
+    # an edge into a head input and one into an MLP, both well away from zero gradient
+    s, r = g.edge_index("a0.h2->a2.h1<v>")
+    # HF's RMSNorm computes in float32 even in a float64 model, so Llama needs a coarse step and tolerance
+    eps, tol = (5e-2, 5e-3) if family == "llama" else (1e-5, 1e-6)
+    vals = []
+    for sign in (1, -1):
+        m2 = mask.detach().clone()
+        m2[s, r] += sign * eps
+        with torch.no_grad():
+            vals.append((pm.forward(clean, abl, m2, positions=pos) ** 2).sum())
+    fd = (vals[0] - vals[1]) / (2 * eps)
+    assert mask.grad[s, r].abs() > 1e-3
+    assert abs(mask.grad[s, r].item() - fd.item()) < tol * abs(fd.item())
+    assert all(p.grad is None for p in model.parameters()), "gradients leaked into the model"
+
+
+def test_model_is_left_unchanged():
+    model = tiny_gpt2()
+    model.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pm = PatchableModel(model)
+    abl = pm.ablation("resample", _ids(1))
+    pm.forward(_ids(0), abl, pm.graph.full_mask())
+    assert model.training
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_bad_inputs_raise_clear_errors():
+    pm = PatchableModel(MODELS["llama"])
+    g = pm.graph
+    clean = _ids(0)
+    abl = pm.ablation("resample", _ids(1))
+    with pytest.raises(ShapeError, match=r"\(senders, receivers\)"):
+        pm.forward(clean, abl, torch.ones(3, 3))
+    with pytest.raises(ShapeError, match="same shape"):
+        pm.forward(_ids(0, t=T + 2), abl, g.full_mask())
+    with pytest.raises(ShapeError, match="long tensor"):
+        pm.forward(clean.float(), abl, g.full_mask())
+    with pytest.raises(ShapeError, match="positions"):
+        pm.forward(clean, abl, g.full_mask(), positions=torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        pm.ablation("gaussian", clean)
+    with pytest.raises(ConfigError, match="needs input ids"):
+        pm.ablation("resample")
