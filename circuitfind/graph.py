@@ -132,8 +132,7 @@ class Graph:
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
             raise ConfigError(
-                f"a graph needs at least one layer and one head; got n_layers={self.n_layers}, "
-                f"n_heads={self.n_heads}"
+                f"a graph needs at least one layer and one head; got n_layers={self.n_layers}, n_heads={self.n_heads}"
             )
 
     # --- sizes -----------------------------------------------------------------------------------

@@ -50,9 +50,7 @@ class Ablation(enum.Enum):
         try:
             return value if isinstance(value, Ablation) else cls(str(value).lower())
         except ValueError:
-            raise ConfigError(
-                f"unknown ablation {value!r}; expected one of {[a.value for a in cls]}"
-            ) from None
+            raise ConfigError(f"unknown ablation {value!r}; expected one of {[a.value for a in cls]}") from None
 
 
 @dataclass(frozen=True)
@@ -121,6 +119,7 @@ class _PostStore:
         self.chunks: list[Tensor] = []
         self.buf = None if grad else like.new_empty((K, capacity, *shape))
         self._cat: Tensor | None = None
+        self._sums: dict[int, Tensor] = {0: like.new_zeros((1, *shape))}  # count -> sum of the first diffs
 
     def append(self, chunk: Tensor) -> None:  # (K, c, B, T, D)
         c = chunk.shape[1]
@@ -129,7 +128,20 @@ class _PostStore:
             self._cat = None
         else:
             self.buf[:, self.n : self.n + c] = chunk
+            self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + chunk.sum(1)}
         self.n += c
+
+    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
+        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``); the rest 0."""
+        block = self.buf[:, self.n : self.n + c]
+        block.zero_()
+        if len(idx):
+            block[:, idx] = values
+        self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + block.sum(1)}
+        self.n += c
+
+    def total(self, n: int) -> Tensor:  # (K or 1, B, T, D): sum of the first n diffs (recent counts only)
+        return self._sums[n]
 
     def first(self, n: int) -> Tensor:  # (K, n, B, T, D)
         if self.buf is not None:
@@ -137,6 +149,34 @@ class _PostStore:
         if self._cat is None:
             self._cat = torch.cat(self.chunks, dim=1)
         return self._cat[:, :n]
+
+
+def _mix(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tensor:
+    """``sum_s w[k, s, c] * rows[k, s]`` -> ``(K, C|1, B, T, D)``, touching as few sender rows as possible.
+
+    ``rows`` is ``(K|1, n, B, T, D)``, ``w`` is ``(K, n, C)`` and ``total`` the sum of all ``n`` rows. Exactly
+    equal to the dense sum, it is computed either over the rows with some non-zero weight, or as ``total`` plus
+    ``(w - 1)`` over the rows with some weight other than one -- whichever set is smaller. When no row
+    differs from one, every column equals ``total`` and a single shared column is returned.
+    """
+    if dense or total is None:
+        return einsum(rows, w, "k s b t d, k s c -> k c b t d")
+    nonzero = (w != 0).any(dim=2).any(dim=0)  # (n,)
+    nonone = (w != 1).any(dim=2).any(dim=0)
+    n_nonzero, n_nonone = int(nonzero.sum()), int(nonone.sum())
+    from_total = n_nonone < n_nonzero
+    active, n_active = (nonone, n_nonone) if from_total else (nonzero, n_nonzero)
+    weights = w - 1 if from_total else w
+    if n_active == 0:
+        mixed = None
+    elif 2 * n_active > w.shape[1]:  # gathering most rows costs more than a dense pass over all of them
+        mixed = einsum(rows, weights, "k s b t d, k s c -> k c b t d")
+    else:
+        idx = active.nonzero().squeeze(1)
+        mixed = einsum(rows[:, idx], weights[:, idx], "k s b t d, k s c -> k c b t d")
+    if from_total:
+        return total.unsqueeze(1) if mixed is None else total.unsqueeze(1) + mixed
+    return rows.new_zeros((1, 1, *rows.shape[2:])) if mixed is None else mixed
 
 
 class PatchableModel:
@@ -162,8 +202,11 @@ class PatchableModel:
         self.dtype, self.device = w.dtype, w.device
         g = self.graph
         # receiver -> group (attention inputs 2l, MLP input 2l+1, logits 2L)
-        groups = [2 * layer + (0 if i < 3 * g.n_heads else 1) for layer in range(g.n_layers)
-                  for i in range(g.receivers_per_layer)]
+        groups = [
+            2 * layer + (0 if i < 3 * g.n_heads else 1)
+            for layer in range(g.n_layers)
+            for i in range(g.receivers_per_layer)
+        ]
         self.receiver_group = torch.tensor(groups + [2 * g.n_layers], device=self.device)
 
     # --- ablations -------------------------------------------------------------------------------
@@ -212,8 +255,7 @@ class PatchableModel:
             return self._make(kind, zeros)
         if input_ids is None:
             raise ConfigError(
-                f"{kind.value} ablation needs input ids: the corrupted prompts for resample, a reference batch "
-                "for mean"
+                f"{kind.value} ablation needs input ids: the corrupted prompts for resample, a reference batch for mean"
             )
         with torch.no_grad():
             live = self.sender_outputs(input_ids, attention_mask)  # (S, N, T, D)
@@ -234,8 +276,9 @@ class PatchableModel:
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model."""
         zero = self.ablation(Ablation.ZERO)
-        _, diffs = self.forward(input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask,
-                                return_diffs=True)
+        _, diffs = self.forward(
+            input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask, return_diffs=True
+        )
         return diffs
 
     # --- caches ----------------------------------------------------------------------------------
@@ -312,36 +355,58 @@ class PatchableModel:
                 self._check_cache(cache, start_layer, M, B, T)
                 pre, partial = cache.diffs, cache.partial
             s_pre = pre.shape[0]
+            pre_total = None if grad else pre.sum(0, keepdim=True)  # (1, B, T, D)
             post = _PostStore(K, g.n_senders - s_pre, (B, T, spec.d_model), pre, grad)
             attn_bias = self._attention_bias(am, K)  # (K*B, 1, T, T)
             rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
             r_after = g.receivers_from(start_layer + 1)
 
-            def receiver_inputs(cols: slice, n_up: int, group: int, layer: int) -> Tensor:  # (K, C, B, T, D)
+            def receiver_inputs(cols: slice | Tensor, n_up: int, group: int, layer: int) -> Tensor:
+                """Inputs ``(K, C|1, B, T, D)`` of the receivers ``cols`` (a slice or an index tensor)."""
                 if partial is not None and layer > start_layer:
-                    x = partial[cols.start - r_after : cols.stop - r_after].unsqueeze(0)
+                    rel = (
+                        cols - r_after if isinstance(cols, Tensor) else slice(cols.start - r_after, cols.stop - r_after)
+                    )
+                    x = partial[rel].unsqueeze(0)
                 else:
                     x = ablated.bases[group].unsqueeze(0).unsqueeze(0)
-                    x = x + einsum(pre[: min(n_up, s_pre)], M[:, : min(n_up, s_pre), cols],
-                                   "s b t d, k s c -> k c b t d")
+                    x = x + _mix(pre.unsqueeze(0), M[:, : min(n_up, s_pre), cols], pre_total, grad)
                 if n_up > s_pre:
-                    x = x + einsum(post.first(n_up - s_pre), M[:, s_pre:n_up, cols],
-                                   "k s b t d, k s c -> k c b t d")
-                return x
+                    n = n_up - s_pre
+                    x = x + _mix(post.first(n), M[:, s_pre:n_up, cols], None if grad else post.total(n), grad)
+                return x.expand(K, *x.shape[1:])  # inputs shared by all K candidates stay views
 
             H = spec.n_heads
             for layer in range(start_layer, spec.n_layers):
                 lay = spec.layers[layer]
                 r0, n_attn = g.receivers_from(layer), g.senders_before(layer)
-                x = lay.attn_norm(receiver_inputs(slice(r0, r0 + 3 * H), n_attn, 2 * layer, layer))
-                z = self._attention(lay, x, rot, attn_bias, K, B)  # (K, B, H, T, E)
-                heads = einsum(z, lay.attn.W_O, "k b h t e, h e d -> k h b t d")
                 first = g.head_sender(layer, 0)
-                post.append(heads - ablated.outputs[first : first + H])
+                # Without autograd, a sender whose outgoing edges are all removed cannot affect anything:
+                # it is not computed and its diff is 0 (exact, since every receiver weighs it by 0).
+                live = None if grad else M[:, first : first + H].any(dim=2).any(dim=0)  # (H,)
+                if live is None or bool(live.all()):
+                    x = lay.attn_norm(receiver_inputs(slice(r0, r0 + 3 * H), n_attn, 2 * layer, layer))
+                    z = self._attention(lay, x, rot, attn_bias, K, B, None)  # (K, B, H, T, E)
+                    heads = einsum(z, lay.attn.W_O, "k b h t e, h e d -> k h b t d")
+                    post.append(heads - ablated.outputs[first : first + H])
+                else:
+                    idx = live.nonzero().squeeze(1)
+                    values = None
+                    if len(idx):
+                        cols = torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx])
+                        x = lay.attn_norm(receiver_inputs(cols, n_attn, 2 * layer, layer))
+                        z = self._attention(lay, x, rot, attn_bias, K, B, idx)  # (K, B, h, T, E)
+                        heads = einsum(z, lay.attn.W_O[idx], "k b h t e, h e d -> k h b t d")
+                        values = heads - ablated.outputs[first + idx]
+                    post.append_some(H, idx, values)
                 n_mlp = n_attn + (0 if g.parallel else H)
-                xm = receiver_inputs(slice(r0 + 3 * H, r0 + 3 * H + 1), n_mlp, 2 * layer + 1, layer)
-                out = lay.mlp(lay.mlp_norm(xm[:, 0]))  # (K, B, T, D)
-                post.append((out - ablated.outputs[g.mlp_sender(layer)]).unsqueeze(1))
+                mlp_s = g.mlp_sender(layer)
+                if grad or bool(M[:, mlp_s].any()):
+                    xm = receiver_inputs(slice(r0 + 3 * H, r0 + 3 * H + 1), n_mlp, 2 * layer + 1, layer)
+                    out = lay.mlp(lay.mlp_norm(xm[:, 0]))  # (K, B, T, D)
+                    post.append((out - ablated.outputs[mlp_s]).unsqueeze(1))
+                else:
+                    post.append_some(1, torch.zeros(0, dtype=torch.long), None)
 
             r_log = g.logits_receiver
             final = receiver_inputs(slice(r_log, r_log + 1), g.n_senders, 2 * g.n_layers, g.n_layers)[:, 0]
@@ -354,13 +419,22 @@ class PatchableModel:
             diffs = torch.cat([pre, post.first(post.n)[0]], dim=0) if post.n else pre
             return logits, diffs
 
-    def _attention(self, lay, x: Tensor, rot, attn_bias: Tensor, K: int, B: int) -> Tensor:
-        """Per-head attention on per-receiver inputs ``x (K, 3H, B, T, D)`` -> ``z (K, B, H, T, E)``."""
-        H = self.spec.n_heads
+    def _attention(self, lay, x: Tensor, rot, attn_bias: Tensor, K: int, B: int, heads: Tensor | None) -> Tensor:
+        """Attention of the given heads (all if None) on per-receiver inputs ``x (K, 3h|1, B, T, D)``.
+
+        Returns ``z (K, B, h, T, E)``.
+        """
         a = lay.attn
+        pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
+        if heads is not None:
+            pairs = tuple((w[heads], None if b is None else b[heads]) for w, b in pairs)
+        H = pairs[0][0].shape[0]
         qkv = []
-        for j, (w, b) in enumerate(((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))):
-            t = einsum(x[:, j * H : (j + 1) * H], w, "k h b t d, h d e -> k b h t e")
+        for j, (w, b) in enumerate(pairs):
+            if x.shape[1] == 1:  # every receiver of the layer sees the same input
+                t = einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
+            else:
+                t = einsum(x[:, j * H : (j + 1) * H], w, "k h b t d, h d e -> k b h t e")
             qkv.append(t if b is None else t + b[:, None, :])
         q, k, v = qkv
         if rot is not None:
@@ -368,8 +442,11 @@ class PatchableModel:
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         T, E = q.shape[-2], q.shape[-1]
         z = F.scaled_dot_product_attention(
-            q.reshape(K * B, H, T, E), k.reshape(K * B, H, T, E), v.reshape(K * B, H, T, E),
-            attn_mask=attn_bias, scale=lay.attn_scale,
+            q.reshape(K * B, H, T, E),
+            k.reshape(K * B, H, T, E),
+            v.reshape(K * B, H, T, E),
+            attn_mask=attn_bias,
+            scale=lay.attn_scale,
         )
         return z.reshape(K, B, H, T, E)
 

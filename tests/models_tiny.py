@@ -15,30 +15,59 @@ from transformers import (
 VOCAB = 61
 
 
-def tiny_gpt2(seed: int = 0, n_layer: int = 3, n_head: int = 4, n_embd: int = 32, init: float = 0.02) -> GPT2LMHeadModel:
+def tiny_gpt2(
+    seed: int = 0, n_layer: int = 3, n_head: int = 4, n_embd: int = 32, init: float = 0.02
+) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=VOCAB, n_positions=64,
-                     bos_token_id=0, eos_token_id=0, initializer_range=init)
+    cfg = GPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        vocab_size=VOCAB,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=init,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
 def tiny_llama(seed: int = 0, init: float = 0.02) -> LlamaForCausalLM:
     """GQA: 4 query heads sharing 2 key/value heads; untied unembedding."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-                      intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0,
-                      eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
-                      initializer_range=init)
+    cfg = LlamaConfig(
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=32,
+        intermediate_size=48,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        initializer_range=init,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def tiny_neox(seed: int = 0, parallel: bool = True, init: float = 0.02) -> GPTNeoXForCausalLM:
     """Parallel attention/MLP and partial rotary (a quarter of each head's dims)."""
     torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64,
-                        vocab_size=VOCAB, max_position_embeddings=64, rotary_pct=0.25,
-                        use_parallel_residual=parallel, bos_token_id=0, eos_token_id=0,
-                        initializer_range=init)
+    cfg = GPTNeoXConfig(
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_size=32,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        use_parallel_residual=parallel,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=init,
+    )
     return GPTNeoXForCausalLM(cfg).eval()
 
 

@@ -79,8 +79,10 @@ def test_random_masks_match_reference(model, kind):
     clean = _ids(0)
     abl = pm.ablation(kind, None if kind == "zero" else _ids(2))
     gen = torch.Generator().manual_seed(3)
-    masks = [torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5,
-             torch.rand(g.n_senders, g.n_receivers, generator=gen)]  # bool half, float interpolation
+    masks = [
+        torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5,
+        torch.rand(g.n_senders, g.n_receivers, generator=gen),
+    ]  # bool half, float interpolation
     s, r = g.edge_index("a0.h1->a1.h0<k>")
     single = g.full_mask()
     single[s, r] = False
@@ -155,8 +157,10 @@ def test_stacked_masks_equal_separate_passes(model):
     abl = pm.ablation("resample", _ids(1))
     gen = torch.Generator().manual_seed(7)
     masks = torch.rand(3, g.n_senders, g.n_receivers, generator=gen) < 0.6
+    masks[1] = g.full_mask()  # shared inputs (no correction) next to per-candidate ones
     with torch.no_grad():
         stacked = pm.forward(clean, abl, masks)
+        assert_close(pm.forward(clean, abl, g.full_mask().repeat(2, 1, 1)), pm.forward(clean, abl, masks[1]), 1e-5)
         for k in range(3):
             assert_close(stacked[k], pm.forward(clean, abl, masks[k]), 1e-5)
 
