@@ -1,0 +1,551 @@
+"""Circuits out of (and back into) circuitfind: JSON, DOT text, networkx, and images through graphviz.
+
+The JSON layout is the MIB / EAP-IG graph file, so circuits move between the tools unchanged::
+
+    {"cfg": {"n_layers": 12, "n_heads": 12, "parallel_attn_mlp": false},
+     "nodes": {"input": true, "a0.h1": false, ...},
+     "edges": {"input->a0.h1<q>": {"score": 0.013, "in_graph": true}, ...},
+     "circuitfind": {"version": 1, "model": ..., "config": ..., "stats": ...,
+                     "metric_full": ..., "metric_empty": ..., "metric_circuit": ...}}
+
+Every edge of the graph is listed, kept or not, so attribution scores survive the trip; a NaN score (never
+tested) is written as ``null``. The ``circuitfind`` block is ours; files without it (EAP-IG's) load with NaN
+metrics and empty metadata.
+
+DOT text needs nothing installed; only :func:`render` runs graphviz's ``dot`` binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from circuitfind.errors import ConfigError, RenderError
+from circuitfind.graph import Channel, Graph, NodeKind
+
+if TYPE_CHECKING:
+    import networkx
+
+    from circuitfind.circuit import Circuit
+
+__all__ = [
+    "FORMAT_VERSION",
+    "RENDER_FORMATS",
+    "circuit_nodes",
+    "from_json_dict",
+    "load_json",
+    "render",
+    "save_json",
+    "to_dot",
+    "to_json_dict",
+    "to_networkx",
+]
+
+FORMAT_VERSION = 1
+"""Version of the ``circuitfind`` block of the JSON file; readers refuse newer versions."""
+
+RENDER_FORMATS = ("svg", "png", "pdf", "jpg", "jpeg", "gif", "ps", "eps")
+"""Output formats :func:`render` passes to ``dot -T``."""
+
+# q red, k green, v blue; edges into MLPs and the logits gray.
+_CHANNEL_COLORS = {Channel.Q: "#d62728", Channel.K: "#2ca02c", Channel.V: "#1f77b4", None: "#7f7f7f"}
+# ColorBrewer Pastel1 / Set3: head fill per layer, cycling.
+_LAYER_COLORS = ("#b3cde3", "#ccebc5", "#decbe4", "#fed9a6", "#ffffcc", "#e5d8bd", "#fddaec", "#8dd3c7")
+_INPUT_COLOR = "#d9d9d9"
+_MLP_COLOR = "#fbb4ae"
+_LOGITS_COLOR = "#fff2ae"
+_RANKDIRS = ("TB", "BT", "LR", "RL")
+
+
+# --- the name tables of a graph, built once per layout ----------------------------------------------------
+@dataclass(frozen=True)
+class _Names:
+    """Every edge of a graph by name, with its flat ``s * R + r`` position in an ``(S, R)`` tensor."""
+
+    edge_s: torch.Tensor  # (E,) long, sender-major
+    edge_r: torch.Tensor  # (E,) long
+    edge_names: tuple[str, ...]  # (E,)
+    flat_of: dict[str, int]  # edge name -> s * R + r
+    node_names: tuple[str, ...]  # (S + 1,): the senders, then ``logits``
+    receiver_node: torch.Tensor  # (R,) long: index into node_names of the node a receiver belongs to
+
+
+@lru_cache(maxsize=8)
+def _names(graph: Graph) -> _Names:
+    edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,)
+    sender_names = [n.name for n in graph.senders]
+    receiver_names = [r.name for r in graph.receivers]
+    names = tuple(
+        f"{sender_names[s]}->{receiver_names[r]}" for s, r in zip(edge_s.tolist(), edge_r.tolist(), strict=True)
+    )
+    flat = (edge_s * graph.n_receivers + edge_r).tolist()
+    node_index = {name: i for i, name in enumerate(sender_names)}
+    node_index["logits"] = graph.n_senders
+    receiver_node = torch.tensor([node_index[r.node.name] for r in graph.receivers], dtype=torch.long)
+    return _Names(
+        edge_s=edge_s,
+        edge_r=edge_r,
+        edge_names=names,
+        flat_of=dict(zip(names, flat, strict=True)),
+        node_names=(*sender_names, "logits"),
+        receiver_node=receiver_node,
+    )
+
+
+def _node_mask(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """``(S + 1,)`` bool: nodes (senders, then logits) that touch a kept edge of ``mask`` ``(S, R)``."""
+    on = torch.zeros(graph.n_senders + 1, dtype=torch.bool)
+    on[: graph.n_senders] = mask.any(dim=1)
+    on[_names(graph).receiver_node[mask.any(dim=0)]] = True
+    return on
+
+
+def circuit_nodes(circuit: Circuit) -> list[str]:
+    """Names of the nodes that touch a kept edge, in residual-stream order (``input`` first, ``logits`` last).
+
+    Example:
+        >>> from circuitfind.circuit import Circuit
+        >>> g = Graph(2, 2)
+        >>> c = Circuit(g, g.mask_of(["input->a1.h0<v>", "a1.h0->logits"]), torch.zeros(g.edge_mask.shape))
+        >>> circuit_nodes(c)
+        ['input', 'a1.h0', 'logits']
+    """
+    on = _node_mask(circuit.graph, circuit.mask)
+    names = _names(circuit.graph).node_names
+    return [names[i] for i in on.nonzero().flatten().tolist()]
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    """A JSON-native copy of a config/stats value (enums by value, paths and other objects as text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(k.value if isinstance(k, enum.Enum) else k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars and 0-d arrays
+        return _jsonable(value.tolist())
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return str(value)
+
+
+def _float_or_none(x: float) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def to_json_dict(circuit: Circuit) -> dict[str, Any]:
+    """The circuit as a JSON-ready dict in the MIB / EAP-IG layout, with circuitfind's metadata.
+
+    All edges of the graph are listed (NaN scores as ``None``), so :func:`from_json_dict` restores the mask,
+    the scores on every edge, the metrics, config and stats exactly. Scores off the graph's edges are not
+    stored and come back NaN.
+
+    Example:
+        >>> d = circuit.to_dict()  # doctest: +SKIP
+        >>> d["edges"]["a0.h1->a3.h7<q>"]  # doctest: +SKIP
+        {'score': 0.0132, 'in_graph': True}
+    """
+    graph, names = circuit.graph, _names(circuit.graph)
+    scores = circuit.scores[names.edge_s, names.edge_r].tolist()  # (E,)
+    kept = circuit.mask[names.edge_s, names.edge_r].tolist()  # (E,)
+    # ``s != s`` is the NaN test; it is the cheap one for 100k+ edges.
+    edges = {
+        name: {"score": None if s != s else s, "in_graph": k}
+        for name, s, k in zip(names.edge_names, scores, kept, strict=True)
+    }
+    on = _node_mask(graph, circuit.mask).tolist()
+    return {
+        "cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel},
+        "nodes": dict(zip(names.node_names, on, strict=True)),
+        "edges": edges,
+        "circuitfind": {
+            "version": FORMAT_VERSION,
+            "model": circuit.model,
+            "config": _jsonable(circuit.config),
+            "stats": _jsonable(circuit.stats),
+            "metric_full": _float_or_none(circuit.metric_full),
+            "metric_empty": _float_or_none(circuit.metric_empty),
+            "metric_circuit": _float_or_none(circuit.metric_circuit),
+        },
+    }
+
+
+def _graph_from_cfg(cfg: Any) -> Graph:
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a circuit file needs a 'cfg' object with n_layers and n_heads; got {cfg!r}")
+    values = {}
+    for key in ("n_layers", "n_heads"):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"'cfg.{key}' must be a positive integer; got {v!r}")
+        values[key] = v
+    parallel = cfg.get("parallel_attn_mlp", False)
+    if not isinstance(parallel, bool):
+        raise ConfigError(f"'cfg.parallel_attn_mlp' must be true or false; got {parallel!r}")
+    return Graph(values["n_layers"], values["n_heads"], parallel=parallel)
+
+
+def _unknown_edge(graph: Graph, name: str) -> ConfigError:
+    try:
+        graph.edge_index(name)
+        reason = "not an edge of this graph"  # unreachable: the name table holds every edge
+    except ConfigError as e:
+        reason = str(e)
+    return ConfigError(
+        f"edge {name!r} of the circuit file does not fit the graph in 'cfg' ({graph.describe()}): {reason}"
+    )
+
+
+def _nodes_in_graph(graph: Graph, nodes: Any) -> torch.Tensor:
+    """``(S + 1,)`` bool from the 'nodes' entry: ``{name: bool}``, ``{name: {"in_graph": bool}}`` or names."""
+    names = _names(graph).node_names
+    index = {n: i for i, n in enumerate(names)}
+    if isinstance(nodes, list):
+        nodes = dict.fromkeys(nodes, True)
+    if not isinstance(nodes, dict):
+        raise ConfigError(f"'nodes' must map node names to in_graph flags; got {type(nodes).__name__}")
+    on = torch.zeros(len(names), dtype=torch.bool)
+    for name, entry in nodes.items():
+        if name not in index:
+            raise ConfigError(
+                f"node {name!r} of the circuit file is not a node of the graph in 'cfg' "
+                f"({graph.describe()}); expected 'input', 'a{{L}}.h{{H}}', 'm{{L}}' or 'logits'"
+            )
+        flag = entry.get("in_graph", False) if isinstance(entry, dict) else entry
+        on[index[name]] = bool(flag)
+    return on
+
+
+def from_json_dict(data: dict[str, Any]) -> Circuit:
+    """A :class:`~circuitfind.circuit.Circuit` from a dict of :func:`to_json_dict`, or an EAP-IG graph dict.
+
+    Edges missing from the file are not kept and score NaN, as do the graph's non-edges. A file with nodes
+    but no ``edges`` (a node-level circuit) keeps every edge between nodes that are in the graph.
+
+    Raises:
+        ConfigError: the dict is malformed, or names an edge or node that the graph in ``cfg`` lacks.
+
+    Example:
+        >>> c2 = from_json_dict(to_json_dict(c))  # doctest: +SKIP
+        >>> torch.equal(c2.mask, c.mask)  # doctest: +SKIP
+        True
+    """
+    from circuitfind.circuit import Circuit
+
+    if not isinstance(data, dict) or "cfg" not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"a circuit file is an object with 'cfg', 'nodes' and 'edges'; got {found}")
+    graph = _graph_from_cfg(data["cfg"])
+    names = _names(graph)
+    n_flat = graph.n_senders * graph.n_receivers
+    mask = torch.zeros(n_flat, dtype=torch.bool)
+    scores = torch.full((n_flat,), float("nan"))
+    nodes_on = _nodes_in_graph(graph, data["nodes"]) if "nodes" in data else None
+
+    if "edges" in data:
+        edges = data["edges"]
+        if not isinstance(edges, dict):
+            raise ConfigError(f"'edges' must map edge names to {{score, in_graph}}; got {type(edges).__name__}")
+        flat, score_list, kept = [], [], []
+        for name, entry in edges.items():
+            i = names.flat_of.get(name)
+            if i is None:
+                raise _unknown_edge(graph, name)
+            if isinstance(entry, dict):
+                s, k = entry.get("score"), entry.get("in_graph", False)
+            elif isinstance(entry, bool):
+                s, k = None, entry
+            else:
+                raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
+            if not isinstance(k, bool | int) or (
+                s is not None and (isinstance(s, bool) or not isinstance(s, int | float))
+            ):
+                raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
+            flat.append(i)
+            score_list.append(float("nan") if s is None else s)
+            kept.append(bool(k))
+        idx = torch.tensor(flat, dtype=torch.long)
+        mask[idx] = torch.tensor(kept, dtype=torch.bool)
+        scores[idx] = torch.tensor(score_list, dtype=torch.float64).float()
+        mask = mask.view(graph.n_senders, graph.n_receivers)
+    elif nodes_on is not None:
+        # EAP-IG's node level: every outgoing edge of a kept node whose receiving node is kept too.
+        nodes_on[graph.n_senders] = True  # logits are always in the graph
+        mask = nodes_on[: graph.n_senders, None] & nodes_on[names.receiver_node][None, :] & graph.edge_mask
+    else:
+        raise ConfigError("a circuit file needs 'edges' (or, for a node-level circuit, 'nodes'); found neither")
+
+    meta = data.get("circuitfind") or {}
+    if not isinstance(meta, dict):
+        raise ConfigError(f"'circuitfind' must be an object; got {type(meta).__name__}")
+    version = meta.get("version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(
+            f"the circuit file has format version {version!r}; this circuitfind reads versions up to "
+            f"{FORMAT_VERSION}. Upgrade circuitfind to load it."
+        )
+
+    def metric(key: str) -> float:
+        v = meta.get(key)
+        return float("nan") if v is None else float(v)
+
+    return Circuit(
+        graph=graph,
+        mask=mask,
+        scores=scores.view(graph.n_senders, graph.n_receivers),
+        metric_full=metric("metric_full"),
+        metric_empty=metric("metric_empty"),
+        metric_circuit=metric("metric_circuit"),
+        config=copy.deepcopy(meta.get("config") or {}),
+        stats=copy.deepcopy(meta.get("stats") or {}),
+        model=str(meta.get("model") or ""),
+    )
+
+
+def save_json(circuit: Circuit, path: str | os.PathLike[str]) -> Path:
+    """Write the circuit as JSON (:func:`to_json_dict`), atomically: a reader never sees half a file.
+
+    Parent directories are created. Returns the path written.
+
+    Example:
+        >>> save_json(circuit, "runs/ioi/circuit.json")  # doctest: +SKIP
+        PosixPath('runs/ioi/circuit.json')
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_json_dict(circuit))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_json(path: str | os.PathLike[str]) -> Circuit:
+    """Read a circuit written by :func:`save_json`, or an EAP-IG / MIB graph JSON file.
+
+    Raises:
+        ConfigError: the file is missing, is not JSON, or does not describe a circuit (the message names the
+            file and the reason).
+
+    Example:
+        >>> c = load_json("runs/ioi/circuit.json")  # doctest: +SKIP
+        >>> c.n_edges  # doctest: +SKIP
+        37
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"circuit file {str(path)!r} {what}; expected a JSON file written by Circuit.save")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"circuit file {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"circuit file {str(path)!r} cannot be read: {e}") from None
+    try:
+        return from_json_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"circuit file {str(path)!r}: {e}") from None
+
+
+# --- DOT and networkx -------------------------------------------------------------------------------------
+def _q(text: str) -> str:
+    """A DOT quoted string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _node_attrs(graph: Graph, i: int) -> dict[str, str]:
+    if i == graph.n_senders:
+        return {"shape": "doubleoctagon", "fillcolor": _LOGITS_COLOR}
+    node = graph.senders[i]
+    if node.kind is NodeKind.INPUT:
+        return {"shape": "box", "fillcolor": _INPUT_COLOR}
+    if node.kind is NodeKind.MLP:
+        return {"shape": "box", "fillcolor": _MLP_COLOR}
+    return {"shape": "ellipse", "fillcolor": _LAYER_COLORS[node.layer % len(_LAYER_COLORS)]}
+
+
+def _attrs(attrs: dict[str, str | float]) -> str:
+    return ", ".join(f"{k}={_q(str(v))}" for k, v in attrs.items())
+
+
+def to_dot(circuit: Circuit, *, scores: bool = True, rankdir: str = "BT") -> str:
+    """The circuit as Graphviz DOT text; nothing needs to be installed to write it.
+
+    Only nodes that touch a kept edge appear: ``input`` (gray box), heads (ellipses filled by layer), MLPs
+    (red boxes), ``logits`` (double octagon). Edges into a head's query, key and value are red, green and blue
+    and labelled ``q``/``k``/``v``; edges into MLPs and the logits are gray. With ``scores``, labels carry the
+    edge's score and pen width grows with ``|score|`` (edges with a NaN score get neither). The heads of one
+    layer share a rank.
+
+    Args:
+        circuit: the circuit to draw.
+        scores: show scores (label and pen width).
+        rankdir: layout direction, ``"BT"`` (input at the bottom), ``"TB"``, ``"LR"`` or ``"RL"``.
+
+    Example:
+        >>> from pathlib import Path
+        >>> Path("circuit.dot").write_text(circuit.to_dot())  # doctest: +SKIP
+        >>> # dot -Tsvg circuit.dot -o circuit.svg
+    """
+    if rankdir not in _RANKDIRS:
+        raise ConfigError(f"rankdir must be one of {_RANKDIRS}; got {rankdir!r}")
+    graph, names = circuit.graph, _names(circuit.graph)
+    on = _node_mask(graph, circuit.mask).tolist()
+    lines = [
+        "digraph circuit {",
+        f"  rankdir={rankdir};",
+        '  graph [fontname="Helvetica"];',
+        '  node [style="filled", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize="9", arrowsize="0.6"];',
+    ]
+    if circuit.model:
+        lines.append(f"  label={_q(f'{circuit.model}: {circuit.n_edges} edges')}; labelloc=t;")
+    for i, kept in enumerate(on):
+        if kept:
+            lines.append(f"  {_q(names.node_names[i])} [{_attrs(_node_attrs(graph, i))}];")
+    for layer in range(graph.n_layers):
+        members = [graph.head_sender(layer, h) for h in range(graph.n_heads)]
+        if graph.parallel:  # a parallel MLP reads the same residual stream as the heads
+            members.append(graph.mlp_sender(layer))
+        members = [names.node_names[i] for i in members if on[i]]
+        if len(members) > 1:
+            lines.append("  { rank=same; " + " ".join(f"{_q(m)};" for m in members) + " }")
+
+    s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,) sender-major
+    kept_scores = circuit.scores[s_idx, r_idx].tolist()
+    finite = [abs(x) for x in kept_scores if math.isfinite(x)]
+    top = max(finite, default=0.0)
+    for s, r, score in zip(s_idx.tolist(), r_idx.tolist(), kept_scores, strict=True):
+        receiver = graph.receivers[r]
+        channel = receiver.channel
+        color = _CHANNEL_COLORS[channel]
+        label = channel.value if channel is not None else ""
+        attrs: dict[str, str | float] = {"color": color, "fontcolor": color}
+        if scores and math.isfinite(score):
+            label = f"{label} {score:.3g}".strip()
+            attrs["penwidth"] = f"{0.5 + 4.5 * abs(score) / top:.2f}" if top > 0 else "1"
+        if label:
+            attrs["label"] = label
+        attrs["tooltip"] = f"{graph.senders[s].name}->{receiver.name}"
+        sender_name, receiver_name = graph.senders[s].name, receiver.node.name
+        lines.append(f"  {_q(sender_name)} -> {_q(receiver_name)} [{_attrs(attrs)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_networkx(circuit: Circuit) -> networkx.MultiDiGraph:
+    """The kept edges as a ``networkx.MultiDiGraph`` from sender node to receiving node.
+
+    Nodes carry ``kind`` (``"input"``, ``"head"``, ``"mlp"``, ``"logits"``), ``layer`` and ``head`` (-1 where
+    they do not apply; the logits sit at ``layer = n_layers``). Edges are keyed by the edge name and carry
+    ``name``, ``channel`` (``"q"``, ``"k"``, ``"v"`` or None) and ``score``; q, k and v edges between the same
+    two nodes stay separate.
+
+    Example:
+        >>> g = circuit.to_networkx()  # doctest: +SKIP
+        >>> g.number_of_edges() == circuit.n_edges  # doctest: +SKIP
+        True
+    """
+    import networkx as nx
+
+    graph = circuit.graph
+    out = nx.MultiDiGraph(model=circuit.model, n_layers=graph.n_layers, n_heads=graph.n_heads, parallel=graph.parallel)
+    on = _node_mask(graph, circuit.mask).tolist()
+    for i, kept in enumerate(on):
+        if kept:
+            node = graph.senders[i] if i < graph.n_senders else graph.receivers[-1].node
+            out.add_node(node.name, kind=node.kind.value, layer=node.layer, head=node.head)
+    s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,)
+    kept_scores = circuit.scores[s_idx, r_idx].tolist()
+    for s, r, score in zip(s_idx.tolist(), r_idx.tolist(), kept_scores, strict=True):
+        edge = graph.edge(s, r)
+        channel = edge.receiver.channel
+        out.add_edge(
+            edge.sender.name,
+            edge.receiver.node.name,
+            key=edge.name,
+            name=edge.name,
+            channel=None if channel is None else channel.value,
+            score=score,
+        )
+    return out
+
+
+# --- images -------------------------------------------------------------------------------------------------
+def render(circuit: Circuit, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
+    """Draw the circuit to an image with graphviz's ``dot`` binary.
+
+    Args:
+        circuit: the circuit to draw (see :func:`to_dot` for the style).
+        path: the file to write; parent directories are created.
+        fmt: ``svg``, ``png``, ``pdf``... (see :data:`RENDER_FORMATS`); inferred from the suffix when None.
+
+    Raises:
+        RenderError: ``dot`` is not installed, or it failed (its stderr is in the message).
+        ConfigError: the format is unknown or cannot be inferred.
+
+    Example:
+        >>> circuit.render("figures/ioi_circuit.svg")  # doctest: +SKIP
+        PosixPath('figures/ioi_circuit.svg')
+    """
+    path = Path(path).expanduser()
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in RENDER_FORMATS:
+        raise ConfigError(
+            f"cannot render {str(path)!r}: format {fmt or '(none)'!r} is not one of {RENDER_FORMATS}; "
+            f"give the path a suffix such as .svg, or pass fmt='svg'"
+        )
+    dot = shutil.which("dot")
+    if dot is None:
+        raise RenderError(
+            "rendering needs graphviz's `dot` binary, which is not installed (not on PATH). "
+            "Install graphviz: `apt-get install graphviz`, `conda install -c conda-forge graphviz` "
+            "or `brew install graphviz`. "
+            "Without it, circuit.to_dot() still writes the DOT text: "
+            "Path('circuit.dot').write_text(circuit.to_dot())."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            [dot, f"-T{fmt}", "-o", str(path)],
+            input=to_dot(circuit).encode(),
+            capture_output=True,
+            check=False,
+        )
+    except OSError as e:
+        raise RenderError(f"could not run graphviz's dot ({dot}): {e}") from None
+    if proc.returncode != 0:
+        stderr = proc.stderr.decode(errors="replace").strip()
+        raise RenderError(f"graphviz's dot failed with exit code {proc.returncode} writing {str(path)!r}: {stderr}")
+    return path
