@@ -1,0 +1,43 @@
+"""circuitfind: automated circuit discovery on Hugging Face transformers models.
+
+Example:
+    >>> import circuitfind as cf
+    >>> model, tok = cf.load_model()  # doctest: +SKIP
+    >>> circuit = cf.discover(model, "ioi", tokenizer=tok, threshold=0.05)  # doctest: +SKIP
+    >>> open("circuit.dot", "w").write(circuit.to_dot())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from circuitfind import errors
+from circuitfind.circuit import Circuit
+from circuitfind.discovery import discover
+from circuitfind.errors import CircuitfindError
+from circuitfind.graph import Edge, Graph, Node
+from circuitfind.models import load_model
+from circuitfind.patching import Ablation, PatchableModel
+from circuitfind.tasks import Task
+
+__all__ = [
+    "Ablation",
+    "Circuit",
+    "CircuitfindError",
+    "Edge",
+    "Graph",
+    "Node",
+    "PatchableModel",
+    "Task",
+    "discover",
+    "errors",
+    "evaluate",
+    "load_model",
+]
+
+
+def __getattr__(name: str):
+    # evaluate pulls in more of the package; load it on first use
+    if name == "evaluate":
+        from circuitfind import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'circuitfind' has no attribute {name!r}")

@@ -1,0 +1,294 @@
+"""ACDC: recursive path patching (Conmy et al. 2023), exactly as the reference algorithm (REFERENCE §3).
+
+Start with every edge present. Visit receivers in reverse topological order (``logits``, then per layer from
+the last: the MLP input, the heads' v inputs, k, q, heads high to low) -- which is simply descending receiver
+index in our layout. For one receiver, test its senders from later to earlier (descending sender index: MLP
+before heads, heads high to low, ``input`` last; ``reverse`` order flips this). Removing an edge for good when
+
+    loss(H minus e) - loss(H) < threshold        (``absolute``: |...| < threshold)
+
+where H is the current subgraph and the loss is the metric to minimise. A node with no outgoing edge left is
+skipped: its incoming edges are removed untested.
+
+Two implementations share the order, the skip rule and the decision rule:
+
+* :func:`run_acdc_plain` -- one full forward per tested edge, written for clarity;
+* :func:`run_acdc_fast` -- restarts each test at the receiver's layer from cached activations, computes logits
+  only at the answer positions, and evaluates several candidate removals in one pass with speculation
+  (candidate j assumes 1..j-1 removed; at the first kept candidate the rest are discarded). Same result.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
+
+__all__ = [
+    "SenderOrder",
+    "AcdcOptions",
+    "AcdcState",
+    "Problem",
+    "receiver_order",
+    "sender_order",
+    "run_acdc_plain",
+    "run_acdc_fast",
+]
+
+
+class SenderOrder(enum.Enum):
+    """The order in which one receiver's senders are tested."""
+
+    NORMAL = "normal"
+    """Later layers first; within a layer the MLP before the heads, heads high to low; ``input`` last."""
+    REVERSE = "reverse"
+    """The opposite: ``input`` first, then layer 0's heads low to high, its MLP, layer 1, ..."""
+
+
+@dataclass(frozen=True)
+class AcdcOptions:
+    """ACDC's options.
+
+    Attributes:
+        threshold: tau; an edge whose removal raises the loss by less than this is removed.
+        absolute: compare |change| with tau instead of the signed change.
+        sender_order: see :class:`SenderOrder`.
+        batch_size: candidate removals evaluated per forward in the fast path (speculation depth).
+    """
+
+    threshold: float
+    absolute: bool = False
+    sender_order: SenderOrder = SenderOrder.NORMAL
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if not isinstance(t, (int, float)) or math.isnan(t) or t < 0:
+            raise ConfigError(
+                f"threshold must be a number >= 0 (math.inf keeps nothing); got {t!r}. Typical values: 0.001-0.1 for KL"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+
+
+@dataclass
+class AcdcState:
+    """Everything needed to continue a run: checkpointed at receiver boundaries."""
+
+    mask: Tensor  # (S, R) bool, current subgraph H
+    effects: Tensor  # (S, R) float, loss change when tested; NaN if never tested
+    current: float  # loss(H)
+    next_receiver: int = 0  # position in receiver_order
+    edges_tested: int = 0
+    forward_passes: int = 0
+    candidates_evaluated: int = 0
+    elapsed_s: float = 0.0
+    done: bool = False
+
+    def copy(self) -> AcdcState:
+        return replace(self, mask=self.mask.clone(), effects=self.effects.clone())
+
+
+@dataclass
+class Problem:
+    """What a discovery method needs, prepared once by ``discover``.
+
+    Attributes:
+        pm: the patchable model.
+        clean_ids: ``(B, T)``; attention_mask ``(B, T)``; positions ``(B,)`` where the metric reads.
+        ablated: the ablated sender outputs.
+        loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise.
+    """
+
+    pm: object
+    clean_ids: Tensor
+    attention_mask: Tensor
+    positions: Tensor
+    ablated: object
+    loss: Callable[[Tensor], Tensor]
+    extra: dict = field(default_factory=dict)
+
+
+def receiver_order(graph: Graph) -> list[int]:
+    """Reverse topological order: ``logits``, then per layer from the last MLP, v, k, q (heads high to low)."""
+    return list(range(graph.n_receivers - 1, -1, -1))
+
+
+def sender_order(graph: Graph, receiver: int, order: SenderOrder = SenderOrder.NORMAL) -> list[int]:
+    """The senders of ``receiver`` in the order ACDC tests them."""
+    n = int(graph.n_upstream[receiver])
+    return list(range(n - 1, -1, -1)) if order is SenderOrder.NORMAL else list(range(n))
+
+
+def _receiver_node_sender(graph: Graph, r: int) -> int | None:
+    """The sender index of the node that owns receiver ``r`` (None for the logits)."""
+    rec = graph.receivers[r]
+    if rec.node.layer >= graph.n_layers:
+        return None
+    if rec.channel is None:
+        return graph.mlp_sender(rec.node.layer)
+    return graph.head_sender(rec.node.layer, rec.node.head)
+
+
+def _removes(effect: float, opts: AcdcOptions) -> bool:
+    return (abs(effect) if opts.absolute else effect) < opts.threshold
+
+
+def _initial_state(graph: Graph, loss_full: float) -> AcdcState:
+    return AcdcState(
+        mask=graph.full_mask(),
+        effects=torch.full((graph.n_senders, graph.n_receivers), float("nan")),
+        current=loss_full,
+    )
+
+
+def _skip_if_dead(graph: Graph, state: AcdcState, r: int) -> bool:
+    """Remove ``r``'s incoming edges untested when its node has no outgoing edge left."""
+    owner = _receiver_node_sender(graph, r)
+    if owner is None or bool(state.mask[owner].any()):
+        return False
+    state.mask[:, r] = False
+    return True
+
+
+Hook = Callable[[AcdcState, int, int], None]  # (state at a receiver boundary, receivers done, total)
+
+
+def _visit(graph: Graph, state: AcdcState, on_boundary: Hook | None, visit_one: Callable[[int], None]) -> AcdcState:
+    order = receiver_order(graph)
+    start = time.perf_counter() - state.elapsed_s
+    while state.next_receiver < len(order):
+        r = order[state.next_receiver]
+        if not _skip_if_dead(graph, state, r):
+            visit_one(r)
+        state.next_receiver += 1
+        state.elapsed_s = time.perf_counter() - start
+        if on_boundary is not None:
+            on_boundary(state, state.next_receiver, len(order))
+    state.done = True
+    return state
+
+
+def run_acdc_plain(
+    problem: Problem, opts: AcdcOptions, state: AcdcState | None = None, on_boundary: Hook | None = None
+) -> AcdcState:
+    """ACDC written for clarity: one full forward (all positions) per tested edge."""
+    pm, graph = problem.pm, problem.pm.graph
+    rows = torch.arange(problem.clean_ids.shape[0])
+
+    def loss(mask: Tensor) -> float:
+        with torch.no_grad():
+            logits = pm.forward(problem.clean_ids, problem.ablated, mask, attention_mask=problem.attention_mask)
+        state.forward_passes += 1
+        return float(problem.loss(logits[rows, problem.positions].unsqueeze(0))[0])
+
+    if state is None:
+        state = _initial_state(graph, 0.0)
+        state.current = loss(state.mask)
+
+    def visit(r: int) -> None:
+        for s in sender_order(graph, r, opts.sender_order):
+            state.mask[s, r] = False
+            new = loss(state.mask)
+            effect = new - state.current
+            state.effects[s, r] = effect
+            state.edges_tested += 1
+            state.candidates_evaluated += 1
+            if _removes(effect, opts):
+                state.current = new
+            else:
+                state.mask[s, r] = True
+
+    return _visit(graph, state, on_boundary, visit)
+
+
+class _FastEvaluator:
+    """Losses of stacked candidate masks, restarting at the visited layer from cached clean activations."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.p = problem
+        pm = problem.pm
+        with torch.no_grad():
+            logits, self.clean_diffs = pm.forward(
+                problem.clean_ids,
+                problem.ablated,
+                pm.graph.full_mask(),
+                attention_mask=problem.attention_mask,
+                positions=problem.positions,
+                return_diffs=True,
+            )
+        self.loss_full = float(problem.loss(logits.unsqueeze(0))[0])
+        self.layer: int | None = None
+        self.cache = None
+
+    def start_layer(self, layer: int, mask: Tensor) -> None:
+        """Build the prefix cache for visiting ``layer``'s receivers under the current subgraph."""
+        self.layer = layer
+        with torch.no_grad():
+            self.cache = self.p.pm.prefix_cache(self.clean_diffs, self.p.ablated, mask, layer)
+
+    def losses(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K,)
+        with torch.no_grad():
+            logits = self.p.pm.forward(
+                self.p.clean_ids,
+                self.p.ablated,
+                masks,
+                attention_mask=self.p.attention_mask,
+                positions=self.p.positions,
+                start_layer=self.layer,
+                cache=self.cache,
+            )
+        return self.p.loss(logits).cpu()
+
+
+def run_acdc_fast(
+    problem: Problem, opts: AcdcOptions, state: AcdcState | None = None, on_boundary: Hook | None = None
+) -> AcdcState:
+    """ACDC with every speed-up; gives exactly :func:`run_acdc_plain`'s result."""
+    graph = problem.pm.graph
+    ev = _FastEvaluator(problem)
+    if state is None:
+        state = _initial_state(graph, ev.loss_full)
+    depth = opts.batch_size
+
+    def visit(r: int) -> None:
+        nonlocal depth
+        layer = graph.receiver_layer(r)
+        if ev.layer != layer:
+            ev.start_layer(layer, state.mask)
+        senders = sender_order(graph, r, opts.sender_order)
+        i = 0
+        while i < len(senders):
+            k = min(depth, len(senders) - i)
+            cands = state.mask.unsqueeze(0).repeat(k, 1, 1)  # (K, S, R)
+            for j in range(k):
+                cands[j:, senders[i + j], r] = False  # candidate j assumes candidates before it removed
+            losses = ev.losses(cands).tolist()
+            state.forward_passes += 1
+            state.candidates_evaluated += k
+            decided, kept = 0, False
+            for j in range(k):
+                s = senders[i + j]
+                effect = losses[j] - state.current
+                state.effects[s, r] = effect
+                state.edges_tested += 1
+                decided += 1
+                if _removes(effect, opts):
+                    state.mask[s, r] = False
+                    state.current = losses[j]
+                else:
+                    kept = True
+                    break
+            i += decided
+            # adapt the speculation depth: deeper while removals run on, shallower after a keep
+            depth = max(1, depth // 2) if kept else min(opts.batch_size, depth * 2)
+
+    return _visit(graph, state, on_boundary, visit)

@@ -1,0 +1,135 @@
+"""Metrics on the logits at the answer positions, batched over stacked circuits.
+
+Every metric maps logits ``(K, B, V)`` (K circuits evaluated at once, B prompts) to ``(K,)`` values, averaged
+over prompts. :meth:`Metric.loss` turns a value into the quantity ACDC minimises: KL as it is, task metrics
+negated (REFERENCE §3).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from circuitfind.errors import ConfigError, TaskError
+
+__all__ = ["MetricKind", "Metric", "make_metric", "kl_divergence", "logit_diff", "prob_diff"]
+
+
+class MetricKind(enum.Enum):
+    """The built-in metrics."""
+
+    KL = "kl"
+    """KL(full model || circuit) of the next-token distribution at the answer position (lower is better)."""
+    LOGIT_DIFF = "logit_diff"
+    """Mean logit of the correct answers minus mean logit of the wrong ones (higher is better)."""
+    PROB_DIFF = "prob_diff"
+    """Total probability of the correct answers minus that of the wrong ones (higher is better)."""
+
+
+def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
+    """Mean of ``values (K, B, V)`` over the valid (>= 0) ids ``(B, A)`` of each prompt -> ``(K, B)``."""
+    valid = (ids >= 0).to(values.dtype)  # (B, A)
+    picked = values.gather(-1, ids.clamp(min=0).unsqueeze(0).expand(values.shape[0], -1, -1))  # (K, B, A)
+    return (picked * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
+    """``KL(reference || circuit)`` per circuit: ``(K, B, V), (B, V) -> (K,)``, mean over prompts."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    ref = reference_logprobs.float()
+    return (ref.exp() * (ref - logp)).sum(-1).mean(-1)
+
+
+def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
+    """``(K, B, V) -> (K,)``: mean over prompts of mean correct logit minus mean wrong logit."""
+    return (_gather_mean(logits.float(), answers) - _gather_mean(logits.float(), wrong)).mean(-1)
+
+
+def _gather_sum(values: Tensor, ids: Tensor) -> Tensor:
+    valid = (ids >= 0).to(values.dtype)
+    picked = values.gather(-1, ids.clamp(min=0).unsqueeze(0).expand(values.shape[0], -1, -1))
+    return (picked * valid).sum(-1)
+
+
+def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
+    """``(K, B, V) -> (K,)``: mean over prompts of P(correct answers) minus P(wrong answers)."""
+    probs = F.softmax(logits.float(), dim=-1)
+    return (_gather_sum(probs, answers) - _gather_sum(probs, wrong)).mean(-1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric bound to its task data.
+
+    Attributes:
+        name: ``kl``, ``logit_diff``, ``prob_diff`` or the callable's name.
+        fn: logits ``(K, B, V)`` -> values ``(K,)``.
+        higher_is_better: False for KL (and losses); True for task metrics.
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    higher_is_better: bool
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``."""
+        if logits.dim() == 2:
+            return self.fn(logits.unsqueeze(0))[0]
+        return self.fn(logits)
+
+    def loss(self, logits: Tensor) -> Tensor:
+        """What ACDC minimises: the value, negated when higher is better."""
+        value = self(logits)
+        return -value if self.higher_is_better else value
+
+
+def make_metric(
+    metric: str | MetricKind | Metric | Callable[[Tensor], Tensor],
+    *,
+    clean_logits: Tensor | None = None,
+    answers: Tensor | None = None,
+    wrong_answers: Tensor | None = None,
+    higher_is_better: bool = False,
+) -> Metric:
+    """Bind a metric to the data it needs.
+
+    Args:
+        metric: a :class:`MetricKind` or its name, a ready :class:`Metric`, or a callable mapping logits at the
+            answer positions ``(B, V)`` to a scalar tensor. A callable is minimised unless ``higher_is_better``.
+        clean_logits: ``(B, V)`` full-model logits at the answer positions (for KL).
+        answers, wrong_answers: ``(B, A)`` token ids padded with -1 (for task metrics).
+
+    Example:
+        >>> m = make_metric("logit_diff", answers=torch.tensor([[1]]), wrong_answers=torch.tensor([[2]]))
+        >>> float(m(torch.tensor([[0.0, 3.0, 1.0]])))
+        2.0
+    """
+    if isinstance(metric, Metric):
+        return metric
+    if callable(metric) and not isinstance(metric, (str, MetricKind)):
+        user = metric
+
+        def call_each(logits: Tensor) -> Tensor:  # the user's callable sees one circuit at a time
+            return torch.stack([torch.as_tensor(user(lg), dtype=torch.float32) for lg in logits])
+
+        return Metric(getattr(user, "__name__", "custom"), call_each, higher_is_better)
+    try:
+        kind = metric if isinstance(metric, MetricKind) else MetricKind(str(metric).lower().replace("-", "_"))
+    except ValueError:
+        raise ConfigError(
+            f"unknown metric {metric!r}; expected one of {[k.value for k in MetricKind]} or a callable on logits (B, V)"
+        ) from None
+    if kind is MetricKind.KL:
+        if clean_logits is None:
+            raise ConfigError("the KL metric needs the full model's logits at the answer positions")
+        ref = F.log_softmax(clean_logits.detach().float(), dim=-1)
+        return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False)
+    if answers is None or wrong_answers is None or answers.numel() == 0 or wrong_answers.numel() == 0:
+        raise TaskError(f"the {kind.value} metric needs correct and wrong answer token ids for every prompt")
+    fn = logit_diff if kind is MetricKind.LOGIT_DIFF else prob_diff
+    return Metric(kind.value, lambda lg: fn(lg, answers, wrong_answers), True)
