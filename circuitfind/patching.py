@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -93,17 +93,19 @@ def _frozen(module: nn.Module | None) -> Iterator[None]:
     if module is None:
         yield
         return
-    was_training = module.training
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+    training = [m for m in module.modules() if m.training]
+    flags = [p for p in module.parameters() if p.requires_grad]
     try:
-        module.eval()
-        for p, _ in flags:
+        for m in training:
+            m.training = False
+        for p in flags:
             p.requires_grad_(False)
         yield
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        module.train(was_training)
+        for p in flags:
+            p.requires_grad_(True)
+        for m in training:
+            m.training = True
 
 
 class _PostStore:
@@ -139,6 +141,13 @@ class _PostStore:
             block[:, idx] = values
         self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + block.sum(1)}
         self.n += c
+
+    def select_positions(self, pick: Callable[[Tensor], Tensor]) -> None:
+        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``."""
+        kept = pick(self.buf[:, : self.n])
+        self.buf = kept.new_empty((self.buf.shape[0], self.buf.shape[1], *kept.shape[2:]))
+        self.buf[:, : self.n] = kept
+        self._sums = {n: pick(v) for n, v in self._sums.items()}
 
     def total(self, n: int) -> Tensor:  # (K or 1, B, T, D): sum of the first n diffs (recent counts only)
         return self._sums[n]
@@ -360,6 +369,37 @@ class PatchableModel:
             attn_bias = self._attention_bias(am, K)  # (K*B, 1, T, T)
             rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
             r_after = g.receivers_from(start_layer + 1)
+            rows = torch.arange(B, device=self.device)
+            selected = False  # True once only the answer positions are carried
+
+            def sel(x: Tensor) -> Tensor:  # (..., B'|B, T'|T, D) -> (..., B'|B, 1, D) once selected
+                if not selected or x.shape[-2] == 1:
+                    return x
+                x = x.expand(*x.shape[:-3], B, *x.shape[-2:])
+                return x[..., rows, positions, :].unsqueeze(-2)
+
+            # Above the highest layer with a live head nothing mixes positions: from there on only the answer
+            # positions are computed (exact; without autograd, when positions are given and diffs not returned).
+            top = start_layer - 1
+            if not grad and positions is not None and not return_diffs:
+                row_live = M.any(dim=2).any(dim=0)  # (S,)
+                for layer in range(start_layer, spec.n_layers):
+                    first = g.head_sender(layer, 0)
+                    if bool(row_live[first : first + spec.n_heads].any()):
+                        top = layer
+            else:
+                top = spec.n_layers
+
+            def select_positions() -> None:
+                nonlocal selected, pre, pre_total, partial
+                selected = True
+                pre = sel(pre)
+                pre_total = pre.sum(0, keepdim=True)
+                partial = None if partial is None else sel(partial)
+                post.select_positions(sel)
+
+            if top < start_layer:
+                select_positions()
 
             def receiver_inputs(cols: slice | Tensor, n_up: int, group: int, layer: int) -> Tensor:
                 """Inputs ``(K, C|1, B, T, D)`` of the receivers ``cols`` (a slice or an index tensor)."""
@@ -369,7 +409,7 @@ class PatchableModel:
                     )
                     x = partial[rel].unsqueeze(0)
                 else:
-                    x = ablated.bases[group].unsqueeze(0).unsqueeze(0)
+                    x = sel(ablated.bases[group]).unsqueeze(0).unsqueeze(0)
                     x = x + _mix(pre.unsqueeze(0), M[:, : min(n_up, s_pre), cols], pre_total, grad)
                 if n_up > s_pre:
                     n = n_up - s_pre
@@ -399,19 +439,23 @@ class PatchableModel:
                         heads = einsum(z, lay.attn.W_O[idx], "k b h t e, h e d -> k h b t d")
                         values = heads - ablated.outputs[first + idx]
                     post.append_some(H, idx, values)
+                if layer == top:
+                    select_positions()
                 n_mlp = n_attn + (0 if g.parallel else H)
                 mlp_s = g.mlp_sender(layer)
                 if grad or bool(M[:, mlp_s].any()):
                     xm = receiver_inputs(slice(r0 + 3 * H, r0 + 3 * H + 1), n_mlp, 2 * layer + 1, layer)
                     out = lay.mlp(lay.mlp_norm(xm[:, 0]))  # (K, B, T, D)
-                    post.append((out - ablated.outputs[mlp_s]).unsqueeze(1))
+                    post.append((out - sel(ablated.outputs[mlp_s])).unsqueeze(1))
                 else:
                     post.append_some(1, torch.zeros(0, dtype=torch.long), None)
 
             r_log = g.logits_receiver
             final = receiver_inputs(slice(r_log, r_log + 1), g.n_senders, 2 * g.n_layers, g.n_layers)[:, 0]
-            if positions is not None:
-                final = final[:, torch.arange(B, device=self.device), positions]  # (K, B, D)
+            if selected:
+                final = final[:, :, 0]  # (K, B, D)
+            elif positions is not None:
+                final = final[:, rows, positions]  # (K, B, D)
             logits = spec.unembed(spec.final_norm(final))
             logits = logits[0] if single else logits
             if not return_diffs:

@@ -222,3 +222,25 @@ def test_bad_inputs_raise_clear_errors():
         pm.ablation("gaussian", clean)
     with pytest.raises(ConfigError, match="needs input ids"):
         pm.ablation("resample")
+
+
+@pytest.mark.parametrize("top_live_layer", [-1, 0, 1])
+def test_answer_positions_only_above_the_last_live_head(model, top_live_layer):
+    """With every head above some layer dead, only answer positions are computed there; same logits."""
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0)
+    am = torch.ones_like(clean)
+    am[2, 5:] = 0
+    pos = am.sum(1) - 1
+    abl = pm.ablation("mean", _ids(3))  # per-position bases and outputs exercise the selection
+    mask = torch.rand(g.n_senders, g.n_receivers, generator=torch.Generator().manual_seed(9)) < 0.6
+    for layer in range(top_live_layer + 1, g.n_layers):
+        first = g.head_sender(layer, 0)
+        mask[first : first + g.n_heads] = False
+    with torch.no_grad():
+        every = pm.forward(clean, abl, mask, attention_mask=am)[torch.arange(B), pos]
+        answer_only = pm.forward(clean, abl, mask, attention_mask=am, positions=pos)
+        stacked = pm.forward(clean, abl, mask.repeat(2, 1, 1), attention_mask=am, positions=pos)
+    assert_close(answer_only, every, 1e-5)
+    assert_close(stacked[1], every, 1e-5)
