@@ -37,7 +37,7 @@ __all__ = [
 def __getattr__(name: str):
     # evaluate pulls in more of the package; load it on first use
     if name == "evaluate":
-        from circuitfind import evaluate
+        import importlib
 
-        return evaluate
+        return importlib.import_module("circuitfind.evaluate")
     raise AttributeError(f"module 'circuitfind' has no attribute {name!r}")

@@ -1,0 +1,295 @@
+"""Validate ACDC on the default model (SmolLM2-135M): held-out faithfulness against random circuits of equal size.
+
+For each task (IOI, greater-than, induction):
+
+1. clean check: the full model's task metric on clean and on corrupted prompts, and how often the correct answer
+   beats the wrong one (a circuit of a model that cannot do the task means little);
+2. a short ACDC sweep (KL metric, resample ablation, on the train split), thresholds from the largest down,
+   stopping once a circuit exceeds ``--max-fraction`` of the edges (5%); the chosen circuit is the largest one
+   within that budget (the sweep is reported either way);
+3. held-out faithfulness (task metric) of every sweep circuit, and the mean ± std over ``--n-random`` random
+   circuits of the same size.
+
+Prints a table, writes ``benchmarks/results/validate.json`` (after every task; tasks already there with the same
+settings are skipped, and ACDC circuits are cached under ``benchmarks/results/circuits/``, so an interrupted run
+resumes), ``figures/faithfulness_vs_edges_<task>.png`` and, with graphviz's ``dot``, the IOI circuit as
+``figures/ioi_circuit_smollm2.svg``.
+
+Each ACDC run on the real model takes ~10-40 min on 2 CPU cores: the full benchmark takes hours.
+``--quick`` checks the pipeline end to end (6 train / 6 held-out prompts, one threshold, one task, 5 random
+circuits); its outputs go to ``benchmarks/results/quick/``.
+
+    python benchmarks/validate.py                         # everything
+    python benchmarks/validate.py --task ioi --thresholds 0.1 0.03 0.01
+    python benchmarks/validate.py --quick --task induction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import circuitfind as cf  # noqa: E402
+from circuitfind.evaluate import faithfulness_many, random_baseline, threshold_sweep  # noqa: E402
+from circuitfind.tasks import Task, get_task  # noqa: E402
+
+TASKS = ("ioi", "greater-than", "induction")
+THRESHOLDS = (0.1, 0.03, 0.01, 0.003)  # tried from the largest (smallest circuit, fastest run) down
+QUICK_THRESHOLD = 0.03
+MEMORY_BUDGET = 2 << 30
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, action="append", help="task(s) to run (repeatable; default: all)")
+    p.add_argument("--n-prompts", type=int, default=40, help="prompts per task; half discover, half held out")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None, help=f"ACDC sweep (default {THRESHOLDS})")
+    p.add_argument("--max-fraction", type=float, default=0.05, help="largest circuit size wanted (fraction of edges)")
+    p.add_argument("--n-random", type=int, default=20, help="random circuits per size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
+    p.add_argument("--force", action="store_true", help="rerun tasks already in the results file")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/validate.json)")
+    p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_prompts = 12
+        args.thresholds = args.thresholds or [QUICK_THRESHOLD]
+        args.n_random = min(args.n_random, 5)
+        args.task = args.task or ["induction"]
+        results = ROOT / "benchmarks" / "results" / "quick"
+        args.out = args.out or results / "validate.json"
+        args.figures = args.figures or results
+    args.task = args.task or list(TASKS)
+    args.thresholds = sorted(args.thresholds or THRESHOLDS, reverse=True)
+    args.out = args.out or ROOT / "benchmarks" / "results" / "validate.json"
+    args.figures = args.figures or ROOT / "figures"
+    return args
+
+
+# --- measurements --------------------------------------------------------------------------------------------
+def _per_prompt(logits: torch.Tensor, task: Task) -> torch.Tensor:
+    """``(B,)`` task metric of each prompt: mean correct minus mean wrong logit (or probability)."""
+    values = logits.float() if task.metric == "logit_diff" else logits.float().softmax(-1)
+
+    def pick(ids: torch.Tensor, mean: bool) -> torch.Tensor:  # (B, A) ids padded with -1 -> (B,)
+        valid = (ids >= 0).float()
+        got = values.gather(1, ids.clamp(min=0)) * valid
+        return got.sum(1) / valid.sum(1).clamp(min=1) if mean else got.sum(1)
+
+    mean = task.metric == "logit_diff"
+    return pick(task.answers, mean) - pick(task.wrong_answers, mean)
+
+
+def clean_check(pm: cf.PatchableModel, task: Task) -> dict[str, Any]:
+    """The unpatched model on clean and corrupted prompts: task metric and fraction of prompts solved."""
+    out = {}
+    zero = pm.ablation("zero")  # unused under the full mask; the forward needs one
+    for label, ids in (("clean", task.clean_ids), ("corrupted", task.corrupted_ids)):
+        with torch.no_grad():
+            logits = pm.forward(
+                ids, zero, pm.graph.full_mask(), attention_mask=task.attention_mask, positions=task.answer_pos
+            )
+        per = _per_prompt(logits, task)
+        out[label] = {"metric": float(per.mean()), "solved": float((per > 0).float().mean())}
+    out["metric_name"] = task.metric
+    return out
+
+
+def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    task = get_task(name, tok, n=args.n_prompts, seed=args.seed, n_train=args.n_prompts // 2)
+    t0 = time.perf_counter()
+    check = clean_check(pm, task)
+    print(
+        f"[{name}] clean check ({task.metric}): clean {check['clean']['metric']:.3f} "
+        f"(solved {100 * check['clean']['solved']:.0f}%), corrupted {check['corrupted']['metric']:.3f}",
+        flush=True,
+    )
+    if check["clean"]["metric"] <= check["corrupted"]["metric"]:
+        print(f"[{name}] warning: the model does no better on clean than on corrupted prompts", flush=True)
+
+    sweep: list[dict[str, Any]] = []
+    circuits = []
+    for tau in args.thresholds:  # largest threshold first: smallest circuits, fastest runs
+        t1 = time.perf_counter()
+        (circuit,) = threshold_sweep(
+            pm, task, [tau], metric="kl", ablation="resample", cache_dir=args.out.parent / "circuits"
+        )
+        circuits.append(circuit)
+        sweep.append(
+            {
+                "threshold": tau,
+                "n_edges": circuit.n_edges,
+                "fraction": circuit.fraction,
+                "kl_train": circuit.metric_circuit,
+                "acdc_time_s": circuit.stats.get("acdc_time_s"),
+                "wall_s": time.perf_counter() - t1,  # ~0 when the circuit came from the cache
+            }
+        )
+        print(f"[{name}] threshold {tau:g}: {circuit.n_edges} edges ({100 * circuit.fraction:.3f}%)", flush=True)
+        if circuit.fraction > args.max_fraction:
+            break
+    within = [i for i, s in enumerate(sweep) if s["fraction"] <= args.max_fraction]
+    chosen = within[-1] if within else min(range(len(sweep)), key=lambda i: sweep[i]["fraction"])
+
+    rows = faithfulness_many(pm, circuits, task, memory_budget=MEMORY_BUDGET)
+    for s, row, circuit in zip(sweep, rows, circuits, strict=True):
+        s["faithfulness"] = row["faithfulness"]
+        s["kl_held_out"] = row["kl_full_circuit"]
+        base = random_baseline(pm, circuit.n_edges, task, n=args.n_random, seed=args.seed)
+        s["random"] = {k: base[k] for k in ("mean", "std", "min", "max", "n")}
+    best = sweep[chosen]
+    result = {
+        "config": _config(args),
+        "n_prompts": len(task),
+        "n_train": len(task.train()),
+        "n_held_out": len(task.held_out()),
+        "metric": task.metric,
+        "metric_full_held_out": rows[chosen]["metric_full"],
+        "metric_empty_held_out": rows[chosen]["metric_empty"],
+        "clean_check": check,
+        "chosen_threshold": best["threshold"],
+        "within_budget": bool(within),
+        "n_edges": best["n_edges"],
+        "fraction": best["fraction"],
+        "faithfulness": best["faithfulness"],
+        "kl_held_out": best["kl_held_out"],
+        "random": best["random"],
+        "sweep": sweep,
+        "wall_s": time.perf_counter() - t0,
+    }
+    _plot(name, sweep, chosen, args.figures / f"faithfulness_vs_edges_{name}.png")
+    if name == "ioi":
+        _render(circuits[chosen], args.figures / "ioi_circuit_smollm2.svg")
+    return result
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "n_prompts": args.n_prompts,
+        "thresholds": list(args.thresholds),
+        "max_fraction": args.max_fraction,
+        "n_random": args.n_random,
+        "seed": args.seed,
+        "discovery": {"metric": "kl", "ablation": "resample"},
+        "evaluation": {"metric": "task", "ablation": "resample", "split": "held_out"},
+    }
+
+
+# --- output ------------------------------------------------------------------------------------------------
+def _plot(name: str, sweep: list[dict[str, Any]], chosen: int, path: Path) -> None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed: no figure", flush=True)
+        return
+    fig = Figure(figsize=(5.2, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pts = sorted(sweep, key=lambda s: s["fraction"])
+    xs = [max(s["fraction"], 1e-6) for s in pts]
+    ax.plot(xs, [s["faithfulness"] for s in pts], marker="o", label="ACDC circuits")
+    ax.errorbar(
+        xs,
+        [s["random"]["mean"] for s in pts],
+        yerr=[s["random"]["std"] for s in pts],
+        fmt="s",
+        ms=4,
+        capsize=3,
+        color="grey",
+        label="random circuits (mean ± std)",
+    )
+    for s, x in zip(pts, xs, strict=True):
+        ax.annotate(
+            f"τ={s['threshold']:g}", (x, s["faithfulness"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+        )
+    c = sweep[chosen]
+    ax.scatter(
+        [max(c["fraction"], 1e-6)], [c["faithfulness"]], s=90, facecolors="none", edgecolors="red", label="chosen"
+    )
+    ax.axhline(1.0, ls=":", color="grey", lw=1)
+    ax.axhline(0.0, ls=":", color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="circuit size (fraction of edges)", ylabel="held-out faithfulness (task metric)")
+    ax.set_title(f"SmolLM2-135M, {name}: ACDC (KL, resample)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}", flush=True)
+
+
+def _render(circuit: cf.Circuit, path: Path) -> None:
+    try:
+        circuit.render(path)
+        print(f"wrote {path}", flush=True)
+    except cf.errors.RenderError as exc:  # no graphviz: the numbers still count
+        print(f"not rendered: {exc}", flush=True)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"model": "smollm2", "tasks": {}}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    cols = ("task", "clean metric", "solved", "tau", "edges", "% edges", "f held-out", "random f (mean ± std)")
+    widths = (13, 13, 7, 7, 7, 8, 10, 22)
+    head = " ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+    print(head)
+    print("-" * len(head))
+    for name, r in results["tasks"].items():
+        clean, rnd = r["clean_check"]["clean"], r["random"]
+        cells = (
+            f"{clean['metric']:.3f}",
+            f"{100 * clean['solved']:.0f}%",
+            f"{r['chosen_threshold']:g}",
+            str(r["n_edges"]),
+            f"{100 * r['fraction']:.3f}%",
+            f"{r['faithfulness']:.3f}",
+            f"{rnd['mean']:.3f} ± {rnd['std']:.3f}",
+        )
+        line = " ".join([f"{name:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(cells, widths[1:], strict=True))])
+        print(line + ("" if r["within_budget"] else "  (over budget)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = _load(args.out)
+    model, tok = cf.load_model()
+    pm = cf.PatchableModel(model)
+    print(f"SmolLM2-135M: {pm.graph.describe()}", flush=True)
+    for name in args.task:
+        done = results["tasks"].get(name)
+        if done is not None and done.get("config") == _config(args) and not args.force:
+            print(f"[{name}] already in {args.out}; skipped (--force reruns it)", flush=True)
+            continue
+        results["tasks"][name] = run_task(pm, tok, name, args)
+        _save(args.out, results)
+    print()
+    print_table(results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

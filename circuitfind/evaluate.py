@@ -1,0 +1,566 @@
+"""Evaluating circuits with the model: faithfulness, random baselines, ROC sweeps against a ground truth, CPR/CMD.
+
+* :func:`faithfulness` / :func:`faithfulness_many`: on the task's held-out prompts, the metric of the full
+  model ``m(N)``, of the empty circuit ``m(empty)`` (every edge ablated) and of the circuit ``m(C)``, the
+  faithfulness ``f = (m(C) - m(empty)) / (m(N) - m(empty))`` (REFERENCE §6) and ``KL(full || circuit)`` at the
+  answer position. Many circuits are stacked into ``(K, S, R)`` masks and evaluated K at a time.
+* :func:`random_circuits` / :func:`random_baseline`: uniform random edge sets of a given size, and the
+  faithfulness they reach (what a discovered circuit of that size should beat).
+* :func:`threshold_sweep` / :func:`roc_sweep`: ACDC at several thresholds (through :func:`circuitfind.discover`),
+  then ROC points and AUC against a ground truth, as the ACDC paper draws them.
+* :func:`cpr_cmd_of_scores`: the MIB size sweep of a score map: top-k% circuits -> faithfulness -> CPR/CMD.
+
+The model-free math (:func:`roc_points`, :func:`auc`, :func:`roc_from_circuits`, :func:`top_k_masks`,
+:func:`cpr_cmd`) lives in :mod:`circuitfind.evaluate_scores` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from circuitfind.circuit import Circuit
+from circuitfind.errors import ConfigError, ShapeError, TaskError
+from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
+from circuitfind.graph import Graph
+from circuitfind.metrics import Metric, kl_divergence, make_metric
+from circuitfind.patching import AblatedOutputs, Ablation, PatchableModel
+from circuitfind.tasks import Task
+
+__all__ = [
+    "MIB_FRACTIONS",
+    "auc",
+    "cpr_cmd",
+    "cpr_cmd_of_scores",
+    "faithfulness",
+    "faithfulness_many",
+    "random_baseline",
+    "random_circuits",
+    "roc_from_circuits",
+    "roc_points",
+    "roc_sweep",
+    "threshold_sweep",
+    "top_k_masks",
+]
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Bytes of activations one stacked forward may hold (sets how many masks are evaluated per pass)."""
+
+
+# --- shared plumbing ---------------------------------------------------------------------------------------
+def _patchable(model: nn.Module | PatchableModel | str, tokenizer: Any) -> tuple[PatchableModel, Any]:
+    """A :class:`PatchableModel` (loading ``model`` by name if needed) and the tokenizer to use with it."""
+    if isinstance(model, PatchableModel):
+        return model, tokenizer
+    if isinstance(model, str):
+        from circuitfind.models import load_model
+
+        model, loaded = load_model(model)
+        tokenizer = tokenizer or loaded
+    return PatchableModel(model), tokenizer
+
+
+def _as_task(task: Any, tokenizer: Any) -> Task:
+    from circuitfind.discovery import prepare_task
+
+    return prepare_task(task, tokenizer)
+
+
+def _eval_split(task: Task) -> tuple[Task, str, str | None]:
+    """The held-out split when the task has one, else every prompt (with a note saying so)."""
+    try:
+        return task.held_out(), "held_out", None
+    except TaskError:
+        note = f"task {task.name!r} has no held-out split; evaluated on all {len(task)} prompts"
+        return task, "all", note
+
+
+def _default_metric(task: Task, metric: Any) -> Any:
+    """The task's own metric, or KL when the task has no answer ids to score it."""
+    if metric is not None:
+        return metric
+    return task.metric if task.has_answers else "kl"
+
+
+def _mask_of(graph: Graph, circuit_or_mask: Circuit | Tensor) -> Tensor:
+    mask = circuit_or_mask.mask if isinstance(circuit_or_mask, Circuit) else circuit_or_mask
+    if not isinstance(mask, Tensor):
+        raise ShapeError(f"expected a Circuit or an (S, R) mask tensor; got {type(circuit_or_mask).__name__}")
+    graph.check_mask(mask)
+    if mask.dim() != 2:
+        raise ShapeError(f"expected one (S, R) mask per circuit; got shape {tuple(mask.shape)}")
+    return mask
+
+
+def _ablation_for(pm: PatchableModel, task: Task, kind: Ablation) -> AblatedOutputs:
+    """The ablated outputs for ``task``'s prompts (as :func:`circuitfind.discovery.prepare_problem` builds them)."""
+    if kind is Ablation.RESAMPLE:
+        return pm.ablation(kind, task.corrupted_ids, task.attention_mask)
+    if kind is Ablation.MEAN:
+        return pm.ablation(kind, task.clean_ids, task.attention_mask)
+    return pm.ablation(kind)
+
+
+class _Evaluator:
+    """Metric values of many circuits on one prompt set, K masks per forward pass.
+
+    The full and empty circuits ride in the first pass; their values are the reference of every circuit.
+    """
+
+    def __init__(
+        self,
+        pm: PatchableModel,
+        task: Task,
+        metric: Any,
+        ablation: Ablation | str,
+        *,
+        batch_masks: int | None,
+        memory_budget: int,
+    ) -> None:
+        self.pm = pm
+        self.task, self.split, self.note = _eval_split(task)
+        self.task = self.task.to(pm.device)
+        self.kind = Ablation.parse(ablation)
+        self.ablated = _ablation_for(pm, self.task, self.kind)
+        self.metric_spec = _default_metric(self.task, metric)
+        g, B, T = pm.graph, len(self.task), self.task.seq_len
+        if batch_masks is None:
+            itemsize = torch.finfo(pm.dtype).bits // 8
+            per_mask = (g.n_senders + 4 * g.n_heads) * B * T * pm.spec.d_model * itemsize * 2  # diffs + inputs
+            batch_masks = max(1, min(64, memory_budget // max(per_mask, 1)))
+        if batch_masks < 1:
+            raise ConfigError(f"batch_masks must be a positive integer; got {batch_masks}")
+        self.batch_masks = batch_masks
+        self.metric: Metric | None = None
+        self.full_logprobs: Tensor | None = None  # (B, V)
+        self.m_full = self.m_empty = math.nan
+
+    def _logits(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K, B, V)
+        with torch.no_grad():
+            return self.pm.forward(
+                self.task.clean_ids,
+                self.ablated,
+                masks.to(self.pm.device, self.pm.dtype),
+                attention_mask=self.task.attention_mask,
+                positions=self.task.answer_pos,
+            )
+
+    def run(self, masks: Sequence[Tensor]) -> list[dict[str, Any]]:
+        g = self.pm.graph
+        full = g.full_mask().float()
+        stack = [full, torch.zeros_like(full), *(m.detach().cpu().float() for m in masks)]  # floats interpolate
+        values: list[float] = []
+        kls: list[float] = []
+        for start in range(0, len(stack), self.batch_masks):
+            chunk = torch.stack(stack[start : start + self.batch_masks])  # (K, S, R)
+            logits = self._logits(chunk)  # (K, B, V)
+            if self.metric is None:  # the first chunk holds the full model at index 0
+                self.full_logprobs = F.log_softmax(logits[0].float(), dim=-1)
+                self.metric = make_metric(
+                    self.metric_spec,
+                    clean_logits=logits[0],
+                    answers=self.task.answers,
+                    wrong_answers=self.task.wrong_answers,
+                )
+            values += [float(v) for v in self.metric(logits)]
+            kls += [float(v) for v in kl_divergence(logits, self.full_logprobs)]
+        self.m_full, self.m_empty = values[0], values[1]
+        return [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]
+
+    def _row(self, mask: Tensor, value: float, kl: float) -> dict[str, Any]:
+        g = self.pm.graph
+        n_edges = int((mask.detach().cpu() != 0)[g.edge_mask].sum())
+        span = self.m_full - self.m_empty
+        row = {
+            "faithfulness": (value - self.m_empty) / span if span != 0 else math.nan,
+            "metric": self.metric.name,
+            "metric_full": self.m_full,
+            "metric_empty": self.m_empty,
+            "metric_circuit": value,
+            "kl_full_circuit": kl,
+            "n_edges": n_edges,
+            "fraction": n_edges / g.n_edges,
+            "ablation": self.kind.value,
+            "split": self.split,
+            "n_prompts": len(self.task),
+        }
+        notes = [self.note] if self.note else []
+        if span == 0:
+            notes.append("m(full) == m(empty): faithfulness is undefined (NaN)")
+        if notes:
+            row["note"] = "; ".join(notes)
+        return row
+
+
+# --- faithfulness ------------------------------------------------------------------------------------------
+def faithfulness_many(
+    model_or_pm: nn.Module | PatchableModel | str,
+    masks: Sequence[Circuit | Tensor],
+    task: Any,
+    *,
+    metric: Any = None,
+    ablation: Ablation | str = "resample",
+    tokenizer: Any = None,
+    batch_masks: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> list[dict[str, Any]]:
+    """Faithfulness of many circuits on the task's held-out prompts, ``batch_masks`` circuits per forward pass.
+
+    Args:
+        model_or_pm: a :class:`PatchableModel`, a transformers model, or a name for :func:`load_model`.
+        masks: circuits or ``(S, R)`` masks (bool; floats interpolate).
+        task: a :class:`Task` or anything :func:`circuitfind.discovery.prepare_task` accepts (names and strings
+            need ``tokenizer``). Its held-out split is used; without one, every prompt (the result says so).
+        metric: ``kl``, ``logit_diff``, ``prob_diff`` or a callable on logits ``(B, V)``. Default: the task's
+            metric, or KL when the task has no answer ids.
+        ablation: what removed edges carry (``resample``, ``mean``, ``zero``).
+        tokenizer: for tasks given by name or as strings.
+        batch_masks: masks per forward pass; default: as many as fit in ``memory_budget`` bytes.
+        memory_budget: activation bytes a pass may hold when ``batch_masks`` is None.
+
+    Returns:
+        one dict per circuit: ``faithfulness`` (f), ``metric_full`` (m(N)), ``metric_empty`` (m(empty)),
+        ``metric_circuit`` (m(C)), ``kl_full_circuit``, ``n_edges``, ``fraction``, ``metric``, ``ablation``,
+        ``split`` (``held_out`` or ``all``), ``n_prompts`` and, when something needs saying, ``note``.
+
+    Example:
+        >>> rows = faithfulness_many(pm, [c.mask for c in circuits], task)  # doctest: +SKIP
+        >>> [round(r["faithfulness"], 2) for r in rows]  # doctest: +SKIP
+        [0.41, 0.87, 0.98]
+    """
+    pm, tokenizer = _patchable(model_or_pm, tokenizer)
+    task = _as_task(task, tokenizer)
+    mask_list = [_mask_of(pm.graph, m) for m in masks]
+    ev = _Evaluator(pm, task, metric, ablation, batch_masks=batch_masks, memory_budget=memory_budget)
+    return ev.run(mask_list)
+
+
+def faithfulness(
+    model_or_pm: nn.Module | PatchableModel | str,
+    circuit_or_mask: Circuit | Tensor,
+    task: Any,
+    *,
+    metric: Any = None,
+    ablation: Ablation | str = "resample",
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Faithfulness ``f = (m(C) - m(empty)) / (m(N) - m(empty))`` of one circuit on the held-out prompts.
+
+    The full model, the empty circuit and the circuit are evaluated in one stacked forward pass.
+
+    Args:
+        model_or_pm: a :class:`PatchableModel`, a transformers model, or a name for :func:`load_model`.
+        circuit_or_mask: a :class:`Circuit` or an ``(S, R)`` mask.
+        task: the task (its held-out split is used; without one, all prompts and a ``note`` says so).
+        metric: default the task's metric (KL when the task has no answers); see :func:`faithfulness_many`.
+        ablation: ``resample`` (default), ``mean`` or ``zero``.
+        tokenizer: for tasks given by name or as strings.
+
+    Returns:
+        a dict with ``faithfulness``, ``metric_full``, ``metric_empty``, ``metric_circuit``,
+        ``kl_full_circuit`` (KL(full || circuit) at the answer positions), sizes and the split used.
+
+    Example:
+        >>> circuit = circuitfind.discover(model, task, tokenizer=tok, threshold=0.05)  # doctest: +SKIP
+        >>> faithfulness(model, circuit, task)["faithfulness"]  # doctest: +SKIP
+        0.93
+    """
+    return faithfulness_many(
+        model_or_pm, [circuit_or_mask], task, metric=metric, ablation=ablation, tokenizer=tokenizer
+    )[0]
+
+
+# --- random baselines --------------------------------------------------------------------------------------
+def random_circuits(graph: Graph, n_edges: int, n: int, seed: int = 0) -> list[Tensor]:
+    """``n`` circuits of ``n_edges`` edges each, drawn uniformly from the graph's edges.
+
+    Reproducible: the same seed gives the same circuits (a private ``torch.Generator``; the global RNG is
+    untouched).
+
+    Args:
+        graph: the model's graph.
+        n_edges: edges per circuit, ``0 <= n_edges <= graph.n_edges``.
+        n: number of circuits, ``>= 1``.
+        seed: the seed of the draw.
+
+    Returns:
+        ``n`` bool masks ``(S, R)``.
+
+    Example:
+        >>> ms = random_circuits(Graph(2, 2), n_edges=5, n=3, seed=0)
+        >>> [int(m.sum()) for m in ms]
+        [5, 5, 5]
+    """
+    if isinstance(n_edges, bool) or not isinstance(n_edges, int) or not 0 <= n_edges <= graph.n_edges:
+        raise ConfigError(f"n_edges must be an integer in 0..{graph.n_edges} (the graph's edges); got {n_edges!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n (number of random circuits) must be a positive integer; got {n!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    edges = graph.edge_mask.flatten().nonzero().squeeze(1)  # (E,) flat indices of existing edges
+    out = []
+    for _ in range(n):
+        pick = edges[torch.randperm(edges.numel(), generator=gen)[:n_edges]]
+        flat = torch.zeros(graph.edge_mask.numel(), dtype=torch.bool)
+        flat[pick] = True
+        out.append(flat.view_as(graph.edge_mask))
+    return out
+
+
+def random_baseline(
+    pm: nn.Module | PatchableModel | str,
+    n_edges: int,
+    task: Any,
+    n: int = 20,
+    seed: int = 0,
+    *,
+    metric: Any = None,
+    ablation: Ablation | str = "resample",
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Mean and standard deviation of the faithfulness of ``n`` random circuits of ``n_edges`` edges.
+
+    Args:
+        pm: the model (see :func:`faithfulness_many`).
+        n_edges: size of each random circuit.
+        task, metric, ablation, tokenizer: as in :func:`faithfulness_many`.
+        n: number of random circuits.
+        seed: seed of :func:`random_circuits`.
+
+    Returns:
+        ``{"mean", "std", "min", "max", "values", "n", "n_edges", "fraction", "metric", "split", ...}``
+        (``std`` is the sample standard deviation; 0 for one circuit).
+
+    Example:
+        >>> base = random_baseline(pm, circuit.n_edges, task, n=20)  # doctest: +SKIP
+        >>> f"{base['mean']:.2f} ± {base['std']:.2f}"  # doctest: +SKIP
+        '0.03 ± 0.05'
+    """
+    pm, tokenizer = _patchable(pm, tokenizer)
+    masks = random_circuits(pm.graph, n_edges, n, seed)
+    rows = faithfulness_many(pm, masks, task, metric=metric, ablation=ablation, tokenizer=tokenizer)
+    values = torch.tensor([r["faithfulness"] for r in rows], dtype=torch.float64)
+    first = rows[0]
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()) if n > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "values": values.tolist(),
+        "n": n,
+        "n_edges": n_edges,
+        "fraction": first["fraction"],
+        "seed": seed,
+        **{k: first[k] for k in ("metric", "metric_full", "metric_empty", "ablation", "split", "n_prompts")},
+    }
+
+
+# --- threshold sweeps and ROC ------------------------------------------------------------------------------
+def _digest(task: Task, parts: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for t in (task.clean_ids, task.corrupted_ids, task.attention_mask, task.answer_pos):
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _metric_label(metric: Any) -> str:
+    if isinstance(metric, str):
+        return metric
+    return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
+
+
+def threshold_sweep(
+    model: nn.Module | PatchableModel | str,
+    task: Any,
+    thresholds: Sequence[float],
+    *,
+    tokenizer: Any = None,
+    cache_dir: str | Path | None = None,
+    on_circuit: Callable[[float, Circuit], None] | None = None,
+    **discover_kw: Any,
+) -> list[Circuit]:
+    """ACDC (through :func:`circuitfind.discover`, progress off) once per threshold.
+
+    Args:
+        model: a :class:`PatchableModel`, a transformers model, or a name (loaded once for the whole sweep).
+        task: anything :func:`circuitfind.discover` accepts; its train split is used.
+        thresholds: the taus, run in the given order.
+        tokenizer: for tasks given by name or as strings.
+        cache_dir: if given, each circuit is saved there as JSON and reused by a later sweep with the same model
+            name, task data, threshold and options, and each ACDC run checkpoints there (``.ckpt``), so an
+            interrupted sweep resumes where it stopped, even in the middle of a run.
+        on_circuit: called with ``(threshold, circuit)`` after each threshold (e.g. to write partial results).
+        **discover_kw: passed to :func:`circuitfind.discover` (``metric``, ``ablation``, ``batch_size``...).
+
+    Returns:
+        one :class:`Circuit` per threshold, in the order of ``thresholds``.
+
+    Example:
+        >>> circuits = threshold_sweep(pm, task, [0.01, 0.1], ablation="zero")  # doctest: +SKIP
+        >>> [c.n_edges for c in circuits]  # doctest: +SKIP
+        [41, 12]
+    """
+    from circuitfind.discovery import discover
+
+    if not len(thresholds):
+        raise ConfigError("thresholds is empty; give at least one threshold, e.g. [0.01, 0.1]")
+    pm, tokenizer = _patchable(model, tokenizer)
+    task = _as_task(task, tokenizer)
+    discover_kw.pop("progress", None)
+    model_name = getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
+    circuits = []
+    for tau in thresholds:
+        path = None
+        if cache_dir is not None:
+            parts = {
+                "model": model_name,
+                "graph": pm.graph.describe(),
+                "threshold": float(tau),
+                "task": task.name,
+                **{k: _metric_label(v) if k == "metric" else v for k, v in discover_kw.items()},
+            }
+            path = Path(cache_dir) / f"acdc_{task.name}_{_digest(task.train(), parts)}.json"
+        if path is not None and path.exists():
+            circuit = Circuit.load(path)
+        elif path is not None:  # checkpointed: an interrupted run resumes from its last finished receiver
+            ckpt = path.with_suffix(".ckpt")
+            circuit = discover(
+                pm, task, threshold=float(tau), progress=False, checkpoint=ckpt, resume=True, **discover_kw
+            )
+            circuit.save(path)
+            ckpt.unlink(missing_ok=True)
+        else:
+            circuit = discover(pm, task, threshold=float(tau), progress=False, **discover_kw)
+        circuits.append(circuit)
+        if on_circuit is not None:
+            on_circuit(float(tau), circuit)
+    return circuits
+
+
+def _truth_mask(graph: Graph, truth_edges: set[str] | Sequence[str] | Tensor) -> Tensor:
+    if isinstance(truth_edges, Tensor):
+        graph.check_mask(truth_edges)
+        return truth_edges.bool().cpu() & graph.edge_mask
+    return graph.mask_of(sorted(truth_edges))
+
+
+def roc_sweep(
+    model: nn.Module | PatchableModel | str,
+    task: Any,
+    thresholds: Sequence[float],
+    truth_edges: set[str] | Sequence[str] | Tensor,
+    **discover_kw: Any,
+) -> dict[str, Any]:
+    """ACDC at each threshold, then the ROC of those circuits against a ground truth and its area.
+
+    Each circuit is one (FPR, TPR) point; the curve adds (0, 0) and (1, 1) and is sorted by FPR
+    (:func:`roc_from_circuits`), as in the ACDC paper.
+
+    Args:
+        model: a :class:`PatchableModel`, a transformers model, or a name.
+        task: the task (its train split is used for discovery).
+        thresholds: the ACDC thresholds.
+        truth_edges: edge names of the ground-truth circuit, or its ``(S, R)`` bool mask.
+        **discover_kw: passed to :func:`threshold_sweep` / :func:`circuitfind.discover` (``metric``,
+            ``ablation``, ``tokenizer``, ``cache_dir``...).
+
+    Returns:
+        ``{"auc", "auc_pessimistic", "fpr", "tpr", "points", "n_truth", "n_graph_edges", "circuits"}``;
+        ``points`` has one ``{"threshold", "n_edges", "fraction", "fpr", "tpr"}`` per threshold.
+
+    Example:
+        >>> res = roc_sweep(pm, task, [1e-3, 1e-2, 1e-1], ioi_ground_truth())  # doctest: +SKIP
+        >>> round(res["auc"], 3)  # doctest: +SKIP
+        0.869
+    """
+    tokenizer = discover_kw.pop("tokenizer", None)
+    pm, tokenizer = _patchable(model, tokenizer)
+    truth = _truth_mask(pm.graph, truth_edges)
+    circuits = threshold_sweep(pm, task, thresholds, tokenizer=tokenizer, **discover_kw)
+    g = pm.graph
+    fpr, tpr = roc_from_circuits([c.mask for c in circuits], truth, g.edge_mask)
+    n_pos = int(truth.sum())
+    n_neg = g.n_edges - n_pos
+    points = []
+    for tau, c in zip(thresholds, circuits, strict=True):
+        kept = c.mask & g.edge_mask
+        points.append(
+            {
+                "threshold": float(tau),
+                "n_edges": c.n_edges,
+                "fraction": c.fraction,
+                "fpr": int((kept & ~truth).sum()) / n_neg,
+                "tpr": int((kept & truth).sum()) / n_pos,
+            }
+        )
+    return {
+        "auc": auc(fpr, tpr),
+        "auc_pessimistic": auc(fpr, tpr, pessimistic=True),
+        "fpr": fpr.tolist(),
+        "tpr": tpr.tolist(),
+        "points": points,
+        "n_truth": n_pos,
+        "n_graph_edges": g.n_edges,
+        "circuits": circuits,
+    }
+
+
+# --- CPR / CMD ---------------------------------------------------------------------------------------------
+def cpr_cmd_of_scores(
+    pm: nn.Module | PatchableModel | str,
+    scores: Tensor,
+    task: Any,
+    *,
+    fractions: Sequence[float] = MIB_FRACTIONS,
+    metric: Any = None,
+    ablation: Ablation | str = "resample",
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """CPR and CMD of an edge-score map: top-k% circuits, their held-out faithfulness, the areas (MIB).
+
+    CPR ranks edges by signed score, CMD by absolute score (REFERENCE §6). NaN scores (edges ACDC never
+    tested) rank last in both.
+
+    Args:
+        pm: the model (see :func:`faithfulness_many`).
+        scores: ``(S, R)`` edge scores (higher = more important), e.g. ``circuit.scores``.
+        task, metric, ablation, tokenizer: as in :func:`faithfulness_many`.
+        fractions: circuit sizes as fractions of the edges, increasing (default :data:`MIB_FRACTIONS`).
+
+    Returns:
+        ``{"cpr", "cmd", "fractions", "faithfulness_signed", "faithfulness_abs", "metric", "split", ...}``.
+
+    Example:
+        >>> res = cpr_cmd_of_scores(pm, circuit.scores, task)  # doctest: +SKIP
+        >>> res["cpr"], res["cmd"]  # doctest: +SKIP
+        (0.81, 0.12)
+    """
+    pm, tokenizer = _patchable(pm, tokenizer)
+    pm.graph.check_mask(scores)
+    if scores.dim() != 2:
+        raise ShapeError(f"scores must be one (S, R) map; got shape {tuple(scores.shape)}")
+    s = scores.detach().cpu().double()
+    signed = top_k_masks(s.nan_to_num(nan=-math.inf), pm.graph.edge_mask, fractions)
+    absolute = top_k_masks(s.abs().nan_to_num(nan=-1.0), pm.graph.edge_mask, fractions)
+    rows = faithfulness_many(pm, signed + absolute, task, metric=metric, ablation=ablation, tokenizer=tokenizer)
+    f_signed = [r["faithfulness"] for r in rows[: len(fractions)]]
+    f_abs = [r["faithfulness"] for r in rows[len(fractions) :]]
+    cpr, _ = cpr_cmd(f_signed, fractions)
+    _, cmd = cpr_cmd(f_abs, fractions)
+    first = rows[0]
+    return {
+        "cpr": cpr,
+        "cmd": cmd,
+        "fractions": list(fractions),
+        "faithfulness_signed": f_signed,
+        "faithfulness_abs": f_abs,
+        "n_edges": [r["n_edges"] for r in rows[: len(fractions)]],
+        **{k: first[k] for k in ("metric", "metric_full", "metric_empty", "ablation", "split", "n_prompts")},
+    }
