@@ -129,7 +129,11 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--absolute", action="store_true", help="remove an edge when |change| < T rather than change < T")
     p.add_argument("--sender-order", choices=[o.value for o in SenderOrder], default="normal", help="default: normal")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=8, metavar="K", help="candidate removals per forward (default: 8)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="candidate removals per forward (default: 1 on CPU, 8 on GPU)",
     )
     p.add_argument("--resume", action="store_true", help=f"continue from DIR/{CHECKPOINT_NAME}")
     p.set_defaults(handler=_run_discover)

@@ -174,7 +174,7 @@ def discover(
     tokenizer: Any = None,
     absolute: bool = False,
     sender_order: SenderOrder | str = "normal",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     reference: Task | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -195,7 +195,8 @@ def discover(
         tokenizer: needed when the task is given as strings or a name.
         absolute: remove an edge when |change| < tau rather than change < tau.
         sender_order: ``normal`` or ``reverse``.
-        batch_size: candidate removals per forward pass (fast path).
+        batch_size: candidate removals per forward pass (fast path); None: 1 on CPU (larger batches fall out
+            of cache there), 8 on GPUs.
         checkpoint: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
@@ -216,7 +217,7 @@ def discover(
         raise ConfigError(f"unknown sender_order {sender_order!r}; expected 'normal' or 'reverse'") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ConfigError(f"threshold must be a number >= 0; got {threshold!r}")
-    opts = AcdcOptions(threshold=float(threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
+    AcdcOptions(threshold=float(threshold), batch_size=batch_size or 1)  # validate before any model loads
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
     if isinstance(model, str):
@@ -225,6 +226,9 @@ def discover(
         model, loaded_tok = load_model(model)
         tokenizer = tokenizer or loaded_tok
     pm = model if isinstance(model, PatchableModel) else PatchableModel(model)
+    if batch_size is None:
+        batch_size = 1 if pm.device.type == "cpu" else 8
+    opts = AcdcOptions(threshold=float(threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = prepare_task(task, tokenizer).train()
 

@@ -18,6 +18,7 @@ K times in one pass (used by ACDC to test several candidate removals at once).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,12 +80,17 @@ class PrefixCache:
         mask: ``(S, R)`` float mask those were computed under.
         partial: ``(R_after, B, T, D)``: for every receiver above ``start_layer``, its base plus the
             contributions of the senders below ``start_layer`` under ``mask``.
+        start_inputs: ``(C, B, T, D)``: the same for the receivers *of* ``start_layer``, under ``start_mask``
+            (``(S_pre, C)``); a forward adds only the rows where its mask differs, so candidates that change one
+            edge there cost one row. :meth:`PatchableModel.refresh_cache` moves them to a newer mask.
     """
 
     start_layer: int
     diffs: Tensor
     mask: Tensor
     partial: Tensor
+    start_inputs: Tensor
+    start_mask: Tensor
 
 
 @contextlib.contextmanager
@@ -306,7 +312,19 @@ class PatchableModel:
         pre = diffs[:s_pre].detach()
         base = ablated.bases[self.receiver_group[r_after:]]  # (R_after, B', T', D)
         partial = base + einsum(pre, m[:s_pre, r_after:], "s b t d, s r -> r b t d")
-        return PrefixCache(start_layer, pre, m, partial)
+        empty = pre.new_zeros((0, *pre.shape[1:]))
+        cache = PrefixCache(start_layer, pre, m, partial, empty, m[:s_pre, :0])
+        return self.refresh_cache(cache, ablated, mask)
+
+    def refresh_cache(self, cache: PrefixCache, ablated: AblatedOutputs, mask: Tensor) -> PrefixCache:
+        """The cache with its start-layer inputs recomputed under ``mask`` (only those columns may differ)."""
+        g, start = self.graph, cache.start_layer
+        m = self._float_mask(mask).detach()
+        s_pre = cache.diffs.shape[0]
+        cols = slice(g.receivers_from(start), min(g.receivers_from(start + 1), g.n_receivers))
+        base = ablated.bases[self.receiver_group[cols]]  # (C, B', T', D)
+        inputs = base + einsum(cache.diffs, m[:s_pre, cols], "s b t d, s c -> c b t d")
+        return dataclasses.replace(cache, start_inputs=inputs, start_mask=m[:s_pre, cols].clone())
 
     # --- the masked forward ----------------------------------------------------------------------
     def _float_mask(self, mask: Tensor) -> Tensor:
@@ -364,7 +382,9 @@ class PatchableModel:
                 self._check_cache(cache, start_layer, M, B, T)
                 pre, partial = cache.diffs, cache.partial
             s_pre = pre.shape[0]
-            pre_total = None if grad else pre.sum(0, keepdim=True)  # (1, B, T, D)
+            pre_total = None if grad or start_layer > 0 else pre.sum(0, keepdim=True)  # (1, B, T, D)
+            start_inputs = None if cache is None else cache.start_inputs
+            r_start = g.receivers_from(start_layer)
             post = _PostStore(K, g.n_senders - s_pre, (B, T, spec.d_model), pre, grad)
             attn_bias = self._attention_bias(am, K)  # (K*B, 1, T, T)
             rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
@@ -391,11 +411,12 @@ class PatchableModel:
                 top = spec.n_layers
 
             def select_positions() -> None:
-                nonlocal selected, pre, pre_total, partial
+                nonlocal selected, pre, pre_total, partial, start_inputs
                 selected = True
                 pre = sel(pre)
                 pre_total = pre.sum(0, keepdim=True)
                 partial = None if partial is None else sel(partial)
+                start_inputs = None if start_inputs is None else sel(start_inputs)
                 post.select_positions(sel)
 
             if top < start_layer:
@@ -408,6 +429,15 @@ class PatchableModel:
                         cols - r_after if isinstance(cols, Tensor) else slice(cols.start - r_after, cols.stop - r_after)
                     )
                     x = partial[rel].unsqueeze(0)
+                elif start_inputs is not None and layer == start_layer:
+                    rel = (
+                        cols - r_start if isinstance(cols, Tensor) else slice(cols.start - r_start, cols.stop - r_start)
+                    )
+                    x = start_inputs[rel].unsqueeze(0)
+                    delta = M[:, :s_pre, cols] - cache.start_mask[:, rel]  # (K, S_pre, C)
+                    changed = (delta != 0).any(dim=2).any(dim=0).nonzero().squeeze(1)
+                    if len(changed):
+                        x = x + einsum(pre[changed], delta[:, changed], "s b t d, k s c -> k c b t d")
                 else:
                     x = sel(ablated.bases[group]).unsqueeze(0).unsqueeze(0)
                     x = x + _mix(pre.unsqueeze(0), M[:, : min(n_up, s_pre), cols], pre_total, grad)

@@ -210,6 +210,9 @@ def run_acdc_plain(
     return _visit(graph, state, on_boundary, visit)
 
 
+REFRESH_EVERY = 8  # removals between refreshes of the visited layer's cached inputs
+
+
 class _FastEvaluator:
     """Losses of stacked candidate masks, restarting at the visited layer from cached clean activations."""
 
@@ -232,8 +235,18 @@ class _FastEvaluator:
     def start_layer(self, layer: int, mask: Tensor) -> None:
         """Build the prefix cache for visiting ``layer``'s receivers under the current subgraph."""
         self.layer = layer
+        self.removed_since_refresh = 0
         with torch.no_grad():
             self.cache = self.p.pm.prefix_cache(self.clean_diffs, self.p.ablated, mask, layer)
+
+    def removed(self, n: int, mask: Tensor) -> None:
+        """``n`` edges into the visited layer were removed: refresh its cached inputs now and then, so that
+        candidates differ from the cache in few rows."""
+        self.removed_since_refresh += n
+        if self.removed_since_refresh >= REFRESH_EVERY:
+            self.removed_since_refresh = 0
+            with torch.no_grad():
+                self.cache = self.p.pm.refresh_cache(self.cache, self.p.ablated, mask)
 
     def losses(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K,)
         with torch.no_grad():
@@ -274,7 +287,7 @@ def run_acdc_fast(
             losses = ev.losses(cands).tolist()
             state.forward_passes += 1
             state.candidates_evaluated += k
-            decided, kept = 0, False
+            decided, kept, removed = 0, False, 0
             for j in range(k):
                 s = senders[i + j]
                 effect = losses[j] - state.current
@@ -284,10 +297,12 @@ def run_acdc_fast(
                 if _removes(effect, opts):
                     state.mask[s, r] = False
                     state.current = losses[j]
+                    removed += 1
                 else:
                     kept = True
                     break
             i += decided
+            ev.removed(removed, state.mask)
             # adapt the speculation depth: deeper while removals run on, shallower after a keep
             depth = max(1, depth // 2) if kept else min(opts.batch_size, depth * 2)
 
