@@ -208,7 +208,7 @@ def test_parser_defaults_match_discover():
     args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x"])
     assert (args.method, args.metric, args.ablation, args.sender_order) == ("acdc", "kl", "resample", "normal")
     assert args.model is None and args.progress and not args.resume and not args.absolute
-    assert math.isclose(args.threshold, 0.01) and args.batch_size == 8 and args.seed == 0
+    assert math.isclose(args.threshold, 0.01) and args.batch_size is None and args.seed == 0  # auto: 1 on CPU
 
 
 def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
