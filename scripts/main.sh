@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-exec .venv/bin/circuitfind discover --task ioi --out out/ioi "$@"
+# 10 prompts and tau=0.1 keep the first run short on a laptop CPU; --resume continues after a Ctrl-C (and starts
+# fresh when there is no checkpoint). The benchmark (benchmarks/bench_acdc.py) runs the 20-prompt, tau=0.05 case.
+exec .venv/bin/circuitfind discover --task ioi --n-prompts 10 --threshold 0.1 --resume --out out/ioi "$@"

