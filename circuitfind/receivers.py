@@ -1,0 +1,95 @@
+"""Receiver-input arithmetic for the patched forward: the store of sender diffs and the row-sparse mixing.
+
+Kept apart from :mod:`circuitfind.patching` so that the forward reads as the model's computation, and this as
+the bookkeeping that makes it cheap: which sender rows a mask actually changes, and running sums of diffs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from einops import einsum
+from torch import Tensor
+
+__all__ = ["DiffStore", "mix_rows"]
+
+
+class DiffStore:
+    """Diffs of the senders computed in this pass, ``(K, n, B, T, D)``, appended layer by layer.
+
+    Without autograd it writes into one preallocated buffer (no copies); with autograd it concatenates, since
+    writing in place into a tensor already read by the graph would invalidate saved activations.
+    """
+
+    def __init__(self, K: int, capacity: int, shape: tuple[int, ...], like: Tensor, grad: bool) -> None:
+        self.grad = grad
+        self.n = 0
+        self.chunks: list[Tensor] = []
+        self.buf = None if grad else like.new_empty((K, capacity, *shape))
+        self._cat: Tensor | None = None
+        self._sums: dict[int, Tensor] = {0: like.new_zeros((1, *shape))}  # count -> sum of the first diffs
+
+    def append(self, chunk: Tensor) -> None:  # (K, c, B, T, D)
+        c = chunk.shape[1]
+        if self.buf is None:
+            self.chunks.append(chunk)
+            self._cat = None
+        else:
+            self.buf[:, self.n : self.n + c] = chunk
+            self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + chunk.sum(1)}
+        self.n += c
+
+    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
+        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``); the rest 0."""
+        block = self.buf[:, self.n : self.n + c]
+        block.zero_()
+        if len(idx):
+            block[:, idx] = values
+        self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + block.sum(1)}
+        self.n += c
+
+    def select_positions(self, pick: Callable[[Tensor], Tensor]) -> None:
+        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``."""
+        kept = pick(self.buf[:, : self.n])
+        self.buf = kept.new_empty((self.buf.shape[0], self.buf.shape[1], *kept.shape[2:]))
+        self.buf[:, : self.n] = kept
+        self._sums = {n: pick(v) for n, v in self._sums.items()}
+
+    def total(self, n: int) -> Tensor:  # (K or 1, B, T, D): sum of the first n diffs (recent counts only)
+        return self._sums[n]
+
+    def first(self, n: int) -> Tensor:  # (K, n, B, T, D)
+        if self.buf is not None:
+            return self.buf[:, :n]
+        if self._cat is None:
+            self._cat = torch.cat(self.chunks, dim=1)
+        return self._cat[:, :n]
+
+
+def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tensor:
+    """``sum_s w[k, s, c] * rows[k, s]`` -> ``(K, C|1, B, T, D)``, touching as few sender rows as possible.
+
+    ``rows`` is ``(K|1, n, B, T, D)``, ``w`` is ``(K, n, C)`` and ``total`` the sum of all ``n`` rows. Exactly
+    equal to the dense sum, it is computed either over the rows with some non-zero weight, or as ``total`` plus
+    ``(w - 1)`` over the rows with some weight other than one -- whichever set is smaller. When no row
+    differs from one, every column equals ``total`` and a single shared column is returned.
+    """
+    if dense or total is None:
+        return einsum(rows, w, "k s b t d, k s c -> k c b t d")
+    nonzero = (w != 0).any(dim=2).any(dim=0)  # (n,)
+    nonone = (w != 1).any(dim=2).any(dim=0)
+    n_nonzero, n_nonone = int(nonzero.sum()), int(nonone.sum())
+    from_total = n_nonone < n_nonzero
+    active, n_active = (nonone, n_nonone) if from_total else (nonzero, n_nonzero)
+    weights = w - 1 if from_total else w
+    if n_active == 0:
+        mixed = None
+    elif 2 * n_active > w.shape[1]:  # gathering most rows costs more than a dense pass over all of them
+        mixed = einsum(rows, weights, "k s b t d, k s c -> k c b t d")
+    else:
+        idx = active.nonzero().squeeze(1)
+        mixed = einsum(rows[:, idx], weights[:, idx], "k s b t d, k s c -> k c b t d")
+    if from_total:
+        return total.unsqueeze(1) if mixed is None else total.unsqueeze(1) + mixed
+    return rows.new_zeros((1, 1, *rows.shape[2:])) if mixed is None else mixed
