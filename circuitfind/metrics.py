@@ -31,11 +31,16 @@ class MetricKind(enum.Enum):
     """Total probability of the correct answers minus that of the wrong ones (higher is better)."""
 
 
-def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
-    """Mean of ``values (K, B, V)`` over the valid (>= 0) ids ``(B, A)`` of each prompt -> ``(K, B)``."""
+def _gather_sum(values: Tensor, ids: Tensor) -> Tensor:
+    """Sum of ``values (K, B, V)`` over the valid (>= 0) ids ``(B, A)`` of each prompt -> ``(K, B)``."""
     valid = (ids >= 0).to(values.dtype)  # (B, A)
     picked = values.gather(-1, ids.clamp(min=0).unsqueeze(0).expand(values.shape[0], -1, -1))  # (K, B, A)
-    return (picked * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+    return (picked * valid).sum(-1)
+
+
+def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
+    """Mean of ``values (K, B, V)`` over the valid ids of each prompt -> ``(K, B)``."""
+    return _gather_sum(values, ids) / (ids >= 0).sum(-1).clamp(min=1).to(values.dtype)
 
 
 def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
@@ -48,12 +53,6 @@ def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of mean correct logit minus mean wrong logit."""
     return (_gather_mean(logits.float(), answers) - _gather_mean(logits.float(), wrong)).mean(-1)
-
-
-def _gather_sum(values: Tensor, ids: Tensor) -> Tensor:
-    valid = (ids >= 0).to(values.dtype)
-    picked = values.gather(-1, ids.clamp(min=0).unsqueeze(0).expand(values.shape[0], -1, -1))
-    return (picked * valid).sum(-1)
 
 
 def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
