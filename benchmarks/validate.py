@@ -4,9 +4,10 @@ For each task (IOI, greater-than, induction):
 
 1. clean check: the full model's task metric on clean and on corrupted prompts, and how often the correct answer
    beats the wrong one (a circuit of a model that cannot do the task means little);
-2. a short ACDC sweep (KL metric, resample ablation, on the train split), thresholds from the largest down,
-   stopping once a circuit exceeds ``--max-fraction`` of the edges (5%); the chosen circuit is the largest one
-   within that budget (the sweep is reported either way);
+2. a short ACDC sweep (resample ablation, on the train split; by default with the task's own metric, logit
+   difference or probability difference, or ``--metric kl``), thresholds from the largest down, stopping once a
+   circuit exceeds ``--max-fraction`` of the edges (5%) or recovers ``--enough`` of the metric on the train
+   prompts; the chosen circuit is the largest one within the size budget (the sweep is reported either way);
 3. held-out faithfulness (task metric) of every sweep circuit, and the mean ± std over ``--n-random`` random
    circuits of the same size.
 
@@ -44,8 +45,13 @@ from circuitfind.evaluate import faithfulness_many, random_baseline, threshold_s
 from circuitfind.tasks import Task, get_task  # noqa: E402
 
 TASKS = ("ioi", "greater-than", "induction")
-THRESHOLDS = (0.1, 0.03, 0.01, 0.003)  # tried from the largest (smallest circuit, fastest run) down
-QUICK_THRESHOLD = 0.03
+# Tried from the largest (smallest circuit, fastest run) down. Task-metric thresholds are in the metric's units:
+# logits for IOI and induction (clean-minus-corrupted gaps ~4 and ~7), probability for greater-than (~0.9).
+THRESHOLDS = {
+    "kl": {name: (0.1, 0.03, 0.01, 0.003) for name in TASKS},
+    "task": {"ioi": (0.1, 0.03, 0.01), "greater-than": (0.01, 0.003, 0.001), "induction": (0.2, 0.05, 0.02)},
+}
+QUICK_THRESHOLD = {"kl": 0.03, "task": 0.1}
 MEMORY_BUDGET = 2 << 30
 
 
@@ -53,8 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=TASKS, action="append", help="task(s) to run (repeatable; default: all)")
     p.add_argument("--n-prompts", type=int, default=40, help="prompts per task; half discover, half held out")
-    p.add_argument("--thresholds", type=float, nargs="+", default=None, help=f"ACDC sweep (default {THRESHOLDS})")
+    p.add_argument(
+        "--metric", choices=("task", "kl"), default="task", help="discovery metric: the task's own (default) or KL"
+    )
+    p.add_argument("--thresholds", type=float, nargs="+", default=None, help="ACDC sweep (default: per task, above)")
     p.add_argument("--max-fraction", type=float, default=0.05, help="largest circuit size wanted (fraction of edges)")
+    p.add_argument(
+        "--enough", type=float, default=0.9, help="stop the sweep once a circuit recovers this much (train split)"
+    )
     p.add_argument("--n-random", type=int, default=20, help="random circuits per size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
@@ -64,14 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.n_prompts = 12
-        args.thresholds = args.thresholds or [QUICK_THRESHOLD]
+        args.thresholds = args.thresholds or [QUICK_THRESHOLD[args.metric]]
         args.n_random = min(args.n_random, 5)
         args.task = args.task or ["induction"]
         results = ROOT / "benchmarks" / "results" / "quick"
         args.out = args.out or results / "validate.json"
         args.figures = args.figures or results
     args.task = args.task or list(TASKS)
-    args.thresholds = sorted(args.thresholds or THRESHOLDS, reverse=True)
+    if args.thresholds:
+        args.thresholds = sorted(args.thresholds, reverse=True)
     args.out = args.out or ROOT / "benchmarks" / "results" / "validate.json"
     args.figures = args.figures or ROOT / "figures"
     return args
@@ -120,10 +133,11 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
 
     sweep: list[dict[str, Any]] = []
     circuits = []
-    for tau in args.thresholds:  # largest threshold first: smallest circuits, fastest runs
+    metric = task.metric if args.metric == "task" else "kl"
+    for tau in _thresholds(args, name):  # largest threshold first: smallest circuits, fastest runs
         t1 = time.perf_counter()
         (circuit,) = threshold_sweep(
-            pm, task, [tau], metric="kl", ablation="resample", cache_dir=args.out.parent / "circuits"
+            pm, task, [tau], metric=metric, ablation="resample", cache_dir=args.out.parent / "circuits"
         )
         circuits.append(circuit)
         sweep.append(
@@ -131,13 +145,21 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
                 "threshold": tau,
                 "n_edges": circuit.n_edges,
                 "fraction": circuit.fraction,
-                "kl_train": circuit.metric_circuit,
+                "discovery_metric": metric,
+                "metric_train": circuit.metric_circuit,
+                "faithfulness_train": _recovered(circuit) if metric != "kl" else None,
                 "acdc_time_s": circuit.stats.get("acdc_time_s"),
                 "wall_s": time.perf_counter() - t1,  # ~0 when the circuit came from the cache
             }
         )
-        print(f"[{name}] threshold {tau:g}: {circuit.n_edges} edges ({100 * circuit.fraction:.3f}%)", flush=True)
-        if circuit.fraction > args.max_fraction:
+        f_train = sweep[-1]["faithfulness_train"]
+        print(
+            f"[{name}] threshold {tau:g}: {circuit.n_edges} edges ({100 * circuit.fraction:.3f}%)"
+            + ("" if f_train is None else f", train faithfulness {f_train:.3f}")
+            + f", {sweep[-1]['wall_s']:.0f} s",
+            flush=True,
+        )
+        if circuit.fraction > args.max_fraction or (f_train is not None and f_train >= args.enough):
             break
     within = [i for i, s in enumerate(sweep) if s["fraction"] <= args.max_fraction]
     chosen = within[-1] if within else min(range(len(sweep)), key=lambda i: sweep[i]["fraction"])
@@ -150,7 +172,7 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
         s["random"] = {k: base[k] for k in ("mean", "std", "min", "max", "n")}
     best = sweep[chosen]
     result = {
-        "config": _config(args),
+        "config": _config(args, name),
         "n_prompts": len(task),
         "n_train": len(task.train()),
         "n_held_out": len(task.held_out()),
@@ -168,26 +190,37 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
         "sweep": sweep,
         "wall_s": time.perf_counter() - t0,
     }
-    _plot(name, sweep, chosen, args.figures / f"faithfulness_vs_edges_{name}.png")
+    _plot(name, metric, sweep, chosen, args.figures / f"faithfulness_vs_edges_{name}.png")
     if name == "ioi":
         _render(circuits[chosen], args.figures / "ioi_circuit_smollm2.svg")
     return result
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
+def _thresholds(args: argparse.Namespace, name: str) -> list[float]:
+    return list(args.thresholds or THRESHOLDS[args.metric][name])
+
+
+def _recovered(circuit: cf.Circuit) -> float:
+    """Fraction of the discovery metric the circuit recovers on the train prompts (the faithfulness formula)."""
+    gap = circuit.metric_full - circuit.metric_empty
+    return (circuit.metric_circuit - circuit.metric_empty) / gap if gap else float("nan")
+
+
+def _config(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {
         "n_prompts": args.n_prompts,
-        "thresholds": list(args.thresholds),
+        "thresholds": _thresholds(args, name),
         "max_fraction": args.max_fraction,
+        "enough": args.enough,
         "n_random": args.n_random,
         "seed": args.seed,
-        "discovery": {"metric": "kl", "ablation": "resample"},
+        "discovery": {"metric": args.metric, "ablation": "resample"},
         "evaluation": {"metric": "task", "ablation": "resample", "split": "held_out"},
     }
 
 
 # --- output ------------------------------------------------------------------------------------------------
-def _plot(name: str, sweep: list[dict[str, Any]], chosen: int, path: Path) -> None:
+def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, path: Path) -> None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -222,7 +255,7 @@ def _plot(name: str, sweep: list[dict[str, Any]], chosen: int, path: Path) -> No
     ax.axhline(0.0, ls=":", color="grey", lw=1)
     ax.set_xscale("log")
     ax.set(xlabel="circuit size (fraction of edges)", ylabel="held-out faithfulness (task metric)")
-    ax.set_title(f"SmolLM2-135M, {name}: ACDC (KL, resample)", fontsize=9)
+    ax.set_title(f"SmolLM2-135M, {name}: ACDC ({metric}, resample)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,9 +277,13 @@ def _load(path: Path) -> dict[str, Any]:
     return {"model": "smollm2", "tasks": {}}
 
 
-def _save(path: Path, data: dict[str, Any]) -> None:
+def _save(path: Path, data: dict[str, Any], name: str) -> None:
+    """Write task ``name``'s result into the file as it is now (another process may have added tasks meanwhile)."""
+    latest = _load(path)
+    latest["tasks"][name] = data["tasks"][name]
+    data["tasks"] = latest["tasks"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
 
@@ -280,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SmolLM2-135M: {pm.graph.describe()}", flush=True)
     for name in args.task:
         done = results["tasks"].get(name)
-        if done is not None and done.get("config") == _config(args) and not args.force:
+        if done is not None and done.get("config") == _config(args, name) and not args.force:
             print(f"[{name}] already in {args.out}; skipped (--force reruns it)", flush=True)
             continue
         results["tasks"][name] = run_task(pm, tok, name, args)
-        _save(args.out, results)
+        _save(args.out, results, name)
     print()
     print_table(results)
     print(f"\nwrote {args.out}")

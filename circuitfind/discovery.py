@@ -102,7 +102,11 @@ def prepare_problem(
             positions=task.answer_pos,
         )
     bound = make_metric(metric, clean_logits=clean_logits, answers=task.answers, wrong_answers=task.wrong_answers)
-    problem = Problem(pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, bound.loss)
+    if bound.columns is not None:  # logit difference: unembed only the answer tokens
+        loss, vocab = bound.column_loss, bound.columns.to(pm.device)
+    else:
+        loss, vocab = bound.loss, None
+    problem = Problem(pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, loss, vocab=vocab)
     return problem, bound
 
 

@@ -69,11 +69,15 @@ class Metric:
         name: ``kl``, ``logit_diff``, ``prob_diff`` or the callable's name.
         fn: logits ``(K, B, V)`` -> values ``(K,)``.
         higher_is_better: False for KL (and losses); True for task metrics.
+        columns: the token ids the metric reads, when they are few (logit difference); None: it needs them all.
+        on_columns: the metric on logits ``(K, B, len(columns))`` holding only those columns, in that order.
     """
 
     name: str
     fn: Callable[[Tensor], Tensor]
     higher_is_better: bool
+    columns: Tensor | None = None
+    on_columns: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``."""
@@ -84,6 +88,13 @@ class Metric:
     def loss(self, logits: Tensor) -> Tensor:
         """What ACDC minimises: the value, negated when higher is better."""
         value = self(logits)
+        return -value if self.higher_is_better else value
+
+    def column_loss(self, logits: Tensor) -> Tensor:
+        """:meth:`loss` on logits ``(K, B, len(columns))`` computed only at :attr:`columns` (needs columns)."""
+        if self.columns is None or self.on_columns is None:
+            raise ConfigError(f"the {self.name} metric reads the whole vocabulary; call loss() on full logits")
+        value = self.on_columns(logits)
         return -value if self.higher_is_better else value
 
 
@@ -130,5 +141,20 @@ def make_metric(
         return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False)
     if answers is None or wrong_answers is None or answers.numel() == 0 or wrong_answers.numel() == 0:
         raise TaskError(f"the {kind.value} metric needs correct and wrong answer token ids for every prompt")
-    fn = logit_diff if kind is MetricKind.LOGIT_DIFF else prob_diff
-    return Metric(kind.value, lambda lg: fn(lg, answers, wrong_answers), True)
+    if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
+        return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True)
+    columns, (ans, wrong) = _as_columns(answers, wrong_answers)
+    return Metric(
+        kind.value,
+        lambda lg: logit_diff(lg, answers, wrong_answers),
+        True,
+        columns=columns,
+        on_columns=lambda lg: logit_diff(lg, ans, wrong),
+    )
+
+
+def _as_columns(*ids: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The distinct valid token ids among ``ids`` (each ``(B, A)``, -1 = padding), and each ``ids`` rewritten as
+    indices into them (padding kept)."""
+    columns = torch.cat([i[i >= 0] for i in ids]).unique()  # sorted
+    return columns, [torch.where(i >= 0, torch.searchsorted(columns, i.clamp(min=0)), i) for i in ids]

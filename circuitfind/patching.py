@@ -265,6 +265,7 @@ class PatchableModel:
         start_layer: int = 0,
         cache: PrefixCache | None = None,
         return_diffs: bool = False,
+        vocab: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits with every receiver's input mixed from live and ablated sender outputs by ``mask``.
 
@@ -279,6 +280,7 @@ class PatchableModel:
             start_layer: first block to compute; requires ``cache`` when > 0.
             cache: from :meth:`prefix_cache`; validated against ``mask``.
             return_diffs: also return ``(S, B, T, D)`` live-minus-ablated sender outputs (needs a 2-D mask).
+            vocab: ``(n,)`` token ids: compute only these logit columns (V below becomes n).
 
         Returns:
             logits ``([K,] B, V)`` with ``positions`` else ``([K,] B, T, V)``; and the diffs if asked.
@@ -407,7 +409,7 @@ class PatchableModel:
                 final = final[:, :, 0]  # (K, B, D)
             elif positions is not None:
                 final = final[:, rows, positions]  # (K, B, D)
-            logits = spec.unembed(spec.final_norm(final))
+            logits = spec.logits(spec.final_norm(final), vocab)
             logits = logits[0] if single else logits
             if not return_diffs:
                 return logits

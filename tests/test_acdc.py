@@ -144,6 +144,23 @@ def test_discover_metrics_agree_with_the_patched_forward():
     assert circuit.config["threshold"] == 0.01
 
 
+def test_logit_diff_on_answer_columns_equals_the_full_vocabulary_metric():
+    """discover() unembeds only the answer tokens for logit difference; a callable on full logits agrees."""
+    model, task = MODELS["llama"], _task()
+    task.answers[0] = torch.tensor([task.wrong_answers[1, 0]])  # a token that is right here and wrong elsewhere
+    rows = torch.arange(N)
+
+    def neg_logit_diff(lg):  # (B, V) full vocabulary; a loss to minimise
+        return -(lg[rows, task.answers[:, 0]] - lg[rows, task.wrong_answers[:, 0]]).mean()
+
+    fast = cf.discover(model, task, threshold=0.01, metric="logit_diff", progress=False)
+    full = cf.discover(model, task, threshold=0.01, metric=neg_logit_diff, progress=False)
+    assert fast.n_edges == full.n_edges and torch.equal(fast.mask, full.mask)
+    tested = ~fast.scores.isnan()
+    assert torch.equal(tested, ~full.scores.isnan())
+    assert torch.allclose(fast.scores[tested], full.scores[tested], atol=1e-5)
+
+
 def test_plain_method_through_discover_matches_fast():
     model, task = MODELS["llama"], _task()
     a = cf.discover(model, task, threshold=0.01, progress=False)

@@ -244,3 +244,27 @@ def test_answer_positions_only_above_the_last_live_head(model, top_live_layer):
         stacked = pm.forward(clean, abl, mask.repeat(2, 1, 1), attention_mask=am, positions=pos)
     assert_close(answer_only, every, 1e-5)
     assert_close(stacked[1], every, 1e-5)
+
+
+def test_vocab_columns_equal_the_sliced_logits(model):
+    """Computing only some logit columns (linear unembedding, and a generic one that is sliced) changes nothing."""
+    import dataclasses
+
+    pm = PatchableModel(model)
+    clean, abl = _ids(0), pm.ablation("resample", _ids(1))
+    mask = torch.rand(pm.graph.n_senders, pm.graph.n_receivers, generator=torch.Generator().manual_seed(2)) < 0.5
+    vocab = torch.tensor([7, 3, 3, VOCAB - 1])  # unsorted, repeated
+    pos = torch.full((B,), T - 1)
+    with torch.no_grad():
+        full = pm.forward(clean, abl, mask, positions=pos)
+        cols = pm.forward(clean, abl, mask.repeat(2, 1, 1), positions=pos, vocab=vocab)
+        every = pm.forward(clean, abl, mask, vocab=vocab)
+    assert cols.shape == (2, B, len(vocab)) and every.shape == (B, T, len(vocab))
+    assert_close(cols[1], full[:, vocab], 1e-5)
+    assert_close(every[:, -1], full[:, vocab], 1e-5)
+    linear = pm.spec.unembed
+    generic = dataclasses.replace(pm.spec, unembed=lambda x: linear(x))
+    x = torch.randn(3, pm.spec.d_model)
+    assert isinstance(linear, torch.nn.Linear)
+    assert_close(generic.logits(x, vocab), linear(x)[:, vocab], 1e-6)
+    assert_close(pm.spec.logits(x, vocab), linear(x)[:, vocab], 1e-5)

@@ -105,7 +105,8 @@ class Problem:
         pm: the patchable model.
         clean_ids: ``(B, T)``; attention_mask ``(B, T)``; positions ``(B,)`` where the metric reads.
         ablated: the ablated sender outputs.
-        loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise.
+        loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise; with ``vocab``, V is ``len(vocab)``.
+        vocab: token ids: the forward computes only these logit columns, all the loss reads; None: every column.
     """
 
     pm: object
@@ -114,6 +115,7 @@ class Problem:
     positions: Tensor
     ablated: object
     loss: Callable[[Tensor], Tensor]
+    vocab: Tensor | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -186,7 +188,9 @@ def run_acdc_plain(
 
     def loss(mask: Tensor) -> float:
         with torch.no_grad():
-            logits = pm.forward(problem.clean_ids, problem.ablated, mask, attention_mask=problem.attention_mask)
+            logits = pm.forward(
+                problem.clean_ids, problem.ablated, mask, attention_mask=problem.attention_mask, vocab=problem.vocab
+            )
         state.forward_passes += 1
         return float(problem.loss(logits[rows, problem.positions].unsqueeze(0))[0])
 
@@ -227,6 +231,7 @@ class _FastEvaluator:
                 attention_mask=problem.attention_mask,
                 positions=problem.positions,
                 return_diffs=True,
+                vocab=problem.vocab,
             )
         self.loss_full = float(problem.loss(logits.unsqueeze(0))[0])
         self.layer: int | None = None
@@ -258,6 +263,7 @@ class _FastEvaluator:
                 positions=self.p.positions,
                 start_layer=self.layer,
                 cache=self.cache,
+                vocab=self.p.vocab,
             )
         return self.p.loss(logits).cpu()
 

@@ -79,6 +79,19 @@ class ArchSpec:
     causal: bool = True
     family: str = ""
 
+    def logits(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
+        """The unembedding of ``x (..., D)``: all columns ``(..., V)``, or only the token ids ``vocab`` ``(..., n)``.
+
+        With a linear unembedding only the needed rows of its weight are multiplied (a metric that reads a few
+        answer tokens then skips the full-vocabulary product); otherwise the full logits are sliced.
+        """
+        if vocab is None:
+            return self.unembed(x)
+        if isinstance(self.unembed, torch.nn.Linear):
+            out = x @ self.unembed.weight[vocab].T
+            return out if self.unembed.bias is None else out + self.unembed.bias[vocab]
+        return self.unembed(x)[..., vocab]
+
 
 def rotate_half(x: Tensor) -> Tensor:
     """``(x1, x2) -> (-x2, x1)`` on the last axis, the rotary convention of Llama and GPT-NeoX."""
