@@ -9,7 +9,10 @@ For each task (IOI, greater-than, induction):
    circuit exceeds ``--max-fraction`` of the edges (5%) or recovers ``--enough`` of the metric on the train
    prompts; the chosen circuit is the largest one within the size budget (the sweep is reported either way);
 3. held-out faithfulness (task metric) of every sweep circuit, and the mean ± std over ``--n-random`` random
-   circuits of the same size.
+   circuits of the same size;
+4. a faithfulness-vs-edges curve at MIB's sizes (0.1% .. 100% of edges): the top-k% edges by the chosen run's
+   per-edge ACDC effects (untested edges rank last), with its CPR and CMD, against ``--n-random-curve`` random
+   circuits per size.
 
 Prints a table, writes ``benchmarks/results/validate.json`` (after every task; tasks already there with the same
 settings are skipped, and ACDC circuits are cached under ``benchmarks/results/circuits/``, so an interrupted run
@@ -41,7 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import circuitfind as cf  # noqa: E402
-from circuitfind.evaluate import faithfulness_many, random_baseline, threshold_sweep  # noqa: E402
+from circuitfind.evaluate import (  # noqa: E402
+    cpr_cmd_of_scores,
+    faithfulness_many,
+    random_baseline,
+    threshold_sweep,
+)
 from circuitfind.tasks import Task, get_task  # noqa: E402
 
 TASKS = ("ioi", "greater-than", "induction")
@@ -67,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--enough", type=float, default=0.9, help="stop the sweep once a circuit recovers this much (train split)"
     )
-    p.add_argument("--n-random", type=int, default=20, help="random circuits per size")
+    p.add_argument("--n-random", type=int, default=20, help="random circuits of the chosen circuit's size")
+    p.add_argument("--n-random-curve", type=int, default=5, help="random circuits per size of the MIB curve")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
     p.add_argument("--force", action="store_true", help="rerun tasks already in the results file")
@@ -171,6 +180,12 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
         base = random_baseline(pm, circuit.n_edges, task, n=args.n_random, seed=args.seed)
         s["random"] = {k: base[k] for k in ("mean", "std", "min", "max", "n")}
     best = sweep[chosen]
+    print(f"[{name}] MIB curve of the ACDC effects and random circuits", flush=True)
+    mib = cpr_cmd_of_scores(pm, circuits[chosen].scores, task)
+    mib["random"] = []
+    for n_edges in mib["n_edges"]:
+        base = random_baseline(pm, n_edges, task, n=args.n_random_curve, seed=args.seed)
+        mib["random"].append({k: base[k] for k in ("mean", "std", "n")})
     result = {
         "config": _config(args, name),
         "n_prompts": len(task),
@@ -188,9 +203,10 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
         "kl_held_out": best["kl_held_out"],
         "random": best["random"],
         "sweep": sweep,
+        "mib_curve": mib,
         "wall_s": time.perf_counter() - t0,
     }
-    _plot(name, metric, sweep, chosen, args.figures / f"faithfulness_vs_edges_{name}.png")
+    _plot(name, metric, sweep, chosen, mib, args.figures / f"faithfulness_vs_edges_{name}.png")
     if name == "ioi":
         _render(circuits[chosen], args.figures / "ioi_circuit_smollm2.svg")
     return result
@@ -220,7 +236,7 @@ def _config(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 # --- output ------------------------------------------------------------------------------------------------
-def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, path: Path) -> None:
+def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, mib: dict[str, Any], path: Path) -> None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -230,9 +246,18 @@ def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, path
     fig = Figure(figsize=(5.2, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    fr = [n / mib["n_edges"][-1] for n in mib["n_edges"]]
+    ax.plot(
+        fr, mib["faithfulness_signed"], marker=".", color="C1", label=f"top-k% by ACDC effect (CPR {mib['cpr']:.2f})"
+    )
+    rnd = mib["random"]
+    ax.plot(fr, [r["mean"] for r in rnd], ls="--", color="grey", lw=1, label="random circuits, mean")
+    ax.fill_between(
+        fr, [r["mean"] - r["std"] for r in rnd], [r["mean"] + r["std"] for r in rnd], color="grey", alpha=0.2, lw=0
+    )
     pts = sorted(sweep, key=lambda s: s["fraction"])
     xs = [max(s["fraction"], 1e-6) for s in pts]
-    ax.plot(xs, [s["faithfulness"] for s in pts], marker="o", label="ACDC circuits")
+    ax.plot(xs, [s["faithfulness"] for s in pts], marker="o", color="C0", label="ACDC circuits (sweep)")
     ax.errorbar(
         xs,
         [s["random"]["mean"] for s in pts],
@@ -240,8 +265,8 @@ def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, path
         fmt="s",
         ms=4,
         capsize=3,
-        color="grey",
-        label="random circuits (mean ± std)",
+        color="black",
+        label=f"random circuits of ACDC's size (n={pts[0]['random']['n']})",
     )
     for s, x in zip(pts, xs, strict=True):
         ax.annotate(
@@ -251,6 +276,7 @@ def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, path
     ax.scatter(
         [max(c["fraction"], 1e-6)], [c["faithfulness"]], s=90, facecolors="none", edgecolors="red", label="chosen"
     )
+    ax.axvline(0.05, ls=":", color="red", lw=1)
     ax.axhline(1.0, ls=":", color="grey", lw=1)
     ax.axhline(0.0, ls=":", color="grey", lw=1)
     ax.set_xscale("log")
@@ -290,7 +316,8 @@ def _save(path: Path, data: dict[str, Any], name: str) -> None:
 
 def print_table(results: dict[str, Any]) -> None:
     cols = ("task", "clean metric", "solved", "tau", "edges", "% edges", "f held-out", "random f (mean ± std)")
-    widths = (13, 13, 7, 7, 7, 8, 10, 22)
+    cols += ("CPR", "CMD")
+    widths = (13, 13, 7, 7, 7, 8, 10, 22, 6, 6)
     head = " ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
     print(head)
     print("-" * len(head))
@@ -304,6 +331,8 @@ def print_table(results: dict[str, Any]) -> None:
             f"{100 * r['fraction']:.3f}%",
             f"{r['faithfulness']:.3f}",
             f"{rnd['mean']:.3f} ± {rnd['std']:.3f}",
+            f"{r['mib_curve']['cpr']:.2f}" if "mib_curve" in r else "-",
+            f"{r['mib_curve']['cmd']:.2f}" if "mib_curve" in r else "-",
         )
         line = " ".join([f"{name:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(cells, widths[1:], strict=True))])
         print(line + ("" if r["within_budget"] else "  (over budget)"))

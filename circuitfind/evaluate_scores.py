@@ -12,7 +12,6 @@ Pure tensor math; :mod:`circuitfind.evaluate` runs the model and feeds these fun
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -157,8 +156,8 @@ def top_k_masks(
     key = (scores.abs() if absolute else scores).double().flatten()  # (S*R,)
     if bool(torch.isnan(key[exists.flatten()]).any()):
         raise ShapeError("scores contain NaN on existing edges; replace them before ranking")
-    key = key.masked_fill(~exists.flatten(), -math.inf)
-    order = torch.argsort(key, descending=True, stable=True)
+    candidates = exists.flatten().nonzero().squeeze(1)  # rank existing edges only, even against -inf scores
+    order = candidates[torch.argsort(key[candidates], descending=True, stable=True)]
     masks = []
     for k in fractions:
         if not 0 < k <= 1:

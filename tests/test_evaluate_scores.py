@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import pytest
@@ -112,6 +113,17 @@ def test_top_k_masks_on_a_graph():
     assert bool(masks[-1].eq(graph.edge_mask).all())
     best = scores.masked_fill(~graph.edge_mask, -1e9).argmax()
     assert masks[0].flatten()[best]
+
+
+def test_top_k_masks_with_minus_inf_scores_still_pick_only_edges():
+    """Unranked edges (ACDC's untested ones, NaN -> -inf) come last but before anything that is not an edge."""
+    graph = Graph(n_layers=2, n_heads=2)
+    scores = torch.full((graph.n_senders, graph.n_receivers), -math.inf)
+    scores[0, 0] = 1.0
+    masks = top_k_masks(scores, graph.edge_mask, (0.5, 1.0))
+    assert all(not (m & ~graph.edge_mask).any() for m in masks)
+    assert int(masks[0].sum()) == round(0.5 * graph.n_edges) and masks[0][0, 0]
+    assert bool(masks[1].eq(graph.edge_mask).all())
 
 
 def test_top_k_signed_versus_absolute():
