@@ -57,7 +57,9 @@ TASKS = ("ioi", "greater-than", "induction")
 # logits for IOI and induction (clean-minus-corrupted gaps ~4 and ~7), probability for greater-than (~0.9).
 THRESHOLDS = {
     "kl": {name: (0.1, 0.03, 0.01, 0.003) for name in TASKS},
-    "task": {"ioi": (0.1, 0.03, 0.01), "greater-than": (0.01, 0.003, 0.001), "induction": (0.2, 0.05, 0.02)},
+    # induction at 0.2 drifts: each of hundreds of removals may cost up to tau, and on the train prompts the
+    # logit difference had fallen from 6.5 to -0.4 a fifth of the way down the model, so the sweep starts lower
+    "task": {"ioi": (0.1, 0.03, 0.01), "greater-than": (0.01, 0.003, 0.001), "induction": (0.05, 0.02)},
 }
 QUICK_THRESHOLD = {"kl": 0.03, "task": 0.1}
 MEMORY_BUDGET = 2 << 30
