@@ -26,6 +26,7 @@ circuits); its outputs go to ``benchmarks/results/quick/``.
     python benchmarks/validate.py                         # everything
     python benchmarks/validate.py --task ioi --thresholds 0.1 0.03 0.01
     python benchmarks/validate.py --quick --task induction
+    python benchmarks/validate.py --table                 # the table of the results file
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
     p.add_argument("--force", action="store_true", help="rerun tasks already in the results file")
+    p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/validate.json)")
     p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
     args = p.parse_args(argv)
@@ -316,10 +318,21 @@ def _save(path: Path, data: dict[str, Any], name: str) -> None:
     os.replace(tmp, path)
 
 
+def _smallest_faithful(r: dict[str, Any], target: float = 0.8) -> str:
+    """The smallest MIB size within the budget whose top-k% circuit (by ACDC effect) reaches ``target``."""
+    mib = r.get("mib_curve")
+    if mib is None:
+        return "-"
+    for k, f in zip(mib["fractions"], mib["faithfulness_signed"], strict=True):
+        if k <= r["config"]["max_fraction"] and f >= target:
+            return f"{100 * k:g}% (f {f:.2f})"
+    return f"none <= {100 * r['config']['max_fraction']:g}%"
+
+
 def print_table(results: dict[str, Any]) -> None:
     cols = ("task", "clean metric", "solved", "tau", "edges", "% edges", "f held-out", "random f (mean ± std)")
-    cols += ("CPR", "CMD")
-    widths = (13, 13, 7, 7, 7, 8, 10, 22, 6, 6)
+    cols += ("CPR", "CMD", "top-k% by effect, f >= 0.8")
+    widths = (13, 13, 7, 7, 7, 8, 10, 22, 6, 6, 26)
     head = " ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
     print(head)
     print("-" * len(head))
@@ -335,6 +348,7 @@ def print_table(results: dict[str, Any]) -> None:
             f"{rnd['mean']:.3f} ± {rnd['std']:.3f}",
             f"{r['mib_curve']['cpr']:.2f}" if "mib_curve" in r else "-",
             f"{r['mib_curve']['cmd']:.2f}" if "mib_curve" in r else "-",
+            _smallest_faithful(r),
         )
         line = " ".join([f"{name:<{widths[0]}}", *(f"{c:>{w}}" for c, w in zip(cells, widths[1:], strict=True))])
         print(line + ("" if r["within_budget"] else "  (over budget)"))
@@ -343,6 +357,9 @@ def print_table(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = _load(args.out)
+    if args.table:
+        print_table(results)
+        return 0
     model, tok = cf.load_model()
     pm = cf.PatchableModel(model)
     print(f"SmolLM2-135M: {pm.graph.describe()}", flush=True)
