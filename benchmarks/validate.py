@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
     p.add_argument("--force", action="store_true", help="rerun tasks already in the results file")
     p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar during the ACDC runs")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/validate.json)")
     p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
     args = p.parse_args(argv)
@@ -150,7 +151,13 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
     for tau in _thresholds(args, name):  # largest threshold first: smallest circuits, fastest runs
         t1 = time.perf_counter()
         (circuit,) = threshold_sweep(
-            pm, task, [tau], metric=metric, ablation="resample", cache_dir=args.out.parent / "circuits"
+            pm,
+            task,
+            [tau],
+            metric=metric,
+            ablation="resample",
+            cache_dir=args.out.parent / "circuits",
+            progress=not args.no_progress,
         )
         circuits.append(circuit)
         sweep.append(

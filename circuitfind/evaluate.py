@@ -386,7 +386,7 @@ def threshold_sweep(
     on_circuit: Callable[[float, Circuit], None] | None = None,
     **discover_kw: Any,
 ) -> list[Circuit]:
-    """ACDC (through :func:`circuitfind.discover`, progress off) once per threshold.
+    """ACDC (through :func:`circuitfind.discover`) once per threshold.
 
     Args:
         model: a :class:`PatchableModel`, a transformers model, or a name (loaded once for the whole sweep).
@@ -397,7 +397,8 @@ def threshold_sweep(
             name, task data, threshold and options, and each ACDC run checkpoints there (``.ckpt``), so an
             interrupted sweep resumes where it stopped, even in the middle of a run.
         on_circuit: called with ``(threshold, circuit)`` after each threshold (e.g. to write partial results).
-        **discover_kw: passed to :func:`circuitfind.discover` (``metric``, ``ablation``, ``batch_size``...).
+        **discover_kw: passed to :func:`circuitfind.discover` (``metric``, ``ablation``, ``batch_size``,
+            ``progress``: a progress bar per run, off by default).
 
     Returns:
         one :class:`Circuit` per threshold, in the order of ``thresholds``.
@@ -413,7 +414,7 @@ def threshold_sweep(
         raise ConfigError("thresholds is empty; give at least one threshold, e.g. [0.01, 0.1]")
     pm, tokenizer = _patchable(model, tokenizer)
     task = _as_task(task, tokenizer)
-    discover_kw.pop("progress", None)
+    discover_kw.setdefault("progress", False)
     model_name = getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     circuits = []
     for tau in thresholds:
@@ -424,20 +425,18 @@ def threshold_sweep(
                 "graph": pm.graph.describe(),
                 "threshold": float(tau),
                 "task": task.name,
-                **{k: _metric_label(v) if k == "metric" else v for k, v in discover_kw.items()},
+                **{k: _metric_label(v) if k == "metric" else v for k, v in discover_kw.items() if k != "progress"},
             }
             path = Path(cache_dir) / f"acdc_{task.name}_{_digest(task.train(), parts)}.json"
         if path is not None and path.exists():
             circuit = Circuit.load(path)
         elif path is not None:  # checkpointed: an interrupted run resumes from its last finished receiver
             ckpt = path.with_suffix(".ckpt")
-            circuit = discover(
-                pm, task, threshold=float(tau), progress=False, checkpoint=ckpt, resume=True, **discover_kw
-            )
+            circuit = discover(pm, task, threshold=float(tau), checkpoint=ckpt, resume=True, **discover_kw)
             circuit.save(path)
             ckpt.unlink(missing_ok=True)
         else:
-            circuit = discover(pm, task, threshold=float(tau), progress=False, **discover_kw)
+            circuit = discover(pm, task, threshold=float(tau), **discover_kw)
         circuits.append(circuit)
         if on_circuit is not None:
             on_circuit(float(tau), circuit)

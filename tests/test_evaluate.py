@@ -127,7 +127,7 @@ def test_roc_sweep_and_resume_from_cache(pm, tmp_path, monkeypatch):
         raise AssertionError("the cached circuit should have been reused")
 
     monkeypatch.setattr(circuitfind.discovery, "discover", no_discovery)
-    res = roc_sweep(pm, task, [0.05], c.mask, cache_dir=tmp_path, metric="kl")
+    res = roc_sweep(pm, task, [0.05], c.mask, cache_dir=tmp_path, metric="kl", progress=True)  # same cache key
     assert res["auc"] == 1.0 and res["points"][0]["tpr"] == 1.0 and res["points"][0]["fpr"] == 0.0
     assert torch.equal(res["circuits"][0].mask, c.mask)
 
