@@ -170,6 +170,11 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
                 "faithfulness_train": _recovered(circuit) if metric != "kl" else None,
                 "acdc_time_s": circuit.stats.get("acdc_time_s"),
                 "wall_s": time.perf_counter() - t1,  # ~0 when the circuit came from the cache
+                # the discovery metric on the train prompts after each layer of receivers (logits first)
+                "trace": [
+                    {k: e[k] for k in ("layer", "metric", "edges_kept", "edges_tested", "elapsed_s")}
+                    for e in circuit.stats.get("trace", [])
+                ],
             }
         )
         f_train = sweep[-1]["faithfulness_train"]
@@ -218,6 +223,7 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
         "wall_s": time.perf_counter() - t0,
     }
     _plot(name, metric, sweep, chosen, mib, args.figures / f"faithfulness_vs_edges_{name}.png")
+    _plot_trace(name, metric, sweep, circuits[chosen], args.figures / f"acdc_trace_{name}.png")
     if name == "ioi":
         _render(circuits[chosen], args.figures / "ioi_circuit_smollm2.svg")
     return result
@@ -293,6 +299,39 @@ def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, mib:
     ax.set_xscale("log")
     ax.set(xlabel="circuit size (fraction of edges)", ylabel="held-out faithfulness (task metric)")
     ax.set_title(f"SmolLM2-135M, {name}: ACDC ({metric}, resample)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}", flush=True)
+
+
+def _plot_trace(name: str, metric: str, sweep: list[dict[str, Any]], circuit: cf.Circuit, path: Path) -> None:
+    """ACDC's discovery metric on the train prompts after each layer of receivers: where the circuit drifted."""
+    if not any(s["trace"] for s in sweep):
+        return
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    fig = Figure(figsize=(5.2, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, s in enumerate(sweep):
+        if s["trace"]:
+            ax.plot(
+                [e["layer"] for e in s["trace"]],
+                [e["metric"] for e in s["trace"]],
+                marker=".",
+                color=f"C{i}",
+                label=f"τ={s['threshold']:g} ({s['n_edges']} edges)",
+            )
+    ax.axhline(circuit.metric_full, ls="--", color="green", lw=1, label="full model")
+    ax.axhline(circuit.metric_empty, ls="--", color="red", lw=1, label="empty circuit (corrupted)")
+    ax.invert_xaxis()  # ACDC walks from the logits (layer n) down to the embeddings
+    ax.set(xlabel="receivers visited down to layer", ylabel=f"{metric} of the subgraph (train prompts)")
+    ax.set_title(f"SmolLM2-135M, {name}: the metric as ACDC removes edges", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

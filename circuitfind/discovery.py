@@ -257,7 +257,10 @@ def discover(
         ckpt.update(st)
         if bar is not None:
             bar.n = done
-            bar.set_postfix(kept=int(st.mask.sum()), tested=st.edges_tested, refresh=False)
+            # the metric of the current subgraph: watching it drift from the full model's is the first sign
+            # that the threshold is too coarse for a faithful circuit
+            value = _value_of(bound, st.current)
+            bar.set_postfix(kept=int(st.mask.sum()), tested=st.edges_tested, metric=f"{value:.4g}", refresh=False)
             bar.refresh()
 
     try:
@@ -279,6 +282,11 @@ def discover(
         "edges_tested": state.edges_tested,
         "candidates_evaluated": state.candidates_evaluated,
         "edges_per_s": state.edges_tested / max(state.elapsed_s, 1e-9),
+        # per finished layer of receivers (logits first): the metric of the subgraph so far
+        "trace": [
+            {"layer": e["layer"], "metric": _value_of(bound, e["loss"])} | {k: v for k, v in e.items() if k != "loss"}
+            for e in state.trace
+        ],
     }
     return Circuit(
         graph=pm.graph,
@@ -291,6 +299,11 @@ def discover(
         stats=stats,
         model=str(model_name),
     )
+
+
+def _value_of(metric: Metric, loss: float) -> float:
+    """The metric's value from ACDC's loss (task metrics are minimised negated)."""
+    return -loss if metric.higher_is_better else loss
 
 
 def _progress_bar(total: int, enabled: bool, state: AcdcState | None):

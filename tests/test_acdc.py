@@ -52,6 +52,9 @@ def _assert_same(a, b):
     diff = torch.nan_to_num(a.effects - b.effects).abs().max().item()
     assert diff <= 1e-5, f"effects differ by {diff}"
     assert a.edges_tested == b.edges_tested
+    strip = [{k: v for k, v in e.items() if k not in ("loss", "elapsed_s")} for e in a.trace]
+    assert strip == [{k: v for k, v in e.items() if k not in ("loss", "elapsed_s")} for e in b.trace]
+    assert [e["loss"] for e in a.trace] == pytest.approx([e["loss"] for e in b.trace], abs=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -143,6 +146,20 @@ def test_discover_metrics_agree_with_the_patched_forward():
     assert circuit.stats["edges_tested"] > 0 and circuit.stats["forward_passes"] > 0
     assert circuit.config["threshold"] == 0.01
 
+    # the drift trace: one entry per layer of receivers, logits first, ending at the circuit itself
+    trace = circuit.stats["trace"]
+    assert [e["layer"] for e in trace] == list(range(pm.graph.n_layers, -1, -1))
+    assert trace[-1]["metric"] == pytest.approx(circuit.metric_circuit, abs=1e-5)
+    assert trace[-1]["edges_kept"] == circuit.n_edges and trace[-1]["edges_tested"] == circuit.stats["edges_tested"]
+    assert trace[-1]["receivers_done"] == pm.graph.n_receivers
+    kept = [e["edges_kept"] for e in trace]
+    assert kept == sorted(kept, reverse=True) and kept[0] <= pm.graph.n_edges
+    assert trace[0]["receivers_done"] == 1  # the logits receiver alone
+    only_logits = pm.graph.full_mask()
+    only_logits[:, -1] = circuit.mask[:, -1]
+    # after the logits receiver the subgraph is the full graph minus the removed edges into the logits
+    assert trace[0]["metric"] == pytest.approx(ld(only_logits), abs=1e-5)
+
 
 def test_logit_diff_on_answer_columns_equals_the_full_vocabulary_metric():
     """discover() unembeds only the answer tokens for logit difference; a callable on full logits agrees."""
@@ -193,6 +210,7 @@ def test_resume_after_interruption_gives_the_same_circuit(tmp_path, monkeypatch)
     assert torch.equal(resumed.mask, full.mask)
     assert torch.equal(resumed.scores.isnan(), full.scores.isnan())
     assert torch.nan_to_num(resumed.scores - full.scores).abs().max() <= 1e-6
+    assert [e["edges_kept"] for e in resumed.stats["trace"]] == [e["edges_kept"] for e in full.stats["trace"]]
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):

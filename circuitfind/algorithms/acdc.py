@@ -92,9 +92,11 @@ class AcdcState:
     candidates_evaluated: int = 0
     elapsed_s: float = 0.0
     done: bool = False
+    # one entry per finished layer of receivers (logits first): where the loss drifted, for diagnostics
+    trace: list[dict[str, float]] = field(default_factory=list)
 
     def copy(self) -> AcdcState:
-        return replace(self, mask=self.mask.clone(), effects=self.effects.clone())
+        return replace(self, mask=self.mask.clone(), effects=self.effects.clone(), trace=list(self.trace))
 
 
 @dataclass
@@ -173,10 +175,25 @@ def _visit(graph: Graph, state: AcdcState, on_boundary: Hook | None, visit_one: 
             visit_one(r)
         state.next_receiver += 1
         state.elapsed_s = time.perf_counter() - start
+        if state.next_receiver == len(order) or graph.receiver_layer(
+            order[state.next_receiver]
+        ) != graph.receiver_layer(r):
+            state.trace.append(_trace_entry(graph.receiver_layer(r), state))
         if on_boundary is not None:
             on_boundary(state, state.next_receiver, len(order))
     state.done = True
     return state
+
+
+def _trace_entry(layer: int, state: AcdcState) -> dict[str, float]:
+    return {
+        "layer": layer,
+        "receivers_done": state.next_receiver,
+        "loss": state.current,
+        "edges_kept": int(state.mask.sum()),
+        "edges_tested": state.edges_tested,
+        "elapsed_s": round(state.elapsed_s, 3),
+    }
 
 
 def run_acdc_plain(
