@@ -167,7 +167,7 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
                 "fraction": circuit.fraction,
                 "discovery_metric": metric,
                 "metric_train": circuit.metric_circuit,
-                "faithfulness_train": _recovered(circuit) if metric != "kl" else None,
+                "faithfulness_train": circuit.recovered if metric != "kl" else None,
                 "acdc_time_s": circuit.stats.get("acdc_time_s"),
                 "wall_s": time.perf_counter() - t1,  # ~0 when the circuit came from the cache
                 # the discovery metric on the train prompts after each layer of receivers (logits first)
@@ -231,12 +231,6 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
 
 def _thresholds(args: argparse.Namespace, name: str) -> list[float]:
     return list(args.thresholds or THRESHOLDS[args.metric][name])
-
-
-def _recovered(circuit: cf.Circuit) -> float:
-    """Fraction of the discovery metric the circuit recovers on the train prompts (the faithfulness formula)."""
-    gap = circuit.metric_full - circuit.metric_empty
-    return (circuit.metric_circuit - circuit.metric_empty) / gap if gap else float("nan")
 
 
 def _config(args: argparse.Namespace, name: str) -> dict[str, Any]:

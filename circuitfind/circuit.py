@@ -68,6 +68,16 @@ class Circuit:
         """Kept edges as a fraction of all edges of the graph."""
         return self.n_edges / self.graph.n_edges
 
+    @property
+    def recovered(self) -> float:
+        """How much of the metric the circuit recovers on the prompts it was found on:
+        ``(metric_circuit - metric_empty) / (metric_full - metric_empty)``; 1 for the full model, 0 for the empty
+        circuit (for KL, whose full value is 0: ``1 - KL(circuit) / KL(empty)``). NaN when full equals empty."""
+        gap = self.metric_full - self.metric_empty
+        if not gap or gap != gap:
+            return float("nan")
+        return (self.metric_circuit - self.metric_empty) / gap
+
     def nodes(self) -> list[str]:
         """Names of the nodes that touch a kept edge (plus ``input`` and ``logits`` when connected)."""
         from circuitfind.export import circuit_nodes
@@ -76,9 +86,11 @@ class Circuit:
 
     def summary(self) -> str:
         m = self.config.get("metric", "metric")
+        rec = self.recovered
         return (
             f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
             f"{m}: full {self.metric_full:.4g}, circuit {self.metric_circuit:.4g}, empty {self.metric_empty:.4g}"
+            + ("" if rec != rec else f" (recovers {round(100 * rec)}%)")
         )
 
     # --- export (implemented in circuitfind.export) ---------------------------------------------

@@ -36,6 +36,7 @@ from circuitfind.tasks import BUILTIN
 __all__ = ["PLUGIN_SUBCOMMANDS", "SUBCOMMANDS", "build_parser", "common_options", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary suggests a lower threshold
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_N_PROMPTS = 20
 _JSON_SUFFIXES = (".json", ".jsonl")
@@ -211,6 +212,13 @@ def _run_discover(args: argparse.Namespace) -> int:
         f"{stats['wall_time_s']:.1f} s wall, {stats['forward_passes']:,} forward passes, "
         f"{stats['edges_tested']:,} edges tested ({stats['edges_per_s']:,.1f} edges/s)"
     )
+    if circuit.recovered < LOW_RECOVERY:
+        print(
+            f"note: the circuit recovers only {round(100 * circuit.recovered)}% of the full model's "
+            f"{circuit.config.get('metric', 'metric')} on these prompts. Each removal may cost up to the threshold "
+            "and the costs add up, so on a deep model a coarse threshold drifts; try a lower --threshold. "
+            "circuitfind.stats.trace in circuit.json holds the metric after each layer of receivers"
+        )
     if skipped:
         print(skipped)
     print("wrote " + ", ".join(map(str, written)))

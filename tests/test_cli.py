@@ -57,6 +57,7 @@ def test_discover_writes_json_dot_svg_and_a_summary(model_dir, tmp_path, capsys)
     assert circuit.model == str(model_dir)
     assert circuit.config["task"] == "ioi" and circuit.config["n_prompts"] == 4 and circuit.config["seed"] == 0
     assert circuit.summary() in stdout
+    assert ("try a lower --threshold" in stdout) == (circuit.recovered < 0.5)
     assert "forward passes" in stdout and "edges tested" in stdout and "edges/s" in stdout
     assert str(out / "circuit.json") in stdout and str(out / "circuit.dot") in stdout
     assert not (out / "checkpoint.pt").exists()
@@ -77,6 +78,8 @@ def test_svg_is_skipped_with_a_hint_without_graphviz(model_dir, tmp_path, capsys
     assert "no checkpoint" in captured.err  # --resume without a checkpoint starts from the beginning
     lines = [line for line in captured.out.splitlines() if "SVG skipped" in line]
     assert len(lines) == 1 and "install graphviz" in lines[0]
+    # nothing kept recovers nothing: the summary says so and suggests a lower threshold
+    assert "(recovers 0%)" in captured.out and "try a lower --threshold" in captured.out
     assert (out / "circuit.json").exists() and (out / "circuit.dot").exists() and not (out / "circuit.svg").exists()
 
 

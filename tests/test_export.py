@@ -87,6 +87,17 @@ def test_parallel_round_trip():
     assert_same(c, Circuit.from_dict(json.loads(json.dumps(d))))
 
 
+@pytest.mark.parametrize(
+    "full,empty,value,expected",
+    [(3.0, 1.0, 2.5, 0.75), (0.0, 2.0, 0.5, 0.75), (1.0, 1.0, 1.0, math.nan), (2.0, 0.0, -1.0, -0.5)],
+)
+def test_recovered_fraction(full, empty, value, expected):
+    g = Graph(n_layers=1, n_heads=1)
+    c = Circuit(g, g.full_mask(), torch.zeros(g.n_senders, g.n_receivers), full, empty, value)
+    assert c.recovered == pytest.approx(expected, nan_ok=True)
+    assert ("recovers" in c.summary()) == (not math.isnan(expected))
+
+
 def test_circuit_nodes():
     assert make_circuit().nodes() == NODES
 
