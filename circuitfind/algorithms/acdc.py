@@ -175,10 +175,9 @@ def _visit(graph: Graph, state: AcdcState, on_boundary: Hook | None, visit_one: 
             visit_one(r)
         state.next_receiver += 1
         state.elapsed_s = time.perf_counter() - start
-        if state.next_receiver == len(order) or graph.receiver_layer(
-            order[state.next_receiver]
-        ) != graph.receiver_layer(r):
-            state.trace.append(_trace_entry(graph.receiver_layer(r), state))
+        layer = graph.receiver_layer(r)
+        if state.next_receiver == len(order) or graph.receiver_layer(order[state.next_receiver]) != layer:
+            state.trace.append(_trace_entry(layer, state))  # the last receiver of its layer
         if on_boundary is not None:
             on_boundary(state, state.next_receiver, len(order))
     state.done = True
