@@ -54,6 +54,7 @@ from circuitfind.evaluate import (  # noqa: E402
     random_baseline,
     threshold_sweep,
 )
+from circuitfind.reproduce import new_figure  # noqa: E402
 from circuitfind.tasks import Task, get_task  # noqa: E402
 
 TASKS = ("ioi", "greater-than", "induction")
@@ -251,14 +252,10 @@ def _config(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 # --- output ------------------------------------------------------------------------------------------------
 def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, mib: dict[str, Any], path: Path) -> None:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+    fig = new_figure((5.2, 4.0))
+    if fig is None:
         print("matplotlib is not installed: no figure", flush=True)
         return
-    fig = Figure(figsize=(5.2, 4.0), dpi=120)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     fr = [n / mib["n_edges"][-1] for n in mib["n_edges"]]
     ax.plot(
@@ -296,24 +293,14 @@ def _plot(name: str, metric: str, sweep: list[dict[str, Any]], chosen: int, mib:
     ax.set_xscale("log")
     ax.set(xlabel="circuit size (fraction of edges)", ylabel="held-out faithfulness (task metric)")
     ax.set_title(f"SmolLM2-135M, {name}: ACDC ({metric}, resample)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    print(f"wrote {path}", flush=True)
+    _save_figure(fig, ax, path)
 
 
 def _plot_trace(name: str, metric: str, sweep: list[dict[str, Any]], circuit: cf.Circuit, path: Path) -> None:
     """ACDC's discovery metric on the train prompts after each layer of receivers: where the circuit drifted."""
-    if not any(s["trace"] for s in sweep):
+    fig = new_figure((5.2, 3.6))
+    if fig is None or not any(s["trace"] for s in sweep):
         return
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return
-    fig = Figure(figsize=(5.2, 3.6), dpi=120)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, s in enumerate(sweep):
         if s["trace"]:
@@ -332,6 +319,10 @@ def _plot_trace(name: str, metric: str, sweep: list[dict[str, Any]], circuit: cf
         ylabel=f"{metric} of the subgraph (train prompts)",
     )
     ax.set_title(f"SmolLM2-135M, {name}: the metric as ACDC removes edges", fontsize=9)
+    _save_figure(fig, ax, path)
+
+
+def _save_figure(fig: Any, ax: Any, path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -284,8 +284,7 @@ def discover(
         "edges_per_s": state.edges_tested / max(state.elapsed_s, 1e-9),
         # per finished layer of receivers (logits first): the metric of the subgraph so far
         "trace": [
-            {"layer": e["layer"], "metric": _value_of(bound, e["loss"])} | {k: v for k, v in e.items() if k != "loss"}
-            for e in state.trace
+            {"metric": _value_of(bound, e["loss"]), **{k: v for k, v in e.items() if k != "loss"}} for e in state.trace
         ],
     }
     return Circuit(

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "TracrSetup",
     "add_reproduce_parser",
+    "new_figure",
     "output_mse",
     "reproduce",
     "run_reproduce",
@@ -439,7 +440,7 @@ def _finish(data: dict[str, Any], json_path: Path, figure: Path | None) -> dict[
     return {**data, "json": str(json_path)}
 
 
-def _new_figure(size: tuple[float, float]):
+def new_figure(size: tuple[float, float]):
     """A pyplot-free matplotlib figure (the Agg canvas; no global backend change), or None without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -452,7 +453,7 @@ def _new_figure(size: tuple[float, float]):
 
 
 def _plot_roc(curves: dict[str, dict[str, Any]], title: str, path: Path) -> Path | None:
-    fig = _new_figure((4.8, 4.5))
+    fig = new_figure((4.8, 4.5))
     if fig is None:
         return None
     ax = fig.add_subplot()
@@ -470,7 +471,7 @@ def _plot_roc(curves: dict[str, dict[str, Any]], title: str, path: Path) -> Path
 
 
 def _plot_faithfulness(points: list[dict[str, Any]], title: str, path: Path) -> Path | None:
-    fig = _new_figure((5.2, 4.0))
+    fig = new_figure((5.2, 4.0))
     if fig is None or not points:
         return None
     ax = fig.add_subplot()
