@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.selection import edge_ranking, n_of_fraction
 
 __all__ = ["MIB_FRACTIONS", "auc", "cpr_cmd", "roc_from_circuits", "roc_points", "top_k_masks"]
 
@@ -130,8 +131,10 @@ def top_k_masks(
 ) -> list[Tensor]:
     """Circuits made of the top ``k`` fraction of existing edges by score, one per fraction.
 
-    Each circuit keeps ``max(1, round(k * n_edges))`` edges; ties are broken by position (stable sort), so the
-    circuits are nested. Rank by signed score for CPR, by absolute score for CMD.
+    Each circuit keeps ``max(1, round(k * n_edges))`` edges (:func:`~circuitfind.selection.n_of_fraction`) of
+    :func:`~circuitfind.selection.edge_ranking`: ties are broken by position, so the circuits are nested. Rank by
+    signed score for CPR, by absolute score for CMD. With a :class:`~circuitfind.graph.Graph` at hand,
+    :func:`~circuitfind.selection.top_fraction` gives one such circuit.
 
     Args:
         scores: ``(S, R)`` float scores; entries outside ``edge_mask`` are ignored.
@@ -147,25 +150,12 @@ def top_k_masks(
         >>> [m.sum().item() for m in top_k_masks(s, torch.ones(2, 2, dtype=torch.bool), (0.25, 0.5, 1.0))]
         [1, 2, 4]
     """
-    if scores.shape != edge_mask.shape:
-        raise ShapeError(f"scores has shape {tuple(scores.shape)} but edge_mask has {tuple(edge_mask.shape)}")
-    exists = _bool(edge_mask, "edge_mask").to(scores.device)
-    n_edges = int(exists.sum())
-    if n_edges == 0:
-        raise ShapeError("edge_mask has no edge")
-    key = (scores.abs() if absolute else scores).double().flatten()  # (S*R,)
-    if bool(torch.isnan(key[exists.flatten()]).any()):
-        raise ShapeError("scores contain NaN on existing edges; replace them before ranking")
-    candidates = exists.flatten().nonzero().squeeze(1)  # rank existing edges only, even against -inf scores
-    order = candidates[torch.argsort(key[candidates], descending=True, stable=True)]
+    order = edge_ranking(edge_mask, scores, absolute=absolute)  # (E,)
     masks = []
     for k in fractions:
-        if not 0 < k <= 1:
-            raise ConfigError(f"fractions must lie in (0, 1]; got {k}")
-        n_keep = max(1, round(k * n_edges))
-        flat = torch.zeros(key.numel(), dtype=torch.bool, device=scores.device)
-        flat[order[:n_keep]] = True
-        masks.append(flat.view_as(exists))
+        flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)  # (S*R,)
+        flat[order[: n_of_fraction(k, order.numel())]] = True
+        masks.append(flat.view(scores.shape))
     return masks
 
 

@@ -1,0 +1,193 @@
+"""Choosing circuits from edge scores: rank and cut.
+
+Pure tensor algebra on a :class:`~circuitfind.graph.Graph`; no model code. Masks and scores are dense
+``(S, R)`` tensors in the graph's (senders, receivers) layout.
+
+* :func:`edge_ranking`: the flat indices of the existing edges, best first. The one place the ordering is
+  defined (ties broken by position, so every cut of it is nested in the next); :func:`top_n`,
+  :func:`top_fraction` and :func:`circuitfind.evaluate_scores.top_k_masks` use it.
+* :func:`top_n`, :func:`top_fraction`, :func:`above_threshold`: the usual cuts.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.graph import Graph
+
+__all__ = [
+    "above_threshold",
+    "edge_ranking",
+    "n_of_fraction",
+    "top_fraction",
+    "top_n",
+]
+
+
+# --- ranking and cuts ----------------------------------------------------------------------------------------
+def edge_ranking(graph: Graph | Tensor, scores: Tensor, *, absolute: bool = False) -> Tensor:
+    """Flat indices (into ``S * R``) of the existing edges, best score first.
+
+    Ties are broken by position (stable sort), so the first ``k`` of the ranking are nested in the first
+    ``k + 1``. Only existing edges are ranked, even against ``-inf`` scores (an ACDC edge never tested), and
+    NaN scores on existing edges are rejected rather than sorted somewhere arbitrary.
+
+    Args:
+        graph: the model's graph, or its ``(S, R)`` bool edge mask (``graph.edge_mask``).
+        scores: ``(S, R)`` scores; entries outside the edges are ignored.
+        absolute: rank by ``|score|`` (MIB's CMD) instead of the signed score (CPR).
+
+    Returns:
+        ``(E,)`` long tensor on ``scores``' device, ``E`` = number of edges.
+
+    Raises:
+        ShapeError: shapes differ, the edge mask is not bool or empty, or NaN scores on existing edges.
+
+    Example:
+        >>> s = torch.tensor([[3.0, -5.0], [1.0, 3.0]])
+        >>> edge_ranking(torch.ones(2, 2, dtype=torch.bool), s).tolist()
+        [0, 3, 2, 1]
+        >>> edge_ranking(torch.ones(2, 2, dtype=torch.bool), s, absolute=True).tolist()
+        [1, 0, 3, 2]
+    """
+    exists, key = _ranking_key(graph, scores, absolute)
+    candidates = exists.flatten().nonzero().squeeze(1)  # (E,)
+    return candidates[torch.argsort(key.flatten()[candidates], descending=True, stable=True)]
+
+
+def top_n(graph: Graph, scores: Tensor, n: int, *, absolute: bool = False) -> Tensor:
+    """The ``n`` best-scoring edges (ties by position, see :func:`edge_ranking`).
+
+    Args:
+        graph: the model's graph.
+        scores: ``(S, R)`` scores; entries outside ``graph.edge_mask`` are ignored.
+        n: number of edges to keep, an int in ``1 .. graph.n_edges``.
+        absolute: rank by ``|score|``.
+
+    Returns:
+        ``(S, R)`` bool mask with exactly ``n`` existing edges, on ``scores``' device.
+
+    Raises:
+        ConfigError: ``n`` out of range or not an int.
+        ShapeError: see :func:`edge_ranking`.
+
+    Example:
+        >>> g = Graph(n_layers=1, n_heads=1)
+        >>> s = torch.arange(g.n_senders * g.n_receivers, dtype=torch.float).view(g.n_senders, g.n_receivers)
+        >>> [e.name for e in g.edges_of(top_n(g, s, 2))]
+        ['a0.h0->logits', 'm0->logits']
+    """
+    _check_count(n, graph.n_edges)
+    return _first(edge_ranking(graph, scores, absolute=absolute), n, scores)
+
+
+def top_fraction(graph: Graph, scores: Tensor, fraction: float, *, absolute: bool = False) -> Tensor:
+    """The top ``fraction`` of existing edges: ``max(1, round(fraction * graph.n_edges))`` of them.
+
+    Args:
+        graph: the model's graph.
+        scores: ``(S, R)`` scores; entries outside ``graph.edge_mask`` are ignored.
+        fraction: in (0, 1] (MIB uses 0.001 .. 1).
+        absolute: rank by ``|score|``.
+
+    Returns:
+        ``(S, R)`` bool mask on ``scores``' device.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1].
+        ShapeError: see :func:`edge_ranking`.
+
+    Example:
+        >>> g = Graph(n_layers=1, n_heads=1)  # 8 edges
+        >>> int(top_fraction(g, torch.zeros(g.n_senders, g.n_receivers), 0.5).sum())
+        4
+    """
+    return _first(edge_ranking(graph, scores, absolute=absolute), n_of_fraction(fraction, graph.n_edges), scores)
+
+
+def above_threshold(graph: Graph, scores: Tensor, threshold: float, *, absolute: bool = False) -> Tensor:
+    """The existing edges whose score (or ``|score|``) is strictly above ``threshold``.
+
+    Args:
+        graph: the model's graph.
+        scores: ``(S, R)`` scores; entries outside ``graph.edge_mask`` are ignored.
+        threshold: a real number (not NaN); ``-inf`` keeps every edge.
+        absolute: compare ``|score|``.
+
+    Returns:
+        ``(S, R)`` bool mask on ``scores``' device; may be empty.
+
+    Raises:
+        ConfigError: ``threshold`` is not a real number.
+        ShapeError: see :func:`edge_ranking`.
+
+    Example:
+        >>> g = Graph(n_layers=1, n_heads=1)
+        >>> s = torch.zeros(g.n_senders, g.n_receivers)
+        >>> s[g.edge_index("input->logits")] = -2.0
+        >>> int(above_threshold(g, s, 1.0).sum()), int(above_threshold(g, s, 1.0, absolute=True).sum())
+        (0, 1)
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise ConfigError(f"threshold must be a real number (not NaN); got {threshold!r}")
+    exists, key = _ranking_key(graph, scores, absolute)
+    return exists & (key > threshold)
+
+
+def n_of_fraction(fraction: float, n_edges: int) -> int:
+    """Number of edges in the top ``fraction`` of ``n_edges``: ``max(1, round(fraction * n_edges))``.
+
+    Example:
+        >>> n_of_fraction(0.001, 32491), n_of_fraction(0.00001, 32491)
+        (32, 1)
+    """
+    ok = not isinstance(fraction, bool) and isinstance(fraction, numbers.Real) and 0 < fraction <= 1
+    if not ok:
+        raise ConfigError(f"fractions of the edges must lie in (0, 1]; got {fraction!r}")
+    return max(1, round(fraction * n_edges))
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+def _ranking_key(graph: Graph | Tensor, scores: Tensor, absolute: bool) -> tuple[Tensor, Tensor]:
+    """``(exists, key)``: the ``(S, R)`` bool edge mask and float64 ranking key, both on ``scores``' device."""
+    if not isinstance(scores, Tensor):
+        raise ShapeError(f"scores must be a tensor; got {type(scores).__name__}")
+    if isinstance(graph, Graph):
+        exists = graph.edge_mask
+        if tuple(scores.shape) != tuple(exists.shape):
+            raise ShapeError(
+                f"scores must have shape (senders, receivers) = {tuple(exists.shape)}; got {tuple(scores.shape)}"
+            )
+    else:
+        exists = graph
+        if not isinstance(exists, Tensor) or exists.dtype != torch.bool:
+            found = exists.dtype if isinstance(exists, Tensor) else type(exists).__name__
+            raise ShapeError(f"expected a Graph or its bool edge mask (graph.edge_mask); got {found}")
+        if scores.shape != exists.shape:
+            raise ShapeError(f"scores has shape {tuple(scores.shape)} but edge_mask has {tuple(exists.shape)}")
+        if not bool(exists.any()):
+            raise ShapeError("edge_mask has no edge")
+    exists = exists.to(scores.device)
+    key = (scores.abs() if absolute else scores).double()  # (S, R)
+    if bool(torch.isnan(key[exists]).any()):
+        raise ShapeError("scores contain NaN on existing edges; replace them (e.g. torch.nan_to_num) before ranking")
+    return exists, key
+
+
+def _first(order: Tensor, k: int, like: Tensor) -> Tensor:
+    """``(S, R)`` bool mask, shaped like ``like``, of the first ``k`` flat indices of ``order``."""
+    flat = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
+    flat[order[:k]] = True
+    return flat.view(like.shape)
+
+
+def _check_count(n: int, n_edges: int, name: str = "n") -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= n_edges:
+        raise ConfigError(
+            f"n_edges must be between 1 and {n_edges}; got {name}={n!r} ({name} counts top-ranked edges, an int)"
+        )
