@@ -1,4 +1,4 @@
-"""Choosing circuits from edge scores: rank and cut.
+"""Choosing circuits from edge scores: rank, cut, and prune dangling edges.
 
 Pure tensor algebra on a :class:`~circuitfind.graph.Graph`; no model code. Masks and scores are dense
 ``(S, R)`` tensors in the graph's (senders, receivers) layout.
@@ -7,6 +7,9 @@ Pure tensor algebra on a :class:`~circuitfind.graph.Graph`; no model code. Masks
   defined (ties broken by position, so every cut of it is nested in the next); :func:`top_n`,
   :func:`top_fraction` and :func:`circuitfind.evaluate_scores.top_k_masks` use it.
 * :func:`top_n`, :func:`top_fraction`, :func:`above_threshold`: the usual cuts.
+* :func:`prune_dangling`: drop edges that lie on no kept ``input -> logits`` path (EAP-IG issue #16,
+  REFERENCE §5: a top-k cut leaves edges out of nodes whose output reaches nothing, and into nodes that see
+  nothing but ablated inputs).
 """
 
 from __future__ import annotations
@@ -24,9 +27,86 @@ __all__ = [
     "above_threshold",
     "edge_ranking",
     "n_of_fraction",
+    "prune_dangling",
     "top_fraction",
     "top_n",
 ]
+
+
+# --- pruning -------------------------------------------------------------------------------------------------
+def prune_dangling(graph: Graph, mask: Tensor, *, from_input: bool = True) -> Tensor:
+    """The kept edges that can still change the logits: those on some kept ``input -> logits`` path.
+
+    Two kinds of edge are dropped:
+
+    * (always, exact for every ablation) an edge ``s -> r`` whose receiver's node (the head of a q/k/v receiver,
+      the MLP of an MLP receiver) has no kept path on to ``logits``: patching it changes that node's output,
+      and nothing downstream reads that output through a kept edge.
+    * (``from_input=True``) an edge ``s -> r`` whose sender ``s`` is not ``input`` and whose node has no kept
+      path from ``input`` into any of its receivers (a head's q, k or v, an MLP's input). Under resample
+      ablation such a node sees only corrupted inputs, so it computes exactly its corrupted output: its
+      clean-minus-ablated difference is zero and its outgoing edges change nothing. This is exact only for
+      resample ablation; under mean or zero ablation the node's output still differs from the ablated value,
+      so pass ``from_input=False`` there.
+
+    A node counts as reached when *any* of its receivers has a kept edge from a reached sender (a head reached
+    only through its key still changes its output). Computed in one forward pass (reached-from-input, per
+    sender) and one backward pass (reaches-logits, per receiver) over the layers in topological order, so no
+    fixed-point iteration is needed.
+
+    Args:
+        graph: the model's graph.
+        mask: ``(S, R)`` bool, the kept edges; entries that are not edges of ``graph`` are ignored.
+        from_input: also drop edges out of nodes that no kept path from ``input`` reaches (resample ablation).
+
+    Returns:
+        a new ``(S, R)`` bool mask on ``mask``'s device, a subset of ``mask & graph.edge_mask``; ``mask`` is not
+        changed.
+
+    Raises:
+        ShapeError: ``mask`` is not an ``(S, R)`` bool tensor.
+
+    Example:
+        >>> g = Graph(n_layers=1, n_heads=1)
+        >>> m = g.mask_of(["input->a0.h0<q>", "input->m0", "m0->logits"])  # a0.h0's output goes nowhere
+        >>> [e.name for e in g.edges_of(prune_dangling(g, m))]
+        ['input->m0', 'm0->logits']
+    """
+    graph.check_mask(mask)
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ShapeError(
+            f"prune_dangling takes one (senders, receivers) bool mask; got shape {tuple(mask.shape)} and dtype "
+            f"{mask.dtype}. Convert a float mask with mask != 0; prune a stack of masks one at a time."
+        )
+    kept = mask & graph.edge_mask.to(mask.device)  # (S, R)
+    H = graph.n_heads
+
+    # forward: reached[s] = some kept path runs from input into one of sender s's receivers
+    reached = torch.zeros(graph.n_senders, dtype=torch.bool, device=mask.device)  # (S,)
+    reached[0] = True
+    for layer in range(graph.n_layers):
+        q0 = graph.head_receiver(layer, 0, "q")
+        into_qkv = (kept[:, q0 : q0 + 3 * H] & reached[:, None]).any(0)  # (3H,)
+        h0 = graph.head_sender(layer, 0)
+        reached[h0 : h0 + H] = into_qkv.view(3, H).any(0)
+        # after this layer's heads: in sequential blocks the MLP reads them
+        reached[graph.mlp_sender(layer)] = (kept[:, graph.mlp_receiver(layer)] & reached).any()
+
+    # backward: alive[r] = receiver r's node has a kept path on to logits
+    alive = torch.zeros(graph.n_receivers, dtype=torch.bool, device=mask.device)  # (R,)
+    alive[graph.logits_receiver] = True
+    for layer in reversed(range(graph.n_layers)):
+        # the MLP first: in sequential blocks this layer's heads write into it
+        alive[graph.mlp_receiver(layer)] = (kept[graph.mlp_sender(layer)] & alive).any()
+        h0 = graph.head_sender(layer, 0)
+        heads_alive = (kept[h0 : h0 + H] & alive[None, :]).any(1)  # (H,)
+        q0 = graph.head_receiver(layer, 0, "q")
+        alive[q0 : q0 + 3 * H] = heads_alive.repeat(3)  # q, k, v of head h share the head's fate
+
+    out = kept & alive[None, :]
+    if from_input:
+        out &= reached[:, None]
+    return out
 
 
 # --- ranking and cuts ----------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Circuit selection: the ranking and the cuts, on hand-made scores with known answers."""
+"""Circuit selection: dangling-edge pruning against a brute-force path search, and the cuts."""
 
 from __future__ import annotations
 
 import math
 from itertools import pairwise
 
+import networkx as nx
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from circuitfind.graph import Graph
 from circuitfind.selection import (
     above_threshold,
     edge_ranking,
+    prune_dangling,
     top_fraction,
     top_n,
 )
@@ -21,6 +23,122 @@ from circuitfind.selection import (
 
 def names(graph: Graph, mask: torch.Tensor) -> list[str]:
     return sorted(e.name for e in graph.edges_of(mask))
+
+
+# --- prune_dangling: hand cases, each of which fails if the rule prunes too much or too little ------------
+def test_a_head_whose_output_reaches_nothing_loses_its_inputs():
+    g = Graph(1, 1)
+    m = g.mask_of(["input->a0.h0<q>", "input->a0.h0<k>", "input->m0", "m0->logits", "input->logits"])
+    assert names(g, prune_dangling(g, m)) == ["input->logits", "input->m0", "m0->logits"]
+    assert names(g, prune_dangling(g, m, from_input=False)) == ["input->logits", "input->m0", "m0->logits"]
+
+
+@pytest.mark.parametrize("channel", ["q", "k", "v"])
+def test_a_head_reached_through_any_one_channel_counts_as_reached(channel):
+    g = Graph(2, 1)
+    kept = [f"input->a0.h0<{channel}>", f"a0.h0->a1.h0<{channel}>", "a1.h0->logits"]
+    m = g.mask_of(kept)
+    assert names(g, prune_dangling(g, m)) == sorted(kept)
+    # cut the last link: nothing reaches the logits any more, recursively
+    assert names(g, prune_dangling(g, g.mask_of(kept[:2]))) == []
+    # cut the first link: a0.h0 and then a1.h0 see only ablated inputs
+    assert names(g, prune_dangling(g, g.mask_of(kept[1:]))) == []
+    assert names(g, prune_dangling(g, g.mask_of(kept[1:]), from_input=False)) == sorted(kept[1:])
+
+
+def test_head_to_mlp_of_the_same_layer_in_sequential_blocks():
+    """Both passes must visit a layer's heads and its MLP in the right order (forward: heads first)."""
+    g = Graph(1, 2)
+    kept = ["input->a0.h1<v>", "a0.h1->m0", "m0->logits"]
+    assert names(g, prune_dangling(g, g.mask_of(kept))) == sorted(kept)
+    # a second head feeding only the MLP, which reaches nothing: everything into and out of both dangles
+    dead = ["input->a0.h0<q>", "a0.h0->m0", "a0.h1->m0", "input->a0.h1<v>"]
+    assert names(g, prune_dangling(g, g.mask_of(dead))) == []
+
+
+def test_from_input_drops_edges_out_of_nodes_fed_by_nothing():
+    g = Graph(2, 1)
+    m = g.mask_of(["a0.h0->logits", "m0->a1.h0<q>", "a1.h0->logits", "input->logits"])
+    assert names(g, prune_dangling(g, m)) == ["input->logits"]
+    assert names(g, prune_dangling(g, m, from_input=False)) == names(g, m)
+
+
+def test_prune_ignores_non_edges_and_never_mutates():
+    g = Graph(2, 2)
+    m = torch.ones(g.n_senders, g.n_receivers, dtype=torch.bool)  # non-edges set too
+    before = m.clone()
+    out = prune_dangling(g, m)
+    assert torch.equal(m, before)
+    assert torch.equal(out, g.edge_mask)  # every edge is on a path; every non-edge is dropped
+    full = g.full_mask()
+    out = prune_dangling(g, full)
+    assert out is not full and torch.equal(out, full)
+    empty = torch.zeros_like(full)
+    assert not prune_dangling(g, empty).any()
+
+
+def test_prune_rejects_bad_masks():
+    g = Graph(1, 1)
+    with pytest.raises(ShapeError, match="bool"):
+        prune_dangling(g, g.full_mask().float())
+    with pytest.raises(ShapeError, match="shape"):
+        prune_dangling(g, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ShapeError, match="one at a time"):
+        prune_dangling(g, g.full_mask()[None].repeat(2, 1, 1))
+
+
+# --- prune_dangling against a brute-force search over paths ----------------------------------------------
+def node_graph(graph: Graph, mask: torch.Tensor) -> nx.MultiDiGraph:
+    """The kept edges between node names; parallel q/k/v edges between one pair stay distinct (key = receiver)."""
+    dg = nx.MultiDiGraph()
+    for s, r in (mask & graph.edge_mask).nonzero().tolist():
+        dg.add_edge(graph.senders[s].name, graph.receivers[r].node.name, key=r, s=s)
+    return dg
+
+
+def on_some_path(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """Every edge of every simple path input -> logits, by enumerating the paths."""
+    out = torch.zeros_like(mask)
+    dg = node_graph(graph, mask)
+    if "input" in dg and "logits" in dg:
+        for path in nx.all_simple_edge_paths(dg, "input", "logits"):
+            for u, _, r in path:
+                out[graph.sender_index(u), r] = True
+    return out
+
+
+def reaches_logits(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """Every kept edge whose receiver's node has a kept path to the logits (plain BFS in networkx)."""
+    out = torch.zeros_like(mask)
+    dg = node_graph(graph, mask)
+    for u, v, r in dg.edges(keys=True):
+        if v == "logits" or ("logits" in dg and nx.has_path(dg, v, "logits")):
+            out[graph.sender_index(u), r] = True
+    return out
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [Graph(1, 1), Graph(2, 2), Graph(3, 2), Graph(3, 2, parallel=True), Graph(2, 3, parallel=True)],
+    ids=lambda g: f"{g.n_layers}x{g.n_heads}{'p' if g.parallel else 's'}",
+)
+def test_prune_matches_brute_force_on_random_masks(graph):
+    gen = torch.Generator().manual_seed(graph.n_layers * 10 + graph.n_heads + graph.parallel)
+    n_pruned = n_kept = 0
+    for density in (0.05, 0.15, 0.3, 0.5, 0.7):
+        for _ in range(6):
+            # draw over the whole (S, R) grid: non-edges set to True must be ignored
+            mask = torch.rand(graph.n_senders, graph.n_receivers, generator=gen) < density
+            got = prune_dangling(graph, mask)
+            want = on_some_path(graph, mask)
+            assert torch.equal(got, want), (names(graph, got & ~want), names(graph, want & ~got))
+            assert torch.equal(prune_dangling(graph, got), got)  # idempotent
+            got_back = prune_dangling(graph, mask, from_input=False)
+            assert torch.equal(got_back, reaches_logits(graph, mask))
+            assert not (got & ~got_back).any()
+            n_kept += int(got.sum())
+            n_pruned += int((mask & graph.edge_mask & ~got).sum())
+    assert n_kept > 0 and n_pruned > 0  # the draws exercise both outcomes
 
 
 # --- ranking and cuts ------------------------------------------------------------------------------------
