@@ -1,21 +1,26 @@
-"""Choosing circuits from edge scores: rank, cut, and prune dangling edges.
+"""Choosing circuits from edge scores: rank, cut, prune dangling edges, and search for the smallest faithful one.
 
 Pure tensor algebra on a :class:`~circuitfind.graph.Graph`; no model code. Masks and scores are dense
 ``(S, R)`` tensors in the graph's (senders, receivers) layout.
 
 * :func:`edge_ranking`: the flat indices of the existing edges, best first. The one place the ordering is
   defined (ties broken by position, so every cut of it is nested in the next); :func:`top_n`,
-  :func:`top_fraction` and :func:`circuitfind.evaluate_scores.top_k_masks` use it.
+  :func:`top_fraction`, :func:`smallest_faithful` and :func:`circuitfind.evaluate_scores.top_k_masks` use it.
 * :func:`top_n`, :func:`top_fraction`, :func:`above_threshold`: the usual cuts.
 * :func:`prune_dangling`: drop edges that lie on no kept ``input -> logits`` path (EAP-IG issue #16,
   REFERENCE §5: a top-k cut leaves edges out of nodes whose output reaches nothing, and into nodes that see
   nothing but ablated inputs).
+* :func:`smallest_faithful`: bisection over the number of top-ranked edges for the smallest circuit whose
+  faithfulness (supplied by the caller) reaches a target.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,10 +29,12 @@ from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph
 
 __all__ = [
+    "TargetResult",
     "above_threshold",
     "edge_ranking",
     "n_of_fraction",
     "prune_dangling",
+    "smallest_faithful",
     "top_fraction",
     "top_n",
 ]
@@ -230,6 +237,134 @@ def n_of_fraction(fraction: float, n_edges: int) -> int:
     if not ok:
         raise ConfigError(f"fractions of the edges must lie in (0, 1]; got {fraction!r}")
     return max(1, round(fraction * n_edges))
+
+
+# --- the smallest circuit that reaches a target faithfulness -------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TargetResult:
+    """The outcome of :func:`smallest_faithful`.
+
+    Attributes:
+        mask: ``(S, R)`` bool, the circuit (pruned if pruning was on). Always one that was probed.
+        k: number of top-ranked edges it was cut from (before pruning).
+        faithfulness: its faithfulness, as the caller's callable returned it.
+        reached: whether it reaches the target; False only when even the largest circuit (``k = hi``) falls
+            short, in which case ``mask`` is that largest circuit.
+        probes: every probe in order: ``{"k", "n_edges_after_prune", "faithfulness"}``.
+        message: one line saying what was found.
+    """
+
+    mask: Tensor
+    k: int
+    faithfulness: float
+    reached: bool
+    probes: list[dict[str, Any]]
+    message: str
+
+    @property
+    def n_edges(self) -> int:
+        """Edges in :attr:`mask`."""
+        return int(self.mask.sum())
+
+
+def smallest_faithful(
+    graph: Graph,
+    scores: Tensor,
+    faithfulness: Callable[[Tensor], float],
+    target: float,
+    *,
+    absolute: bool = False,
+    prune: bool = True,
+    from_input: bool = True,
+    lo: int = 1,
+    hi: int | None = None,
+    on_probe: Callable[[dict[str, Any]], None] | None = None,
+) -> TargetResult:
+    """The smallest top-``k`` circuit whose faithfulness reaches ``target``, by bisection over ``k``.
+
+    The circuit of ``k`` is the top ``k`` edges of :func:`edge_ranking`, then :func:`prune_dangling` when
+    ``prune``. ``k = hi`` is probed first; if it falls short, it is returned with ``reached=False``. Otherwise
+    bisection keeps an interval ``(fail, pass]`` assuming faithfulness grows with ``k``. When it does not, the
+    answer may not be the smallest passing ``k``, but it is always a probed circuit that reached the target.
+    Costs ``1 + ceil(log2(hi - lo + 1))`` calls of ``faithfulness`` at most.
+
+    Args:
+        graph: the model's graph.
+        scores: ``(S, R)`` edge scores.
+        faithfulness: maps a ``(S, R)`` bool circuit to a float, e.g. MIB's ``(m(C) - m(empty)) / (m(N) -
+            m(empty))`` from an exact patched forward (REFERENCE §6).
+        target: the faithfulness to reach, a float in (0, 1].
+        absolute: rank by ``|score|``.
+        prune: prune dangling edges from each circuit before measuring it.
+        from_input: passed to :func:`prune_dangling`; True is exact only for resample ablation, use False for
+            mean or zero ablation.
+        lo: smallest ``k`` considered (assumed failing below it), ``>= 1``.
+        hi: largest ``k`` considered, ``<= graph.n_edges`` (default: all edges).
+        on_probe: called after each probe with its record (for progress bars).
+
+    Returns:
+        a :class:`TargetResult`.
+
+    Raises:
+        ConfigError: ``target`` outside (0, 1], bad ``lo`` / ``hi``, or ``faithfulness`` returned NaN.
+        ShapeError: see :func:`edge_ranking`.
+
+    Example:
+        >>> g = Graph(n_layers=1, n_heads=1)  # 8 edges
+        >>> s = torch.rand(g.n_senders, g.n_receivers)
+        >>> res = smallest_faithful(g, s, lambda m: int(m.sum()) / g.n_edges, 0.5, prune=False)
+        >>> res.k, res.reached, [p["k"] for p in res.probes]
+        (4, True, [8, 4, 2, 3])
+    """
+    bad_target = isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1
+    if bad_target:
+        raise ConfigError(f"target must be a float in (0, 1] (a faithfulness to reach); got {target!r}")
+    hi = graph.n_edges if hi is None else hi
+    _check_count(lo, graph.n_edges, name="lo")
+    _check_count(hi, graph.n_edges, name="hi")
+    if lo > hi:
+        raise ConfigError(f"lo must be at most hi; got lo={lo}, hi={hi}")
+    order = edge_ranking(graph, scores, absolute=absolute)  # (E,)
+    probes: list[dict[str, Any]] = []
+    circuits: dict[int, tuple[Tensor, float]] = {}
+
+    def probe(k: int) -> bool:
+        mask = _first(order, k, scores)
+        if prune:
+            mask = prune_dangling(graph, mask, from_input=from_input)
+        f = float(faithfulness(mask))
+        if math.isnan(f):
+            raise ConfigError(
+                f"faithfulness returned NaN for the top {k} edges; it must return a number "
+                "(NaN usually means m(full) == m(empty): the task's metric does not separate clean from corrupted)"
+            )
+        record = {"k": k, "n_edges_after_prune": int(mask.sum()), "faithfulness": f}
+        probes.append(record)
+        circuits[k] = (mask, f)
+        if on_probe is not None:
+            on_probe(record)
+        return f >= target
+
+    if not probe(hi):
+        mask, f = circuits[hi]
+        message = (
+            f"even the top {hi} edges reach faithfulness {f:.4g} < target {target:g}; "
+            "no circuit of this ranking reaches the target"
+        )
+        return TargetResult(mask, hi, f, False, probes, message)
+    failing, passing = lo - 1, hi  # invariant: passing was probed and passed; failing is assumed to fail
+    while passing - failing > 1:
+        mid = (failing + passing) // 2
+        if probe(mid):
+            passing = mid
+        else:
+            failing = mid
+    mask, f = circuits[passing]
+    message = (
+        f"the top {passing} of {graph.n_edges} edges ({int(mask.sum())} after pruning) reach faithfulness "
+        f"{f:.4g} >= target {target:g} ({len(probes)} probes)"
+    )
+    return TargetResult(mask, passing, f, True, probes, message)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

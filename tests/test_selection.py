@@ -1,4 +1,4 @@
-"""Circuit selection: dangling-edge pruning against a brute-force path search, and the cuts."""
+"""Circuit selection: dangling-edge pruning against a brute-force path search, the cuts, and the target search."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, top_k_masks
 from circuitfind.graph import Graph
 from circuitfind.selection import (
+    TargetResult,
     above_threshold,
     edge_ranking,
     prune_dangling,
+    smallest_faithful,
     top_fraction,
     top_n,
 )
@@ -253,3 +255,107 @@ def test_selectors_reject_nan_and_wrong_shapes(g11):
     assert int(top_n(g11, ok, 3).sum()) == 3
     with pytest.raises(ShapeError, match="shape"):
         top_n(g11, torch.zeros(2, 2), 1)
+
+
+# --- smallest_faithful -----------------------------------------------------------------------------------
+def weighted_faithfulness(graph: Graph, weights: torch.Tensor):
+    """Monotone synthetic faithfulness: the share of the total weight carried by the kept edges."""
+    total = float(weights[graph.edge_mask].sum())
+    return lambda mask: float(weights[mask & graph.edge_mask].sum()) / total
+
+
+@pytest.mark.parametrize("target", [0.05, 0.5, 0.9, 0.99, 1.0])
+def test_monotone_faithfulness_gives_the_smallest_k(target):
+    g = Graph(3, 2)
+    scores = torch.randn(g.n_senders, g.n_receivers)
+    weights = torch.rand(g.n_senders, g.n_receivers)
+    f = weighted_faithfulness(g, weights)
+    seen = []
+    res = smallest_faithful(g, scores, f, target, prune=False, on_probe=seen.append)
+    assert isinstance(res, TargetResult) and res.reached
+    assert res.faithfulness >= target and f(res.mask) == res.faithfulness
+    assert torch.equal(res.mask, top_n(g, scores, res.k))
+    if res.k > 1:
+        assert f(top_n(g, scores, res.k - 1)) < target
+    linear = next(k for k in range(1, g.n_edges + 1) if f(top_n(g, scores, k)) >= target)
+    assert res.k == linear
+    # probes: hi first, every one recorded (and reported) in order, O(log n_edges) of them
+    assert res.probes[0]["k"] == g.n_edges and res.probes == seen
+    assert all(set(p) == {"k", "n_edges_after_prune", "faithfulness"} for p in res.probes)
+    assert all(p["n_edges_after_prune"] == p["k"] for p in res.probes)  # no pruning
+    assert len(res.probes) <= 1 + math.ceil(math.log2(g.n_edges))
+    assert res.k in [p["k"] for p in res.probes if p["faithfulness"] >= target]
+
+
+def test_pruned_probes_measure_the_pruned_circuit():
+    g = Graph(2, 2, parallel=True)
+    scores = torch.randn(g.n_senders, g.n_receivers)
+    weights = torch.rand(g.n_senders, g.n_receivers)
+    raw = weighted_faithfulness(g, weights)
+    measured = []
+
+    def f(mask):
+        assert torch.equal(prune_dangling(g, mask), mask)  # what reaches the callable is already pruned
+        measured.append(int(mask.sum()))
+        return raw(mask)
+
+    res = smallest_faithful(g, scores, f, 0.6)
+    assert res.reached and res.faithfulness >= 0.6
+    assert torch.equal(res.mask, prune_dangling(g, top_n(g, scores, res.k)))
+    assert [p["n_edges_after_prune"] for p in res.probes] == measured
+    assert res.n_edges == int(res.mask.sum()) <= res.k
+
+
+def test_non_monotone_faithfulness_still_returns_a_passing_circuit():
+    g = Graph(3, 2)
+    assert g.n_edges == 100
+    scores = torch.randn(g.n_senders, g.n_receivers)
+    passing = {100, 75, 60, 30}  # bisection probes 100, 50, 75, 62, 68, 71, 73, 74 and misses 30 and 60
+
+    def f(mask):
+        return 0.95 if int(mask.sum()) in passing else 0.1
+
+    res = smallest_faithful(g, scores, f, 0.9, prune=False)
+    assert res.reached and res.k == 75 and f(res.mask) >= 0.9
+    assert [p["k"] for p in res.probes] == [100, 50, 75, 62, 68, 71, 73, 74]
+    assert [p["k"] for p in res.probes if p["faithfulness"] >= 0.9] == [100, 75]
+    # a circuit that fails is never returned, whatever the probes see
+    res = smallest_faithful(g, scores, lambda m: 0.95 if int(m.sum()) in (100, 50) else 0.1, 0.9, prune=False)
+    assert res.k == 50 and res.faithfulness == 0.95
+
+
+def test_unreachable_target_returns_the_largest_circuit():
+    g = Graph(2, 2)
+    scores = torch.randn(g.n_senders, g.n_receivers)
+    res = smallest_faithful(g, scores, lambda m: 0.8, 0.9, hi=40)
+    assert not res.reached and res.k == 40 and res.faithfulness == 0.8
+    assert len(res.probes) == 1 and "no circuit" in res.message
+    assert torch.equal(res.mask, prune_dangling(g, top_n(g, scores, 40)))
+
+
+def test_lo_and_hi_bound_the_search():
+    g = Graph(3, 2)
+    scores = torch.randn(g.n_senders, g.n_receivers)
+    res = smallest_faithful(g, scores, lambda m: int(m.sum()) / 100, 0.2, prune=False, lo=30, hi=60)
+    assert res.k == 30 and all(30 <= p["k"] <= 60 for p in res.probes)
+    assert len(res.probes) <= 1 + math.ceil(math.log2(31))
+    res = smallest_faithful(g, scores, lambda m: int(m.sum()) / 100, 0.5, prune=False, lo=30, hi=60)
+    assert res.k == 50
+
+
+@pytest.mark.parametrize("target", [0, 0.0, -0.5, 1.5, math.nan, True, "0.9"])
+def test_target_must_be_in_unit_interval(target):
+    g = Graph(1, 1)
+    with pytest.raises(ConfigError, match=r"target must be a float in \(0, 1\]"):
+        smallest_faithful(g, torch.zeros(g.n_senders, g.n_receivers), lambda m: 1.0, target)
+
+
+def test_bad_bounds_and_nan_faithfulness():
+    g = Graph(1, 1)
+    s = torch.zeros(g.n_senders, g.n_receivers)
+    with pytest.raises(ConfigError, match="lo must be at most hi"):
+        smallest_faithful(g, s, lambda m: 1.0, 0.5, lo=5, hi=4)
+    with pytest.raises(ConfigError, match="between 1 and 8"):
+        smallest_faithful(g, s, lambda m: 1.0, 0.5, hi=9)
+    with pytest.raises(ConfigError, match="NaN"):
+        smallest_faithful(g, s, lambda m: math.nan, 0.5)
