@@ -106,7 +106,9 @@ def prepare_problem(
         loss, vocab = bound.column_loss, bound.columns.to(pm.device)
     else:
         loss, vocab = bound.loss, None
-    problem = Problem(pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, loss, vocab=vocab)
+    problem = Problem(
+        pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, loss, vocab=vocab, separable=bound.separable
+    )
     return problem, bound
 
 

@@ -71,6 +71,9 @@ class Metric:
         higher_is_better: False for KL (and losses); True for task metrics.
         columns: the token ids the metric reads, when they are few (logit difference); None: it needs them all.
         on_columns: the metric on logits ``(K, B, len(columns))`` holding only those columns, in that order.
+        separable: the value is a mean over prompts of a function of each prompt's own logits, so its gradient
+            on a batch's rows does not depend on the other rows (True for the built-in metrics; a callable is
+            not assumed to be).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Metric:
     higher_is_better: bool
     columns: Tensor | None = None
     on_columns: Callable[[Tensor], Tensor] | None = None
+    separable: bool = False
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``."""
@@ -138,11 +142,11 @@ def make_metric(
         if clean_logits is None:
             raise ConfigError("the KL metric needs the full model's logits at the answer positions")
         ref = F.log_softmax(clean_logits.detach().float(), dim=-1)
-        return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False)
+        return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True)
     if answers is None or wrong_answers is None or answers.numel() == 0 or wrong_answers.numel() == 0:
         raise TaskError(f"the {kind.value} metric needs correct and wrong answer token ids for every prompt")
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
-        return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True)
+        return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True, separable=True)
     columns, (ans, wrong) = _as_columns(answers, wrong_answers)
     return Metric(
         kind.value,
@@ -150,6 +154,7 @@ def make_metric(
         True,
         columns=columns,
         on_columns=lambda lg: logit_diff(lg, ans, wrong),
+        separable=True,
     )
 
 

@@ -421,6 +421,12 @@ class PatchableModel:
 
         Returns ``z (K, B, h, T, E)``.
         """
+        q, k, v = self.project_qkv(lay, x, heads)
+        return self.attend(lay, q, k, v, rot, attn_bias)
+
+    @staticmethod
+    def project_qkv(lay, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``."""
         a = lay.attn
         pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
         if heads is not None:
@@ -433,11 +439,14 @@ class PatchableModel:
             else:
                 t = einsum(x[:, j * H : (j + 1) * H], w, "k h b t d, h d e -> k b h t e")
             qkv.append(t if b is None else t + b[:, None, :])
-        q, k, v = qkv
+        return qkv[0], qkv[1], qkv[2]
+
+    def attend(self, lay, q: Tensor, k: Tensor, v: Tensor, rot, attn_bias: Tensor) -> Tensor:
+        """``z (K, B, h, T, E)`` from projections ``(K, B, h, T, E)``: rotary, then masked softmax attention."""
         if rot is not None:
             cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        T, E = q.shape[-2], q.shape[-1]
+        K, B, H, T, E = q.shape
         z = F.scaled_dot_product_attention(
             q.reshape(K * B, H, T, E),
             k.reshape(K * B, H, T, E),

@@ -109,6 +109,7 @@ class Problem:
         ablated: the ablated sender outputs.
         loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise; with ``vocab``, V is ``len(vocab)``.
         vocab: token ids: the forward computes only these logit columns, all the loss reads; None: every column.
+        separable: the loss is a mean over prompts of per-prompt terms (see ``Metric.separable``).
     """
 
     pm: object
@@ -118,6 +119,7 @@ class Problem:
     ablated: object
     loss: Callable[[Tensor], Tensor]
     vocab: Tensor | None = None
+    separable: bool = False
     extra: dict = field(default_factory=dict)
 
 

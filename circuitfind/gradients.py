@@ -1,0 +1,264 @@
+"""Edge-mask gradients at a point where every edge carries the same weight: the engine of the attribution methods.
+
+When every edge's mask value is the same ``a``, every receiver of one group (the q/k/v inputs of a layer, its
+MLP input, the logits) sees the same input
+
+    x_group = base_group + a * sum_{s upstream} (out_s - ablated_s)
+
+so one ordinary forward pass computes them all. The gradient of the loss with respect to one edge's mask value is
+
+    d loss / d mask[s, r] = diff_s . d loss / d input_r        (summed over prompts and positions)
+
+and ``d loss / d input_r`` is recovered per receiver from the shared pass: the q, k and v projections of every head
+are tapped, their gradients pulled back through the head's own projection and then through the block's norm at
+``x_group`` (one batched vector-Jacobian product per layer). Nothing per edge is ever held: the ``(S, R)`` result
+is built layer by layer from the senders' diffs.
+
+A :class:`Point` also scales the input embedding between its ablated and clean values (integrated gradients along
+the inputs, EAP-IG). Prompts are processed in chunks; for a metric that is not a plain mean over prompts the loss
+gradient with respect to the logits is first taken on the whole batch (one forward without autograd), so chunking
+never changes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import einsum
+from torch import Tensor
+
+from circuitfind.errors import ConfigError
+
+__all__ = ["GradientPass", "Point", "default_chunk_size", "edge_gradients"]
+
+CHUNK_BUDGET_BYTES = 1.5e9  # activations of one chunk's pass with autograd; the rest scales with it
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where along the path from "every edge ablated" to "the clean model" a gradient is taken.
+
+    Attributes:
+        mask_scale: the value of every edge's mask (1: all kept).
+        input_scale: the ``input`` sender's output is ``ablated + input_scale * (clean - ablated)``.
+    """
+
+    mask_scale: float = 1.0
+    input_scale: float = 1.0
+
+
+@dataclass
+class GradientPass:
+    """The result of :func:`edge_gradients`.
+
+    Attributes:
+        grad: ``(S, R)`` float64: ``sum_k weight_k * d loss / d mask[s, r]`` at the points (zero off the graph's
+            edges).
+        losses: the loss at each point, over the whole batch.
+    """
+
+    grad: Tensor
+    losses: list[float]
+
+
+def default_chunk_size(problem, budget: float = CHUNK_BUDGET_BYTES) -> int:
+    """Prompts per chunk so that one chunk's buffers and autograd activations stay near ``budget`` bytes."""
+    pm = problem.pm
+    g = pm.graph
+    B, T = problem.clean_ids.shape
+    tensors = g.n_receivers + 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt
+    per_prompt = T * pm.spec.d_model * pm.dtype.itemsize * tensors
+    return max(1, min(B, int(budget // per_prompt)))
+
+
+def _loss_grad(problem, point: Point, chunk: int) -> Tensor:
+    """``d loss / d logits`` ``(B, V')`` on the whole batch at ``point`` (logits from forwards without autograd)."""
+    B = problem.clean_ids.shape[0]
+    with torch.no_grad():
+        logits = torch.cat([_forward(problem, point, slice(i, i + chunk), False)[0] for i in range(0, B, chunk)])
+    logits = logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(problem.loss(logits.unsqueeze(0))[0], logits)
+    return grad
+
+
+def edge_gradients(
+    problem,
+    points: Sequence[Point] = (Point(),),
+    weights: Sequence[float] | None = None,
+    *,
+    clean_diffs: bool = False,
+    chunk_size: int | None = None,
+    on_pass: Callable[[int], None] | None = None,
+) -> GradientPass:
+    """``sum_k weights[k] * d loss / d mask`` at uniform masks ``points``, for every edge at once.
+
+    Args:
+        problem: a :class:`~circuitfind.algorithms.acdc.Problem` (model, prompts, ablation, loss).
+        points: where the gradients are taken.
+        weights: one per point (default 1 each).
+        clean_diffs: multiply every point's receiver gradients by the clean sender diffs (``live - ablated``
+            at "all kept") instead of the point's own diffs: EAP-IG along the inputs. The receiver gradients are
+            then summed over the points before the one product with the diffs.
+        chunk_size: prompts per pass (default :func:`default_chunk_size`); the result does not depend on it.
+        on_pass: called with the number of prompts after each forward-backward pass.
+
+    Returns:
+        a :class:`GradientPass`.
+
+    Example:
+        >>> g = edge_gradients(problem)  # doctest: +SKIP
+        >>> eap_scores = -g.grad  # the first-order loss change when each edge alone is removed
+    """
+    points = list(points)
+    weights = [1.0] * len(points) if weights is None else [float(w) for w in weights]
+    if not points or len(weights) != len(points):
+        raise ConfigError(f"need one weight per point; got {len(points)} points and {len(weights)} weights")
+    B = problem.clean_ids.shape[0]
+    chunk = default_chunk_size(problem) if chunk_size is None else chunk_size
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    pm = problem.pm
+    g = pm.graph
+    grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64, device=pm.device)
+    # d loss / d logits of one chunk: exact per chunk for a mean over prompts; otherwise from the whole batch
+    whole = chunk >= B or getattr(problem, "separable", False)
+    cots = None if whole else [_loss_grad(problem, p, chunk) for p in points]
+    logits_at: list[list[Tensor]] = [[] for _ in points]
+    for i in range(0, B, chunk):
+        rows = slice(i, min(i + chunk, B))
+        b = rows.stop - rows.start
+        receiver_grads = None
+        if clean_diffs:
+            with torch.no_grad():
+                diffs = _forward(problem, Point(), rows, False)[2]
+        for k, (point, weight) in enumerate(zip(points, weights, strict=True)):
+            with torch.enable_grad():
+                logits, taps, own = _forward(problem, point, rows, True)
+                if cots is not None:
+                    out, cot = logits, cots[k][rows]
+                else:
+                    padded = logits.new_zeros((B, logits.shape[-1])).index_copy(
+                        0, torch.arange(i, rows.stop, device=logits.device), logits
+                    )
+                    out, cot = problem.loss(padded.unsqueeze(0))[0], None
+                grads = torch.autograd.grad(out, list(taps.values()), grad_outputs=cot, allow_unused=True)
+            logits_at[k].append(logits.detach())
+            receiver_grads = _receiver_grads(pm, dict(zip(taps, grads, strict=True)), taps, weight, receiver_grads)
+            if not clean_diffs:
+                _contract(pm, grad, own, receiver_grads)
+                receiver_grads = None
+            if on_pass is not None:
+                on_pass(b)
+        if clean_diffs:
+            _contract(pm, grad, diffs, receiver_grads)
+    grad *= g.edge_mask.to(grad.device)
+    with torch.no_grad():
+        losses = [float(problem.loss(torch.cat(lg).unsqueeze(0))[0]) for lg in logits_at]
+    return GradientPass(grad, losses)
+
+
+def _slice_batch(t: Tensor, rows: slice, batch: int) -> Tensor:
+    """Rows of a ``(..., B'|B, T', D)`` tensor that broadcasts over the batch."""
+    return t[..., rows, :, :] if t.shape[-3] == batch else t
+
+
+def _forward(problem, point: Point, rows: slice, taps: bool | None):
+    """The uniform-mask forward on prompts ``rows``.
+
+    Returns ``(logits (b, V'), taps, diffs (S, b, T, D))``; with ``taps`` None only the logits are meaningful.
+    Taps hold, per layer, the attention group's input, the q/k/v projections and the MLP input, and the logits'
+    input; all carry autograd history when ``taps`` is True.
+    """
+    pm = problem.pm
+    spec, g = pm.spec, pm.graph
+    B = problem.clean_ids.shape[0]
+    ids = problem.clean_ids[rows].to(pm.device)
+    am = problem.attention_mask[rows].to(pm.device)
+    b, T = ids.shape
+    outputs = _slice_batch(problem.ablated.outputs, rows, B)  # (S, b|1, T|1, D)
+    bases = _slice_batch(problem.ablated.bases, rows, B)  # (G, b|1, T|1, D)
+    a = float(point.mask_scale)
+    pos_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
+    buf = torch.empty(g.n_senders, b, T, spec.d_model, dtype=pm.dtype, device=pm.device)
+    tapped: dict[str, Tensor] = {}
+
+    def tap(name: str, t: Tensor) -> Tensor:
+        if taps:
+            tapped[name] = t
+        return t
+
+    def note(first: int, d: Tensor) -> None:  # (n, b, T, D) diffs of senders first..first+n
+        buf[first : first + d.shape[0]] = d.detach()
+
+    from circuitfind.patching import _frozen
+
+    with _frozen(pm.module), torch.set_grad_enabled(bool(taps)):
+        emb = spec.embed(ids, pos_ids)  # (b, T, D)
+        diff = point.input_scale * (emb - outputs[0])  # (b, T, D)
+        if taps:  # the weights are frozen: autograd's graph starts here
+            diff = diff.detach().requires_grad_(True)
+        note(0, diff.unsqueeze(0))
+        acc = diff  # sum of the diffs of every sender so far
+        bias = pm._attention_bias(am, 1)  # (b, 1, T, T)
+        rot = spec.rotary(pos_ids, pm.dtype) if spec.rotary is not None else None
+        H = spec.n_heads
+        for layer, lay in enumerate(spec.layers):
+            first = g.head_sender(layer, 0)
+            x = tap(f"x{layer}", bases[2 * layer] + a * acc)  # (b, T, D)
+            q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
+            q, k, v = tap(f"q{layer}", q), tap(f"k{layer}", k), tap(f"v{layer}", v)
+            z = pm.attend(lay, q, k, v, rot, bias)  # (1, b, H, T, E)
+            heads = einsum(z[0], lay.attn.W_O, "b h t e, h e d -> h b t d") - outputs[first : first + H]
+            note(first, heads)
+            head_sum = heads.sum(0)  # (b, T, D)
+            xm = tap(f"m{layer}", bases[2 * layer + 1] + a * (acc if g.parallel else acc + head_sum))
+            mlp = lay.mlp(lay.mlp_norm(xm)) - outputs[g.mlp_sender(layer)]  # (b, T, D)
+            note(g.mlp_sender(layer), mlp.unsqueeze(0))
+            acc = acc + head_sum + mlp
+        final = tap("final", bases[2 * g.n_layers] + a * acc)  # (b, T, D)
+        at = final[torch.arange(b, device=pm.device), problem.positions[rows].to(pm.device)]  # (b, D)
+        logits = spec.logits(spec.final_norm(at), problem.vocab)  # (b, V')
+    return logits, tapped, buf
+
+
+def _receiver_grads(
+    pm, tap_grads: dict[str, Tensor | None], taps: dict[str, Tensor], weight: float, into: Tensor | None
+) -> Tensor:
+    """``d loss / d input_r`` of every receiver ``(R, b, T, D)``, times ``weight``, added to ``into`` if given."""
+    spec, g = pm.spec, pm.graph
+    H = spec.n_heads
+    x0 = taps["final"]
+    out = x0.new_zeros((g.n_receivers, *x0.shape)) if into is None else into
+
+    def grad_of(name: str) -> Tensor:
+        return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
+
+    for layer, lay in enumerate(spec.layers):
+        a = lay.attn
+        # the cotangent each head's q, k, v projection sends back to the normed input: (3H, b, T, D)
+        cot = torch.cat(
+            [
+                einsum(grad_of(f"{c}{layer}")[0], w, "b h t e, h d e -> h b t d")
+                for c, w in (("q", a.W_Q), ("k", a.W_K), ("v", a.W_V))
+            ]
+        )
+        x = taps[f"x{layer}"].detach()
+        with torch.enable_grad():
+            xs = x.unsqueeze(0).expand(3 * H, *x.shape).clone().requires_grad_(True)
+            (per_receiver,) = torch.autograd.grad(lay.attn_norm(xs), xs, grad_outputs=cot)  # (3H, b, T, D)
+        r0 = g.receivers_from(layer)
+        out[r0 : r0 + 3 * H].add_(per_receiver, alpha=weight)
+        out[g.mlp_receiver(layer)].add_(grad_of(f"m{layer}"), alpha=weight)
+    out[g.logits_receiver].add_(grad_of("final"), alpha=weight)
+    return out
+
+
+def _contract(pm, grad: Tensor, diffs: Tensor, receiver_grads: Tensor) -> None:
+    """``grad[s, r] += sum over prompts and positions of diffs[s] . receiver_grads[r]``: one matrix product
+    (non-edges are computed too and masked later; one large product beats many thin ones)."""
+    S, R = diffs.shape[0], receiver_grads.shape[0]
+    d = diffs.to(receiver_grads.dtype).reshape(S, -1)  # (S, b*T*D)
+    grad += (d @ receiver_grads.reshape(R, -1).T).double()
