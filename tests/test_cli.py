@@ -10,10 +10,12 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
-import circuitfind.discovery as disc
+import circuitfind.checkpoint as ckpt_mod
+from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
-from circuitfind.cli import build_parser, main
+from circuitfind.cli import CHECKPOINT_NAME, build_parser, main
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
 IOI = "When {} and {} went to the {}, {} gave a drink to"
@@ -60,7 +62,7 @@ def test_discover_writes_json_dot_svg_and_a_summary(model_dir, tmp_path, capsys)
     assert ("try a lower --threshold" in stdout) == (circuit.recovered < 0.5)
     assert "forward passes" in stdout and "edges tested" in stdout and "edges/s" in stdout
     assert str(out / "circuit.json") in stdout and str(out / "circuit.dot") in stdout
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / CHECKPOINT_NAME).exists()
 
     pydot = pytest.importorskip("pydot")
     (graph,) = pydot.graph_from_dot_data((out / "circuit.dot").read_text())
@@ -113,8 +115,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
     full = Circuit.load(tmp_path / "full" / "circuit.json")
 
     out = tmp_path / "run"
-    ckpt = out / "checkpoint.pt"
-    original = disc._Checkpointer.update
+    ckpt = out / CHECKPOINT_NAME
+    original = ckpt_mod.Checkpointer.update
     calls = {"n": 0}
 
     def update_then_interrupt(self, state):  # Ctrl-C after the third finished receiver
@@ -123,15 +125,16 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
         if calls["n"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(disc, "CHECKPOINT_EVERY_S", 0.0)
-    monkeypatch.setattr(disc._Checkpointer, "update", update_then_interrupt)
+    monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", update_then_interrupt)
     capsys.readouterr()
     assert main(_discover(model_dir, out)) == 130
     err = capsys.readouterr().err
     assert f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue" in err
     assert ckpt.exists() and not (out / "circuit.json").exists()
-    assert torch.load(ckpt, weights_only=False)["state"]["next_receiver"] == 3
-    monkeypatch.setattr(disc._Checkpointer, "update", original)
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["next_receiver"] == 3
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", original)
 
     assert main(_discover(model_dir, out)) == 2  # never overwrite a checkpoint silently
     err = capsys.readouterr().err
@@ -146,7 +149,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
 def test_resume_with_other_options_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    torch.save({"fingerprint": "another-run", "state": {}}, out / "checkpoint.pt")
+    state = AcdcState(mask=torch.ones(2, 3, dtype=torch.bool), effects=torch.zeros(2, 3), current=0.0)
+    ckpt_mod.save_state(out / CHECKPOINT_NAME, state, "another-run")
     assert main(_discover(model_dir, out, "--resume")) == 2
     assert "different run" in capsys.readouterr().err
 
