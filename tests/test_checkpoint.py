@@ -131,8 +131,10 @@ def test_a_malformed_checkpoint_says_what_was_expected_and_found(tmp_path, chang
 
 
 def test_every_state_field_round_trips_exactly(tmp_path):
-    from circuitfind.checkpoint import load_state, save_state
+    from circuitfind.checkpoint import _NUMBER_FIELDS, _TENSOR_FIELDS, load_state, save_state
 
+    stored = {*_TENSOR_FIELDS, *_NUMBER_FIELDS, "trace"}
+    assert stored == {f.name for f in dataclasses.fields(AcdcState)}, "a new AcdcState field must be checkpointed"
     g = torch.Generator().manual_seed(0)
     state = AcdcState(
         mask=torch.rand(5, 7, generator=g) > 0.5,
