@@ -12,32 +12,39 @@ returns the exit code; a :class:`~circuitfind.errors.CircuitfindError` it lets t
 (``circuitfind.reproduce``), imported when the parser is built and skipped when the module is absent.
 
 Exit codes: 0 success, 2 a usage error or any :class:`~circuitfind.errors.CircuitfindError` (printed as
-``error: ...`` on stderr, no traceback), 130 interrupted with Ctrl-C (``discover`` keeps a checkpoint to resume).
+``error: ...`` on stderr, no traceback), 130 interrupted with Ctrl-C, 143 stopped by SIGTERM (in both cases
+``discover`` keeps a checkpoint to resume). ``discover`` locks its output folder for the length of the run and
+checks that it can write there before it starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import shutil
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from circuitfind.algorithms import METHODS, SenderOrder
-from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, RenderError, TaskError
+from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, RenderError, TaskError
+from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
 from circuitfind.tasks import BUILTIN
 
 __all__ = ["PLUGIN_SUBCOMMANDS", "SUBCOMMANDS", "build_parser", "common_options", "main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary suggests a lower threshold
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # pickles of earlier versions: refused, never opened
 DEFAULT_N_PROMPTS = 20
 _JSON_SUFFIXES = (".json", ".jsonl")
 
@@ -105,8 +112,9 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         parents=[common_options()],
         help="find a circuit and write circuit.json, circuit.dot (and circuit.svg with graphviz)",
         description="Find the circuit of a model on a task and write DIR/circuit.json, DIR/circuit.dot and, "
-        "when graphviz's `dot` is installed, DIR/circuit.svg. Progress is checkpointed to DIR/checkpoint.pt; "
-        "after Ctrl-C, run the same command with --resume.",
+        "when graphviz's `dot` is installed, DIR/circuit.svg. Progress is checkpointed to "
+        f"DIR/{CHECKPOINT_NAME}; after Ctrl-C or SIGTERM, run the same command with --resume. One run at a time "
+        "may use DIR (it is locked while a run writes there).",
     )
     p.add_argument(
         "--task",
@@ -140,14 +148,14 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_discover)
 
 
-def _prepare_out(out: Path, resume: bool) -> Path:
-    """Create ``out``; refuse a leftover checkpoint unless resuming. Returns the checkpoint path."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; pass a directory (it is created if needed)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the output directory {str(out)!r}: {e.strerror or e}") from None
+def _checkpoint_of(out: Path, resume: bool) -> Path:
+    """The checkpoint path in ``out``; refuses a leftover checkpoint unless resuming, and an old pickle always."""
+    legacy = out / LEGACY_CHECKPOINT_NAME
+    if legacy.exists():
+        raise CheckpointError(
+            f"{legacy} is a checkpoint in the old pickle format, which circuitfind no longer opens (unpickling a "
+            f"file can run code); expected {CHECKPOINT_NAME}. Delete it and start over, or use another --out"
+        )
     ckpt = out / CHECKPOINT_NAME
     if ckpt.exists() and not resume:
         raise CheckpointError(
@@ -159,52 +167,48 @@ def _prepare_out(out: Path, resume: bool) -> Path:
     return ckpt
 
 
-def _run_discover(args: argparse.Namespace) -> int:
-    from circuitfind.discovery import discover, prepare_task
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as after Ctrl-C (checkpoint written, lock freed)."""
 
-    _check_task_arg(args.task)
-    ckpt = _prepare_out(args.out, args.resume)
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """For the duration of the block, SIGTERM raises :class:`_Terminated`; the old handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the checkpoint write short
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        model, tokenizer = _load(args)
-        n = args.n_prompts or DEFAULT_N_PROMPTS
-        task = prepare_task(args.task, tokenizer, n=n, seed=args.seed)
-        if _is_task_file(args.task) and args.n_prompts is not None and args.n_prompts < len(task):
-            task = task.subset(slice(0, args.n_prompts))
-        circuit = discover(
-            model,
-            task,
-            method=args.method,
-            threshold=args.threshold,
-            metric=args.metric,
-            ablation=args.ablation,
-            tokenizer=tokenizer,
-            absolute=args.absolute,
-            sender_order=args.sender_order,
-            batch_size=args.batch_size,
-            checkpoint=ckpt,
-            resume=args.resume,
-            progress=args.progress,
-        )
-    except KeyboardInterrupt:
-        if ckpt.exists():
-            print(
-                f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue",
-                file=sys.stderr,
-            )
-        else:
-            print("interrupted before the first receiver was finished; nothing to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
-    circuit.model = _model_label(args)
-    if not _is_task_file(args.task):
-        circuit.config["seed"] = args.seed
-    written = [circuit.save(args.out / "circuit.json")]
-    dot_path = args.out / "circuit.dot"
-    dot_path.write_text(circuit.to_dot(), encoding="utf-8")
-    written.append(dot_path)
-    skipped = _render_svg(circuit, args.out / "circuit.svg", written)
-    # Only now: the checkpoint holds the final state, so a failed write above can still be redone with --resume.
-    ckpt.unlink(missing_ok=True)
+
+def _run_discover(args: argparse.Namespace) -> int:
+    _check_task_arg(args.task)
+    check_writable(args.out)  # before the run: a finished run must not be lost to an unwritable folder
+    with lock_folder(args.out), _sigterm_as_interrupt():
+        ckpt = _checkpoint_of(args.out, args.resume)
+        try:
+            circuit = _find_circuit(args, ckpt)
+        except KeyboardInterrupt as e:
+            what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+            if ckpt.exists():
+                print(
+                    f"{what}: progress saved to {ckpt}; run the same command with --resume to continue",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"{what} before the first receiver was finished; nothing to resume", file=sys.stderr)
+            return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
+        written, skipped = _write_results(circuit, args.out, ckpt)
+        # Only now: the checkpoint holds the final state, so a failed write above can still be redone with --resume.
+        ckpt.unlink(missing_ok=True)
 
     stats = circuit.stats
     print(circuit.summary())
@@ -223,6 +227,57 @@ def _run_discover(args: argparse.Namespace) -> int:
         print(skipped)
     print("wrote " + ", ".join(map(str, written)))
     return EXIT_OK
+
+
+def _find_circuit(args: argparse.Namespace, ckpt: Path) -> Any:
+    from circuitfind.discovery import discover, prepare_task
+
+    model, tokenizer = _load(args)
+    n = args.n_prompts or DEFAULT_N_PROMPTS
+    task = prepare_task(args.task, tokenizer, n=n, seed=args.seed)
+    if _is_task_file(args.task) and args.n_prompts is not None and args.n_prompts < len(task):
+        task = task.subset(slice(0, args.n_prompts))
+    circuit = discover(
+        model,
+        task,
+        method=args.method,
+        threshold=args.threshold,
+        metric=args.metric,
+        ablation=args.ablation,
+        tokenizer=tokenizer,
+        absolute=args.absolute,
+        sender_order=args.sender_order,
+        batch_size=args.batch_size,
+        checkpoint=ckpt,
+        resume=args.resume,
+        progress=args.progress,
+    )
+    circuit.model = _model_label(args)
+    if not _is_task_file(args.task):
+        circuit.config["seed"] = args.seed
+    return circuit
+
+
+def _write_results(circuit: Any, out: Path, ckpt: Path) -> tuple[list[Path], str | None]:
+    """Write circuit.json, circuit.dot and (with graphviz) circuit.svg; returns them and a note on a skipped SVG.
+
+    A failed write (full disk, lost permissions) becomes an error that says where the finished run is kept.
+    """
+    try:
+        written = [circuit.save(out / "circuit.json"), atomic_write(out / "circuit.dot", circuit.to_dot())]
+        skipped = _render_svg(circuit, out / "circuit.svg", written)
+    except OSError as e:
+        target = f" {e.filename}" if e.filename else ""
+        kept = (
+            f"The finished run is kept in {ckpt}: free space or fix the folder, then run the same command with "
+            "--resume to write the results without recomputing them"
+            if ckpt.exists()
+            else "No checkpoint could be kept; rerun once the folder is writable"
+        )
+        raise OutputError(
+            f"the run finished but writing its results{target} in {out} failed: {e.strerror or e}. {kept}"
+        ) from None
+    return written, skipped
 
 
 def _render_svg(circuit: Any, path: Path, written: list[Path]) -> str | None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,15 +10,14 @@ import torch
 from torch import nn
 
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, Problem, SenderOrder
+from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
-from circuitfind.errors import CheckpointError, ConfigError, TaskError
+from circuitfind.errors import ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric
 from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.tasks import BUILTIN, Task, from_json, get_task
 
 __all__ = ["discover", "prepare_task", "prepare_problem"]
-
-CHECKPOINT_EVERY_S = 30.0
 
 
 def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0) -> Task:
@@ -124,51 +120,6 @@ def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor) -> float:
     return float(metric(logits))
 
 
-def _fingerprint(config: dict[str, Any], problem: Problem) -> str:
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for t in (problem.clean_ids, problem.attention_mask, problem.positions):
-        h.update(t.cpu().numpy().tobytes())
-    h.update(problem.ablated.outputs[:, :1, :1, :8].float().cpu().numpy().tobytes())  # model/ablation identity
-    return h.hexdigest()[:16]
-
-
-class _Checkpointer:
-    """Keeps the last receiver-boundary state; writes it atomically every so often and on interrupt."""
-
-    def __init__(self, path: Path | None, fingerprint: str) -> None:
-        self.path, self.fingerprint = path, fingerprint
-        self.last: AcdcState | None = None
-        self.written_at = time.monotonic()
-
-    def update(self, state: AcdcState) -> None:
-        self.last = state.copy()
-        if self.path is not None and time.monotonic() - self.written_at > CHECKPOINT_EVERY_S:
-            self.write()
-
-    def write(self) -> None:
-        if self.path is None or self.last is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"fingerprint": self.fingerprint, "state": vars(self.last)}, tmp)
-        os.replace(tmp, self.path)
-        self.written_at = time.monotonic()
-
-    def load(self) -> AcdcState | None:
-        if self.path is None or not self.path.exists():
-            return None
-        try:
-            data = torch.load(self.path, weights_only=False)
-        except Exception as exc:  # a truncated or foreign file
-            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}. Delete it to start over.") from exc
-        if data.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
-                f"checkpoint {self.path} belongs to a different run (model, task or options differ); "
-                "use the same options to resume, or delete it / choose another --out to start over"
-            )
-        return AcdcState(**data["state"])
-
-
 def discover(
     model: nn.Module | PatchableModel | str,
     task: Any,
@@ -251,7 +202,8 @@ def discover(
         "n_prompts": len(task),
         "batch_size": batch_size,
     }
-    ckpt = _Checkpointer(Path(checkpoint) if checkpoint else None, _fingerprint(config, problem))
+    run_id = fingerprint(config, task, problem, pm, metric=metric)
+    ckpt = Checkpointer(Path(checkpoint) if checkpoint else None, run_id, (pm.graph.n_senders, pm.graph.n_receivers))
     state = ckpt.load() if resume else None
     bar = _progress_bar(pm.graph.n_receivers, progress, state)
 

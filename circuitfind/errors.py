@@ -11,6 +11,7 @@ __all__ = [
     "CircuitfindError",
     "ConfigError",
     "ModelLoadError",
+    "OutputError",
     "RenderError",
     "ShapeError",
     "TaskError",
@@ -44,6 +45,10 @@ class TaskError(CircuitfindError, ValueError):
 
 class CheckpointError(CircuitfindError):
     """A checkpoint cannot be used to resume this run."""
+
+
+class OutputError(CircuitfindError):
+    """An output folder or file cannot be written, or another run holds the output folder."""
 
 
 class RenderError(CircuitfindError):

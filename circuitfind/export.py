@@ -17,7 +17,6 @@ DOT text needs nothing installed; only :func:`render` runs graphviz's ``dot`` bi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import enum
 import json
@@ -25,7 +24,6 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuitfind.errors import ConfigError, RenderError
+from circuitfind.fileio import atomic_write
 from circuitfind.graph import Channel, Graph, NodeKind
 
 if TYPE_CHECKING:
@@ -331,21 +330,7 @@ def save_json(circuit: Circuit, path: str | os.PathLike[str]) -> Path:
         >>> save_json(circuit, "runs/ioi/circuit.json")  # doctest: +SKIP
         PosixPath('runs/ioi/circuit.json')
     """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_json_dict(circuit))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, json.dumps(to_json_dict(circuit)))
 
 
 def load_json(path: str | os.PathLike[str]) -> Circuit:
@@ -535,10 +520,9 @@ def render(circuit: Circuit, path: str | os.PathLike[str], fmt: str | None = Non
             "Without it, circuit.to_dot() still writes the DOT text: "
             "Path('circuit.dot').write_text(circuit.to_dot())."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(
-            [dot, f"-T{fmt}", "-o", str(path)],
+            [dot, f"-T{fmt}"],
             input=to_dot(circuit).encode(),
             capture_output=True,
             check=False,
@@ -548,4 +532,4 @@ def render(circuit: Circuit, path: str | os.PathLike[str], fmt: str | None = Non
     if proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace").strip()
         raise RenderError(f"graphviz's dot failed with exit code {proc.returncode} writing {str(path)!r}: {stderr}")
-    return path
+    return atomic_write(path, proc.stdout)  # through the one writer: atomic, and the umask's permissions

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError, ModelLoadError
+from circuitfind.fileio import atomic_write
 from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.tasks import Task
 
@@ -420,10 +421,7 @@ def _tracr_name(task_name: str, model_name: str | None) -> str | None:
 
 # --- output ------------------------------------------------------------------------------------------------
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

@@ -186,14 +186,14 @@ def test_plain_method_through_discover_matches_fast():
 
 
 def test_resume_after_interruption_gives_the_same_circuit(tmp_path, monkeypatch):
-    import circuitfind.discovery as disc
+    import circuitfind.checkpoint as ckpt_mod
 
     model, task = MODELS["neox"], _task()
     full = cf.discover(model, task, threshold=0.01, progress=False)
     ckpt = tmp_path / "run.ckpt"
-    monkeypatch.setattr(disc, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
     calls = {"n": 0}
-    original = disc._Checkpointer.update
+    original = ckpt_mod.Checkpointer.update
 
     def interrupting_update(self, state):
         original(self, state)
@@ -201,11 +201,11 @@ def test_resume_after_interruption_gives_the_same_circuit(tmp_path, monkeypatch)
         if calls["n"] == 7:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(disc._Checkpointer, "update", interrupting_update)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", interrupting_update)
     with pytest.raises(KeyboardInterrupt):
         cf.discover(model, task, threshold=0.01, progress=False, checkpoint=ckpt)
     assert ckpt.exists()
-    monkeypatch.setattr(disc._Checkpointer, "update", original)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", original)
     resumed = cf.discover(model, task, threshold=0.01, progress=False, checkpoint=ckpt, resume=True)
     assert torch.equal(resumed.mask, full.mask)
     assert torch.equal(resumed.scores.isnan(), full.scores.isnan())

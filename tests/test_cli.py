@@ -10,10 +10,12 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
-import circuitfind.discovery as disc
+import circuitfind.checkpoint as ckpt_mod
+from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
-from circuitfind.cli import build_parser, main
+from circuitfind.cli import CHECKPOINT_NAME, build_parser, main
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
 IOI = "When {} and {} went to the {}, {} gave a drink to"
@@ -60,7 +62,7 @@ def test_discover_writes_json_dot_svg_and_a_summary(model_dir, tmp_path, capsys)
     assert ("try a lower --threshold" in stdout) == (circuit.recovered < 0.5)
     assert "forward passes" in stdout and "edges tested" in stdout and "edges/s" in stdout
     assert str(out / "circuit.json") in stdout and str(out / "circuit.dot") in stdout
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / CHECKPOINT_NAME).exists()
 
     pydot = pytest.importorskip("pydot")
     (graph,) = pydot.graph_from_dot_data((out / "circuit.dot").read_text())
@@ -113,8 +115,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
     full = Circuit.load(tmp_path / "full" / "circuit.json")
 
     out = tmp_path / "run"
-    ckpt = out / "checkpoint.pt"
-    original = disc._Checkpointer.update
+    ckpt = out / CHECKPOINT_NAME
+    original = ckpt_mod.Checkpointer.update
     calls = {"n": 0}
 
     def update_then_interrupt(self, state):  # Ctrl-C after the third finished receiver
@@ -123,15 +125,16 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
         if calls["n"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(disc, "CHECKPOINT_EVERY_S", 0.0)
-    monkeypatch.setattr(disc._Checkpointer, "update", update_then_interrupt)
+    monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", update_then_interrupt)
     capsys.readouterr()
     assert main(_discover(model_dir, out)) == 130
     err = capsys.readouterr().err
     assert f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue" in err
     assert ckpt.exists() and not (out / "circuit.json").exists()
-    assert torch.load(ckpt, weights_only=False)["state"]["next_receiver"] == 3
-    monkeypatch.setattr(disc._Checkpointer, "update", original)
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["next_receiver"] == 3
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", original)
 
     assert main(_discover(model_dir, out)) == 2  # never overwrite a checkpoint silently
     err = capsys.readouterr().err
@@ -146,7 +149,8 @@ def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_pa
 def test_resume_with_other_options_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    torch.save({"fingerprint": "another-run", "state": {}}, out / "checkpoint.pt")
+    state = AcdcState(mask=torch.ones(2, 3, dtype=torch.bool), effects=torch.zeros(2, 3), current=0.0)
+    ckpt_mod.save_state(out / CHECKPOINT_NAME, state, "another-run")
     assert main(_discover(model_dir, out, "--resume")) == 2
     assert "different run" in capsys.readouterr().err
 
@@ -203,3 +207,171 @@ def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "discover" in out and "info" in out
+
+
+# --- discover: output folder you can trust (unwritable, full, shared, SIGTERM, permissions) -----------------------
+def _fail_writes_under(monkeypatch, folder, err: int, call: str, names: tuple[str, ...]) -> None:
+    """Make ``os.<call>`` fail with ``err`` on files in ``folder`` whose names start with one of ``names``, as a
+    read-only or full disk would (the tests run as root, which chmod does not stop)."""
+    import os
+
+    real = getattr(os, call)
+
+    def failing(path, *args, **kwargs):
+        target = str(args[0] if call == "replace" else path)
+        if target.startswith(str(folder)) and os.path.basename(target).lstrip(".").startswith(names):
+            raise OSError(err, os.strerror(err), target)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, failing)
+
+
+def test_an_unwritable_out_is_refused_before_the_run(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import circuitfind.discovery as disc
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _fail_writes_under(monkeypatch, out, errno.EROFS, "open", ("write-probe", "circuit"))
+    runs = []
+    monkeypatch.setattr(disc, "discover", lambda *a, **k: runs.append(1))
+    assert main(_discover(model_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(out) in err and "Read-only file system" in err
+    assert runs == []  # refused before the model was even loaded
+
+
+def test_an_out_under_a_file_is_refused(model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(_discover(model_dir, tmp_path / "file" / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "file" / "run") in err
+
+
+def test_a_failed_write_at_the_end_keeps_the_finished_run_for_resume(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    ckpt = out / CHECKPOINT_NAME
+    with monkeypatch.context() as m:
+        _fail_writes_under(m, out, errno.ENOSPC, "replace", ("circuit",))
+        assert main(_discover(model_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "No space left on device" in err and "Traceback" not in err
+    assert str(ckpt) in err and "--resume" in err
+    assert ckpt.exists() and not (out / "circuit.json").exists()
+
+    assert main(_discover(model_dir, out, "--resume")) == 0  # writes the result without recomputing it
+    assert Circuit.load(out / "circuit.json").n_edges > 0 and not ckpt.exists()
+
+
+def _hold_lock(folder):
+    """Hold ``folder``'s lock as another run would: ``flock`` on ``folder/.lock``, holder written inside."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = (folder / ".lock").open("w")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write("pid 4242 on host elsewhere, started at 2026-12-01T10:00:00+00:00\n")
+    f.flush()
+    return f
+
+
+def test_a_second_run_on_the_same_out_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _hold_lock(out)
+    try:
+        assert main(_discover(model_dir, out)) == 2
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "in use by another run" in err
+    assert "pid 4242 on host elsewhere, started at 2026-12-01T10:00:00" in err
+    assert not (out / "circuit.json").exists()
+
+    (out / CHECKPOINT_NAME).write_text("")  # a failing run (leftover checkpoint) must free the lock too
+    assert main(_discover(model_dir, out)) == 2
+    _hold_lock(out).close()  # free again: would raise BlockingIOError otherwise
+
+
+_SIGTERM_AFTER_3 = """
+import sys, time
+import circuitfind.checkpoint as ck
+from circuitfind.cli import main
+ck.CHECKPOINT_EVERY_S = 0.0
+update, calls = ck.Checkpointer.update, []
+def slow_update(self, state):  # after the third finished receiver: tell the test, then wait for SIGTERM
+    update(self, state)
+    calls.append(1)
+    if len(calls) == 3:
+        open(sys.argv[1], "w").close()
+        time.sleep(120)
+ck.Checkpointer.update = slow_update
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_keeps_a_checkpoint_that_resume_continues(model_dir, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    assert main(_discover(model_dir, tmp_path / "full")) == 0
+    full = Circuit.load(tmp_path / "full" / "circuit.json")
+    out, ready = tmp_path / "run", tmp_path / "ready"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", _SIGTERM_AFTER_3, str(ready), *_discover(model_dir, out)]
+    proc = subprocess.Popen(argv, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "the run never got going"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert f"terminated: progress saved to {out / CHECKPOINT_NAME}" in err
+    assert (out / CHECKPOINT_NAME).exists() and not (out / "circuit.json").exists()
+
+    capsys.readouterr()
+    assert main(_discover(model_dir, out, "--resume")) == 0  # the lock died with the process
+    _same_circuit(Circuit.load(out / "circuit.json"), full)
+
+
+def test_every_file_written_follows_the_umask(model_dir, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert main(_discover(model_dir, out)) == 0
+        assert {p.name: mode(p) for p in out.glob("circuit.*")} == dict.fromkeys(
+            [p.name for p in out.glob("circuit.*")], 0o644
+        )
+        assert {"circuit.json", "circuit.dot"} <= {p.name for p in out.glob("circuit.*")}
+
+        calls = []
+        original = ckpt_mod.Checkpointer.update
+
+        def update_then_interrupt(self, state):
+            original(self, state)
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+        monkeypatch.setattr(ckpt_mod.Checkpointer, "update", update_then_interrupt)
+        assert main(_discover(model_dir, tmp_path / "stopped")) == 130
+        assert mode(tmp_path / "stopped" / CHECKPOINT_NAME) == 0o644
+    finally:
+        os.umask(old)

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from circuitfind.errors import TaskError
+from circuitfind.fileio import atomic_write
 from circuitfind.tasks.base import PAD_ANSWER, Task, build_from_ids, build_from_strings, pad_id_of
 
 __all__ = ["from_json", "to_json"]
@@ -183,7 +184,7 @@ def to_json(task: Task, path: str | Path) -> None:
         item["wrong_answer_ids"] = [a for a in task.wrong_answers[i].tolist() if a != PAD_ANSWER]
         lines.append("  " + json.dumps(item, ensure_ascii=False))
     head = json.dumps(meta, ensure_ascii=False)[:-1]
-    path.write_text(head + ', "prompts": [\n' + ",\n".join(lines) + "\n]}\n", encoding="utf-8")
+    atomic_write(path, head + ', "prompts": [\n' + ",\n".join(lines) + "\n]}\n")
 
 
 # --- parsing -------------------------------------------------------------------------------------
