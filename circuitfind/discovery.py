@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,17 @@ import torch
 from torch import nn
 
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, Problem, SenderOrder
+from circuitfind.algorithms.base import Faithfulness, ScoreResult, check_steps
+from circuitfind.algorithms.eap import EapOptions, run_eap
+from circuitfind.algorithms.eap_ig import run_eap_ig, run_eap_ig_mask
+from circuitfind.algorithms.exact import ExactOptions, layer_cost, run_exact
+from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric
 from circuitfind.patching import Ablation, PatchableModel
+from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import BUILTIN, Task, from_json, get_task
 
 __all__ = ["discover", "prepare_task", "prepare_problem"]
@@ -120,12 +127,43 @@ def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor) -> float:
     return float(metric(logits))
 
 
+SCORING_METHODS = {"eap", "eap-ig", "eap-ig-mask", "exact"}
+
+
+def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
+    """Refuse bad or conflicting selection arguments before any model is loaded."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ConfigError(f"threshold must be a number >= 0; got {threshold!r}")
+    if threshold is not None and (threshold != threshold or (threshold < 0 and method not in SCORING_METHODS)):
+        raise ConfigError(f"threshold must be a number >= 0; got {threshold!r}")
+    if n_edges is not None and (isinstance(n_edges, bool) or not isinstance(n_edges, int) or n_edges < 1):
+        raise ConfigError(f"n_edges must be an integer >= 1 (the number of edges to keep); got {n_edges!r}")
+    if target is not None:
+        check_target(target)
+    check_steps(steps)
+    given = [name for name, v in (("threshold", threshold), ("n_edges", n_edges), ("target", target)) if v is not None]
+    if method in SCORING_METHODS and len(given) > 1:
+        raise ConfigError(
+            f"{method} turns scores into a circuit one way: pass one of threshold, n_edges or target; got "
+            f"{' and '.join(given)}"
+        )
+    if method.startswith("acdc") and n_edges is not None and target is not None:
+        raise ConfigError("pass n_edges or target (a circuit chosen from ACDC's effects), not both")
+    if method == "hybrid" and n_edges is not None:
+        raise ConfigError("the hybrid method finds the smallest circuit that reaches target; n_edges does not apply")
+
+
 def discover(
     model: nn.Module | PatchableModel | str,
     task: Any,
     *,
     method: str = "acdc",
-    threshold: float = 0.01,
+    threshold: float | None = None,
+    n_edges: int | None = None,
+    target: float | None = None,
+    steps: int = 5,
     metric: Any = "kl",
     ablation: Ablation | str = "resample",
     tokenizer: Any = None,
@@ -133,48 +171,66 @@ def discover(
     sender_order: SenderOrder | str = "normal",
     batch_size: int | None = None,
     reference: Task | None = None,
+    candidates: torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Circuit:
-    """Find the circuit of ``model`` on ``task`` with ACDC.
+    """Find the circuit of ``model`` on ``task``, with any method, as one :class:`Circuit`.
+
+    Methods (see ``circuitfind.algorithms``):
+
+    * ``acdc`` -- ACDC, fast and exact (``acdc-plain``: one full forward per edge, for checking);
+    * ``eap``, ``eap-ig``, ``eap-ig-mask`` -- attribution scores for every edge from gradients;
+    * ``exact`` -- each edge's exact loss change when it alone is removed (``candidates`` restricts it);
+    * ``hybrid`` -- EAP-IG picks faithful candidates, exact ACDC-style tests prune them, the result provably
+      reaches ``target`` on the discovery prompts.
+
+    How the circuit is cut from the scores (every score is the loss change when the edge alone is removed, so
+    higher is more important): ``threshold`` (score above it; for ACDC its tau, default 0.01), ``n_edges`` (the
+    top n) or ``target`` (the smallest top-k whose exact faithfulness on the discovery prompts reaches it, by
+    bisection; every probe is in ``circuit.stats["probes"]``). Scoring methods take one of the three (default:
+    ``target=0.8``); ACDC's effects can be cut by ``n_edges`` or ``target`` too. Edges with no kept path from the
+    input (under resample ablation) or to the logits are dropped from every cut circuit; they cannot change the
+    logits.
 
     Args:
         model: a transformers causal LM, a :class:`PatchableModel`, or a name for :func:`load_model`.
         task: a :class:`Task`, a built-in task name (``ioi``, ``greater-than``, ``induction``), a JSON path, or
             a dict of strings / tensors (see :func:`prepare_task`). The train split is used.
-        method: ``acdc`` (fast, exact) or ``acdc-plain`` (one full forward per edge; for checking).
-        threshold: tau, >= 0. ``math.inf`` removes every edge.
+        method: one of the methods above.
+        threshold: see above; ``math.inf`` with ACDC removes every edge.
+        n_edges: keep the top ``n_edges`` edges by score.
+        target: faithfulness in (0, 1] the circuit must reach on the discovery prompts.
+        steps: integration steps of ``eap-ig``, ``eap-ig-mask`` and ``hybrid`` (1 step of ``eap-ig`` is EAP).
         metric: ``kl`` (KL of the circuit from the full model at the answer position; default), ``logit_diff``,
             ``prob_diff``, or a callable on logits ``(B, V)`` returning a loss to minimise.
         ablation: ``resample`` (the paired corrupted prompts; default), ``mean`` (over ``reference`` or the
             task's clean prompts), ``zero``.
         tokenizer: needed when the task is given as strings or a name.
-        absolute: remove an edge when |change| < tau rather than change < tau.
-        sender_order: ``normal`` or ``reverse``.
-        batch_size: candidate removals per forward pass (fast path); None: 1 on CPU (larger batches fall out
-            of cache there), 8 on GPUs.
-        checkpoint: a file to checkpoint to (every 30 s and on interrupt or crash).
-        resume: continue from ``checkpoint`` if it exists (same model, task and options).
+        absolute: ACDC and hybrid: remove an edge when |change| < tau; cuts rank by |score|.
+        sender_order: ``normal`` or ``reverse`` (ACDC and hybrid).
+        batch_size: candidate removals per forward pass (ACDC, exact, hybrid); None: 1 on CPU, 8 on GPUs.
+        candidates: ``(S, R)`` bool, the edges ``exact`` scores (default all).
+        checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
+        resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
 
     Returns:
-        the :class:`Circuit` with per-edge effects, metric values and run statistics.
+        the :class:`Circuit` with per-edge scores, metric values and per-method statistics.
 
     Example:
         >>> model, tok = circuitfind.load_model()  # doctest: +SKIP
-        >>> circuit = circuitfind.discover(model, "ioi", tokenizer=tok, threshold=0.05)  # doctest: +SKIP
+        >>> circuit = circuitfind.discover(model, "ioi", tokenizer=tok, method="eap-ig", target=0.8)  # doctest: +SKIP
         >>> print(circuit.summary())  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    _check_selection(method, threshold, n_edges, target, steps)
     try:
         order = sender_order if isinstance(sender_order, SenderOrder) else SenderOrder(str(sender_order))
     except ValueError:
         raise ConfigError(f"unknown sender_order {sender_order!r}; expected 'normal' or 'reverse'") from None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ConfigError(f"threshold must be a number >= 0; got {threshold!r}")
-    AcdcOptions(threshold=float(threshold), batch_size=batch_size or 1)  # validate before any model loads
+    tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
+    AcdcOptions(threshold=tau or 0.0, batch_size=batch_size or 1)  # validate before any model loads
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
     if isinstance(model, str):
@@ -183,9 +239,10 @@ def discover(
         model, loaded_tok = load_model(model)
         tokenizer = tokenizer or loaded_tok
     pm = model if isinstance(model, PatchableModel) else PatchableModel(model)
+    if n_edges is not None and n_edges > pm.graph.n_edges:
+        raise ConfigError(f"n_edges must be between 1 and {pm.graph.n_edges:,} (this graph's edges); got {n_edges:,}")
     if batch_size is None:
         batch_size = 1 if pm.device.type == "cpu" else 8
-    opts = AcdcOptions(threshold=float(threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = prepare_task(task, tokenizer).train()
 
@@ -193,7 +250,7 @@ def discover(
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference)
     config = {
         "method": method,
-        "threshold": opts.threshold,
+        "threshold": tau,
         "absolute": absolute,
         "sender_order": order.value,
         "metric": bound.name,
@@ -202,15 +259,103 @@ def discover(
         "n_prompts": len(task),
         "batch_size": batch_size,
     }
+    if n_edges is not None:
+        config["n_edges"] = n_edges
+    if target is not None or (method in SCORING_METHODS | {"hybrid"} and threshold is None and n_edges is None):
+        config["target"] = 0.8 if target is None else float(target)
+    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+        config["steps"] = steps
+    from_input = kind is Ablation.RESAMPLE  # a node with no input edge outputs its ablated value only then
+    bar = _progress_bar(progress)
+    try:
+        if method.startswith("acdc"):
+            opts = AcdcOptions(threshold=float(tau), absolute=absolute, sender_order=order, batch_size=batch_size)
+            state = _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint, resume, bar)
+            faith = Faithfulness(problem)
+            mask, scores, stats = state.mask, state.effects, _acdc_stats(state, bound)
+            if n_edges is not None or target is not None:
+                ranked = torch.nan_to_num(state.effects.double(), nan=-math.inf)  # untested edges rank last
+                mask, cut = _cut(pm.graph, ranked, faith, threshold=None, n_edges=n_edges, target=target,
+                                 absolute=absolute, from_input=from_input, bar=bar)
+                stats.update(cut)
+        elif method == "hybrid":
+            faith = Faithfulness(problem)
+            opts = HybridOptions(target=config["target"], threshold=threshold, steps=steps, batch_size=batch_size,
+                                 absolute=absolute, sender_order=order, from_input=from_input)
+            result = run_hybrid(problem, opts, faith, bar)
+            mask, scores = result.mask, result.scores
+            stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness,
+                     "reached": result.reached}
+        else:
+            result = _run_scores(method, problem, steps, batch_size, candidates, bar)
+            faith = Faithfulness(problem)
+            ranked = torch.nan_to_num(result.scores, nan=-math.inf)  # unscored candidates rank last
+            mask, cut = _cut(pm.graph, ranked, faith, threshold=threshold, n_edges=n_edges,
+                             target=config.get("target"), absolute=absolute, from_input=from_input, bar=bar)
+            scores, stats = result.scores, {**result.stats, **cut}
+    finally:
+        if bar is not None:
+            bar.close()
+    stats["wall_time_s"] = time.perf_counter() - t0
+    stats["exact_evaluations"] = faith.calls
+    return Circuit(
+        graph=pm.graph,
+        mask=mask,
+        scores=scores.float(),
+        metric_full=_value_of(bound, faith.loss_full),
+        metric_empty=_value_of(bound, faith.loss_empty),
+        metric_circuit=_metric_of(problem, bound, mask),
+        config=config,
+        stats=stats,
+        model=str(model_name),
+    )
+
+
+def _run_scores(method, problem, steps, batch_size, candidates, bar) -> ScoreResult:
+    if method == "exact":
+        return run_exact(problem, ExactOptions(batch_size=batch_size, candidates=candidates), bar)
+    run = {"eap": run_eap, "eap-ig": run_eap_ig, "eap-ig-mask": run_eap_ig_mask}[method]
+    return run(problem, EapOptions(steps=steps), bar)
+
+
+def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:
+    """The circuit cut from ``scores`` (dangling edges dropped) and what the cut did."""
+    if target is not None:
+        if bar is not None:
+            bar.set_description(f"smallest circuit with faithfulness >= {target}")
+
+        def on_probe(probe: dict[str, Any]) -> None:
+            if bar is not None:
+                bar.set_postfix(k=probe["k"], f=f"{probe['faithfulness']:.3f}")
+
+        found = smallest_faithful(graph, scores, faith, target, absolute=absolute, from_input=from_input,
+                                  on_probe=on_probe)
+        info = {"probes": found.probes, "faithfulness": found.faithfulness, "reached": found.reached, "k": found.k}
+        if not found.reached:
+            info["note"] = found.message
+        return found.mask, info
+    if n_edges is not None:
+        chosen = top_n(graph, scores, n_edges, absolute=absolute)
+    else:
+        chosen = above_threshold(graph, scores, threshold, absolute=absolute)
+    return prune_dangling(graph, chosen, from_input=from_input), {"selected_before_pruning": int(chosen.sum())}
+
+
+def _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint, resume, bar) -> AcdcState:
     run_id = fingerprint(config, task, problem, pm, metric=metric)
     ckpt = Checkpointer(Path(checkpoint) if checkpoint else None, run_id, (pm.graph.n_senders, pm.graph.n_receivers))
     state = ckpt.load() if resume else None
-    bar = _progress_bar(pm.graph.n_receivers, progress, state)
+    eta = _AcdcWork(pm.graph)
+    if bar is not None:
+        bar.set_description("ACDC")
+        bar.reset(total=eta.remaining(state.mask if state else pm.graph.full_mask(), state.next_receiver if state else 0))
 
     def on_boundary(st: AcdcState, done: int, total: int) -> None:
         ckpt.update(st)
         if bar is not None:
-            bar.n = done
+            # the total is re-estimated from the edges still alive, so the ETA follows the work actually left
+            bar.n = eta.done(done)
+            bar.total = bar.n + eta.remaining(st.mask, done)
             # the metric of the current subgraph: watching it drift from the full model's is the first sign
             # that the threshold is too coarse for a faithful circuit
             value = _value_of(bound, st.current)
@@ -222,15 +367,48 @@ def discover(
     except BaseException:
         ckpt.write()  # Ctrl-C or a crash: keep everything up to the last finished receiver
         raise
-    finally:
-        if bar is not None:
-            bar.close()
     ckpt.last = state
     ckpt.write()
+    return state
 
-    empty = torch.zeros_like(state.mask)
-    stats = {
-        "wall_time_s": time.perf_counter() - t0,
+
+class _AcdcWork:
+    """ACDC's work in test-cost units (:func:`layer_cost` per tested edge): what is done, and an estimate of what
+    is left from the edges still alive (receivers whose node is dead are skipped without tests)."""
+
+    def __init__(self, graph) -> None:
+        self.g = graph
+        self.cost = torch.tensor([layer_cost(graph.n_layers, graph.receiver_layer(r)) for r in range(graph.n_receivers)])
+        self.owner = torch.tensor([_owner(graph, r) for r in range(graph.n_receivers)])
+        self.work_done = 0.0
+        self.visited = 0
+
+    def remaining(self, mask: torch.Tensor, done: int) -> float:
+        left = self.g.n_receivers - done  # receivers 0 .. left-1 are still to visit
+        if left <= 0:
+            return 0.0
+        alive = torch.ones(self.g.n_receivers, dtype=torch.bool)
+        has_owner = self.owner >= 0
+        alive[has_owner] = mask[self.owner[has_owner]].any(dim=1)
+        tests = mask[:, :left].sum(0) * alive[:left]
+        return float((tests * self.cost[:left]).sum())
+
+    def done(self, done: int) -> float:
+        return float(self.cost[self.g.n_receivers - done :].sum() * 0) + self._advance(done)
+
+    def _advance(self, done: int) -> float:
+        return float(done)
+
+
+def _owner(graph, r: int) -> int:
+    rec = graph.receivers[r]
+    if rec.node.layer >= graph.n_layers:
+        return -1
+    return graph.mlp_sender(rec.node.layer) if rec.channel is None else graph.head_sender(rec.node.layer, rec.node.head)
+
+
+def _acdc_stats(state: AcdcState, bound: Metric) -> dict[str, Any]:
+    return {
         "acdc_time_s": state.elapsed_s,
         "forward_passes": state.forward_passes,
         "edges_tested": state.edges_tested,
@@ -241,17 +419,6 @@ def discover(
             {"metric": _value_of(bound, e["loss"]), **{k: v for k, v in e.items() if k != "loss"}} for e in state.trace
         ],
     }
-    return Circuit(
-        graph=pm.graph,
-        mask=state.mask,
-        scores=state.effects,
-        metric_full=_metric_of(problem, bound, pm.graph.full_mask()),
-        metric_empty=_metric_of(problem, bound, empty),
-        metric_circuit=_metric_of(problem, bound, state.mask),
-        config=config,
-        stats=stats,
-        model=str(model_name),
-    )
 
 
 def _value_of(metric: Metric, loss: float) -> float:
@@ -259,12 +426,9 @@ def _value_of(metric: Metric, loss: float) -> float:
     return -loss if metric.higher_is_better else loss
 
 
-def _progress_bar(total: int, enabled: bool, state: AcdcState | None):
+def _progress_bar(enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="ACDC receivers", unit="recv", dynamic_ncols=True)
-    if state is not None:
-        bar.n = state.next_receiver
-    return bar
+    return tqdm(total=1, desc="discover", dynamic_ncols=True)

@@ -41,6 +41,7 @@ __all__ = [
     "sender_order",
     "run_acdc_plain",
     "run_acdc_fast",
+    "FastEvaluator",
 ]
 
 
@@ -128,10 +129,18 @@ def receiver_order(graph: Graph) -> list[int]:
     return list(range(graph.n_receivers - 1, -1, -1))
 
 
-def sender_order(graph: Graph, receiver: int, order: SenderOrder = SenderOrder.NORMAL) -> list[int]:
-    """The senders of ``receiver`` in the order ACDC tests them."""
+def sender_order(
+    graph: Graph, receiver: int, order: SenderOrder = SenderOrder.NORMAL, present: Tensor | None = None
+) -> list[int]:
+    """The senders of ``receiver`` in the order ACDC tests them; with ``present`` (an ``(S, R)`` mask) only those
+    whose edge is still in it. A full run never meets an absent one (each receiver is visited once, before any of
+    its edges is removed); a run started from a smaller subgraph (the hybrid method) skips them untested."""
     n = int(graph.n_upstream[receiver])
-    return list(range(n - 1, -1, -1)) if order is SenderOrder.NORMAL else list(range(n))
+    senders = list(range(n - 1, -1, -1)) if order is SenderOrder.NORMAL else list(range(n))
+    if present is None:
+        return senders
+    column = present[:, receiver].tolist()
+    return [s for s in senders if column[s]]
 
 
 def _receiver_node_sender(graph: Graph, r: int) -> int | None:
@@ -217,7 +226,7 @@ def run_acdc_plain(
         state.current = loss(state.mask)
 
     def visit(r: int) -> None:
-        for s in sender_order(graph, r, opts.sender_order):
+        for s in sender_order(graph, r, opts.sender_order, state.mask):
             state.mask[s, r] = False
             new = loss(state.mask)
             effect = new - state.current
@@ -235,17 +244,19 @@ def run_acdc_plain(
 REFRESH_EVERY = 8  # removals between refreshes of the visited layer's cached inputs
 
 
-class _FastEvaluator:
+class FastEvaluator:
     """Losses of stacked candidate masks, restarting at the visited layer from cached clean activations."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, mask: Tensor | None = None) -> None:
+        """``mask``: the subgraph the run starts from (default all edges). Sender diffs are taken under it, which
+        stays exact for the senders below any visited layer as long as only edges into visited layers change."""
         self.p = problem
         pm = problem.pm
         with torch.no_grad():
             logits, self.clean_diffs = pm.forward(
                 problem.clean_ids,
                 problem.ablated,
-                pm.graph.full_mask(),
+                pm.graph.full_mask() if mask is None else mask,
                 attention_mask=problem.attention_mask,
                 positions=problem.positions,
                 return_diffs=True,
@@ -291,7 +302,7 @@ def run_acdc_fast(
 ) -> AcdcState:
     """ACDC with every speed-up; gives exactly :func:`run_acdc_plain`'s result."""
     graph = problem.pm.graph
-    ev = _FastEvaluator(problem)
+    ev = FastEvaluator(problem, None if state is None else state.mask)
     if state is None:
         state = _initial_state(graph, ev.loss_full)
     depth = opts.batch_size
@@ -301,7 +312,7 @@ def run_acdc_fast(
         layer = graph.receiver_layer(r)
         if ev.layer != layer:
             ev.start_layer(layer, state.mask)
-        senders = sender_order(graph, r, opts.sender_order)
+        senders = sender_order(graph, r, opts.sender_order, state.mask)
         i = 0
         while i < len(senders):
             k = min(depth, len(senders) - i)

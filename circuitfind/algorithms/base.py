@@ -1,0 +1,100 @@
+"""What every discovery method shares: the score result, progress reporting and exact faithfulness of a mask."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from circuitfind.algorithms.acdc import Problem
+from circuitfind.errors import ConfigError
+
+__all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps"]
+
+
+class Progress(Protocol):
+    """The part of a ``tqdm`` bar that methods use; ``total`` and ``n`` are in the method's own work units."""
+
+    total: float
+    n: float
+
+    def reset(self, total: float | None = None) -> None: ...
+    def update(self, n: float = 1) -> Any: ...
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None: ...
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None: ...
+
+
+class NullProgress:
+    """A progress bar that shows nothing."""
+
+    total: float = 0
+    n: float = 0
+
+    def reset(self, total: float | None = None) -> None:
+        self.total, self.n = total or 0, 0
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        pass
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        pass
+
+
+@dataclass
+class ScoreResult:
+    """Per-edge scores from an attribution or exact-scoring method.
+
+    Attributes:
+        scores: ``(S, R)`` float64 on the CPU: the change in the loss (the metric negated when higher is better; KL
+            as is) when the edge alone is removed, exactly or to the method's approximation. Higher means more
+            important; entries off the graph's edges are 0, edges a method did not score are NaN.
+        stats: the method's own numbers (passes, steps, ...).
+    """
+
+    scores: Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def check_steps(steps: Any) -> int:
+    """``steps`` as a positive int, or a :class:`ConfigError`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be an integer >= 1 (points on the integration path); got {steps!r}")
+    return steps
+
+
+class Faithfulness:
+    """Exact faithfulness of edge masks on a problem's prompts: ``(L(empty) - L(C)) / (L(empty) - L(full))``.
+
+    In the loss (what ACDC minimises) this is MIB's ``(m(C) - m(empty)) / (m(full) - m(empty))`` for a metric to
+    maximise and for KL alike. Every call is one patched forward; ``calls`` counts them.
+    """
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.calls = 0
+        g = problem.pm.graph
+        self.loss_full = self.loss(g.full_mask())
+        self.loss_empty = self.loss(torch.zeros_like(g.edge_mask))
+
+    def loss(self, mask: Tensor) -> float:
+        p = self.problem
+        with torch.no_grad():
+            logits = p.pm.forward(
+                p.clean_ids, p.ablated, mask, attention_mask=p.attention_mask, positions=p.positions, vocab=p.vocab
+            )
+            value = float(p.loss(logits.unsqueeze(0))[0])
+        self.calls += 1
+        return value
+
+    def of_loss(self, loss: float) -> float:
+        gap = self.loss_empty - self.loss_full
+        return (self.loss_empty - loss) / gap if gap != 0 else math.nan
+
+    def __call__(self, mask: Tensor) -> float:
+        return self.of_loss(self.loss(mask))
