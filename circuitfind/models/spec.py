@@ -43,6 +43,8 @@ class LayerSpec:
 
     ``attn_norm`` and ``mlp_norm`` act on the last axis of any shape (identity for models without norms);
     ``mlp`` maps ``(..., D) -> (..., D)`` on the *normed* input and includes its output bias.
+    ``sliding_window``: with a window ``w``, query ``i`` sees key ``j`` only when ``i - j < w`` (HF's
+    convention for Mistral and Qwen2); None: every earlier key (plain causal attention).
     """
 
     attn: AttentionWeights
@@ -50,6 +52,7 @@ class LayerSpec:
     mlp_norm: Fn
     mlp: Fn
     attn_scale: float
+    sliding_window: int | None = None
 
 
 @dataclass(frozen=True)
