@@ -15,7 +15,7 @@ from torch import nn
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, Problem, SenderOrder
 from circuitfind.circuit import Circuit
 from circuitfind.errors import CheckpointError, ConfigError, TaskError
-from circuitfind.metrics import Metric, make_metric
+from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.tasks import BUILTIN, Task, from_json, get_task
 
@@ -102,6 +102,8 @@ def prepare_problem(
             positions=task.answer_pos,
         )
     bound = make_metric(metric, clean_logits=clean_logits, answers=task.answers, wrong_answers=task.wrong_answers)
+    with metric_site("on the full model (every edge kept)"):  # before any algorithm runs on a broken metric
+        bound(clean_logits)
     if bound.columns is not None:  # logit difference: unembed only the answer tokens
         loss, vocab = bound.column_loss, bound.columns.to(pm.device)
     else:
@@ -110,8 +112,8 @@ def prepare_problem(
     return problem, bound
 
 
-def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor) -> float:
-    with torch.no_grad():
+def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor, where: str) -> float:
+    with torch.no_grad(), metric_site(where):
         logits = problem.pm.forward(
             problem.clean_ids,
             problem.ablated,
@@ -291,9 +293,9 @@ def discover(
         graph=pm.graph,
         mask=state.mask,
         scores=state.effects,
-        metric_full=_metric_of(problem, bound, pm.graph.full_mask()),
-        metric_empty=_metric_of(problem, bound, empty),
-        metric_circuit=_metric_of(problem, bound, state.mask),
+        metric_full=_metric_of(problem, bound, pm.graph.full_mask(), "on the full model"),
+        metric_empty=_metric_of(problem, bound, empty, "on the empty circuit (every edge ablated)"),
+        metric_circuit=_metric_of(problem, bound, state.mask, "on the circuit found"),
         config=config,
         stats=stats,
         model=str(model_name),

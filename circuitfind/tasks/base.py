@@ -495,10 +495,15 @@ def _validate(task: Task) -> None:
             raise TaskError(f"Task.{field} must be (N={n}, K); got shape {tuple(value.shape)}")
         if value.numel() and bool((value < PAD_ANSWER).any()):
             raise TaskError(f"Task.{field} holds token ids >= 0, padded with {PAD_ANSWER}; found {value.min()}")
-    has_answer = (task.answers != PAD_ANSWER).any(dim=1)  # (N,)
-    if bool(has_answer.any()) and not bool(has_answer.all()):
-        missing = int((~has_answer).nonzero()[0])
-        raise TaskError(f"prompt {missing} has no answer id while others do; give every prompt an answer")
+    for field, label in (("answers", "answer id"), ("wrong_answers", "wrong answer")):
+        has = (named[field] != PAD_ANSWER).any(dim=1)  # (N,)
+        if bool(has.any()) and not bool(has.all()):
+            missing = (~has).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            raise TaskError(
+                f"prompt {shown} has no {label} while others do ({len(missing)} of {n} prompts lack one); "
+                f"give every prompt a {label.removesuffix(' id')}, or none"
+            )
     if task.answer_pos.shape != (n,):
         raise TaskError(f"Task.answer_pos must be (N,) = ({n},); got shape {tuple(task.answer_pos.shape)}")
     mask = task.attention_mask
