@@ -17,7 +17,7 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import CheckpointError, ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel
-from circuitfind.tasks import BUILTIN, Task, from_json, get_task
+from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task
 
 __all__ = ["discover", "prepare_task", "prepare_problem"]
 
@@ -83,7 +83,15 @@ def prepare_problem(
     ablation: Ablation | str = Ablation.RESAMPLE,
     reference: Task | None = None,
 ) -> tuple[Problem, Metric]:
-    """Move the task to the model's device, build the ablation and bind the metric."""
+    """Check the task fits the model, move it to the model's device, build the ablation and bind the metric."""
+    if reference is not None and not isinstance(reference, Task):
+        raise TaskError(
+            f"reference must be a Task (the reference batch of mean ablation); got {type(reference).__name__}. "
+            "Build one with prepare_task(...) or Task.from_strings(...)."
+        )
+    check_task_fits(task, pm.spec)
+    if reference is not None:
+        check_task_fits(reference, pm.spec, label="the reference task")
     task = task.to(pm.device)
     kind = Ablation.parse(ablation)
     if kind is Ablation.RESAMPLE:

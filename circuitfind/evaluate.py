@@ -33,7 +33,7 @@ from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_ci
 from circuitfind.graph import Graph
 from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
 from circuitfind.patching import AblatedOutputs, Ablation, PatchableModel
-from circuitfind.tasks import Task
+from circuitfind.tasks import Task, check_task_fits
 
 __all__ = [
     "MIB_FRACTIONS",
@@ -135,6 +135,7 @@ class _Evaluator:
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
+        check_task_fits(self.task, pm.spec)
         self.task = self.task.to(pm.device)
         self.kind = Ablation.parse(ablation)
         self.ablated = _ablation_for(pm, self.task, self.kind)

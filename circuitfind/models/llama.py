@@ -91,4 +91,6 @@ def build_spec(model: nn.Module) -> ArchSpec:
         unembed=model.lm_head,
         rotary=rotary,
         family="llama",
+        vocab_size=body.embed_tokens.num_embeddings,
+        n_outputs=model.lm_head.out_features,
     )

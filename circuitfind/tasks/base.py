@@ -19,14 +19,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from circuitfind.errors import TaskError
 
-__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task"]
+if TYPE_CHECKING:
+    from circuitfind.models.spec import ArchSpec
+
+__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task", "check_task_fits"]
 
 TASK_METRICS: tuple[str, ...] = ("logit_diff", "prob_diff")
 """The task metrics a :class:`Task` may name: mean logit (or probability) of ``answers`` minus that of
@@ -455,6 +458,47 @@ def _as_rows(idx: Sequence[int] | Tensor, n: int) -> Tensor:
     if rows.numel() and (rows.min() < -n or rows.max() >= n):
         raise TaskError(f"subset index out of range for a task of {n} prompts: {rows.tolist()}")
     return rows % n
+
+
+def check_task_fits(task: Task, spec: ArchSpec, *, label: str = "the task") -> None:
+    """Check, once and before any forward pass, that ``task``'s token ids and lengths fit the model of ``spec``.
+
+    Prompt ids (padding included: it is embedded too) must lie in ``0 .. spec.vocab_size - 1``, answer ids in
+    ``0 .. spec.n_outputs - 1`` (the logit columns), and no prompt may be longer than ``spec.max_positions``
+    (learned position embeddings). Limits the spec leaves None are not checked.
+
+    Raises:
+        TaskError: naming the prompt, the field, the id or length, and the model's limit.
+
+    Example:
+        >>> check_task_fits(task, PatchableModel(model).spec)  # doctest: +SKIP
+    """
+    vocab = spec.vocab_size
+    n_out = spec.n_outputs if spec.n_outputs is not None else vocab
+    checks = (
+        ("clean_ids", task.clean_ids, vocab, "vocabulary has"),
+        ("corrupted_ids", task.corrupted_ids, vocab, "vocabulary has"),
+        ("answers", task.answers, n_out, "logits cover"),
+        ("wrong_answers", task.wrong_answers, n_out, "logits cover"),
+    )
+    for field, ids, limit, what in checks:
+        pad = ids == PAD_ANSWER if field.endswith("answers") else torch.zeros_like(ids, dtype=torch.bool)
+        bad = ~pad & ((ids < 0) | (ids >= (limit if limit is not None else torch.iinfo(ids.dtype).max)))
+        if bool(bad.any()):
+            i, j = (int(x) for x in bad.nonzero()[0])
+            span = f"the model's {what} {limit} tokens (ids 0..{limit - 1})" if limit is not None else "ids are >= 0"
+            raise TaskError(
+                f"{label}: prompt {i} holds token id {int(ids[i, j])} in {field} (column {j}), but {span}. "
+                "Build the task with this model's tokenizer: ids from another tokenizer do not fit."
+            )
+    if spec.max_positions is not None:
+        too_long = task.lengths > spec.max_positions
+        if bool(too_long.any()):
+            i = int(too_long.nonzero()[0])
+            raise TaskError(
+                f"{label}: prompt {i} has {int(task.lengths[i])} tokens, but the model takes at most "
+                f"{spec.max_positions} positions; shorten the prompts or drop the longest ones."
+            )
 
 
 # --- validation ----------------------------------------------------------------------------------
