@@ -17,7 +17,7 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import CheckpointError, ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel
-from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task
+from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task, task_from_tensors
 
 __all__ = ["discover", "prepare_task", "prepare_problem"]
 
@@ -37,24 +37,10 @@ def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0
         if name.replace("_", "-") in BUILTIN or not name.endswith((".json", ".jsonl")):
             _need_tokenizer(tokenizer, f"the built-in task {name!r}")
             return get_task(name, tokenizer, n=n, seed=seed)
-        _need_tokenizer(tokenizer, f"the task file {name!r}")
-        return from_json(name, tokenizer)
+        return from_json(name, tokenizer)  # a file of token ids needs no tokenizer; from_json says when one does
     if isinstance(task, dict):
-        if "clean_ids" in task:
-            ids = task["clean_ids"]
-            am = task.get("attention_mask", torch.ones_like(ids))
-            pos = task.get("answer_pos", am.sum(1) - 1)
-            empty = torch.zeros(ids.shape[0], 0, dtype=torch.long)
-            return Task(
-                name=task.get("name", "custom"),
-                clean_ids=ids,
-                corrupted_ids=task["corrupted_ids"],
-                attention_mask=am,
-                answer_pos=pos,
-                answers=task.get("answers", empty),
-                wrong_answers=task.get("wrong_answers", empty),
-                metric=task.get("metric", "logit_diff"),
-            )
+        if "clean_ids" in task or "corrupted_ids" in task:
+            return task_from_tensors(task)
         _need_tokenizer(tokenizer, "a task given as strings")
         return Task.from_strings(
             tokenizer,
@@ -72,7 +58,10 @@ def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0
 
 def _need_tokenizer(tokenizer: Any, what: str) -> None:
     if tokenizer is None:
-        raise TaskError(f"{what} must be tokenised: pass tokenizer=... (load_model returns one)")
+        raise TaskError(
+            f"{what} must be tokenised: pass tokenizer=... (load_model returns one; on the command line "
+            "--tokenizer PATH_OR_ID), or give the prompts as token ids"
+        )
 
 
 def prepare_problem(
@@ -231,7 +220,8 @@ def discover(
         raise ConfigError(f"unknown sender_order {sender_order!r}; expected 'normal' or 'reverse'") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ConfigError(f"threshold must be a number >= 0; got {threshold!r}")
-    AcdcOptions(threshold=float(threshold), batch_size=batch_size or 1)  # validate before any model loads
+    # validate before any model loads
+    AcdcOptions(threshold=float(threshold), absolute=absolute, batch_size=1 if batch_size is None else batch_size)
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
     if isinstance(model, str):

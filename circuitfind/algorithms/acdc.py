@@ -76,8 +76,10 @@ class AcdcOptions:
             raise ConfigError(
                 f"threshold must be a number >= 0 (math.inf keeps nothing); got {t!r}. Typical values: 0.001-0.1 for KL"
             )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer (or None: automatic); got {self.batch_size!r}")
+        if not isinstance(self.absolute, bool):
+            raise ConfigError(f"absolute must be True or False; got {self.absolute!r}")
 
 
 @dataclass

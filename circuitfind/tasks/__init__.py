@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuitfind.errors import TaskError
-from circuitfind.tasks.base import TASK_METRICS, Task, check_task_fits
+from circuitfind.tasks.base import TASK_METRICS, Task, check_task_fits, task_from_tensors
 from circuitfind.tasks.greater_than import make_greater_than
 from circuitfind.tasks.induction import make_induction
 from circuitfind.tasks.ioi import make_ioi
@@ -32,6 +32,7 @@ __all__ = [
     "make_greater_than",
     "make_induction",
     "make_ioi",
+    "task_from_tensors",
     "to_json",
 ]
 

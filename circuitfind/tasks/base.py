@@ -29,7 +29,7 @@ from circuitfind.errors import TaskError
 if TYPE_CHECKING:
     from circuitfind.models.spec import ArchSpec
 
-__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task", "check_task_fits"]
+__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task", "check_task_fits", "task_from_tensors"]
 
 TASK_METRICS: tuple[str, ...] = ("logit_diff", "prob_diff")
 """The task metrics a :class:`Task` may name: mean logit (or probability) of ``answers`` minus that of
@@ -312,6 +312,7 @@ def build_from_strings(
         for label, text in (("clean", c), ("corrupted", k)):
             if not isinstance(text, str):
                 raise TaskError(f"{where(i)}: the {label} prompt must be a string; got {type(text).__name__}")
+            _check_text(text, where(i), f"{label} prompt")
         c_ids, k_ids = prefix + encode(tokenizer, c), prefix + encode(tokenizer, k)
         if not c_ids:
             raise TaskError(f"{where(i)}: the clean prompt {c!r} tokenises to no token; give a non-empty prompt")
@@ -410,6 +411,12 @@ def _answer_rows(
         return [[] for _ in range(n)]
     rows = []
     for i, entry in enumerate(answers):
+        if not isinstance(entry, str | list | tuple):
+            raise TaskError(
+                f"{where(i)}: each {label} entry must be a string or a list of strings; got "
+                f"{type(entry).__name__} {entry!r}. Answers are words that are tokenised here; to give token ids, "
+                "build the Task from ids (Task(...), or a JSON task file with answer_ids)."
+            )
         words = [entry] if isinstance(entry, str) else list(entry)
         if not words and not allow_empty:
             raise TaskError(f"{where(i)}: no {label} given; give at least one {label} string")
@@ -417,6 +424,7 @@ def _answer_rows(
         for word in words:
             if not isinstance(word, str):
                 raise TaskError(f"{where(i)}: each {label} must be a string; got {type(word).__name__} {word!r}")
+            _check_text(word, where(i), label)
             ids = encode(tokenizer, word)
             if len(ids) != 1:
                 raise TaskError(
@@ -437,6 +445,65 @@ def pad_rows(rows: Sequence[Sequence[int]], n: int, *, min_width: int) -> Tensor
         if row:
             out[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
     return out
+
+
+def _check_text(text: str, where: str, label: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from an unpaired ``\\ud800`` JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TaskError(
+            f"{where}: the {label} {text!r} holds a lone surrogate {text[e.start]!r} at character {e.start}, which "
+            "is not valid Unicode; fix the text (in JSON, \\ud800-style escapes must come in high-low pairs)"
+        ) from None
+
+
+_TENSOR_FIELDS = ("clean_ids", "corrupted_ids", "attention_mask", "answer_pos", "answers", "wrong_answers")
+
+
+def task_from_tensors(data: dict[str, Any]) -> Task:
+    """A :class:`Task` from a dict of tensors: ``clean_ids``, ``corrupted_ids`` (required, ``(N, T)`` long) and
+    optionally ``attention_mask`` (default all ones), ``answer_pos`` (default: last real token), ``answers``,
+    ``wrong_answers`` (default none), ``name``, ``metric``.
+
+    Raises:
+        TaskError: a required key is missing, a key is unknown, a value is not a tensor or ids are not ``(N, T)``.
+
+    Example:
+        >>> task_from_tensors({"clean_ids": torch.tensor([[5, 6]]), "corrupted_ids": torch.tensor([[5, 7]])}).seq_len
+        2
+    """
+    allowed = (*_TENSOR_FIELDS, "name", "metric")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise TaskError(f"unknown key {unknown[0]!r} in a task dict of tensors; expected some of {', '.join(allowed)}")
+    for key in ("clean_ids", "corrupted_ids"):
+        if key not in data:
+            raise TaskError(f"a task dict of tensors needs {key!r} (an (N, T) long tensor); it has {sorted(data)}")
+    for key in _TENSOR_FIELDS:
+        if key in data and not isinstance(data[key], Tensor):
+            raise TaskError(
+                f"task[{key!r}] must be a torch.Tensor; got {type(data[key]).__name__}. Convert it with "
+                "torch.tensor(...), or write the prompts to a JSON task file of ids and pass its path"
+            )
+    ids = data["clean_ids"]
+    if ids.dim() != 2:
+        raise TaskError(
+            f"task['clean_ids'] must be (N, T), one row per prompt; got shape {tuple(ids.shape)}. "
+            "For a single prompt add the batch axis: ids.unsqueeze(0)"
+        )
+    am = data.get("attention_mask", torch.ones_like(ids))
+    empty = torch.zeros(ids.shape[0], 0, dtype=torch.long)
+    return Task(
+        name=data.get("name", "custom"),
+        clean_ids=ids,
+        corrupted_ids=data["corrupted_ids"],
+        attention_mask=am,
+        answer_pos=data.get("answer_pos", am.sum(1) - 1),
+        answers=data.get("answers", empty),
+        wrong_answers=data.get("wrong_answers", empty),
+        metric=data.get("metric", "logit_diff"),
+    )
 
 
 def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
