@@ -77,7 +77,9 @@ def _positive_int(text: str) -> int:
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitfind.models import load_model
 
-    return load_model(args.model, device=args.device, progress=args.progress)
+    return load_model(
+        args.model, device=args.device, progress=args.progress, tokenizer=getattr(args, "tokenizer", None)
+    )
 
 
 def _model_label(args: argparse.Namespace) -> str:
@@ -119,7 +121,14 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--task",
         required=True,
-        help=f"a built-in task ({_builtins()}) or a .json/.jsonl file of prompt pairs",
+        help=f"a built-in task ({_builtins()}) or a .json/.jsonl file of prompt pairs (strings, or token ids: "
+        "clean_ids, corrupted_ids, answer_ids, which need no tokenizer)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH_OR_ID",
+        help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
     )
     p.add_argument("--method", choices=sorted(METHODS), default="acdc", help="discovery method (default: acdc)")
     p.add_argument("--threshold", type=_threshold, default=0.01, metavar="T", help="ACDC's tau, >= 0 (default: 0.01)")

@@ -19,10 +19,10 @@ from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybri
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
-from circuitfind.metrics import Metric, make_metric
+from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
-from circuitfind.tasks import BUILTIN, Task, from_json, get_task
+from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task, task_from_tensors
 
 __all__ = ["discover", "prepare_task", "prepare_problem"]
 
@@ -40,24 +40,10 @@ def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0
         if name.replace("_", "-") in BUILTIN or not name.endswith((".json", ".jsonl")):
             _need_tokenizer(tokenizer, f"the built-in task {name!r}")
             return get_task(name, tokenizer, n=n, seed=seed)
-        _need_tokenizer(tokenizer, f"the task file {name!r}")
-        return from_json(name, tokenizer)
+        return from_json(name, tokenizer)  # a file of token ids needs no tokenizer; from_json says when one does
     if isinstance(task, dict):
-        if "clean_ids" in task:
-            ids = task["clean_ids"]
-            am = task.get("attention_mask", torch.ones_like(ids))
-            pos = task.get("answer_pos", am.sum(1) - 1)
-            empty = torch.zeros(ids.shape[0], 0, dtype=torch.long)
-            return Task(
-                name=task.get("name", "custom"),
-                clean_ids=ids,
-                corrupted_ids=task["corrupted_ids"],
-                attention_mask=am,
-                answer_pos=pos,
-                answers=task.get("answers", empty),
-                wrong_answers=task.get("wrong_answers", empty),
-                metric=task.get("metric", "logit_diff"),
-            )
+        if "clean_ids" in task or "corrupted_ids" in task:
+            return task_from_tensors(task)
         _need_tokenizer(tokenizer, "a task given as strings")
         return Task.from_strings(
             tokenizer,
@@ -75,7 +61,10 @@ def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0
 
 def _need_tokenizer(tokenizer: Any, what: str) -> None:
     if tokenizer is None:
-        raise TaskError(f"{what} must be tokenised: pass tokenizer=... (load_model returns one)")
+        raise TaskError(
+            f"{what} must be tokenised: pass tokenizer=... (load_model returns one; on the command line "
+            "--tokenizer PATH_OR_ID), or give the prompts as token ids"
+        )
 
 
 def prepare_problem(
@@ -86,7 +75,15 @@ def prepare_problem(
     ablation: Ablation | str = Ablation.RESAMPLE,
     reference: Task | None = None,
 ) -> tuple[Problem, Metric]:
-    """Move the task to the model's device, build the ablation and bind the metric."""
+    """Check the task fits the model, move it to the model's device, build the ablation and bind the metric."""
+    if reference is not None and not isinstance(reference, Task):
+        raise TaskError(
+            f"reference must be a Task (the reference batch of mean ablation); got {type(reference).__name__}. "
+            "Build one with prepare_task(...) or Task.from_strings(...)."
+        )
+    check_task_fits(task, pm.spec)
+    if reference is not None:
+        check_task_fits(reference, pm.spec, label="the reference task")
     task = task.to(pm.device)
     kind = Ablation.parse(ablation)
     if kind is Ablation.RESAMPLE:
@@ -105,6 +102,8 @@ def prepare_problem(
             positions=task.answer_pos,
         )
     bound = make_metric(metric, clean_logits=clean_logits, answers=task.answers, wrong_answers=task.wrong_answers)
+    with metric_site("on the full model (every edge kept)"):  # before any algorithm runs on a broken metric
+        bound(clean_logits)
     if bound.columns is not None:  # logit difference: unembed only the answer tokens
         loss, vocab = bound.column_loss, bound.columns.to(pm.device)
     else:
@@ -115,8 +114,8 @@ def prepare_problem(
     return problem, bound
 
 
-def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor) -> float:
-    with torch.no_grad():
+def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor, where: str) -> float:
+    with torch.no_grad(), metric_site(where):
         logits = problem.pm.forward(
             problem.clean_ids,
             problem.ablated,
@@ -230,7 +229,8 @@ def discover(
     except ValueError:
         raise ConfigError(f"unknown sender_order {sender_order!r}; expected 'normal' or 'reverse'") from None
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
-    AcdcOptions(threshold=tau or 0.0, batch_size=batch_size or 1)  # validate before any model loads
+    # validate before any model loads
+    AcdcOptions(threshold=tau or 0.0, absolute=absolute, batch_size=1 if batch_size is None else batch_size)
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
     if isinstance(model, str):
@@ -275,23 +275,52 @@ def discover(
             mask, scores, stats = state.mask, state.effects, _acdc_stats(state, bound)
             if n_edges is not None or target is not None:
                 ranked = torch.nan_to_num(state.effects.double(), nan=-math.inf)  # untested edges rank last
-                mask, cut = _cut(pm.graph, ranked, faith, threshold=None, n_edges=n_edges, target=target,
-                                 absolute=absolute, from_input=from_input, bar=bar)
+                mask, cut = _cut(
+                    pm.graph,
+                    ranked,
+                    faith,
+                    threshold=None,
+                    n_edges=n_edges,
+                    target=target,
+                    absolute=absolute,
+                    from_input=from_input,
+                    bar=bar,
+                )
                 stats.update(cut)
         elif method == "hybrid":
             faith = Faithfulness(problem)
-            opts = HybridOptions(target=config["target"], threshold=threshold, steps=steps, batch_size=batch_size,
-                                 absolute=absolute, sender_order=order, from_input=from_input)
+            opts = HybridOptions(
+                target=config["target"],
+                threshold=threshold,
+                steps=steps,
+                batch_size=batch_size,
+                absolute=absolute,
+                sender_order=order,
+                from_input=from_input,
+            )
             result = run_hybrid(problem, opts, faith, bar)
             mask, scores = result.mask, result.scores
-            stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness,
-                     "reached": result.reached}
+            stats = {
+                **result.stats,
+                "probes": result.probes,
+                "faithfulness": result.faithfulness,
+                "reached": result.reached,
+            }
         else:
             result = _run_scores(method, problem, steps, batch_size, candidates, bar)
             faith = Faithfulness(problem)
             ranked = torch.nan_to_num(result.scores, nan=-math.inf)  # unscored candidates rank last
-            mask, cut = _cut(pm.graph, ranked, faith, threshold=threshold, n_edges=n_edges,
-                             target=config.get("target"), absolute=absolute, from_input=from_input, bar=bar)
+            mask, cut = _cut(
+                pm.graph,
+                ranked,
+                faith,
+                threshold=threshold,
+                n_edges=n_edges,
+                target=config.get("target"),
+                absolute=absolute,
+                from_input=from_input,
+                bar=bar,
+            )
             scores, stats = result.scores, {**result.stats, **cut}
     finally:
         if bar is not None:
@@ -304,7 +333,7 @@ def discover(
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
-        metric_circuit=_metric_of(problem, bound, mask),
+        metric_circuit=_metric_of(problem, bound, mask, "on the circuit found"),
         config=config,
         stats=stats,
         model=str(model_name),
@@ -328,8 +357,9 @@ def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_inp
             if bar is not None:
                 bar.set_postfix(k=probe["k"], f=f"{probe['faithfulness']:.3f}")
 
-        found = smallest_faithful(graph, scores, faith, target, absolute=absolute, from_input=from_input,
-                                  on_probe=on_probe)
+        found = smallest_faithful(
+            graph, scores, faith, target, absolute=absolute, from_input=from_input, on_probe=on_probe
+        )
         info = {"probes": found.probes, "faithfulness": found.faithfulness, "reached": found.reached, "k": found.k}
         if not found.reached:
             info["note"] = found.message
@@ -345,17 +375,18 @@ def _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint
     run_id = fingerprint(config, task, problem, pm, metric=metric)
     ckpt = Checkpointer(Path(checkpoint) if checkpoint else None, run_id, (pm.graph.n_senders, pm.graph.n_receivers))
     state = ckpt.load() if resume else None
-    eta = _AcdcWork(pm.graph)
+    work = _AcdcWork(pm.graph, state)
     if bar is not None:
         bar.set_description("ACDC")
-        bar.reset(total=eta.remaining(state.mask if state else pm.graph.full_mask(), state.next_receiver if state else 0))
+        bar.reset(total=work.remaining(state))
 
     def on_boundary(st: AcdcState, done: int, total: int) -> None:
         ckpt.update(st)
         if bar is not None:
-            # the total is re-estimated from the edges still alive, so the ETA follows the work actually left
-            bar.n = eta.done(done)
-            bar.total = bar.n + eta.remaining(st.mask, done)
+            # progress counts tests weighted by their cost; the total is re-estimated from the edges still alive,
+            # so the ETA follows the work actually left (dead nodes' receivers are skipped without tests)
+            bar.n = work.advance(st)
+            bar.total = bar.n + work.remaining(st)
             # the metric of the current subgraph: watching it drift from the full model's is the first sign
             # that the threshold is too coarse for a faithful circuit
             value = _value_of(bound, st.current)
@@ -374,30 +405,31 @@ def _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint
 
 class _AcdcWork:
     """ACDC's work in test-cost units (:func:`layer_cost` per tested edge): what is done, and an estimate of what
-    is left from the edges still alive (receivers whose node is dead are skipped without tests)."""
+    is left from the edges still alive (a receiver whose node has no outgoing edge left is skipped untested)."""
 
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, state: AcdcState | None) -> None:
         self.g = graph
-        self.cost = torch.tensor([layer_cost(graph.n_layers, graph.receiver_layer(r)) for r in range(graph.n_receivers)])
-        self.owner = torch.tensor([_owner(graph, r) for r in range(graph.n_receivers)])
-        self.work_done = 0.0
-        self.visited = 0
+        R = graph.n_receivers
+        self.cost = torch.tensor([layer_cost(graph.n_layers, graph.receiver_layer(r)) for r in range(R)])
+        self.owner = torch.tensor([_owner(graph, r) for r in range(R)])
+        self.tested = 0 if state is None else state.edges_tested
+        self.work = 0.0
 
-    def remaining(self, mask: torch.Tensor, done: int) -> float:
-        left = self.g.n_receivers - done  # receivers 0 .. left-1 are still to visit
-        if left <= 0:
-            return 0.0
+    def advance(self, state: AcdcState) -> float:
+        """Add the tests made at the receiver just finished; returns the work done so far."""
+        r = self.g.n_receivers - state.next_receiver  # receivers are visited from the last index down
+        self.work += (state.edges_tested - self.tested) * float(self.cost[r])
+        self.tested = state.edges_tested
+        return self.work
+
+    def remaining(self, state: AcdcState | None) -> float:
+        mask = self.g.full_mask() if state is None else state.mask
+        left = self.g.n_receivers - (0 if state is None else state.next_receiver)  # receivers 0..left-1 to visit
+        owned = self.owner >= 0
         alive = torch.ones(self.g.n_receivers, dtype=torch.bool)
-        has_owner = self.owner >= 0
-        alive[has_owner] = mask[self.owner[has_owner]].any(dim=1)
+        alive[owned] = mask[self.owner[owned]].any(dim=1)
         tests = mask[:, :left].sum(0) * alive[:left]
         return float((tests * self.cost[:left]).sum())
-
-    def done(self, done: int) -> float:
-        return float(self.cost[self.g.n_receivers - done :].sum() * 0) + self._advance(done)
-
-    def _advance(self, done: int) -> float:
-        return float(done)
 
 
 def _owner(graph, r: int) -> int:

@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "CircuitfindError",
     "ConfigError",
+    "MetricError",
     "ModelLoadError",
     "OutputError",
     "RenderError",
@@ -41,6 +42,18 @@ class ShapeError(CircuitfindError, ValueError):
 
 class TaskError(CircuitfindError, ValueError):
     """Task data is malformed: empty, mismatched lengths, multi-token answers, bad JSON..."""
+
+
+class MetricError(CircuitfindError, ValueError):
+    """A metric gave an unusable value: NaN or infinite, or not one number per circuit.
+
+    ``index`` is the first offending circuit of a stacked evaluation (None when unknown), so that callers
+    evaluating several candidates at once can name the one that failed.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class CheckpointError(CircuitfindError):

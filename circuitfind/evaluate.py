@@ -31,9 +31,9 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph
-from circuitfind.metrics import Metric, kl_divergence, make_metric
+from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
 from circuitfind.patching import AblatedOutputs, Ablation, PatchableModel
-from circuitfind.tasks import Task
+from circuitfind.tasks import Task, check_task_fits
 
 __all__ = [
     "MIB_FRACTIONS",
@@ -109,6 +109,14 @@ def _ablation_for(pm: PatchableModel, task: Task, kind: Ablation) -> AblatedOutp
     return pm.ablation(kind)
 
 
+def _stack_label(start: int, err: MetricError) -> str:
+    """Which evaluated circuit a bad metric value belongs to: the stack is full, empty, then the circuits."""
+    i = start + (err.index or 0)
+    if i < 2:
+        return "on the full model (every edge kept)" if i == 0 else "on the empty circuit (every edge ablated)"
+    return f"on circuit {i - 2} of those given (0-based)"
+
+
 class _Evaluator:
     """Metric values of many circuits on one prompt set, K masks per forward pass.
 
@@ -127,6 +135,7 @@ class _Evaluator:
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
+        check_task_fits(self.task, pm.spec)
         self.task = self.task.to(pm.device)
         self.kind = Ablation.parse(ablation)
         self.ablated = _ablation_for(pm, self.task, self.kind)
@@ -170,7 +179,8 @@ class _Evaluator:
                     answers=self.task.answers,
                     wrong_answers=self.task.wrong_answers,
                 )
-            values += [float(v) for v in self.metric(logits)]
+            with metric_site(lambda err, start=start: _stack_label(start, err)):
+                values += [float(v) for v in self.metric(logits)]
             kls += [float(v) for v in kl_divergence(logits, self.full_logprobs)]
         self.m_full, self.m_empty = values[0], values[1]
         return [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]

@@ -9,8 +9,10 @@ The JSON layout is the MIB / EAP-IG graph file, so circuits move between the too
                      "metric_full": ..., "metric_empty": ..., "metric_circuit": ...}}
 
 Every edge of the graph is listed, kept or not, so attribution scores survive the trip; a NaN score (never
-tested) is written as ``null``. The ``circuitfind`` block is ours; files without it (EAP-IG's) load with NaN
-metrics and empty metadata.
+tested) is written as ``null``. The file is strict JSON: other non-finite numbers (a threshold of ``inf``, an
+infinite metric) are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` and read back as floats (NaN
+metrics as ``null``). The ``circuitfind`` block is ours; files without it (EAP-IG's) load with NaN metrics and
+empty metadata.
 
 DOT text needs nothing installed; only :func:`render` runs graphviz's ``dot`` binary.
 """
@@ -67,6 +69,11 @@ _INPUT_COLOR = "#d9d9d9"
 _MLP_COLOR = "#fbb4ae"
 _LOGITS_COLOR = "#fff2ae"
 _RANKDIRS = ("TB", "BT", "LR", "RL")
+# Non-finite floats in strict JSON, and back.
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+# A circuit file describes a real model: these bounds refuse absurd layouts before anything is allocated.
+MAX_LAYERS = MAX_HEADS = 1000
+MAX_LAYOUT = 2 * 10**8  # senders x receivers of the dense (S, R) tensors; Llama-3.1-70B needs 8e7
 
 
 # --- the name tables of a graph, built once per layout ----------------------------------------------------
@@ -128,9 +135,19 @@ def circuit_nodes(circuit: Circuit) -> list[str]:
 
 
 # --- JSON ---------------------------------------------------------------------------------------------------
+def _number(x: float) -> float | str:
+    """``x`` as strict JSON: finite floats as they are, ``inf``, ``-inf`` and NaN as strings."""
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
 def _jsonable(value: Any) -> Any:
-    """A JSON-native copy of a config/stats value (enums by value, paths and other objects as text)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """A strict-JSON copy of a config/stats value (enums by value, non-finite floats as ``"inf"``/``"-inf"``/
+    ``"nan"``, paths and other objects as text)."""
+    if isinstance(value, float):
+        return _number(value)
+    if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, enum.Enum):
         return _jsonable(value.value)
@@ -147,9 +164,31 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _float_or_none(x: float) -> float | None:
+def _float_or_none(x: float) -> float | str | None:
     x = float(x)
-    return None if math.isnan(x) else x
+    return None if math.isnan(x) else _number(x)
+
+
+def _restored(value: Any) -> Any:
+    """The inverse of :func:`_jsonable` for non-finite floats: ``"inf"``, ``"-inf"``, ``"nan"`` become floats."""
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restored(v) for v in value]
+    return value
+
+
+def _score(value: Any) -> float | None:
+    """A number, ``null`` (NaN) or one of the non-finite strings as a float; None when it is none of those."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        return _NONFINITE.get(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def to_json_dict(circuit: Circuit) -> dict[str, Any]:
@@ -167,9 +206,9 @@ def to_json_dict(circuit: Circuit) -> dict[str, Any]:
     graph, names = circuit.graph, _names(circuit.graph)
     scores = circuit.scores[names.edge_s, names.edge_r].tolist()  # (E,)
     kept = circuit.mask[names.edge_s, names.edge_r].tolist()  # (E,)
-    # ``s != s`` is the NaN test; it is the cheap one for 100k+ edges.
+    # ``s - s == 0`` holds exactly for finite floats; it is the cheap test for 100k+ edges.
     edges = {
-        name: {"score": None if s != s else s, "in_graph": k}
+        name: {"score": s if s - s == 0 else (None if s != s else _number(s)), "in_graph": k}
         for name, s, k in zip(names.edge_names, scores, kept, strict=True)
     }
     on = _node_mask(graph, circuit.mask).tolist()
@@ -193,15 +232,23 @@ def _graph_from_cfg(cfg: Any) -> Graph:
     if not isinstance(cfg, dict):
         raise ConfigError(f"a circuit file needs a 'cfg' object with n_layers and n_heads; got {cfg!r}")
     values = {}
-    for key in ("n_layers", "n_heads"):
+    for key, most in (("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS)):
         v = cfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"'cfg.{key}' must be a positive integer; got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+            raise ConfigError(f"'cfg.{key}' must be an integer in 1..{most}; got {v!r}")
         values[key] = v
     parallel = cfg.get("parallel_attn_mlp", False)
     if not isinstance(parallel, bool):
         raise ConfigError(f"'cfg.parallel_attn_mlp' must be true or false; got {parallel!r}")
-    return Graph(values["n_layers"], values["n_heads"], parallel=parallel)
+    L, H = values["n_layers"], values["n_heads"]
+    senders, receivers = 1 + L * (H + 1), L * (3 * H + 1) + 1  # the graph's layout (REFERENCE §1)
+    if senders * receivers > MAX_LAYOUT:
+        raise ConfigError(
+            f"'cfg' describes a graph of {L} layers x {H} heads ({senders:,} senders x {receivers:,} receivers), "
+            f"larger than any model circuitfind handles (at most {MAX_LAYOUT:,} sender-receiver pairs); "
+            "check n_layers and n_heads"
+        )
+    return Graph(L, H, parallel=parallel)
 
 
 def _unknown_edge(graph: Graph, name: str) -> ConfigError:
@@ -231,6 +278,8 @@ def _nodes_in_graph(graph: Graph, nodes: Any) -> torch.Tensor:
                 f"({graph.describe()}); expected 'input', 'a{{L}}.h{{H}}', 'm{{L}}' or 'logits'"
             )
         flag = entry.get("in_graph", False) if isinstance(entry, dict) else entry
+        if not isinstance(flag, bool | int):
+            raise ConfigError(f"node {name!r}: expected true/false or {{'in_graph': true/false}}; got {entry!r}")
         on[index[name]] = bool(flag)
     return on
 
@@ -276,12 +325,14 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
                 s, k = None, entry
             else:
                 raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
-            if not isinstance(k, bool | int) or (
-                s is not None and (isinstance(s, bool) or not isinstance(s, int | float))
-            ):
-                raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
+            score = _score(s)
+            if not isinstance(k, bool | int) or score is None:
+                raise ConfigError(
+                    f'edge {name!r}: expected {{\'score\': float|null|"inf"|"-inf"|"nan", \'in_graph\': bool}}; '
+                    f"got {entry!r}"
+                )
             flat.append(i)
-            score_list.append(float("nan") if s is None else s)
+            score_list.append(score)
             kept.append(bool(k))
         idx = torch.tensor(flat, dtype=torch.long)
         mask[idx] = torch.tensor(kept, dtype=torch.bool)
@@ -305,8 +356,15 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
         )
 
     def metric(key: str) -> float:
-        v = meta.get(key)
-        return float("nan") if v is None else float(v)
+        value = _score(meta.get(key))
+        if value is None:
+            expected = 'a number, null, "inf", "-inf" or "nan"'
+            raise ConfigError(f"'circuitfind.{key}' must be {expected}; got {meta[key]!r}")
+        return value
+
+    for key in ("config", "stats"):
+        if not isinstance(meta.get(key) or {}, dict):
+            raise ConfigError(f"'circuitfind.{key}' must be an object; got {type(meta[key]).__name__}")
 
     return Circuit(
         graph=graph,
@@ -315,8 +373,8 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
         metric_full=metric("metric_full"),
         metric_empty=metric("metric_empty"),
         metric_circuit=metric("metric_circuit"),
-        config=copy.deepcopy(meta.get("config") or {}),
-        stats=copy.deepcopy(meta.get("stats") or {}),
+        config=_restored(copy.deepcopy(meta.get("config") or {})),
+        stats=_restored(copy.deepcopy(meta.get("stats") or {})),
         model=str(meta.get("model") or ""),
     )
 
@@ -330,7 +388,7 @@ def save_json(circuit: Circuit, path: str | os.PathLike[str]) -> Path:
         >>> save_json(circuit, "runs/ioi/circuit.json")  # doctest: +SKIP
         PosixPath('runs/ioi/circuit.json')
     """
-    return atomic_write(path, json.dumps(to_json_dict(circuit)))
+    return atomic_write(path, json.dumps(to_json_dict(circuit), allow_nan=False))  # strict JSON: no NaN/Infinity
 
 
 def load_json(path: str | os.PathLike[str]) -> Circuit:

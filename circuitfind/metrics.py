@@ -7,17 +7,18 @@ negated (REFERENCE §3).
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, TaskError
+from circuitfind.errors import ConfigError, MetricError, TaskError
 
-__all__ = ["MetricKind", "Metric", "make_metric", "kl_divergence", "logit_diff", "prob_diff"]
+__all__ = ["MetricKind", "Metric", "make_metric", "metric_site", "kl_divergence", "logit_diff", "prob_diff"]
 
 
 class MetricKind(enum.Enum):
@@ -84,10 +85,14 @@ class Metric:
     separable: bool = False
 
     def __call__(self, logits: Tensor) -> Tensor:
-        """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``."""
+        """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``.
+
+        Raises:
+            MetricError: a value is NaN or infinite (``index`` names the first such circuit).
+        """
         if logits.dim() == 2:
-            return self.fn(logits.unsqueeze(0))[0]
-        return self.fn(logits)
+            return _finite(self.name, self.fn(logits.unsqueeze(0)))[0]
+        return _finite(self.name, self.fn(logits))
 
     def loss(self, logits: Tensor) -> Tensor:
         """What ACDC minimises: the value, negated when higher is better."""
@@ -98,8 +103,67 @@ class Metric:
         """:meth:`loss` on logits ``(K, B, len(columns))`` computed only at :attr:`columns` (needs columns)."""
         if self.columns is None or self.on_columns is None:
             raise ConfigError(f"the {self.name} metric reads the whole vocabulary; call loss() on full logits")
-        value = self.on_columns(logits)
+        value = _finite(self.name, self.on_columns(logits))
         return -value if self.higher_is_better else value
+
+
+def _finite(name: str, values: Tensor) -> Tensor:
+    """``values (K,)`` unchanged when all are finite; else a :class:`MetricError` naming the first bad one.
+
+    The one check every metric value passes through: a NaN is never below a threshold, so without it every
+    edge would be kept with a NaN score and nobody told.
+    """
+    bad = ~torch.isfinite(values.detach())
+    if not bool(bad.any()):
+        return values
+    k = int(bad.flatten().nonzero()[0])
+    value = float(values.detach().flatten()[k])
+    which = f" for circuit {k} of {values.numel()} evaluated together" if values.numel() > 1 else ""
+    raise MetricError(
+        f"the {name} metric is {value}{which}; expected a finite number. A NaN or infinite metric is never below "
+        "the threshold, so every edge would be kept with a meaningless score. Usual causes: NaN or inf in the "
+        "model's logits (e.g. a float16 overflow: load the model in float32), or a custom metric that divides "
+        "by zero or takes the log of 0.",
+        index=k,
+    )
+
+
+@contextlib.contextmanager
+def metric_site(where: str | Callable[[MetricError], str]) -> Iterator[None]:
+    """Prefix a :class:`MetricError` raised in the block with where it happened.
+
+    Args:
+        where: a label (``"on the empty circuit"``), or a function of the error (its ``index`` names the
+            candidate of a stacked evaluation) returning one.
+
+    Example:
+        >>> with metric_site("on the full model"):  # doctest: +SKIP
+        ...     metric(logits)
+    """
+    try:
+        yield
+    except MetricError as err:
+        label = where(err) if callable(where) else where
+        raise MetricError(f"{label}: {err}", err.index) from None
+
+
+def _scalar(name: str, result: object) -> Tensor:
+    """A custom metric's result for one circuit as a 0-d float tensor (autograd kept)."""
+    numeric = isinstance(result, Tensor) and not result.dtype.is_complex and result.dtype != torch.bool
+    if numeric and result.numel() == 1:
+        return result.reshape(()).float()
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        return torch.tensor(float(result))
+    found = (
+        f"a tensor of shape {tuple(result.shape)}"
+        if isinstance(result, Tensor)
+        else f"{type(result).__name__} {result!r}"
+    )
+    raise MetricError(
+        f"the custom metric {name} must return one number (a float or a one-element tensor) for the logits (B, V) "
+        f"of one circuit; it returned {found}. Average over prompts inside the metric, e.g. return "
+        "logits[:, answer].mean()."
+    )
 
 
 def make_metric(
@@ -128,10 +192,12 @@ def make_metric(
     if callable(metric) and not isinstance(metric, (str, MetricKind)):
         user = metric
 
-        def call_each(logits: Tensor) -> Tensor:  # the user's callable sees one circuit at a time
-            return torch.stack([torch.as_tensor(user(lg), dtype=torch.float32) for lg in logits])
+        name = getattr(user, "__name__", "custom")
 
-        return Metric(getattr(user, "__name__", "custom"), call_each, higher_is_better)
+        def call_each(logits: Tensor) -> Tensor:  # the user's callable sees one circuit at a time
+            return torch.stack([_scalar(name, user(lg)) for lg in logits])
+
+        return Metric(name, call_each, higher_is_better)
     try:
         kind = metric if isinstance(metric, MetricKind) else MetricKind(str(metric).lower().replace("-", "_"))
     except ValueError:
@@ -143,8 +209,7 @@ def make_metric(
             raise ConfigError("the KL metric needs the full model's logits at the answer positions")
         ref = F.log_softmax(clean_logits.detach().float(), dim=-1)
         return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True)
-    if answers is None or wrong_answers is None or answers.numel() == 0 or wrong_answers.numel() == 0:
-        raise TaskError(f"the {kind.value} metric needs correct and wrong answer token ids for every prompt")
+    _check_answer_rows(kind.value, answers, wrong_answers)
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
         return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True, separable=True)
     columns, (ans, wrong) = _as_columns(answers, wrong_answers)
@@ -156,6 +221,24 @@ def make_metric(
         on_columns=lambda lg: logit_diff(lg, ans, wrong),
         separable=True,
     )
+
+
+def _check_answer_rows(name: str, answers: Tensor | None, wrong_answers: Tensor | None) -> None:
+    """Every prompt must have a correct and a wrong answer id: a prompt without wrong answers would score its
+    raw correct logit (or probability), which is not a difference at all."""
+    for label, ids in (("correct answer", answers), ("wrong answer", wrong_answers)):
+        if ids is None or ids.dim() != 2 or ids.shape[1] == 0:
+            raise TaskError(
+                f"the {name} metric needs {label} token ids for every prompt; the task has none. Give every "
+                "prompt answers and wrong_answers, or use metric='kl'."
+            )
+        lacking = ((ids >= 0).sum(dim=1) == 0).nonzero().flatten().tolist()
+        if lacking:
+            shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+            raise TaskError(
+                f"the {name} metric needs a {label} for every prompt; {len(lacking)} of {ids.shape[0]} prompts "
+                f"have none (prompt {shown}). Give those prompts a {label}, drop them, or use metric='kl'."
+            )
 
 
 def _as_columns(*ids: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -309,7 +309,8 @@ class PatchableModel:
             start_inputs = None if cache is None else cache.start_inputs
             r_start = g.receivers_from(start_layer)
             post = DiffStore(K, g.n_senders - s_pre, (B, T, spec.d_model), pre, grad)
-            attn_bias = self._attention_bias(am, K)  # (K*B, 1, T, T)
+            windows = {lay.sliding_window for lay in spec.layers[start_layer:]}
+            attn_bias = {w: self._attention_bias(am, K, w) for w in windows}  # window -> (K*B, 1, T, T)
             rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
             r_after = g.receivers_from(start_layer + 1)
             rows = torch.arange(B, device=self.device)
@@ -379,7 +380,7 @@ class PatchableModel:
                 live = None if grad else M[:, first : first + H].any(dim=2).any(dim=0)  # (H,)
                 if live is None or bool(live.all()):
                     x = lay.attn_norm(receiver_inputs(slice(r0, r0 + 3 * H), n_attn, 2 * layer, layer))
-                    z = self._attention(lay, x, rot, attn_bias, K, B, None)  # (K, B, H, T, E)
+                    z = self._attention(lay, x, rot, attn_bias[lay.sliding_window], K, B, None)  # (K, B, H, T, E)
                     heads = einsum(z, lay.attn.W_O, "k b h t e, h e d -> k h b t d")
                     post.append(heads - ablated.outputs[first : first + H])
                 else:
@@ -388,7 +389,7 @@ class PatchableModel:
                     if len(idx):
                         cols = torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx])
                         x = lay.attn_norm(receiver_inputs(cols, n_attn, 2 * layer, layer))
-                        z = self._attention(lay, x, rot, attn_bias, K, B, idx)  # (K, B, h, T, E)
+                        z = self._attention(lay, x, rot, attn_bias[lay.sliding_window], K, B, idx)  # (K, B, h, T, E)
                         heads = einsum(z, lay.attn.W_O[idx], "k b h t e, h e d -> k h b t d")
                         values = heads - ablated.outputs[first + idx]
                     post.append_some(H, idx, values)
@@ -464,12 +465,15 @@ class PatchableModel:
         xr, xp = x[..., :rd], x[..., rd:]
         return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
-    def _attention_bias(self, am: Tensor, K: int) -> Tensor:
-        """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is) and padding keys masked."""
+    def _attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
+        """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is), padding keys masked, and with a sliding
+        ``window`` query ``i`` sees key ``j`` only when ``i - j < window`` (HF's convention)."""
         B, T = am.shape
         allowed = am.bool()[:, None, None, :].expand(B, 1, T, T)
         if self.spec.causal:
             allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+        if window is not None:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).triu(-(window - 1))
         bias = torch.zeros(B, 1, T, T, dtype=self.dtype, device=self.device)
         bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
         return bias.repeat(K, 1, 1, 1)

@@ -10,6 +10,10 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 VOCAB = 61
@@ -50,6 +54,35 @@ def tiny_llama(seed: int = 0, init: float = 0.02) -> LlamaForCausalLM:
         initializer_range=init,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+_LLAMA_LIKE = dict(
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    hidden_size=32,
+    intermediate_size=48,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+    attn_implementation="eager",  # the reference: HF's eager attention applies the window through its mask
+)
+
+
+def tiny_mistral(seed: int = 0, sliding_window: int | None = 4) -> MistralForCausalLM:
+    """Sliding-window attention (every layer) with a window shorter than the test prompts."""
+    torch.manual_seed(seed)
+    return MistralForCausalLM(MistralConfig(sliding_window=sliding_window, **_LLAMA_LIKE)).eval()
+
+
+def tiny_qwen2(seed: int = 0, sliding_window: int | None = 4, **overrides) -> Qwen2ForCausalLM:
+    """Qwen2 with q/k/v biases; the window applies to layers >= max_window_layers (1 here): per-layer masks."""
+    torch.manual_seed(seed)
+    kw = dict(use_sliding_window=sliding_window is not None, sliding_window=sliding_window, max_window_layers=1)
+    return Qwen2ForCausalLM(Qwen2Config(**{**_LLAMA_LIKE, **kw, **overrides})).eval()
 
 
 def tiny_neox(seed: int = 0, parallel: bool = True, init: float = 0.02) -> GPTNeoXForCausalLM:

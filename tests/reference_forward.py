@@ -60,6 +60,9 @@ def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, 
             allowed = am.bool()[:, None, :].expand(B, T, T)
             if spec.causal:
                 allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
+            if lay.sliding_window is not None:  # query i sees key j only when i - j < window
+                i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+                allowed = allowed & (i - j < lay.sliding_window)
             scores = scores.masked_fill(~allowed, -1e30)
             p = torch.softmax(scores, dim=-1)
             head_outs.append(p @ v @ a.W_O[h])

@@ -231,3 +231,54 @@ def test_render_without_dot_explains(monkeypatch, tmp_path):
 def test_render_unknown_format(tmp_path):
     with pytest.raises(ConfigError, match="fmt="):
         make_circuit().render(tmp_path / "circuit")
+
+
+def _strict(text: str):
+    """json.loads that rejects NaN / Infinity literals, as strict parsers (JavaScript, jq, Go) do."""
+
+    def refuse(literal):
+        raise ValueError(f"non-standard JSON literal {literal}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_values_are_written_as_strict_json_and_read_back(tmp_path):
+    c = make_circuit()
+    c.scores[0, 1], c.scores[0, 2] = math.inf, -math.inf  # two edges out of the input
+    c.metric_full, c.metric_empty = math.inf, -math.inf
+    c.config = {"threshold": math.inf, "nested": [math.nan, -math.inf, 1.5, "text"]}
+    c.stats = {"edges_per_s": math.inf, "trace": [{"metric": math.nan}]}
+    path = c.save(tmp_path / "circuit.json")
+    data = _strict(path.read_text(encoding="utf-8"))
+    assert data["circuitfind"]["config"]["threshold"] == "inf"
+    assert data["circuitfind"]["metric_empty"] == "-inf"
+    back = Circuit.load(path)
+    assert back.scores[0, 1] == math.inf and back.scores[0, 2] == -math.inf
+    assert (back.metric_full, back.metric_empty) == (math.inf, -math.inf)
+    assert back.config["threshold"] == math.inf
+    nested = back.config["nested"]
+    assert math.isnan(nested[0]) and nested[1:] == [-math.inf, 1.5, "text"]
+    assert back.stats["edges_per_s"] == math.inf and math.isnan(back.stats["trace"][0]["metric"])
+    c.config, c.stats = {}, {}
+    back.config, back.stats = {}, {}
+    assert_same(c, back)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d["circuitfind"].update(metric_full="abc"), r"'circuitfind.metric_full' must be a number"),
+        (lambda d: d["circuitfind"].update(config=[1]), r"'circuitfind.config' must be an object; got list"),
+        (lambda d: d["circuitfind"].update(stats="x"), r"'circuitfind.stats' must be an object; got str"),
+        (lambda d: d["nodes"].update(input="yes"), r"node 'input': expected true/false"),
+        (lambda d: d["edges"]["input->a0.h1<q>"].update(score="high"), r"edge 'input->a0.h1<q>': expected"),
+        (lambda d: d["cfg"].update(n_layers=10**6), r"'cfg.n_layers' must be an integer in 1..1000; got 1000000"),
+        (lambda d: d["cfg"].update(n_heads=0), r"'cfg.n_heads' must be an integer in 1..1000; got 0"),
+        (lambda d: d["cfg"].update(n_layers=900, n_heads=900), r"900 layers x 900 heads .* larger than any model"),
+    ],
+)
+def test_malformed_circuit_dicts_are_config_errors(change, message):
+    d = make_circuit().to_dict()
+    change(d)
+    with pytest.raises(ConfigError, match=message):
+        export.from_json_dict(d)

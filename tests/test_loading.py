@@ -194,3 +194,40 @@ def test_default_model_is_cached_and_answers_mary(tmp_path):
         logits_again = again(**batch).logits[0, -1]
     assert torch.equal(logits, logits_again)
     assert tok.decode(logits.argmax()) == " Mary"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_default_cache_is_converted_again(monkeypatch, tmp_path):
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    monkeypatch.setattr(loading, "default_gguf_path", lambda: gguf)
+    conversions = []
+
+    def convert(source, cached, progress):  # stands in for the slow dequantisation of the real model
+        conversions.append(source)
+        return _tiny_gpt2().eval(), _tiny_tokenizer()
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert, raising=False)
+    monkeypatch.setenv("CIRCUITFIND_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / f"{loading._CACHE_PREFIX}-{loading._file_fingerprint(gguf)}"
+    _tiny_gpt2().save_pretrained(cached)  # a cache as a first load leaves it, then damaged
+    _tiny_tokenizer().save_pretrained(cached)
+    _truncate(cached / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"unreadable model cache.*model\.safetensors is unreadable.*converting again"):
+        model, tok = load_model(progress=False)
+    assert len(conversions) == 1 and tok is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(progress=False)  # the cache was rewritten: read without converting
+    assert len(conversions) == 1
+
+
+def test_local_directory_with_a_broken_weights_file_names_it(tmp_path):
+    _tiny_gpt2().save_pretrained(tmp_path)
+    _truncate(tmp_path / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"weights file .*model\.safetensors.* cannot be read.*truncated"):
+        load_model(tmp_path, progress=False)

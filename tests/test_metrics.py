@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from circuitfind.errors import ConfigError
+import circuitfind as cf
+from circuitfind.errors import ConfigError, MetricError, TaskError
+from circuitfind.evaluate import faithfulness
 from circuitfind.metrics import make_metric
+from circuitfind.patching import PatchableModel
+from circuitfind.tasks import Task
+from tests.models_tiny import VOCAB, tiny_gpt2
 
 
 def test_logit_diff_on_columns_equals_full_vocabulary():
@@ -40,3 +47,90 @@ def test_metrics_that_read_every_column_have_none():
         assert m.columns is None
         with pytest.raises(ConfigError, match="whole vocabulary"):
             m.column_loss(torch.randn(1, 1, 2))
+
+
+# --- non-finite and malformed metric values ------------------------------------------------------------------
+def _tiny_task(n: int = 3, t: int = 6) -> Task:
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(1, VOCAB, (2, n, t), generator=g)
+    ones = torch.ones(n, t, dtype=torch.long)
+    answers, wrong = torch.randint(1, VOCAB, (2, n, 1), generator=g)
+    return Task("toy", clean, corrupt, ones, torch.full((n,), t - 1), answers, wrong)
+
+
+def _nan_after(calls: int):
+    """A loss that is finite for its first ``calls`` calls, NaN afterwards."""
+    seen = []
+
+    def flaky(logits):
+        seen.append(1)
+        return logits[:, 0].mean() * (float("nan") if len(seen) > calls else 1.0)
+
+    return flaky
+
+
+def test_a_nan_metric_value_raises():
+    m = make_metric(lambda lg: lg[:, 0].mean() / 0.0 * 0.0)
+    with pytest.raises(MetricError, match="custom|<lambda>") as info:
+        m(torch.randn(2, 5))
+    assert "nan" in str(info.value)
+    kl = make_metric("kl", clean_logits=torch.tensor([[0.0, 1.0]]))
+    with pytest.raises(MetricError, match=r"circuit 1 of 3") as info:
+        kl.loss(torch.tensor([[[0.0, 1.0]], [[float("nan"), 1.0]], [[0.0, 1.0]]]))
+    assert info.value.index == 1
+
+
+@pytest.mark.parametrize("method", ["acdc", "acdc-plain"])
+def test_discover_refuses_a_metric_that_is_nan_on_the_full_model(method):
+    with pytest.raises(MetricError, match="on the full model"):
+        cf.discover(tiny_gpt2(), _tiny_task(), metric=_nan_after(0), method=method, progress=False)
+
+
+@pytest.mark.parametrize("method", ["acdc", "acdc-plain"])
+def test_discover_names_the_edge_where_the_metric_became_nan(method):
+    # calls: prepare_problem's full-model check, ACDC's full-model loss, then the first candidate edge
+    with pytest.raises(MetricError, match=r"during ACDC, testing edge m2->logits"):
+        cf.discover(tiny_gpt2(), _tiny_task(), metric=_nan_after(2), method=method, progress=False)
+
+
+def test_evaluate_refuses_a_nan_metric():
+    pm = PatchableModel(tiny_gpt2())
+    with pytest.raises(MetricError, match="on the full model"):
+        faithfulness(pm, pm.graph.full_mask(), _tiny_task(), metric=_nan_after(0))
+
+
+@pytest.mark.parametrize(
+    "result,found",
+    [
+        (lambda lg: lg[:, 0], r"tensor of shape \(3,\)"),
+        (lambda lg: "high", "str 'high'"),
+        (lambda lg: None, "NoneType None"),
+    ],
+)
+def test_a_custom_metric_must_return_one_number(result, found):
+    with pytest.raises(MetricError, match=found):
+        cf.discover(tiny_gpt2(), _tiny_task(), metric=result, progress=False)
+
+
+# --- task metrics need a wrong answer for every prompt -----------------------------------------------------
+def test_logit_diff_by_hand_and_partial_wrong_answers_refused():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 5.0], [2.0, 0.5, 4.0, 1.0]])  # (B=2, V=4)
+    answers = torch.tensor([[1], [2]])
+    m = make_metric("logit_diff", answers=answers, wrong_answers=torch.tensor([[2, 3], [0, -1]]))
+    # prompt 0: 3 - (1 + 5) / 2 = 0; prompt 1: 4 - 2 = 2; mean 1
+    assert float(m(logits)) == pytest.approx(1.0)
+    p = make_metric("prob_diff", answers=answers, wrong_answers=torch.tensor([[2, 3], [0, -1]]))
+    probs = logits.softmax(-1)
+    by_hand = ((probs[0, 1] - probs[0, 2] - probs[0, 3]) + (probs[1, 2] - probs[1, 0])) / 2
+    assert float(p(logits)) == pytest.approx(float(by_hand))
+    for kind in ("logit_diff", "prob_diff"):
+        with pytest.raises(TaskError, match=r"wrong answer for every prompt; 1 of 2 prompts have none \(prompt 1\)"):
+            make_metric(kind, answers=answers, wrong_answers=torch.tensor([[2], [-1]]))
+        with pytest.raises(TaskError, match=r"correct answer for every prompt.*prompt 0"):
+            make_metric(kind, answers=torch.tensor([[-1], [2]]), wrong_answers=torch.tensor([[2], [1]]))
+
+
+def test_a_task_with_wrong_answers_for_some_prompts_only_is_refused():
+    t = _tiny_task()
+    with pytest.raises(TaskError, match=r"prompt 1 has no wrong answer"):
+        dataclasses.replace(t, wrong_answers=torch.tensor([[3], [-1], [4]]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
 from circuitfind.patching import Ablation, PatchableModel
-from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_neox
+from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_mistral, tiny_neox, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward
 
 B, T = 4, 7
@@ -268,3 +268,50 @@ def test_vocab_columns_equal_the_sliced_logits(model):
     assert isinstance(linear, torch.nn.Linear)
     assert_close(generic.logits(x, vocab), linear(x)[:, vocab], 1e-6)
     assert_close(pm.spec.logits(x, vocab), linear(x)[:, vocab], 1e-5)
+
+
+# --- sliding-window attention (Mistral: every layer; Qwen2: layers >= max_window_layers) ---------------------
+WINDOWED = {"mistral": tiny_mistral, "qwen2": tiny_qwen2}
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_sliding_window_all_edges_kept_equals_hf(family):
+    model = WINDOWED[family]()
+    randomize_biases(model)
+    ids = _ids(t=12)  # the window is 4
+    am = torch.ones_like(ids)
+    am[1, 9:] = 0
+    ref = _hf(model, ids, am)
+    # the reference really applies the window: the same weights without it give other logits
+    plain = WINDOWED[family](sliding_window=None)
+    plain.load_state_dict(model.state_dict())
+    assert (ref - _hf(plain, ids, am))[am.bool()].abs().max() > 1e-2
+    pm = PatchableModel(model)
+    with torch.no_grad():
+        out = pm.forward(ids, pm.ablation("resample", _ids(1, t=12), am), pm.graph.full_mask(), attention_mask=am)
+        corrupted = pm.forward(ids, pm.ablation("resample", _ids(1, t=12)), torch.zeros_like(pm.graph.full_mask()))
+    real = am.bool()
+    assert float((out - ref)[real].abs().max()) <= 1e-4
+    assert float((corrupted - _hf(model, _ids(1, t=12))).abs().max()) <= 1e-4
+    assert [lay.sliding_window for lay in pm.spec.layers] == ([4, 4, 4] if family == "mistral" else [None, 4, 4])
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_sliding_window_random_masks_match_reference(family):
+    model = WINDOWED[family]()
+    pm = PatchableModel(model)
+    g = pm.graph
+    clean = _ids(0, t=12)
+    abl = pm.ablation("resample", _ids(2, t=12))
+    gen = torch.Generator().manual_seed(3)
+    mask = (torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5) & g.edge_mask
+    with torch.no_grad():
+        out = pm.forward(clean, abl, mask)
+        ref = reference_forward(pm.spec, g, clean, abl.outputs, mask.float())
+    assert_close(out, ref)
+
+
+def test_unknown_attention_layer_type_is_refused():
+    model = tiny_qwen2(layer_types=["full_attention", "chunked_attention", "sliding_attention"])
+    with pytest.raises(UnsupportedModelError, match="chunked_attention"):
+        PatchableModel(model)

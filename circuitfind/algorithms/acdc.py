@@ -31,6 +31,7 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
+from circuitfind.metrics import metric_site
 
 __all__ = [
     "SenderOrder",
@@ -76,8 +77,10 @@ class AcdcOptions:
             raise ConfigError(
                 f"threshold must be a number >= 0 (math.inf keeps nothing); got {t!r}. Typical values: 0.001-0.1 for KL"
             )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer (or None: automatic); got {self.batch_size!r}")
+        if not isinstance(self.absolute, bool):
+            raise ConfigError(f"absolute must be True or False; got {self.absolute!r}")
 
 
 @dataclass
@@ -153,6 +156,19 @@ def _receiver_node_sender(graph: Graph, r: int) -> int | None:
     return graph.head_sender(rec.node.layer, rec.node.head)
 
 
+_FULL = "during ACDC, on the full model (every edge kept)"
+
+
+def _testing(graph: Graph, r: int, senders: list[int]) -> Callable:
+    """Names the edge whose candidate removal gave a bad metric (``index`` of the stacked candidates)."""
+
+    def label(err) -> str:
+        s = senders[err.index] if err.index is not None and err.index < len(senders) else senders[0]
+        return f"during ACDC, testing edge {graph.edge(s, r).name} (receiver {graph.receivers[r].name})"
+
+    return label
+
+
 def _removes(effect: float, opts: AcdcOptions) -> bool:
     return (abs(effect) if opts.absolute else effect) < opts.threshold
 
@@ -223,12 +239,14 @@ def run_acdc_plain(
 
     if state is None:
         state = _initial_state(graph, 0.0)
-        state.current = loss(state.mask)
+        with metric_site(_FULL):
+            state.current = loss(state.mask)
 
     def visit(r: int) -> None:
         for s in sender_order(graph, r, opts.sender_order, state.mask):
             state.mask[s, r] = False
-            new = loss(state.mask)
+            with metric_site(_testing(graph, r, [s])):
+                new = loss(state.mask)
             effect = new - state.current
             state.effects[s, r] = effect
             state.edges_tested += 1
@@ -262,7 +280,8 @@ class FastEvaluator:
                 return_diffs=True,
                 vocab=problem.vocab,
             )
-        self.loss_full = float(problem.loss(logits.unsqueeze(0))[0])
+        with metric_site(_FULL):
+            self.loss_full = float(problem.loss(logits.unsqueeze(0))[0])
         self.layer: int | None = None
         self.cache = None
 
@@ -319,7 +338,8 @@ def run_acdc_fast(
             cands = state.mask.unsqueeze(0).repeat(k, 1, 1)  # (K, S, R)
             for j in range(k):
                 cands[j:, senders[i + j], r] = False  # candidate j assumes candidates before it removed
-            losses = ev.losses(cands).tolist()
+            with metric_site(_testing(graph, r, senders[i : i + k])):
+                losses = ev.losses(cands).tolist()
             state.forward_passes += 1
             state.candidates_evaluated += k
             decided, kept, removed = 0, False, 0

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import Problem
 from circuitfind.errors import ConfigError
+from circuitfind.metrics import metric_site
 
 __all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps"]
 
@@ -79,12 +80,12 @@ class Faithfulness:
         self.problem = problem
         self.calls = 0
         g = problem.pm.graph
-        self.loss_full = self.loss(g.full_mask())
-        self.loss_empty = self.loss(torch.zeros_like(g.edge_mask))
+        self.loss_full = self.loss(g.full_mask(), "on the full model")
+        self.loss_empty = self.loss(torch.zeros_like(g.edge_mask), "on the empty circuit (every edge ablated)")
 
-    def loss(self, mask: Tensor) -> float:
+    def loss(self, mask: Tensor, where: str = "on a circuit evaluated for its faithfulness") -> float:
         p = self.problem
-        with torch.no_grad():
+        with torch.no_grad(), metric_site(where):
             logits = p.pm.forward(
                 p.clean_ids, p.ablated, mask, attention_mask=p.attention_mask, positions=p.positions, vocab=p.vocab
             )

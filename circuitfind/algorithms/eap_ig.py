@@ -19,12 +19,13 @@ from circuitfind.gradients import Point
 __all__ = ["run_eap_ig", "run_eap_ig_mask"]
 
 
-def run_eap_ig(problem: Problem, opts: EapOptions = EapOptions(), progress: Progress | None = None) -> ScoreResult:
+def run_eap_ig(problem: Problem, opts: EapOptions | None = None, progress: Progress | None = None) -> ScoreResult:
     """EAP-IG-inputs scores for every edge.
 
     Example:
         >>> result = run_eap_ig(problem, EapOptions(steps=5))  # doctest: +SKIP
     """
+    opts = opts or EapOptions()
     m = check_steps(opts.steps)
     points = [Point(input_scale=k / m) for k in range(1, m + 1)]
     result = gradient_scores(
@@ -34,15 +35,14 @@ def run_eap_ig(problem: Problem, opts: EapOptions = EapOptions(), progress: Prog
     return result
 
 
-def run_eap_ig_mask(
-    problem: Problem, opts: EapOptions = EapOptions(), progress: Progress | None = None
-) -> ScoreResult:
+def run_eap_ig_mask(problem: Problem, opts: EapOptions | None = None, progress: Progress | None = None) -> ScoreResult:
     """Integrated gradients along the edge mask, for every edge.
 
     Example:
         >>> result = run_eap_ig_mask(problem, EapOptions(steps=64))  # doctest: +SKIP
         >>> float(result.scores.sum())  # ~ loss(empty) - loss(full)  # doctest: +SKIP
     """
+    opts = opts or EapOptions()
     m = check_steps(opts.steps)
     points = [Point(mask_scale=k / m) for k in range(1, m + 1)]
     result = gradient_scores(

@@ -122,9 +122,7 @@ def run_hybrid(
 
     progress.set_description("hybrid: candidates")
     cand_target = opts.candidate_target if opts.candidate_target is not None else max(opts.target, 0.95)
-    cand = smallest_faithful(
-        g, scores, faith, cand_target, from_input=opts.from_input, on_probe=recorder("candidates")
-    )
+    cand = smallest_faithful(g, scores, faith, cand_target, from_input=opts.from_input, on_probe=recorder("candidates"))
     candidates = cand.mask
     stats: dict[str, Any] = {
         "attribution": attribution.stats,
@@ -144,7 +142,9 @@ def run_hybrid(
         effects=torch.full((g.n_senders, g.n_receivers), math.nan),
         current=faith.loss(candidates),
     )
-    acdc = AcdcOptions(threshold=tau, absolute=opts.absolute, sender_order=opts.sender_order, batch_size=opts.batch_size)
+    acdc = AcdcOptions(
+        threshold=tau, absolute=opts.absolute, sender_order=opts.sender_order, batch_size=opts.batch_size
+    )
     progress.set_description("hybrid: exact pruning")
     per_receiver = candidates.sum(0).tolist()  # (R,) tests still to come, weighted by their cost below
     cost = [layer_cost(g.n_layers, g.receiver_layer(r)) for r in range(g.n_receivers)]
@@ -158,8 +158,14 @@ def run_hybrid(
     state = run_acdc_fast(problem, acdc, state=state, on_boundary=on_boundary)
     pruned = prune_dangling(g, state.mask, from_input=opts.from_input)
     f_pruned = faith(pruned)
-    probes.append({"stage": "pruned", "k": int(state.mask.sum()), "n_edges_after_prune": int(pruned.sum()),
-                   "faithfulness": f_pruned})
+    probes.append(
+        {
+            "stage": "pruned",
+            "k": int(state.mask.sum()),
+            "n_edges_after_prune": int(pruned.sum()),
+            "faithfulness": f_pruned,
+        }
+    )
     stats.update(
         threshold=tau,
         edges_tested=state.edges_tested,

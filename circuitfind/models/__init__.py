@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from torch import nn
 
-from circuitfind.errors import UnsupportedModelError
+from circuitfind.errors import ModelLoadError, UnsupportedModelError
 from circuitfind.models import gpt2, gpt_neox, llama
 from circuitfind.models.spec import ArchSpec, AttentionWeights
 
@@ -43,6 +43,20 @@ def spec_for(model: nn.Module | ArchSpec) -> ArchSpec:
         raise UnsupportedModelError(
             f"no adapter for architecture {model_type!r} ({type(model).__name__}); supported model types: "
             f"{', '.join(supported_model_types())}. Add an adapter module under circuitfind/models/."
+        )
+    output = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    if output is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is a base model without a language-model head (no unembedding), but circuit "
+            "discovery reads the logits. Load the causal-LM class instead: AutoModelForCausalLM.from_pretrained(...) "
+            "(e.g. GPT2LMHeadModel rather than GPT2Model), or circuitfind.load_model(...)."
+        )
+    meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise ModelLoadError(
+            f"{len(meta)} parameters of the model (first: {meta[0]}) are on the meta device: the model was built "
+            "without its weights (e.g. under init_empty_weights, or offloaded by device_map). Load it with real "
+            "weights on one device, e.g. AutoModelForCausalLM.from_pretrained(name) or circuitfind.load_model(name)."
         )
     spec = ADAPTERS[model_type](model)
     # Detached views: gradients (e.g. w.r.t. edge masks) must never accumulate into the model's parameters.

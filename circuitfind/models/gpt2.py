@@ -54,4 +54,7 @@ def build_spec(model: nn.Module) -> ArchSpec:
         final_norm=body.ln_f,
         unembed=model.lm_head,
         family="gpt2",
+        vocab_size=body.wte.num_embeddings,
+        n_outputs=model.lm_head.out_features,
+        max_positions=body.wpe.num_embeddings,
     )

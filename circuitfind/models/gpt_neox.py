@@ -51,4 +51,6 @@ def build_spec(model: nn.Module) -> ArchSpec:
         rotary=rotary,
         parallel=bool(cfg.use_parallel_residual),
         family="gpt_neox",
+        vocab_size=body.embed_in.num_embeddings,
+        n_outputs=model.get_output_embeddings().out_features,
     )

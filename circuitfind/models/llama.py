@@ -2,6 +2,10 @@
 
 GQA follows the MIB convention: every query head gets its own k and v receiver, as if the shared key/value
 weights were copied per query head (query head h reads kv head ``h // (H / KV)``, as HF's ``repeat_kv``).
+
+Sliding-window attention follows HF per family: Mistral applies ``config.sliding_window`` to every layer; Qwen2
+only to the layers ``config.layer_types`` marks ``"sliding_attention"`` (derived by HF from
+``use_sliding_window`` and ``max_window_layers``); Llama has none. Any other layer type is refused.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec
 
 __all__ = ["MODEL_TYPES", "build_spec"]
@@ -26,6 +31,28 @@ def _per_head(linear: nn.Linear, n_heads: int, d_head: int, repeat: int) -> tupl
     return w, b
 
 
+def _windows(cfg, n_layers: int) -> list[int | None]:
+    """Per layer: the sliding window HF's attention applies there, or None for full causal attention."""
+    window = getattr(cfg, "sliding_window", None)
+    if cfg.model_type == "llama" or window is None:
+        return [None] * n_layers
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise UnsupportedModelError(f"config.sliding_window must be a positive integer or None; got {window!r}")
+    if cfg.model_type == "mistral":  # MistralModel ignores layer_types: one window for every layer
+        return [window] * n_layers
+    types = getattr(cfg, "layer_types", None) or ["sliding_attention"] * n_layers
+    windows = []
+    for i, kind in enumerate(types[:n_layers]):
+        if kind not in ("full_attention", "sliding_attention"):
+            raise UnsupportedModelError(
+                f"layer {i} of this {cfg.model_type} model uses attention type {kind!r}; circuitfind handles only "
+                "'full_attention' and 'sliding_attention'. Set config.layer_types to those, or add the pattern to "
+                "circuitfind/models/llama.py."
+            )
+        windows.append(window if kind == "sliding_attention" else None)
+    return windows
+
+
 def build_spec(model: nn.Module) -> ArchSpec:
     """Per-head views of a ``LlamaForCausalLM``-style model (``model.model.layers[i].self_attn.q_proj``...)."""
     cfg = model.config
@@ -35,14 +62,16 @@ def build_spec(model: nn.Module) -> ArchSpec:
     D = cfg.hidden_size
     E = getattr(cfg, "head_dim", None) or D // H
     layers = []
-    for block in body.layers:
+    windows = _windows(cfg, len(body.layers))
+    for block, window in zip(body.layers, windows, strict=True):
         sa = block.self_attn
         w_q, b_q = _per_head(sa.q_proj, H, E, 1)
         w_k, b_k = _per_head(sa.k_proj, KV, E, H // KV)
         w_v, b_v = _per_head(sa.v_proj, KV, E, H // KV)
         w_o = sa.o_proj.weight.T.reshape(H, E, D)  # o_proj: (D, H*E)
         attn = AttentionWeights(w_q, w_k, w_v, w_o, b_q, b_k, b_v, sa.o_proj.bias)
-        layers.append(LayerSpec(attn, block.input_layernorm, block.post_attention_layernorm, block.mlp, E**-0.5))
+        norms = (block.input_layernorm, block.post_attention_layernorm)
+        layers.append(LayerSpec(attn, *norms, block.mlp, E**-0.5, sliding_window=window))
 
     def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
         return body.embed_tokens(ids)
@@ -62,4 +91,6 @@ def build_spec(model: nn.Module) -> ArchSpec:
         unembed=model.lm_head,
         rotary=rotary,
         family="llama",
+        vocab_size=body.embed_tokens.num_embeddings,
+        n_outputs=model.lm_head.out_features,
     )

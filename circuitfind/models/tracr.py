@@ -174,6 +174,9 @@ def load_tracr(
         parallel=False,
         causal=bool(meta["causal"]),
         family="tracr",
+        vocab_size=token_embed.shape[0],
+        n_outputs=unembed_w.shape[1],
+        max_positions=pos_embed.shape[0],
     )
     return spec, meta
 

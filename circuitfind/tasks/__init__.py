@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuitfind.errors import TaskError
-from circuitfind.tasks.base import TASK_METRICS, Task
+from circuitfind.tasks.base import TASK_METRICS, Task, check_task_fits, task_from_tensors
 from circuitfind.tasks.greater_than import make_greater_than
 from circuitfind.tasks.induction import make_induction
 from circuitfind.tasks.ioi import make_ioi
@@ -26,11 +26,13 @@ __all__ = [
     "BUILTIN",
     "TASK_METRICS",
     "Task",
+    "check_task_fits",
     "from_json",
     "get_task",
     "make_greater_than",
     "make_induction",
     "make_ioi",
+    "task_from_tensors",
     "to_json",
 ]
 

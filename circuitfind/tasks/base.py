@@ -19,14 +19,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from circuitfind.errors import TaskError
 
-__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task"]
+if TYPE_CHECKING:
+    from circuitfind.models.spec import ArchSpec
+
+__all__ = ["PAD_ANSWER", "TASK_METRICS", "Task", "check_task_fits", "task_from_tensors"]
 
 TASK_METRICS: tuple[str, ...] = ("logit_diff", "prob_diff")
 """The task metrics a :class:`Task` may name: mean logit (or probability) of ``answers`` minus that of
@@ -309,6 +312,7 @@ def build_from_strings(
         for label, text in (("clean", c), ("corrupted", k)):
             if not isinstance(text, str):
                 raise TaskError(f"{where(i)}: the {label} prompt must be a string; got {type(text).__name__}")
+            _check_text(text, where(i), f"{label} prompt")
         c_ids, k_ids = prefix + encode(tokenizer, c), prefix + encode(tokenizer, k)
         if not c_ids:
             raise TaskError(f"{where(i)}: the clean prompt {c!r} tokenises to no token; give a non-empty prompt")
@@ -407,6 +411,12 @@ def _answer_rows(
         return [[] for _ in range(n)]
     rows = []
     for i, entry in enumerate(answers):
+        if not isinstance(entry, str | list | tuple):
+            raise TaskError(
+                f"{where(i)}: each {label} entry must be a string or a list of strings; got "
+                f"{type(entry).__name__} {entry!r}. Answers are words that are tokenised here; to give token ids, "
+                "build the Task from ids (Task(...), or a JSON task file with answer_ids)."
+            )
         words = [entry] if isinstance(entry, str) else list(entry)
         if not words and not allow_empty:
             raise TaskError(f"{where(i)}: no {label} given; give at least one {label} string")
@@ -414,6 +424,7 @@ def _answer_rows(
         for word in words:
             if not isinstance(word, str):
                 raise TaskError(f"{where(i)}: each {label} must be a string; got {type(word).__name__} {word!r}")
+            _check_text(word, where(i), label)
             ids = encode(tokenizer, word)
             if len(ids) != 1:
                 raise TaskError(
@@ -436,6 +447,65 @@ def pad_rows(rows: Sequence[Sequence[int]], n: int, *, min_width: int) -> Tensor
     return out
 
 
+def _check_text(text: str, where: str, label: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from an unpaired ``\\ud800`` JSON escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TaskError(
+            f"{where}: the {label} {text!r} holds a lone surrogate {text[e.start]!r} at character {e.start}, which "
+            "is not valid Unicode; fix the text (in JSON, \\ud800-style escapes must come in high-low pairs)"
+        ) from None
+
+
+_TENSOR_FIELDS = ("clean_ids", "corrupted_ids", "attention_mask", "answer_pos", "answers", "wrong_answers")
+
+
+def task_from_tensors(data: dict[str, Any]) -> Task:
+    """A :class:`Task` from a dict of tensors: ``clean_ids``, ``corrupted_ids`` (required, ``(N, T)`` long) and
+    optionally ``attention_mask`` (default all ones), ``answer_pos`` (default: last real token), ``answers``,
+    ``wrong_answers`` (default none), ``name``, ``metric``.
+
+    Raises:
+        TaskError: a required key is missing, a key is unknown, a value is not a tensor or ids are not ``(N, T)``.
+
+    Example:
+        >>> task_from_tensors({"clean_ids": torch.tensor([[5, 6]]), "corrupted_ids": torch.tensor([[5, 7]])}).seq_len
+        2
+    """
+    allowed = (*_TENSOR_FIELDS, "name", "metric")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise TaskError(f"unknown key {unknown[0]!r} in a task dict of tensors; expected some of {', '.join(allowed)}")
+    for key in ("clean_ids", "corrupted_ids"):
+        if key not in data:
+            raise TaskError(f"a task dict of tensors needs {key!r} (an (N, T) long tensor); it has {sorted(data)}")
+    for key in _TENSOR_FIELDS:
+        if key in data and not isinstance(data[key], Tensor):
+            raise TaskError(
+                f"task[{key!r}] must be a torch.Tensor; got {type(data[key]).__name__}. Convert it with "
+                "torch.tensor(...), or write the prompts to a JSON task file of ids and pass its path"
+            )
+    ids = data["clean_ids"]
+    if ids.dim() != 2:
+        raise TaskError(
+            f"task['clean_ids'] must be (N, T), one row per prompt; got shape {tuple(ids.shape)}. "
+            "For a single prompt add the batch axis: ids.unsqueeze(0)"
+        )
+    am = data.get("attention_mask", torch.ones_like(ids))
+    empty = torch.zeros(ids.shape[0], 0, dtype=torch.long)
+    return Task(
+        name=data.get("name", "custom"),
+        clean_ids=ids,
+        corrupted_ids=data["corrupted_ids"],
+        attention_mask=am,
+        answer_pos=data.get("answer_pos", am.sum(1) - 1),
+        answers=data.get("answers", empty),
+        wrong_answers=data.get("wrong_answers", empty),
+        metric=data.get("metric", "logit_diff"),
+    )
+
+
 def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """Token strings for error messages (decoded one by one)."""
     decode = getattr(tokenizer, "decode", None)
@@ -455,6 +525,47 @@ def _as_rows(idx: Sequence[int] | Tensor, n: int) -> Tensor:
     if rows.numel() and (rows.min() < -n or rows.max() >= n):
         raise TaskError(f"subset index out of range for a task of {n} prompts: {rows.tolist()}")
     return rows % n
+
+
+def check_task_fits(task: Task, spec: ArchSpec, *, label: str = "the task") -> None:
+    """Check, once and before any forward pass, that ``task``'s token ids and lengths fit the model of ``spec``.
+
+    Prompt ids (padding included: it is embedded too) must lie in ``0 .. spec.vocab_size - 1``, answer ids in
+    ``0 .. spec.n_outputs - 1`` (the logit columns), and no prompt may be longer than ``spec.max_positions``
+    (learned position embeddings). Limits the spec leaves None are not checked.
+
+    Raises:
+        TaskError: naming the prompt, the field, the id or length, and the model's limit.
+
+    Example:
+        >>> check_task_fits(task, PatchableModel(model).spec)  # doctest: +SKIP
+    """
+    vocab = spec.vocab_size
+    n_out = spec.n_outputs if spec.n_outputs is not None else vocab
+    checks = (
+        ("clean_ids", task.clean_ids, vocab, "vocabulary has"),
+        ("corrupted_ids", task.corrupted_ids, vocab, "vocabulary has"),
+        ("answers", task.answers, n_out, "logits cover"),
+        ("wrong_answers", task.wrong_answers, n_out, "logits cover"),
+    )
+    for field, ids, limit, what in checks:
+        pad = ids == PAD_ANSWER if field.endswith("answers") else torch.zeros_like(ids, dtype=torch.bool)
+        bad = ~pad & ((ids < 0) | (ids >= (limit if limit is not None else torch.iinfo(ids.dtype).max)))
+        if bool(bad.any()):
+            i, j = (int(x) for x in bad.nonzero()[0])
+            span = f"the model's {what} {limit} tokens (ids 0..{limit - 1})" if limit is not None else "ids are >= 0"
+            raise TaskError(
+                f"{label}: prompt {i} holds token id {int(ids[i, j])} in {field} (column {j}), but {span}. "
+                "Build the task with this model's tokenizer: ids from another tokenizer do not fit."
+            )
+    if spec.max_positions is not None:
+        too_long = task.lengths > spec.max_positions
+        if bool(too_long.any()):
+            i = int(too_long.nonzero()[0])
+            raise TaskError(
+                f"{label}: prompt {i} has {int(task.lengths[i])} tokens, but the model takes at most "
+                f"{spec.max_positions} positions; shorten the prompts or drop the longest ones."
+            )
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -495,10 +606,15 @@ def _validate(task: Task) -> None:
             raise TaskError(f"Task.{field} must be (N={n}, K); got shape {tuple(value.shape)}")
         if value.numel() and bool((value < PAD_ANSWER).any()):
             raise TaskError(f"Task.{field} holds token ids >= 0, padded with {PAD_ANSWER}; found {value.min()}")
-    has_answer = (task.answers != PAD_ANSWER).any(dim=1)  # (N,)
-    if bool(has_answer.any()) and not bool(has_answer.all()):
-        missing = int((~has_answer).nonzero()[0])
-        raise TaskError(f"prompt {missing} has no answer id while others do; give every prompt an answer")
+    for field, label in (("answers", "answer id"), ("wrong_answers", "wrong answer")):
+        has = (named[field] != PAD_ANSWER).any(dim=1)  # (N,)
+        if bool(has.any()) and not bool(has.all()):
+            missing = (~has).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            raise TaskError(
+                f"prompt {shown} has no {label} while others do ({len(missing)} of {n} prompts lack one); "
+                f"give every prompt a {label.removesuffix(' id')}, or none"
+            )
     if task.answer_pos.shape != (n,):
         raise TaskError(f"Task.answer_pos must be (N,) = ({n},); got shape {tuple(task.answer_pos.shape)}")
     mask = task.attention_mask

@@ -97,10 +97,11 @@ def from_json(
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise TaskError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
     label = path.name
+    text = _decode(raw, label)
     options, items, where = _parse(text, label, jsonl=path.suffix.lower() == ".jsonl")
     if not items:
         raise TaskError(f"{label}: the file holds no prompt; add at least one prompt object")
@@ -123,7 +124,11 @@ def from_json(
         if any(isinstance(it, dict) and "clean_ids" in it for it in items):
             return _task_from_ids(items, tokenizer, options, opts, locate)
         if tokenizer is None:
-            raise TaskError(f"{label}: prompts given as strings need a tokenizer; pass the model's tokenizer")
+            raise TaskError(
+                f"{label}: prompts given as strings need a tokenizer: pass the model's tokenizer (tokenizer=...; "
+                "on the command line --tokenizer PATH_OR_ID), or write the prompts as token ids "
+                "(clean_ids, corrupted_ids, answer_ids)"
+            )
         clean, corrupted, answers, wrong = [], [], [], []
         for i, item in enumerate(items):
             _check_fields(item, _STRING_FIELDS, ("clean", "corrupted", "answers"), locate(i))
@@ -188,6 +193,23 @@ def to_json(task: Task, path: str | Path) -> None:
 
 
 # --- parsing -------------------------------------------------------------------------------------
+def _decode(raw: bytes, label: str) -> str:
+    """The file's text: UTF-8 (a leading byte-order mark is allowed); anything else is a :class:`TaskError`."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+        found = (
+            "UTF-16 text (it starts with a UTF-16 byte-order mark)"
+            if utf16
+            else (f"byte 0x{raw[e.start]:02x} at offset {e.start}, which is not UTF-8 (perhaps Latin-1 or cp1252 text)")
+        )
+        raise TaskError(
+            f"{label}: a task file must be UTF-8 text; found {found}. Save it as UTF-8, e.g. "
+            f"`iconv -f {'utf-16' if utf16 else 'latin1'} -t utf-8 {label} > fixed.json`"
+        ) from None
+
+
 def _parse(text: str, label: str, *, jsonl: bool) -> tuple[dict[str, Any], list[Any], Callable[[int], str]]:
     """Options, prompt items, and a function naming item ``i`` (``"item 3"`` or ``"line 4"``)."""
     if not jsonl:
