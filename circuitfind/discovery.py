@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, Problem, SenderOrder
+from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
 from circuitfind.algorithms.base import Faithfulness, ScoreResult, check_steps
-from circuitfind.algorithms.eap import EapOptions, run_eap
-from circuitfind.algorithms.eap_ig import run_eap_ig, run_eap_ig_mask
-from circuitfind.algorithms.exact import ExactOptions, layer_cost, run_exact
+from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
@@ -126,7 +125,7 @@ def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor, where: str)
     return float(metric(logits))
 
 
-SCORING_METHODS = {"eap", "eap-ig", "eap-ig-mask", "exact"}
+SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
 
 
 def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
@@ -342,9 +341,10 @@ def discover(
 
 def _run_scores(method, problem, steps, batch_size, candidates, bar) -> ScoreResult:
     if method == "exact":
-        return run_exact(problem, ExactOptions(batch_size=batch_size, candidates=candidates), bar)
-    run = {"eap": run_eap, "eap-ig": run_eap_ig, "eap-ig-mask": run_eap_ig_mask}[method]
-    return run(problem, EapOptions(steps=steps), bar)
+        opts = ExactOptions(batch_size=batch_size, candidates=candidates)
+    else:
+        opts = EapOptions(steps=steps)
+    return METHODS[method].run(problem, opts, bar)
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:
@@ -394,7 +394,7 @@ def _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint
             bar.refresh()
 
     try:
-        state = METHODS[method](problem, opts, state=state, on_boundary=on_boundary)
+        state = METHODS[method].run(problem, opts, state=state, on_boundary=on_boundary)
     except BaseException:
         ckpt.write()  # Ctrl-C or a crash: keep everything up to the last finished receiver
         raise

@@ -278,15 +278,18 @@ def smallest_faithful(
     from_input: bool = True,
     lo: int = 1,
     hi: int | None = None,
+    first: int = 16,
     on_probe: Callable[[dict[str, Any]], None] | None = None,
 ) -> TargetResult:
     """The smallest top-``k`` circuit whose faithfulness reaches ``target``, by bisection over ``k``.
 
     The circuit of ``k`` is the top ``k`` edges of :func:`edge_ranking`, then :func:`prune_dangling` when
-    ``prune``. ``k = hi`` is probed first; if it falls short, it is returned with ``reached=False``. Otherwise
+    ``prune``. ``k`` starts at ``first`` and doubles until a circuit reaches the target (small circuits are
+    the cheap ones to evaluate); if even ``k = hi`` falls short, it is returned with ``reached=False``. Then
     bisection keeps an interval ``(fail, pass]`` assuming faithfulness grows with ``k``. When it does not, the
-    answer may not be the smallest passing ``k``, but it is always a probed circuit that reached the target.
-    Costs ``1 + ceil(log2(hi - lo + 1))`` calls of ``faithfulness`` at most.
+    answer may not be the smallest passing ``k``, but it is always a probed circuit that reached the target, and
+    the next smaller probe, when there is one, fell short. Costs about ``2 log2(k / first) + log2(first)`` calls
+    of ``faithfulness`` for an answer ``k``.
 
     Args:
         graph: the model's graph.
@@ -300,6 +303,7 @@ def smallest_faithful(
             mean or zero ablation.
         lo: smallest ``k`` considered (assumed failing below it), ``>= 1``.
         hi: largest ``k`` considered, ``<= graph.n_edges`` (default: all edges).
+        first: the first ``k`` probed (clamped to ``lo..hi``).
         on_probe: called after each probe with its record (for progress bars).
 
     Returns:
@@ -345,14 +349,20 @@ def smallest_faithful(
             on_probe(record)
         return f >= target
 
-    if not probe(hi):
-        mask, f = circuits[hi]
-        message = (
-            f"even the top {hi} edges reach faithfulness {f:.4g} < target {target:g}; "
-            "no circuit of this ranking reaches the target"
-        )
-        return TargetResult(mask, hi, f, False, probes, message)
-    failing, passing = lo - 1, hi  # invariant: passing was probed and passed; failing is assumed to fail
+    # Galloping from small circuits: small ones are cheap to evaluate (most heads are dead and skipped) and the
+    # answer is usually small, so k doubles from ``first`` until the target is reached, then bisection.
+    failing, k = lo - 1, min(hi, max(lo, first))
+    while not probe(k):
+        failing = k
+        if k == hi:
+            mask, f = circuits[hi]
+            message = (
+                f"even the top {hi} edges reach faithfulness {f:.4g} < target {target:g}; "
+                "no circuit of this ranking reaches the target"
+            )
+            return TargetResult(mask, hi, f, False, probes, message)
+        k = min(hi, 2 * k)
+    passing = k  # invariant: passing was probed and passed; failing was probed and failed (or is below lo)
     while passing - failing > 1:
         mid = (failing + passing) // 2
         if probe(mid):

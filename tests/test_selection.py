@@ -279,11 +279,11 @@ def test_monotone_faithfulness_gives_the_smallest_k(target):
         assert f(top_n(g, scores, res.k - 1)) < target
     linear = next(k for k in range(1, g.n_edges + 1) if f(top_n(g, scores, k)) >= target)
     assert res.k == linear
-    # probes: hi first, every one recorded (and reported) in order, O(log n_edges) of them
-    assert res.probes[0]["k"] == g.n_edges and res.probes == seen
+    # probes: galloping from k=16, every one recorded (and reported) in order, O(log n_edges) of them
+    assert res.probes[0]["k"] == 16 and res.probes == seen
     assert all(set(p) == {"k", "n_edges_after_prune", "faithfulness"} for p in res.probes)
     assert all(p["n_edges_after_prune"] == p["k"] for p in res.probes)  # no pruning
-    assert len(res.probes) <= 1 + math.ceil(math.log2(g.n_edges))
+    assert len(res.probes) <= 1 + 2 * math.ceil(math.log2(g.n_edges))
     assert res.k in [p["k"] for p in res.probes if p["faithfulness"] >= target]
 
 
@@ -310,18 +310,18 @@ def test_non_monotone_faithfulness_still_returns_a_passing_circuit():
     g = Graph(3, 2)
     assert g.n_edges == 100
     scores = torch.randn(g.n_senders, g.n_receivers)
-    passing = {100, 75, 60, 30}  # bisection probes 100, 50, 75, 62, 68, 71, 73, 74 and misses 30 and 60
+    passing = {100, 64, 48, 30}  # galloping probes 16, 32, 64, then bisection 48, 40, 44, 46, 47; misses 30
 
     def f(mask):
         return 0.95 if int(mask.sum()) in passing else 0.1
 
     res = smallest_faithful(g, scores, f, 0.9, prune=False)
-    assert res.reached and res.k == 75 and f(res.mask) >= 0.9
-    assert [p["k"] for p in res.probes] == [100, 50, 75, 62, 68, 71, 73, 74]
-    assert [p["k"] for p in res.probes if p["faithfulness"] >= 0.9] == [100, 75]
+    assert res.reached and res.k == 48 and f(res.mask) >= 0.9
+    assert [p["k"] for p in res.probes] == [16, 32, 64, 48, 40, 44, 46, 47]
+    assert [p["k"] for p in res.probes if p["faithfulness"] >= 0.9] == [64, 48]
     # a circuit that fails is never returned, whatever the probes see
     res = smallest_faithful(g, scores, lambda m: 0.95 if int(m.sum()) in (100, 50) else 0.1, 0.9, prune=False)
-    assert res.k == 50 and res.faithfulness == 0.95
+    assert res.k == 100 and res.faithfulness == 0.95
 
 
 def test_unreachable_target_returns_the_largest_circuit():
@@ -329,7 +329,7 @@ def test_unreachable_target_returns_the_largest_circuit():
     scores = torch.randn(g.n_senders, g.n_receivers)
     res = smallest_faithful(g, scores, lambda m: 0.8, 0.9, hi=40)
     assert not res.reached and res.k == 40 and res.faithfulness == 0.8
-    assert len(res.probes) == 1 and "no circuit" in res.message
+    assert [p["k"] for p in res.probes] == [16, 32, 40] and "no circuit" in res.message
     assert torch.equal(res.mask, prune_dangling(g, top_n(g, scores, 40)))
 
 
