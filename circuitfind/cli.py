@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import math
 import shutil
@@ -46,6 +47,7 @@ LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary s
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # pickles of earlier versions: refused, never opened
 DEFAULT_N_PROMPTS = 20
+DEFAULT_HELD_OUT = 20  # generated held-out prompts of a built-in task
 _JSON_SUFFIXES = (".json", ".jsonl")
 
 
@@ -60,6 +62,27 @@ def _threshold(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a number >= 0 (typical values 0.001-0.1 for kl; 'inf' removes every edge); got {text!r}"
         )
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A faithfulness target in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] such as 0.8; got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of the metric to keep); got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0; got {value}")
     return value
 
 
@@ -130,8 +153,36 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH_OR_ID",
         help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
     )
-    p.add_argument("--method", choices=sorted(METHODS), default="acdc", help="discovery method (default: acdc)")
-    p.add_argument("--threshold", type=_threshold, default=0.01, metavar="T", help="ACDC's tau, >= 0 (default: 0.01)")
+    methods = "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items())
+    p.add_argument(
+        "--method", choices=list(METHODS), default="acdc", help=f"discovery method (default: acdc). {methods}"
+    )
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        metavar="T",
+        help="acdc: tau, >= 0 (default 0.01); eap/eap-ig/eap-ig-mask/exact: keep edges whose score (loss change "
+        "when removed) is above T; hybrid: the pruning tau in loss units (default: 1%% of the full-to-empty gap)",
+    )
+    p.add_argument(
+        "--target",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help="faithfulness in (0, 1] the circuit must reach on the discovery prompts: the smallest top-k by score "
+        "that does (default 0.8 for eap, eap-ig, eap-ig-mask, exact and hybrid)",
+    )
+    p.add_argument(
+        "--n-edges", type=_positive_int, default=None, metavar="N", help="keep the N top-scoring edges instead"
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="integration steps of eap-ig, eap-ig-mask and hybrid (default: 5)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
     p.add_argument("--ablation", choices=[a.value for a in Ablation], default="resample", help="default: resample")
@@ -144,6 +195,15 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         "task file (default: all)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of a built-in task's prompts (default: 0)")
+    p.add_argument(
+        "--held-out",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="N more prompts that discovery never sees, to report the circuit's held-out faithfulness (default: "
+        f"{DEFAULT_HELD_OUT} more generated prompts for a built-in task; for a task file the N prompts after "
+        "the discovery ones, default 0)",
+    )
     p.add_argument("--absolute", action="store_true", help="remove an edge when |change| < T rather than change < T")
     p.add_argument("--sender-order", choices=[o.value for o in SenderOrder], default="normal", help="default: normal")
     p.add_argument(
@@ -204,7 +264,7 @@ def _run_discover(args: argparse.Namespace) -> int:
     with lock_folder(args.out), _sigterm_as_interrupt():
         ckpt = _checkpoint_of(args.out, args.resume)
         try:
-            circuit = _find_circuit(args, ckpt)
+            circuit, model, task = _find_circuit(args, ckpt)
         except KeyboardInterrupt as e:
             what = "terminated" if isinstance(e, _Terminated) else "interrupted"
             if ckpt.exists():
@@ -216,41 +276,92 @@ def _run_discover(args: argparse.Namespace) -> int:
                 print(f"{what} before the first receiver was finished; nothing to resume", file=sys.stderr)
             return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
         written, skipped = _write_results(circuit, args.out, ckpt)
+        held_out = _held_out_line(circuit, model, task, args)
         # Only now: the checkpoint holds the final state, so a failed write above can still be redone with --resume.
         ckpt.unlink(missing_ok=True)
 
-    stats = circuit.stats
     print(circuit.summary())
-    print(
-        f"{stats['wall_time_s']:.1f} s wall, {stats['forward_passes']:,} forward passes, "
-        f"{stats['edges_tested']:,} edges tested ({stats['edges_per_s']:,.1f} edges/s)"
-    )
-    if circuit.recovered < LOW_RECOVERY:
+    print(_run_line(circuit.stats))
+    if held_out is not None:
+        print(held_out)
+    if circuit.recovered < LOW_RECOVERY and args.method.startswith("acdc"):
         print(
             f"note: the circuit recovers only {round(100 * circuit.recovered)}% of the full model's "
             f"{circuit.config.get('metric', 'metric')} on these prompts. Each removal may cost up to the threshold "
-            "and the costs add up, so on a deep model a coarse threshold drifts; try a lower --threshold. "
-            "circuitfind.stats.trace in circuit.json holds the metric after each layer of receivers"
+            "and the costs add up, so on a deep model a coarse threshold drifts; try a lower --threshold, or "
+            "--method hybrid --target 0.8. circuitfind.stats.trace in circuit.json holds the metric after each "
+            "layer of receivers"
         )
+    elif circuit.stats.get("reached") is False:
+        print(f"note: {circuit.stats.get('note', 'the target was not reached')}")
     if skipped:
         print(skipped)
     print("wrote " + ", ".join(map(str, written)))
     return EXIT_OK
 
 
-def _find_circuit(args: argparse.Namespace, ckpt: Path) -> Any:
+def _run_line(stats: dict[str, Any]) -> str:
+    """One line on what the run cost."""
+    parts = [f"{stats['wall_time_s']:.1f} s wall"]
+    if "edges_tested" in stats:
+        rate = stats["edges_tested"] / max(stats.get("acdc_time_s", stats["wall_time_s"]), 1e-9)
+        parts.append(
+            f"{stats.get('forward_passes', 0):,} forward passes, {stats['edges_tested']:,} edges tested "
+            f"({rate:,.1f} edges/s)"
+        )
+    if "probes" in stats:
+        parts.append(f"{len(stats['probes'])} exact faithfulness probes")
+    return ", ".join(parts)
+
+
+def _held_out_line(circuit: Any, model: Any, task: Any, args: argparse.Namespace) -> str | None:
+    """The circuit's faithfulness on the task's held-out prompts, when it has some (built-in tasks do)."""
+    if task.n_train is None or task.n_train >= len(task):
+        return None
+    from circuitfind.evaluate import faithfulness
+
+    result = faithfulness(model, circuit, task, metric=args.metric, ablation=args.ablation)
+    return (
+        f"held-out faithfulness: {result['faithfulness']:.3f} on {result['n_prompts']} prompts not used for "
+        f"discovery ({result['metric']})"
+    )
+
+
+def _task_with_held_out(args: argparse.Namespace, prepare_task: Callable, tokenizer: Any) -> Any:
+    """The task: ``--n-prompts`` for discovery, then ``--held-out`` more prompts that discovery never sees."""
+    held = args.held_out if args.held_out is not None else (0 if _is_task_file(args.task) else DEFAULT_HELD_OUT)
+    if not _is_task_file(args.task):
+        n = args.n_prompts or DEFAULT_N_PROMPTS
+        if held:
+            from circuitfind.tasks import get_task
+
+            return get_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n)
+        return prepare_task(args.task, tokenizer, n=n, seed=args.seed)
+    task = prepare_task(args.task, tokenizer)
+    n = min(args.n_prompts or len(task), len(task) - held)
+    if n < 1:
+        raise TaskError(
+            f"{args.task} has {len(task)} prompts, too few for --held-out {held} and at least one for discovery; "
+            "pass a smaller --held-out"
+        )
+    task = task.subset(slice(0, n + held))
+    return dataclasses.replace(task, n_train=n) if held else task
+
+
+def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any]:
+    """The circuit, and the model and task it was found on."""
     from circuitfind.discovery import discover, prepare_task
 
     model, tokenizer = _load(args)
-    n = args.n_prompts or DEFAULT_N_PROMPTS
-    task = prepare_task(args.task, tokenizer, n=n, seed=args.seed)
-    if _is_task_file(args.task) and args.n_prompts is not None and args.n_prompts < len(task):
-        task = task.subset(slice(0, args.n_prompts))
+    task = _task_with_held_out(args, prepare_task, tokenizer)
     circuit = discover(
         model,
         task,
         method=args.method,
         threshold=args.threshold,
+        n_edges=args.n_edges,
+        target=args.target,
+        steps=args.steps,
         metric=args.metric,
         ablation=args.ablation,
         tokenizer=tokenizer,
@@ -264,7 +375,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> Any:
     circuit.model = _model_label(args)
     if not _is_task_file(args.task):
         circuit.config["seed"] = args.seed
-    return circuit
+    return circuit, model, task
 
 
 def _write_results(circuit: Any, out: Path, ckpt: Path) -> tuple[list[Path], str | None]:

@@ -129,6 +129,23 @@ class Graph:
     n_heads: int
     parallel: bool = False
 
+    @classmethod
+    def from_model(cls, model) -> Graph:
+        """The graph of a transformers model (any supported family), a ``PatchableModel`` or an ``ArchSpec``.
+
+        Example:
+            >>> from transformers import GPT2Config, GPT2LMHeadModel
+            >>> Graph.from_model(GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=3, n_embd=12))).n_edges
+            75
+        """
+        graph = getattr(model, "graph", None)
+        if isinstance(graph, Graph):  # a PatchableModel
+            return graph
+        from circuitfind.models import spec_for  # models import this module: resolve at call time
+
+        spec = spec_for(model)
+        return cls(spec.n_layers, spec.n_heads, parallel=spec.parallel)
+
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
             raise ConfigError(

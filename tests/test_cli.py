@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-import math
 import runpy
 import shutil
 import sys
@@ -16,6 +16,7 @@ import circuitfind.checkpoint as ckpt_mod
 from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
 from circuitfind.cli import CHECKPOINT_NAME, build_parser, main
+from circuitfind.discovery import discover
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
 IOI = "When {} and {} went to the {}, {} gave a drink to"
@@ -197,7 +198,11 @@ def test_parser_defaults_match_discover():
     args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x"])
     assert (args.method, args.metric, args.ablation, args.sender_order) == ("acdc", "kl", "resample", "normal")
     assert args.model is None and args.progress and not args.resume and not args.absolute
-    assert math.isclose(args.threshold, 0.01) and args.batch_size is None and args.seed == 0  # auto: 1 on CPU
+    # threshold None: discover's default per method (ACDC: 0.01); batch size auto: 1 on CPU
+    assert args.threshold is None and args.batch_size is None and args.seed == 0
+    assert args.target is None and args.n_edges is None and args.steps == 5
+    assert inspect.signature(discover).parameters["threshold"].default is None
+    assert inspect.signature(discover).parameters["steps"].default == args.steps
 
 
 def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
