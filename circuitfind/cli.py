@@ -332,11 +332,7 @@ def _task_with_held_out(args: argparse.Namespace, prepare_task: Callable, tokeni
     held = args.held_out if args.held_out is not None else (0 if _is_task_file(args.task) else DEFAULT_HELD_OUT)
     if not _is_task_file(args.task):
         n = args.n_prompts or DEFAULT_N_PROMPTS
-        if held:
-            from circuitfind.tasks import get_task
-
-            return get_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n)
-        return prepare_task(args.task, tokenizer, n=n, seed=args.seed)
+        return prepare_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
     task = prepare_task(args.task, tokenizer)
     n = min(args.n_prompts or len(task), len(task) - held)
     if n < 1:

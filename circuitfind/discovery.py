@@ -26,8 +26,10 @@ from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_tas
 __all__ = ["discover", "prepare_task", "prepare_problem"]
 
 
-def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0) -> Task:
+def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0, n_train: int | None = None) -> Task:
     """Accept a :class:`Task`, a built-in task name, a JSON path, or a dict of strings/tensors.
+
+    A built-in task gets ``n`` prompts from ``seed``, the first ``n_train`` of them its train split.
 
     Dicts: ``{"clean": [...], "corrupted": [...], "answers": [...], "wrong_answers": [...]}`` of strings (needs
     ``tokenizer``), or of tensors ``{"clean_ids", "corrupted_ids", "answer_pos", "answers", "wrong_answers"}``.
@@ -38,7 +40,7 @@ def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0
         name = str(task)
         if name.replace("_", "-") in BUILTIN or not name.endswith((".json", ".jsonl")):
             _need_tokenizer(tokenizer, f"the built-in task {name!r}")
-            return get_task(name, tokenizer, n=n, seed=seed)
+            return get_task(name, tokenizer, n=n, seed=seed, n_train=n_train)
         return from_json(name, tokenizer)  # a file of token ids needs no tokenizer; from_json says when one does
     if isinstance(task, dict):
         if "clean_ids" in task or "corrupted_ids" in task:
@@ -111,18 +113,6 @@ def prepare_problem(
         pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, loss, vocab=vocab, separable=bound.separable
     )
     return problem, bound
-
-
-def _metric_of(problem: Problem, metric: Metric, mask: torch.Tensor, where: str) -> float:
-    with torch.no_grad(), metric_site(where):
-        logits = problem.pm.forward(
-            problem.clean_ids,
-            problem.ablated,
-            mask,
-            attention_mask=problem.attention_mask,
-            positions=problem.positions,
-        )
-    return float(metric(logits))
 
 
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
@@ -332,7 +322,7 @@ def discover(
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
-        metric_circuit=_metric_of(problem, bound, mask, "on the circuit found"),
+        metric_circuit=_value_of(bound, faith.loss(mask, "on the circuit found")),
         config=config,
         stats=stats,
         model=str(model_name),

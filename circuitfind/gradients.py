@@ -160,11 +160,6 @@ def edge_gradients(
     return GradientPass(grad, losses)
 
 
-def _slice_batch(t: Tensor, rows: slice, batch: int) -> Tensor:
-    """Rows of a ``(..., B'|B, T', D)`` tensor that broadcasts over the batch."""
-    return t[..., rows, :, :] if t.shape[-3] == batch else t
-
-
 def _forward(problem, point: Point, rows: slice, taps: bool | None):
     """The uniform-mask forward on prompts ``rows``.
 
@@ -178,8 +173,8 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
     ids = problem.clean_ids[rows].to(pm.device)
     am = problem.attention_mask[rows].to(pm.device)
     b, T = ids.shape
-    outputs = _slice_batch(problem.ablated.outputs, rows, B)  # (S, b|1, T|1, D)
-    bases = _slice_batch(problem.ablated.bases, rows, B)  # (G, b|1, T|1, D)
+    ablated = problem.ablated.select(rows, B)
+    outputs, bases = ablated.outputs, ablated.bases  # (S | G, b|1, T|1, D)
     a = float(point.mask_scale)
     pos_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
     buf = torch.empty(g.n_senders, b, T, spec.d_model, dtype=pm.dtype, device=pm.device)

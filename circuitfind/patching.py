@@ -70,6 +70,14 @@ class AblatedOutputs:
     outputs: Tensor
     bases: Tensor
 
+    def select(self, rows: slice, batch: int) -> AblatedOutputs:
+        """The ablation of prompts ``rows`` of a batch of ``batch`` prompts (broadcast ones stay as they are)."""
+
+        def pick(t: Tensor) -> Tensor:  # (N, B'|B, T', D)
+            return t[:, rows] if t.shape[1] == batch else t
+
+        return AblatedOutputs(self.kind, pick(self.outputs), pick(self.bases))
+
 
 @dataclass(frozen=True)
 class PrefixCache:

@@ -13,6 +13,8 @@ from circuitfind.algorithms.acdc import Problem
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import metric_site
 
+CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
+
 __all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps"]
 
 
@@ -79,15 +81,32 @@ class Faithfulness:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.calls = 0
+        pm = problem.pm
+        T = problem.clean_ids.shape[1]
+        per_prompt = pm.graph.n_senders * T * pm.spec.d_model * pm.dtype.itemsize  # the forward's sender diffs
+        self.chunk = max(1, int(CHUNK_BYTES // per_prompt))
         g = problem.pm.graph
         self.loss_full = self.loss(g.full_mask(), "on the full model")
         self.loss_empty = self.loss(torch.zeros_like(g.edge_mask), "on the empty circuit (every edge ablated)")
 
     def loss(self, mask: Tensor, where: str = "on a circuit evaluated for its faithfulness") -> float:
+        """The loss of ``mask`` on all prompts; the forward runs in chunks of prompts (less memory), the loss once
+        on all their logits, so the value is the same for any metric."""
         p = self.problem
+        B = p.clean_ids.shape[0]
         with torch.no_grad(), metric_site(where):
-            logits = p.pm.forward(
-                p.clean_ids, p.ablated, mask, attention_mask=p.attention_mask, positions=p.positions, vocab=p.vocab
+            logits = torch.cat(
+                [
+                    p.pm.forward(
+                        p.clean_ids[i : i + self.chunk],
+                        p.ablated.select(slice(i, i + self.chunk), B),
+                        mask,
+                        attention_mask=p.attention_mask[i : i + self.chunk],
+                        positions=p.positions[i : i + self.chunk],
+                        vocab=p.vocab,
+                    )
+                    for i in range(0, B, self.chunk)
+                ]
             )
             value = float(p.loss(logits.unsqueeze(0))[0])
         self.calls += 1
