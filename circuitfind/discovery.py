@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
-from circuitfind.algorithms.base import Faithfulness, ScoreResult, check_steps
+from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
@@ -340,13 +340,7 @@ def _run_scores(method, problem, steps, batch_size, candidates, bar) -> ScoreRes
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:
     """The circuit cut from ``scores`` (dangling edges dropped) and what the cut did."""
     if target is not None:
-        if bar is not None:
-            bar.set_description(f"smallest circuit with faithfulness >= {target}")
-
-        def on_probe(probe: dict[str, Any]) -> None:
-            if bar is not None:
-                bar.set_postfix(k=probe["k"], f=f"{probe['faithfulness']:.3f}")
-
+        on_probe = probe_reporter(bar or NullProgress(), target, f"smallest circuit with faithfulness >= {target}")
         found = smallest_faithful(
             graph, scores, faith, target, absolute=absolute, from_input=from_input, on_probe=on_probe
         )

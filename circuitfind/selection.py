@@ -34,6 +34,7 @@ __all__ = [
     "edge_ranking",
     "n_of_fraction",
     "prune_dangling",
+    "probes_left",
     "smallest_faithful",
     "top_fraction",
     "top_n",
@@ -375,6 +376,22 @@ def smallest_faithful(
         f"{f:.4g} >= target {target:g} ({len(probes)} probes)"
     )
     return TargetResult(mask, passing, f, True, probes, message)
+
+
+def probes_left(probes: list[dict[str, Any]], target: float, lo: int = 1) -> int:
+    """An estimate of the probes :func:`smallest_faithful` still makes after ``probes`` (for progress bars).
+
+    Example:
+        >>> probes_left([{"k": 16, "faithfulness": 0.1}, {"k": 32, "faithfulness": 0.9}], 0.8)
+        4
+    """
+    passing = [p["k"] for p in probes if p["faithfulness"] >= target]
+    if not passing:  # still galloping: one more doubling, then bisection below it
+        k = probes[-1]["k"] if probes else lo
+        return 1 + math.ceil(math.log2(max(2, k)))
+    best = min(passing)
+    failing = max([p["k"] for p in probes if p["faithfulness"] < target and p["k"] < best], default=lo - 1)
+    return math.ceil(math.log2(max(1, best - failing)))
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,10 +13,11 @@ from torch import Tensor
 from circuitfind.algorithms.acdc import Problem
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import metric_site
+from circuitfind.selection import probes_left
 
 CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
 
-__all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps"]
+__all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps", "probe_reporter"]
 
 
 class Progress(Protocol):
@@ -28,6 +30,7 @@ class Progress(Protocol):
     def update(self, n: float = 1) -> Any: ...
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None: ...
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None: ...
+    def refresh(self) -> None: ...
 
 
 class NullProgress:
@@ -47,6 +50,29 @@ class NullProgress:
 
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
         pass
+
+    def refresh(self) -> None:
+        pass
+
+
+def probe_reporter(
+    progress: Progress, target: float, desc: str, sink: list[dict[str, Any]] | None = None, stage: str | None = None
+) -> Callable[[dict[str, Any]], None]:
+    """An ``on_probe`` callback for :func:`~circuitfind.selection.smallest_faithful`: counts probes on the bar,
+    whose total is re-estimated after each one (so the ETA follows the search), and appends them to ``sink``."""
+    seen: list[dict[str, Any]] = []
+    progress.set_description(desc)
+    progress.reset(total=probes_left(seen, target))
+
+    def on_probe(probe: dict[str, Any]) -> None:
+        seen.append(probe)
+        if sink is not None:
+            sink.append(probe if stage is None else {"stage": stage, **probe})
+        progress.n = len(seen)
+        progress.total = len(seen) + probes_left(seen, target)
+        progress.set_postfix(k=probe["k"], edges=probe["n_edges_after_prune"], f=f"{probe['faithfulness']:.3f}")
+
+    return on_probe
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, Problem, SenderOrder, run_acdc_fast
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, check_steps
+from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.exact import layer_cost
@@ -110,19 +110,12 @@ def run_hybrid(
     g = problem.pm.graph
     probes: list[dict[str, Any]] = []
 
-    def recorder(stage: str):
-        def on_probe(probe: dict[str, Any]) -> None:
-            probes.append({"stage": stage, **probe})
-            progress.set_postfix(stage=stage, k=probe["k"], f=f"{probe['faithfulness']:.3f}")
-
-        return on_probe
-
     attribution = run_eap_ig(problem, EapOptions(steps=opts.steps, chunk_size=opts.chunk_size), progress)
     scores = attribution.scores
 
-    progress.set_description("hybrid: candidates")
     cand_target = opts.candidate_target if opts.candidate_target is not None else max(opts.target, 0.95)
-    cand = smallest_faithful(g, scores, faith, cand_target, from_input=opts.from_input, on_probe=recorder("candidates"))
+    on_probe = probe_reporter(progress, cand_target, "hybrid: candidates", probes, "candidates")
+    cand = smallest_faithful(g, scores, faith, cand_target, from_input=opts.from_input, on_probe=on_probe)
     candidates = cand.mask
     stats: dict[str, Any] = {
         "attribution": attribution.stats,
@@ -175,7 +168,8 @@ def run_hybrid(
     )
     mask, f, added = pruned, f_pruned, 0
     if f_pruned < opts.target:
-        mask, f, added = _repair(g, pruned, candidates, state.effects, faith, opts, recorder("repair"))
+        on_probe = probe_reporter(progress, opts.target, "hybrid: repair", probes, "repair")
+        mask, f, added = _repair(g, pruned, candidates, state.effects, faith, opts, on_probe)
     stats["added_back"] = added
     return HybridResult(mask, scores, state.effects, f, f >= opts.target, probes, stats)
 
