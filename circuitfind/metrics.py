@@ -32,6 +32,12 @@ class MetricKind(enum.Enum):
     """Total probability of the correct answers minus that of the wrong ones (higher is better)."""
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in at least float32: half precision is widened, float64 kept (finite differences on a float64 model
+    need the metric in float64 too)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _gather_sum(values: Tensor, ids: Tensor) -> Tensor:
     """Sum of ``values (K, B, V)`` over the valid (>= 0) ids ``(B, A)`` of each prompt -> ``(K, B)``."""
     valid = (ids >= 0).to(values.dtype)  # (B, A)
@@ -46,19 +52,19 @@ def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
 
 def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
     """``KL(reference || circuit)`` per circuit: ``(K, B, V), (B, V) -> (K,)``, mean over prompts."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    ref = reference_logprobs.float()
+    logp = F.log_softmax(_wide(logits), dim=-1)
+    ref = reference_logprobs.to(logp.dtype)
     return (ref.exp() * (ref - logp)).sum(-1).mean(-1)
 
 
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of mean correct logit minus mean wrong logit."""
-    return (_gather_mean(logits.float(), answers) - _gather_mean(logits.float(), wrong)).mean(-1)
+    return (_gather_mean(_wide(logits), answers) - _gather_mean(_wide(logits), wrong)).mean(-1)
 
 
 def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of P(correct answers) minus P(wrong answers)."""
-    probs = F.softmax(logits.float(), dim=-1)
+    probs = F.softmax(_wide(logits), dim=-1)
     return (_gather_sum(probs, answers) - _gather_sum(probs, wrong)).mean(-1)
 
 
@@ -207,7 +213,7 @@ def make_metric(
     if kind is MetricKind.KL:
         if clean_logits is None:
             raise ConfigError("the KL metric needs the full model's logits at the answer positions")
-        ref = F.log_softmax(clean_logits.detach().float(), dim=-1)
+        ref = F.log_softmax(_wide(clean_logits.detach()), dim=-1)
         return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True)
     _check_answer_rows(kind.value, answers, wrong_answers)
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column

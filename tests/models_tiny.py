@@ -116,3 +116,21 @@ def randomize_biases(model: torch.nn.Module, seed: int = 1) -> None:
 
 
 FAMILIES = {"gpt2": tiny_gpt2, "llama": tiny_llama, "neox": tiny_neox}
+
+
+def in_float64(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in float64 throughout, for finite differences.
+
+    ``.double()`` alone is not enough: HF's RMSNorm computes in float32 whatever the model's dtype, so a Llama
+    loss would carry float32 rounding (about 1e-7) that finite differences divide by the step.
+    """
+    import types
+
+    def rms_norm_64(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    model = model.double()
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = types.MethodType(rms_norm_64, module)
+    return model

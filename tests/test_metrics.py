@@ -134,3 +134,21 @@ def test_a_task_with_wrong_answers_for_some_prompts_only_is_refused():
     t = _tiny_task()
     with pytest.raises(TaskError, match=r"prompt 1 has no wrong answer"):
         dataclasses.replace(t, wrong_answers=torch.tensor([[3], [-1], [4]]))
+
+
+@pytest.mark.parametrize(
+    "dtype,want", [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32)]
+)
+def test_metrics_widen_half_precision_and_keep_float64(dtype, want):
+    """Finite differences on a float64 model need the metric in float64: 1e-12 must survive, not round to 0."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 10, generator=g, dtype=torch.float64)  # (K, B, V)
+    answers, wrong = torch.tensor([[1], [2], [3]]), torch.tensor([[4], [5], [6]])
+    for name in ("kl", "logit_diff", "prob_diff"):
+        m = make_metric(name, clean_logits=logits[0].to(dtype), answers=answers, wrong_answers=wrong)
+        value = m(logits.to(dtype))
+        assert value.dtype == want, name
+        if dtype is torch.float64:
+            bumped = logits.clone()
+            bumped[0, :, 1:4] += 1e-12  # the correct answers' logits
+            assert float(m(bumped) - value) != 0.0, name

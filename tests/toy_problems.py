@@ -1,0 +1,86 @@
+"""Float64 tiny models of the three families, toy tasks on them, and the slow-path loss and faithfulness that
+the attribution and discovery tests check the methods against."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitfind.discovery import prepare_problem
+from circuitfind.patching import PatchableModel
+from circuitfind.tasks import Task
+from tests.models_tiny import FAMILIES, VOCAB, in_float64, randomize_biases
+
+N, T = 5, 8
+NAMES = sorted(FAMILIES)
+
+
+def toy_task(seed: int = 0) -> Task:
+    """Random clean and corrupted prompts, one right-padded, with random answer and wrong-answer ids."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, VOCAB, (N, T), generator=g)
+    corrupt = torch.randint(1, VOCAB, (N, T), generator=g)
+    am = torch.ones(N, T, dtype=torch.long)
+    am[1, 6:] = 0  # one right-padded prompt: its answer position is earlier
+    answers = torch.randint(1, VOCAB, (N, 1), generator=g)
+    wrong = torch.randint(1, VOCAB, (N, 1), generator=g)
+    return Task("toy", clean, corrupt, am, am.sum(1) - 1, answers, wrong)
+
+
+def natural_task(pm: PatchableModel, seed: int = 0) -> Task:
+    """:func:`toy_task` with the model's own top token on each clean prompt as the answer and its top token on
+    the corrupted prompt as the wrong answer: the full model beats the empty circuit, as on a real task."""
+    t = toy_task(seed)
+    with torch.no_grad():
+        full = pm.graph.full_mask()
+        zero = pm.ablation("zero")
+        clean = pm.forward(t.clean_ids, zero, full, attention_mask=t.attention_mask, positions=t.answer_pos)
+        corrupt = pm.forward(t.corrupted_ids, zero, full, attention_mask=t.attention_mask, positions=t.answer_pos)
+    answers = clean.argmax(-1, keepdim=True)  # (N, 1)
+    second = corrupt.topk(2, dim=-1).indices  # (N, 2)
+    wrong = torch.where(second[:, :1] == answers, second[:, 1:], second[:, :1])
+    return Task("natural", t.clean_ids, t.corrupted_ids, t.attention_mask, t.answer_pos, answers, wrong)
+
+
+def _pm(make) -> PatchableModel:
+    model = make(init=0.2)  # large weights: every edge matters to the loss, no score is trivially zero
+    randomize_biases(model)
+    return PatchableModel(in_float64(model))
+
+
+PMS = {name: _pm(make) for name, make in FAMILIES.items()}
+
+
+def problem_of(name: str, metric: str = "logit_diff", ablation: str = "resample", task: Task | None = None):
+    return prepare_problem(PMS[name], task or toy_task(), metric=metric, ablation=ablation)[0]
+
+
+def loss_at(problem, mask: torch.Tensor, ablated=None) -> torch.Tensor:
+    """The loss of the patched forward with ``mask`` (bool or float; autograd kept): the slow path."""
+    p = problem
+    logits = p.pm.forward(
+        p.clean_ids,
+        p.ablated if ablated is None else ablated,
+        mask,
+        attention_mask=p.attention_mask,
+        positions=p.positions,
+        vocab=p.vocab,
+    )
+    return p.loss(logits.unsqueeze(0))[0]
+
+
+def logit_diff_faithfulness(pm: PatchableModel, task: Task, mask: torch.Tensor, ablation: str = "resample") -> float:
+    """MIB's ``(m(C) - m(empty)) / (m(N) - m(empty))`` with the logit difference written out by hand, from
+    ``pm.forward`` on every prompt of ``task`` (one answer and one wrong answer per prompt)."""
+    if ablation == "resample":
+        abl = pm.ablation("resample", task.corrupted_ids, task.attention_mask)
+    else:
+        abl = pm.ablation(ablation, task.clean_ids, task.attention_mask)
+    rows = torch.arange(len(task.clean_ids))
+
+    def metric(m: torch.Tensor) -> float:
+        with torch.no_grad():
+            logits = pm.forward(task.clean_ids, abl, m, attention_mask=task.attention_mask, positions=task.answer_pos)
+        return float((logits[rows, task.answers[:, 0]] - logits[rows, task.wrong_answers[:, 0]]).mean())
+
+    full, empty = metric(pm.graph.full_mask()), metric(torch.zeros_like(pm.graph.edge_mask))
+    return (metric(mask) - empty) / (full - empty)
