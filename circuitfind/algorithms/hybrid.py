@@ -184,4 +184,4 @@ def _repair(g, pruned: Tensor, candidates: Tensor, effects: Tensor, faith, opts:
     result = smallest_faithful(
         g, order, faith, opts.target, from_input=opts.from_input, lo=max(1, n_kept), hi=n_cand, on_probe=on_probe
     )
-    return result.mask, result.faithfulness, result.k - n_kept
+    return result.mask, result.faithfulness, int(result.mask.sum()) - int(pruned.sum())
