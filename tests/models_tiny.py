@@ -36,27 +36,7 @@ def tiny_gpt2(
     return GPT2LMHeadModel(cfg).eval()
 
 
-def tiny_llama(seed: int = 0, init: float = 0.02) -> LlamaForCausalLM:
-    """GQA: 4 query heads sharing 2 key/value heads; untied unembedding."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        hidden_size=32,
-        intermediate_size=48,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-        initializer_range=init,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-_LLAMA_LIKE = dict(
+_LLAMA_SHAPE = dict(
     num_hidden_layers=3,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -68,8 +48,15 @@ _LLAMA_LIKE = dict(
     eos_token_id=0,
     pad_token_id=0,
     tie_word_embeddings=False,
-    attn_implementation="eager",  # the reference: HF's eager attention applies the window through its mask
 )
+# the reference for sliding windows: HF's eager attention applies the window through its mask
+_LLAMA_LIKE = dict(**_LLAMA_SHAPE, attn_implementation="eager")
+
+
+def tiny_llama(seed: int = 0, init: float = 0.02) -> LlamaForCausalLM:
+    """GQA: 4 query heads sharing 2 key/value heads; untied unembedding."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**_LLAMA_SHAPE, initializer_range=init)).eval()
 
 
 def tiny_mistral(seed: int = 0, sliding_window: int | None = 4) -> MistralForCausalLM:

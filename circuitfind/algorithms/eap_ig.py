@@ -25,14 +25,7 @@ def run_eap_ig(problem: Problem, opts: EapOptions | None = None, progress: Progr
     Example:
         >>> result = run_eap_ig(problem, EapOptions(steps=5))  # doctest: +SKIP
     """
-    opts = opts or EapOptions()
-    m = check_steps(opts.steps)
-    points = [Point(input_scale=k / m) for k in range(1, m + 1)]
-    result = gradient_scores(
-        problem, points, [1.0 / m] * m, clean_diffs=True, opts=opts, progress=progress, name=f"EAP-IG ({m} steps)"
-    )
-    result.stats["steps"] = m
-    return result
+    return _integrated(problem, opts, progress, lambda a: Point(input_scale=a), clean_diffs=True, name="EAP-IG")
 
 
 def run_eap_ig_mask(problem: Problem, opts: EapOptions | None = None, progress: Progress | None = None) -> ScoreResult:
@@ -42,11 +35,22 @@ def run_eap_ig_mask(problem: Problem, opts: EapOptions | None = None, progress: 
         >>> result = run_eap_ig_mask(problem, EapOptions(steps=64))  # doctest: +SKIP
         >>> float(result.scores.sum())  # ~ loss(empty) - loss(full)  # doctest: +SKIP
     """
+    return _integrated(problem, opts, progress, lambda a: Point(mask_scale=a), clean_diffs=False, name="EAP-IG mask")
+
+
+def _integrated(problem, opts, progress, point_at, *, clean_diffs: bool, name: str) -> ScoreResult:
+    """The right Riemann sum over ``point_at(k / m)``, ``k = 1..m``, each point weighted ``1 / m``."""
     opts = opts or EapOptions()
     m = check_steps(opts.steps)
-    points = [Point(mask_scale=k / m) for k in range(1, m + 1)]
+    points = [point_at(k / m) for k in range(1, m + 1)]
     result = gradient_scores(
-        problem, points, [1.0 / m] * m, clean_diffs=False, opts=opts, progress=progress, name=f"EAP-IG mask ({m})"
+        problem,
+        points,
+        [1.0 / m] * m,
+        clean_diffs=clean_diffs,
+        opts=opts,
+        progress=progress,
+        name=f"{name} ({m} steps)",
     )
     result.stats["steps"] = m
     return result

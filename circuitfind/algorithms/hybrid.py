@@ -181,7 +181,8 @@ def _repair(g, pruned: Tensor, candidates: Tensor, effects: Tensor, faith, opts:
     order[back] = torch.nan_to_num(effects[back].double(), nan=-1e300)  # untested (dead) edges last
     order[pruned] = math.inf  # the pruned circuit first
     n_kept, n_cand = int(pruned.sum()), int(candidates.sum())
+    lo = min(n_kept + 1, n_cand)  # the pruned circuit itself was measured and fell short
     result = smallest_faithful(
-        g, order, faith, opts.target, from_input=opts.from_input, lo=max(1, n_kept), hi=n_cand, on_probe=on_probe
+        g, order, faith, opts.target, from_input=opts.from_input, lo=lo, hi=n_cand, first=lo, on_probe=on_probe
     )
     return result.mask, result.faithfulness, int(result.mask.sum()) - int(pruned.sum())
