@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -254,66 +255,39 @@ def discover(
         config["target"] = 0.8 if target is None else float(target)
     if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
         config["steps"] = steps
-    from_input = kind is Ablation.RESAMPLE  # a node with no input edge outputs its ablated value only then
-    bar = _progress_bar(progress)
+    run = _Run(
+        problem=problem,
+        bound=bound,
+        config=config,
+        threshold=tau,
+        n_edges=n_edges,
+        target=config.get("target"),
+        absolute=absolute,
+        from_input=kind is Ablation.RESAMPLE,  # a node with no input edge outputs its ablated value only then
+        bar=_progress_bar(progress),
+    )
     try:
-        if method.startswith("acdc"):
+        kind_of = METHODS[method].kind
+        if kind_of is MethodKind.CIRCUIT:
             opts = AcdcOptions(threshold=float(tau), absolute=absolute, sender_order=order, batch_size=batch_size)
-            state = _run_acdc(method, problem, bound, opts, config, task, pm, metric, checkpoint, resume, bar)
-            faith = Faithfulness(problem)
-            mask, scores, stats = state.mask, state.effects, _acdc_stats(state, bound)
-            if n_edges is not None or target is not None:
-                ranked = torch.nan_to_num(state.effects.double(), nan=-math.inf)  # untested edges rank last
-                mask, cut = _cut(
-                    pm.graph,
-                    ranked,
-                    faith,
-                    threshold=None,
-                    n_edges=n_edges,
-                    target=target,
-                    absolute=absolute,
-                    from_input=from_input,
-                    bar=bar,
-                )
-                stats.update(cut)
-        elif method == "hybrid":
-            faith = Faithfulness(problem)
+            mask, scores, stats, faith = _discover_acdc(run, method, opts, task, metric, checkpoint, resume)
+        elif kind_of is MethodKind.HYBRID:
             opts = HybridOptions(
-                target=config["target"],
+                target=run.target,
                 threshold=threshold,
                 steps=steps,
                 batch_size=batch_size,
                 absolute=absolute,
                 sender_order=order,
-                from_input=from_input,
+                from_input=run.from_input,
             )
-            result = run_hybrid(problem, opts, faith, bar)
-            mask, scores = result.mask, result.scores
-            stats = {
-                **result.stats,
-                "probes": result.probes,
-                "faithfulness": result.faithfulness,
-                "reached": result.reached,
-            }
+            mask, scores, stats, faith = _discover_hybrid(run, opts)
         else:
-            result = _run_scores(method, problem, steps, batch_size, candidates, bar)
-            faith = Faithfulness(problem)
-            ranked = torch.nan_to_num(result.scores, nan=-math.inf)  # unscored candidates rank last
-            mask, cut = _cut(
-                pm.graph,
-                ranked,
-                faith,
-                threshold=threshold,
-                n_edges=n_edges,
-                target=config.get("target"),
-                absolute=absolute,
-                from_input=from_input,
-                bar=bar,
-            )
-            scores, stats = result.scores, {**result.stats, **cut}
+            opts = ExactOptions(batch_size, candidates) if method == "exact" else EapOptions(steps=steps)
+            mask, scores, stats, faith = _discover_scores(run, method, opts)
     finally:
-        if bar is not None:
-            bar.close()
+        if run.bar is not None:
+            run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
     stats["exact_evaluations"] = faith.calls
     return Circuit(
@@ -329,12 +303,58 @@ def discover(
     )
 
 
-def _run_scores(method, problem, steps, batch_size, candidates, bar) -> ScoreResult:
-    if method == "exact":
-        opts = ExactOptions(batch_size=batch_size, candidates=candidates)
-    else:
-        opts = EapOptions(steps=steps)
-    return METHODS[method].run(problem, opts, bar)
+@dataclass(frozen=True)
+class _Run:
+    """What every method's branch of :func:`discover` shares."""
+
+    problem: Problem
+    bound: Metric
+    config: dict[str, Any]
+    threshold: float | None
+    n_edges: int | None
+    target: float | None
+    absolute: bool
+    from_input: bool
+    bar: Any
+
+    def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
+        ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
+        return _cut(
+            self.problem.pm.graph,
+            ranked,
+            faith,
+            threshold=threshold,
+            n_edges=self.n_edges,
+            target=self.target,
+            absolute=self.absolute,
+            from_input=self.from_input,
+            bar=self.bar,
+        )
+
+
+def _discover_acdc(run: _Run, method, opts, task, metric, checkpoint, resume):
+    pm = run.problem.pm
+    state = _run_acdc(method, run.problem, run.bound, opts, run.config, task, pm, metric, checkpoint, resume, run.bar)
+    faith = Faithfulness(run.problem)
+    mask, stats = state.mask, _acdc_stats(state, run.bound)
+    if run.n_edges is not None or run.target is not None:  # a circuit cut from ACDC's effects instead
+        mask, cut = run.cut(state.effects, faith, None)
+        stats.update(cut)
+    return mask, state.effects, stats, faith
+
+
+def _discover_hybrid(run: _Run, opts: HybridOptions):
+    faith = Faithfulness(run.problem)
+    result = run_hybrid(run.problem, opts, faith, run.bar)
+    stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness, "reached": result.reached}
+    return result.mask, result.scores, stats, faith
+
+
+def _discover_scores(run: _Run, method: str, opts):
+    result: ScoreResult = METHODS[method].run(run.problem, opts, run.bar)
+    faith = Faithfulness(run.problem)
+    mask, cut = run.cut(result.scores, faith, run.threshold)
+    return mask, result.scores, {**result.stats, **cut}, faith
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:
