@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from circuitfind.algorithms import METHODS, SenderOrder
+from circuitfind.algorithms import METHODS, MethodKind, SenderOrder
 from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, RenderError, TaskError
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
@@ -216,7 +216,7 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_discover)
 
 
-def _checkpoint_of(out: Path, resume: bool) -> Path:
+def _checkpoint_of(out: Path, resume: bool, checkpointed: bool = True) -> Path:
     """The checkpoint path in ``out``; refuses a leftover checkpoint unless resuming, and an old pickle always."""
     legacy = out / LEGACY_CHECKPOINT_NAME
     if legacy.exists():
@@ -230,7 +230,7 @@ def _checkpoint_of(out: Path, resume: bool) -> Path:
             f"{ckpt} exists from an unfinished run; pass --resume to continue it, or delete it / use another "
             "--out to start over"
         )
-    if resume and not ckpt.exists():
+    if resume and checkpointed and not ckpt.exists():  # methods without checkpoints (minutes) just run
         print(f"note: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
     return ckpt
 
@@ -261,7 +261,7 @@ def _run_discover(args: argparse.Namespace) -> int:
     _check_task_arg(args.task)
     check_writable(args.out)  # before the run: a finished run must not be lost to an unwritable folder
     with lock_folder(args.out), _sigterm_as_interrupt():
-        ckpt = _checkpoint_of(args.out, args.resume)
+        ckpt = _checkpoint_of(args.out, args.resume, METHODS[args.method].kind is MethodKind.CIRCUIT)
         try:
             circuit, model, task = _find_circuit(args, ckpt)
         except KeyboardInterrupt as e:
