@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", choices=METHODS, action="append", help="method(s) to run (repeatable; default: all)")
     p.add_argument("--quick", action="store_true", help="pipeline check: 8 prompts, one task (ioi by default)")
     p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
+    p.add_argument("--plot", action="store_true", help="redraw the figures from the results file and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
     p.add_argument("--force", action="store_true", help="rerun units already in the results file")
@@ -485,8 +486,10 @@ def run_unit(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
     try:
         status, payload = parent_end.recv()
     except EOFError:
-        status, payload = "error", "the process died without a result (killed for memory?)"
+        status, payload = "error", "the process died without a result"
     proc.join()
+    if status != "ok" and proc.exitcode:
+        payload += f" (exit code {proc.exitcode}; negative: killed by that signal, e.g. -9 for memory)"
     if status != "ok":
         print(f"[{task}] {method}: FAILED\n{payload}", flush=True)
         return {"error": payload.strip().splitlines()[-1], "traceback": payload}
@@ -604,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     results = _load_results(args.out)
     if args.table:
         print_table(results)
+        return 0
+    if args.plot:
+        for task in LM_TASKS:
+            if task in results["tasks"]:
+                _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
         return 0
     settings = _settings(args)
     for task, method in _units(args):
@@ -772,7 +780,10 @@ def _plot(task: str, entries: dict[str, Any], path: Path) -> None:
     for i, method in enumerate(METHODS):  # the target circuits (0.8 on the train prompts), held out
         tc = (entries.get(method) or {}).get("target_circuit")
         if tc and tc.get("f_held_out") is not None:
-            ax.scatter([100 * tc["fraction"]], [tc["f_held_out"]], marker="*", s=70, color=f"C{i}", zorder=3)
+            label = f"{method}: target circuit only" if "mib_curve" not in entries[method] else None
+            ax.scatter(
+                [100 * tc["fraction"]], [tc["f_held_out"]], marker="*", s=70, color=f"C{i}", zorder=3, label=label
+            )
         c = (entries.get(method) or {}).get("circuit")  # ACDC's own circuit
         if c and c.get("f_held_out") is not None:
             ax.scatter([100 * c["fraction"]], [c["f_held_out"]], marker="o", s=40, facecolors="none", color=f"C{i}")
