@@ -1,0 +1,819 @@
+"""Compare the discovery methods on the default model (SmolLM2-135M) and on the two tracr models.
+
+For each task (IOI, greater-than, induction; the task's own metric, logit difference or probability difference,
+and resample ablation; the prompt counts, seed and train/held-out split of ``benchmarks/results/validate.json``,
+so that ACDC's rows there are comparable) and each method:
+
+* ``eap``, ``eap-ig`` (5 steps), ``eap-ig-mask`` (5 steps): scores for every edge, cut at ``target=0.8``;
+* ``exact``: each edge's exact loss change when removed alone, **restricted to a candidate set**: the top 1% of
+  edges by EAP-IG (5 steps). Scoring all 123,211 edges is hours on a 2-core CPU; the per-edge cost is measured
+  and the full cost extrapolated (in test-cost units: a test at a receiver of layer L recomputes the layers
+  above it). Edges outside the candidates have no score (NaN) and rank last;
+* ``hybrid`` (target 0.8): EAP-IG candidates, exact ACDC-style pruning, a circuit that provably reaches the
+  target on the discovery prompts. Its ``scores`` are its EAP-IG attribution, so its MIB curve is EAP-IG's;
+* ``acdc``: read from ``benchmarks/results/validate.json`` (read-only): the circuit at validate's chosen
+  threshold (the largest that fits 5% of the edges) and the MIB curve of its per-edge effects. ACDC runs take
+  25-75 min per threshold here; ``--acdc-rerun`` reruns it at that threshold instead.
+
+Per (task, method), in a fresh process (``multiprocessing`` spawn, so memory peaks do not mix):
+
+* wall time of discovery on the train prompts (scores + the ``target=0.8`` cut; for ``exact`` also the EAP-IG
+  candidates) and the process's peak RSS (``ru_maxrss``, model loading included) and the peak during discovery
+  alone (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, where the kernel allows it);
+* MIB CPR and CMD of the scores on the held-out prompts (:func:`cpr_cmd_of_scores`), hence the held-out
+  faithfulness of the top 1% and top 5% of edges;
+* the target circuit (``target=0.8``: the smallest top-k whose exact faithfulness on the train prompts reaches
+  0.8): its size and its held-out faithfulness.
+
+Also, per task, random circuits at every MIB size (the curve's baseline); one goal row (EAP-IG, 5 steps, IOI
+with 100 prompts, all used for discovery: wall time and peak memory against the goal of < 2 min and < 6 GB);
+and, on tracr-reverse and tracr-proportion (zero ablation and ACDC's ground truth for it, as ACDC's exact
+recovery in ``figures/roc_tracr-<name>.json``; ``circuitfind.reproduce.tracr_setup`` data and L2 metric), the
+ROC AUC of each method's scores against the tracr-derived circuit.
+
+Prints a table and writes ``benchmarks/results/compare_methods.json`` (merged per (task, method) as each unit
+finishes; a unit already there with the same settings is skipped unless ``--force``, so runs can be split) and
+``figures/compare_methods_<task>.png`` (held-out faithfulness against the fraction of edges, log axis).
+``--quick`` checks the pipeline (8 prompts, one task, 0.01% candidates for exact, 1 random circuit per size)
+and writes under ``benchmarks/results/quick/``.
+
+    python benchmarks/compare_methods.py                          # everything (about an hour on 2 cores)
+    python benchmarks/compare_methods.py --task ioi --method eap --method eap-ig
+    python benchmarks/compare_methods.py --quick
+    python benchmarks/compare_methods.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LM_TASKS = ("ioi", "greater-than", "induction")
+TRACR = ("tracr-reverse", "tracr-proportion")
+GOAL = "goal"
+TASKS = (*LM_TASKS, GOAL, *TRACR)
+METHODS = ("eap", "eap-ig", "eap-ig-mask", "exact", "hybrid", "acdc")
+TARGET = 0.8
+STEPS = 5
+# exact: the top 1% of edges by EAP-IG (1,232 edges). An exact test costs ~0.1 s on 2 free cores (~1 s or more
+# when the cores are shared); lower it here if one task's exact run would exceed ~20 min
+CANDIDATE_FRACTION = 0.01
+N_RANDOM = 5  # random circuits per MIB size (validate.py's --n-random-curve)
+DEFAULT_PROMPTS = 40  # validate.py's --n-prompts default, used when validate.json has no row for a task
+GOAL_PROMPTS, GOAL_SECONDS, GOAL_BYTES = 100, 120.0, 6 << 30
+VALIDATE_JSON = ROOT / "benchmarks" / "results" / "validate.json"
+MEMORY_BUDGET = 2 << 30  # activation bytes per stacked evaluation forward (as validate.py)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=TASKS, action="append", help="task(s) to run (repeatable; default: all)")
+    p.add_argument("--method", choices=METHODS, action="append", help="method(s) to run (repeatable; default: all)")
+    p.add_argument("--quick", action="store_true", help="pipeline check: 8 prompts, one task (ioi by default)")
+    p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
+    p.add_argument("--plot", action="store_true", help="redraw the figures from the results file and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
+    p.add_argument("--force", action="store_true", help="rerun units already in the results file")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each (sequential) method process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/...)")
+    p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
+    args = p.parse_args(argv)
+    args.n_prompts = None  # per task: validate.json's, see _n_prompts
+    args.candidate_fraction = CANDIDATE_FRACTION
+    args.n_random = N_RANDOM
+    args.method = args.method or list(METHODS)
+    if args.quick:
+        args.n_prompts = 8
+        args.candidate_fraction = 0.0001
+        args.n_random = 1
+        args.task = args.task or ["ioi"]
+        results = ROOT / "benchmarks" / "results" / "quick"
+        args.out = args.out or results / "compare_methods.json"
+        args.figures = args.figures or results
+    args.task = args.task or list(TASKS)
+    args.out = args.out or ROOT / "benchmarks" / "results" / "compare_methods.json"
+    args.figures = args.figures or ROOT / "figures"
+    return args
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+def _validate_rows() -> dict[str, Any]:
+    if not VALIDATE_JSON.exists():
+        return {}
+    return json.loads(VALIDATE_JSON.read_text()).get("tasks", {})
+
+
+def _n_prompts(args: argparse.Namespace, task: str) -> int:
+    """validate.json's prompt count for the task (its ACDC rows were measured on those), else validate's default."""
+    if args.n_prompts is not None:
+        return args.n_prompts
+    row = _validate_rows().get(task)
+    return int(row["config"]["n_prompts"]) if row else DEFAULT_PROMPTS
+
+
+def _unit_config(args: argparse.Namespace, task: str, method: str) -> dict[str, Any]:
+    """What a unit's result depends on; a stored unit with another config is rerun."""
+    cfg: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
+    if task in LM_TASKS:
+        n = _n_prompts(args, task)
+        cfg.update(n_prompts=n, n_train=n // 2, metric="task", ablation="resample", evaluation="held_out")
+    elif task == GOAL:
+        cfg.update(n_prompts=GOAL_PROMPTS, n_train=GOAL_PROMPTS, metric="task", ablation="resample", steps=STEPS)
+    else:
+        cfg.update(metric="l2 (tracr output_mse)", ablation="zero", ground_truth="ground_truth_acdc")
+    if method in ("eap-ig", "eap-ig-mask", "hybrid", "exact"):
+        cfg["steps"] = STEPS
+    if method not in ("random", GOAL):
+        cfg["target"] = TARGET
+    if method == "exact" and task in LM_TASKS:
+        cfg["candidates"] = f"top {100 * args.candidate_fraction:g}% by eap-ig"
+    if method == "random":
+        cfg["n_random"] = args.n_random
+    if method == "acdc":
+        if task in TRACR:
+            cfg["source"] = f"figures/roc_{task}.json"
+        else:
+            cfg["source"] = "rerun" if args.acdc_rerun else _rel(VALIDATE_JSON)
+    return cfg
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# --- the child process: one (task, method) unit ----------------------------------------------------------------
+def _child(conn: Any, task: str, method: str, opts: dict[str, Any]) -> None:
+    """Run one unit in this fresh process and send back ``("ok", result)`` or ``("error", traceback)``."""
+    try:
+        import torch
+
+        torch.set_num_threads(opts["threads"])
+        if task in TRACR:
+            result = _tracr_unit(task, method, opts)
+        else:
+            result = _lm_unit(task, method, opts)
+        result["peak_rss_mb"] = _maxrss_mb()
+        conn.send(("ok", result))
+    except BaseException:  # the parent reports it and goes on with the next unit
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _status_mb(key: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) so the next peak is discovery's alone (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Meter:
+    """Wall time and peak RSS of a block, the peak measured from the RSS at its start."""
+
+    def __enter__(self) -> _Meter:
+        self.rss_before_mb = _status_mb("VmRSS")
+        self.reset = _reset_peak()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall_s = time.perf_counter() - self.t0
+        self.peak_mb = _status_mb("VmHWM") if self.reset else None
+
+    def record(self) -> dict[str, Any]:
+        return {"wall_s": self.wall_s, "rss_before_mb": self.rss_before_mb, "peak_rss_discovery_mb": self.peak_mb}
+
+
+def _load(opts: dict[str, Any]) -> tuple[Any, Any, float]:
+    import circuitfind as cf
+
+    t0 = time.perf_counter()
+    model, tok = cf.load_model(progress=opts["progress"])
+    return cf.PatchableModel(model), tok, time.perf_counter() - t0
+
+
+def _lm_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, Any]:
+    import circuitfind as cf
+    from circuitfind.tasks import get_task
+
+    pm, tok, load_s = _load(opts)
+    if task_name == GOAL:
+        return _goal_unit(pm, tok, opts, load_s)
+    n = opts["n_prompts"]
+    task = get_task(task_name, tok, n=n, seed=opts["seed"], n_train=n // 2)
+    common = {"load_s": load_s, "n_train": len(task.train()), "n_held_out": len(task.held_out())}
+    if method == "random":
+        return {**common, **_random_unit(pm, task, opts)}
+    kw = {"metric": task.metric, "ablation": "resample", "progress": opts["progress"]}
+    extra: dict[str, Any] = {}
+    with _Meter() as meter:
+        if method == "exact":
+            circuit, extra = _exact_discovery(pm, task, opts, kw)
+        elif method == "acdc":
+            circuit, extra = _acdc_discovery(pm, task, opts, kw)
+        else:
+            circuit = cf.discover(pm, task, method=method, target=TARGET, steps=STEPS, **kw)
+    result = {**common, **meter.record(), **extra}
+    if method == "exact":
+        result.update(_exact_cost(pm, task, circuit, meter.wall_s - extra["candidates_s"], kw))
+    result.update(_evaluate(pm, task, circuit, method))
+    return result
+
+
+def _exact_discovery(pm: Any, task: Any, opts: dict[str, Any], kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """EAP-IG picks the candidates (top fraction of edges), exact scores them, the target cut."""
+    import circuitfind as cf
+    from circuitfind.selection import n_of_fraction, top_n
+
+    t0 = time.perf_counter()
+    n_cand = n_of_fraction(opts["candidate_fraction"], pm.graph.n_edges)
+    ig = cf.discover(pm, task, method="eap-ig", steps=STEPS, n_edges=n_cand, **kw)
+    candidates = top_n(pm.graph, ig.scores.double().nan_to_num(nan=-math.inf), n_cand)  # before pruning
+    candidates_s = time.perf_counter() - t0
+    circuit = cf.discover(pm, task, method="exact", candidates=candidates, target=TARGET, **kw)
+    return circuit, {
+        "candidates": int(candidates.sum()),
+        "candidates_fraction": int(candidates.sum()) / pm.graph.n_edges,
+        "candidates_source": f"top {100 * opts['candidate_fraction']:g}% of edges by eap-ig ({STEPS} steps)",
+        "candidates_s": candidates_s,
+    }
+
+
+def _exact_cost(pm: Any, task: Any, circuit: Any, exact_s: float, kw: dict[str, Any]) -> dict[str, Any]:
+    """Split the exact discovery into scoring and cut, and extrapolate the scoring to every edge.
+
+    The cut's cost is its number of exact evaluations times the measured time of one (two evaluations of the
+    target circuit, timed here). The extrapolation counts test-cost units (a test at a receiver of layer L
+    recomputes the layers above it), and also naively per edge.
+    """
+    import torch
+
+    from circuitfind.algorithms.base import Faithfulness
+    from circuitfind.algorithms.exact import layer_cost
+    from circuitfind.discovery import prepare_problem
+
+    g = pm.graph
+    problem, _ = prepare_problem(pm, task.train(), metric=kw["metric"], ablation=kw["ablation"])
+    faith = Faithfulness(problem)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        faith(circuit.mask)
+    per_eval = (time.perf_counter() - t0) / 2
+    cut_s = per_eval * (circuit.stats.get("exact_evaluations") or 0)
+    scoring_s = max(exact_s - cut_s, 1e-9)
+    scored = ~torch.isnan(circuit.scores) & g.edge_mask
+    cost = torch.tensor([layer_cost(g.n_layers, g.receiver_layer(r)) for r in range(g.n_receivers)])  # (R,)
+    units_scored = float((scored.double() * cost).sum())
+    units_all = float((g.edge_mask.double() * cost).sum())
+    n_scored = int(scored.sum())
+    return {
+        "exact_scoring_s": scoring_s,
+        "exact_cut_s_estimated": cut_s,
+        "seconds_per_exact_evaluation": per_eval,
+        "edges_scored": n_scored,
+        "s_per_edge": scoring_s / n_scored,
+        "full_cost_s_per_edge_extrapolated": scoring_s / n_scored * g.n_edges,
+        "full_cost_s_extrapolated": scoring_s / units_scored * units_all,
+        "full_cost_note": (
+            "exact scoring of all edges, extrapolated from the candidates' scoring time in test-cost units "
+            "(layers recomputed per test); the per-edge figure ignores where in the model the candidates sit"
+        ),
+    }
+
+
+def _acdc_discovery(pm: Any, task: Any, opts: dict[str, Any], kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``--acdc-rerun``: ACDC at validate's chosen threshold; the target cut of its effects is measured after."""
+    import circuitfind as cf
+
+    tau = opts["acdc_threshold"]
+    circuit = cf.discover(pm, task, method="acdc", threshold=tau, **kw)
+    return circuit, {"threshold": tau}
+
+
+def _target_cut_of_acdc(pm: Any, task: Any, circuit: Any, kw: dict[str, Any]) -> Any:
+    """The smallest top-k of ACDC's effects reaching the target on the train prompts (as ``discover`` cuts)."""
+    from circuitfind.algorithms.base import Faithfulness
+    from circuitfind.discovery import prepare_problem
+    from circuitfind.selection import smallest_faithful
+
+    problem, _ = prepare_problem(pm, task.train(), metric=kw["metric"], ablation=kw["ablation"])
+    return smallest_faithful(pm.graph, circuit.scores.double().nan_to_num(nan=-math.inf), Faithfulness(problem), TARGET)
+
+
+def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
+    """Held-out: the MIB curve of the scores (CPR/CMD, f at 1% and 5%) and the target circuit's faithfulness."""
+    from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness_many
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if method == "hybrid":  # its scores are EAP-IG's (same prompts, steps and seed): the eap-ig row has the curve
+        out["scores_note"] = "hybrid's scores are its EAP-IG attribution: CPR/CMD and f@k% are the eap-ig row's"
+    else:
+        mib = cpr_cmd_of_scores(pm, circuit.scores, task)
+        out.update(
+            cpr=mib["cpr"],
+            cmd=mib["cmd"],
+            f_at_1pct=_at(mib, 0.01),
+            f_at_5pct=_at(mib, 0.05),
+            mib_curve={k: mib[k] for k in ("fractions", "n_edges", "faithfulness_signed", "faithfulness_abs")},
+            metric_full_held_out=mib["metric_full"],
+            metric_empty_held_out=mib["metric_empty"],
+        )
+    stats = circuit.stats
+    if method == "acdc":  # the ACDC circuit itself, then the target cut of its effects
+        row = faithfulness_many(pm, [circuit.mask], task, memory_budget=MEMORY_BUDGET)[0]
+        out["circuit"] = {"n_edges": circuit.n_edges, "fraction": circuit.fraction, "f_held_out": row["faithfulness"]}
+        kw = {"metric": task.metric, "ablation": "resample"}
+        cut = _target_cut_of_acdc(pm, task, circuit, kw)
+        mask, f_train, reached = cut.mask, cut.faithfulness, cut.reached
+    else:
+        mask, f_train, reached = circuit.mask, stats.get("faithfulness"), stats.get("reached")
+    row = faithfulness_many(pm, [mask], task, memory_budget=MEMORY_BUDGET)[0]
+    n_edges = int(mask.sum())
+    out["target_circuit"] = {
+        "target": TARGET,
+        "n_edges": n_edges,
+        "fraction": n_edges / pm.graph.n_edges,
+        "f_train": f_train,
+        "reached": reached,
+        "f_held_out": row["faithfulness"],
+        "probes": len(stats.get("probes", [])),
+    }
+    if method == "hybrid":
+        out["hybrid"] = {k: v for k, v in stats.items() if k not in ("probes", "attribution")}
+    if "forward_passes" in stats:
+        out["forward_passes"] = stats["forward_passes"]
+    out["exact_evaluations"] = stats.get("exact_evaluations")
+    out["evaluation_s"] = time.perf_counter() - t0
+    return out
+
+
+def _at(mib: dict[str, Any], fraction: float) -> float:
+    return mib["faithfulness_signed"][mib["fractions"].index(fraction)]
+
+
+def _random_unit(pm: Any, task: Any, opts: dict[str, Any]) -> dict[str, Any]:
+    """Random circuits at every MIB size: the faithfulness a ranking must beat."""
+    from circuitfind.evaluate import MIB_FRACTIONS, random_baseline
+    from circuitfind.selection import n_of_fraction
+
+    sizes = []
+    for k in MIB_FRACTIONS:
+        n_edges = n_of_fraction(k, pm.graph.n_edges)
+        base = random_baseline(pm, n_edges, task, n=opts["n_random"], seed=opts["seed"])
+        sizes.append({"fraction": k, **{key: base[key] for key in ("n_edges", "mean", "std", "min", "max", "n")}})
+    return {"sizes": sizes}
+
+
+def _goal_unit(pm: Any, tok: Any, opts: dict[str, Any], load_s: float) -> dict[str, Any]:
+    """EAP-IG (5 steps) on 100 IOI prompts, all for discovery; the cut is a cheap top 1%."""
+    import circuitfind as cf
+    from circuitfind.selection import n_of_fraction
+    from circuitfind.tasks import get_task
+
+    task = get_task("ioi", tok, n=GOAL_PROMPTS, seed=opts["seed"])
+    n_edges = n_of_fraction(0.01, pm.graph.n_edges)
+    with _Meter() as meter:
+        circuit = cf.discover(
+            pm, task, method="eap-ig", steps=STEPS, n_edges=n_edges, metric=task.metric, progress=opts["progress"]
+        )
+    return {
+        "load_s": load_s,
+        **meter.record(),
+        "n_prompts": len(task),
+        "n_edges_cut": circuit.n_edges,
+        "cut": "top 1% by score (cheap); the wall time is the attribution plus this cut",
+    }
+
+
+def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """ROC AUC of the method's scores against tracr's ground truth (zero ablation, ACDC's circuit for it)."""
+    import torch
+
+    import circuitfind as cf
+    from circuitfind.evaluate_scores import auc, roc_points
+    from circuitfind.reproduce import tracr_ground_truth, tracr_setup
+
+    setup = tracr_setup(task_name)
+    g = setup.pm.graph
+    key, truth_edges = tracr_ground_truth(setup.meta, "zero")
+    truth = g.mask_of(truth_edges)[g.edge_mask]  # (E,)
+    with _Meter() as meter:
+        circuit = cf.discover(
+            setup.pm,
+            setup.task,
+            method=method,
+            metric=setup.metric,
+            ablation="zero",
+            target=TARGET,
+            steps=STEPS,
+            progress=False,
+        )
+    scores = circuit.scores.double().nan_to_num(nan=-math.inf)[g.edge_mask]  # (E,)
+    kept = circuit.mask[g.edge_mask]
+    return {
+        **meter.record(),
+        "ground_truth": key,
+        "n_truth": int(truth.sum()),
+        "n_graph_edges": g.n_edges,
+        "n_prompts": len(setup.task),
+        "auc": auc(*roc_points(scores, truth)),
+        "auc_abs": auc(*roc_points(scores.abs(), truth)),
+        "scores_all_zero": bool((scores == 0).all()),
+        "target_circuit": {
+            "n_edges": int(kept.sum()),
+            "tpr": int((kept & truth).sum()) / int(truth.sum()),
+            "fpr": int((kept & ~truth).sum()) / int((~truth).sum()),
+            "f_train": circuit.stats.get("faithfulness"),
+        },
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# --- the parent: units, merging, table, figures ------------------------------------------------------------------
+def run_unit(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One unit in a fresh spawned process; returns its result (``{"error": ...}`` when it failed)."""
+    opts = {
+        "threads": args.threads,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        "n_random": args.n_random,
+        "candidate_fraction": args.candidate_fraction,
+        "n_prompts": _n_prompts(args, task) if task in LM_TASKS else None,
+    }
+    if method == "acdc":
+        row = _validate_rows().get(task)
+        opts["acdc_threshold"] = row["chosen_threshold"] if row else 0.1
+    ctx = mp.get_context("spawn")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child_end, task, method, opts), name=f"{task}:{method}")
+    t0 = time.perf_counter()
+    proc.start()
+    child_end.close()
+    try:
+        status, payload = parent_end.recv()
+    except EOFError:
+        status, payload = "error", "the process died without a result"
+    proc.join()
+    if status != "ok" and proc.exitcode:
+        payload += f" (exit code {proc.exitcode}; negative: killed by that signal, e.g. -9 for memory)"
+    if status != "ok":
+        print(f"[{task}] {method}: FAILED\n{payload}", flush=True)
+        return {"error": payload.strip().splitlines()[-1], "traceback": payload}
+    payload["process_wall_s"] = time.perf_counter() - t0
+    return payload
+
+
+def acdc_from_validate(task: str) -> dict[str, Any] | None:
+    """ACDC's row for ``task`` from validate.json (read-only): the chosen threshold's circuit and its MIB curve."""
+    r = _validate_rows().get(task)
+    if r is None:
+        return None
+    chosen = next(s for s in r["sweep"] if s["threshold"] == r["chosen_threshold"])
+    mib = r["mib_curve"]
+    return {
+        "source": f"{_rel(VALIDATE_JSON)} (read-only; not rerun)",
+        "threshold": r["chosen_threshold"],
+        "wall_s": chosen.get("acdc_time_s"),
+        "wall_note": "ACDC's own run time at this threshold as validate.py recorded it (acdc_time_s)",
+        "peak_rss_mb": None,
+        "cpr": mib["cpr"],
+        "cmd": mib["cmd"],
+        "f_at_1pct": _at(mib, 0.01),
+        "f_at_5pct": _at(mib, 0.05),
+        "mib_curve": {k: mib[k] for k in ("fractions", "n_edges", "faithfulness_signed", "faithfulness_abs")},
+        "circuit": {"n_edges": r["n_edges"], "fraction": r["fraction"], "f_held_out": r["faithfulness"]},
+        "target_circuit": None,
+        "n_train": r["n_train"],
+        "n_held_out": r["n_held_out"],
+    }
+
+
+def random_from_validate(task: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """validate.json's random circuits at the MIB sizes, when they were drawn exactly as this run would draw
+    them (same prompts, seed and number per size: :func:`random_baseline` is deterministic)."""
+    r = _validate_rows().get(task)
+    if r is None or "random" not in r.get("mib_curve", {}):
+        return None
+    mib = r["mib_curve"]
+    same = r["config"]["n_prompts"] == _n_prompts(args, task) and r["config"]["seed"] == args.seed
+    if not same or any(x["n"] != args.n_random for x in mib["random"]):
+        return None
+    sizes = [
+        {"fraction": k, "n_edges": n, **x}
+        for k, n, x in zip(mib["fractions"], mib["n_edges"], mib["random"], strict=True)
+    ]
+    return {"source": f"{_rel(VALIDATE_JSON)} mib_curve.random (read-only; same draw)", "sizes": sizes}
+
+
+def acdc_tracr_from_reproduce(task: str) -> dict[str, Any] | None:
+    path = ROOT / "figures" / f"roc_{task}.json"
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text())["runs"]["zero"]
+    return {
+        "source": f"{_rel(path)} runs.zero (read-only): threshold-sweep ROC of ACDC's circuits, not of scores",
+        "ground_truth": run["ground_truth"],
+        "auc": run["auc"],
+        "n_thresholds": len(run["points"]),
+    }
+
+
+def _load_results(path: Path) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"model": "SmolLM2-135M-Instruct (circuitfind.load_model())", "tasks": {}}
+
+
+def _save_unit(path: Path, task: str, method: str, entry: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Merge one (task, method) entry into the file as it is now (another run may have added units)."""
+    from circuitfind.fileio import atomic_write
+
+    data = _load_results(path)
+    data["settings"] = settings
+    data["tasks"].setdefault(task, {})[method] = entry
+    atomic_write(path, json.dumps(data, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "discovery": "train split (first half of the prompts); target cut = smallest top-k with exact train "
+        f"faithfulness >= {TARGET}",
+        "evaluation": "held-out split, task metric, resample ablation; MIB fractions 0.1%..100%",
+        "steps": STEPS,
+        "exact_candidates": f"top {100 * args.candidate_fraction:g}% of edges by eap-ig ({STEPS} steps)",
+        "acdc": "rerun at validate.json's chosen threshold" if args.acdc_rerun else f"from {_rel(VALIDATE_JSON)}",
+        "tracr": "zero ablation, L2 metric (reproduce.tracr_setup), ground truth = ground_truth_acdc",
+        "threads": args.threads,
+        "cpu": "2 cores shared with other jobs: wall times are noisy",
+    }
+
+
+def _units(args: argparse.Namespace) -> list[tuple[str, str]]:
+    units = []
+    for task in args.task:
+        if task == GOAL:
+            units.append((GOAL, "eap-ig"))
+            continue
+        if task in LM_TASKS:
+            units.append((task, "random"))
+        units += [(task, m) for m in args.method]
+    return units
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = _load_results(args.out)
+    if args.table:
+        print_table(results)
+        return 0
+    if args.plot:
+        for task in LM_TASKS:
+            if task in results["tasks"]:
+                _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
+        return 0
+    settings = _settings(args)
+    for task, method in _units(args):
+        config = _unit_config(args, task, method)
+        done = results["tasks"].get(task, {}).get(method)
+        entry = None
+        if method == "acdc" and task in TRACR:  # seconds to rerun, but reproduce's sweep is the reference
+            entry = acdc_tracr_from_reproduce(task)
+            if entry is None:
+                print(f"[{task}] acdc: no figures/roc_{task}.json; skipped", flush=True)
+                continue
+        elif method == "acdc" and not args.acdc_rerun:
+            entry = acdc_from_validate(task)
+            if entry is None:
+                print(f"[{task}] acdc: no row in {VALIDATE_JSON}; skipped", flush=True)
+                continue
+        elif done and done.get("config") == config and "error" not in done and not args.force:
+            print(f"[{task}] {method}: already in {args.out}; skipped (--force reruns it)", flush=True)
+            continue
+        elif method == "random" and not args.force:
+            entry = random_from_validate(task, args)
+        if entry is None:
+            print(f"[{task}] {method}: running ...", flush=True)
+            entry = run_unit(task, method, args)
+        entry["config"] = config
+        _save_unit(args.out, task, method, entry, settings)
+        results = _load_results(args.out)
+        print(f"[{task}] {method}: {_one_line(entry)}", flush=True)
+        if task in LM_TASKS:
+            _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
+    print()
+    print_table(results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _one_line(e: dict[str, Any]) -> str:
+    if "error" in e:
+        return f"error: {e['error']}"
+    parts = []
+    for key, fmt in (("wall_s", "{:.1f} s"), ("peak_rss_mb", "peak {:.0f} MB"), ("cpr", "CPR {:.2f}")):
+        if e.get(key) is not None:
+            parts.append(fmt.format(e[key]))
+    if e.get("auc") is not None:
+        parts.append(f"AUC {e['auc']:.3f}")
+    tc = e.get("target_circuit")
+    if tc:
+        parts.append(f"target circuit {tc['n_edges']} edges")
+    return ", ".join(parts) or "done"
+
+
+# --- table and figures ---------------------------------------------------------------------------------------
+def _fmt(v: Any, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    tasks = results.get("tasks", {})
+    cols = ("task", "method", "wall s", "peak MB", "CPR", "CMD", "f@1%", "f@5%", "target edges", "% edges")
+    cols += ("f target", "notes")
+    widths = (13, 12, 8, 8, 6, 6, 6, 6, 12, 8, 8, 0)
+    head = " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+    print("Held-out faithfulness (task metric, resample ablation); target circuit: target 0.8 on the train split")
+    print(head.rstrip())
+    print("-" * len(head))
+    for task in LM_TASKS:
+        for method in METHODS:
+            e = tasks.get(task, {}).get(method)
+            if e is None:
+                continue
+            if "error" in e:
+                print(f"{task:<13} {method:<12} error: {e['error']}")
+                continue
+            tc = e.get("target_circuit") or {}
+            if method == "hybrid":  # its scores are EAP-IG's: the curve numbers are the eap-ig row's
+                ig = tasks.get(task, {}).get("eap-ig") or {}
+                e = {**e, **{k: ig.get(k) for k in ("cpr", "cmd", "f_at_1pct", "f_at_5pct")}}
+            cells = (
+                _fmt(e.get("wall_s"), "{:.1f}"),
+                _fmt(e.get("peak_rss_mb"), "{:.0f}"),
+                _fmt(e.get("cpr"), "{:.2f}"),
+                _fmt(e.get("cmd"), "{:.2f}"),
+                _fmt(e.get("f_at_1pct"), "{:.2f}"),
+                _fmt(e.get("f_at_5pct"), "{:.2f}"),
+                _fmt(tc.get("n_edges"), "{}"),
+                _fmt(tc.get("fraction"), "{:.3%}"),
+                _fmt(tc.get("f_held_out"), "{:.2f}"),
+            )
+            line = f"{task:<13} {method:<12} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths[2:], strict=False))
+            print(line + "  " + _notes(method, e))
+        rnd = tasks.get(task, {}).get("random")
+        if rnd and "sizes" in rnd:
+            by = {s["fraction"]: s["mean"] for s in rnd["sizes"]}
+            print(
+                f"{task:<13} {'random':<12} {'':>8} {'':>8} {'':>6} {'':>6} {_fmt(by.get(0.01), '{:.2f}'):>6} "
+                f"{_fmt(by.get(0.05), '{:.2f}'):>6}  mean of {rnd['sizes'][0]['n']} random circuits per size"
+            )
+    goal = tasks.get(GOAL, {}).get("eap-ig")
+    if goal and "error" not in goal:
+        ok_t, ok_m = goal["wall_s"] < GOAL_SECONDS, goal["peak_rss_mb"] * 2**20 < GOAL_BYTES
+        print(
+            f"\nGoal: EAP-IG ({STEPS} steps) on IOI, {goal['n_prompts']} prompts all for discovery: "
+            f"{goal['wall_s']:.1f} s ({'<' if ok_t else '>='} {GOAL_SECONDS:.0f} s goal), peak RSS "
+            f"{goal['peak_rss_mb']:.0f} MB incl. model load, {_fmt(goal.get('peak_rss_discovery_mb'), '{:.0f}')} MB "
+            f"during discovery ({'<' if ok_m else '>='} {GOAL_BYTES >> 30} GB goal)"
+        )
+    tracr = [(t, m, tasks[t][m]) for t in TRACR if t in tasks for m in METHODS if m in tasks[t]]
+    if tracr:
+        print("\nTracr (zero ablation, L2 metric): ROC AUC of the scores against ground_truth_acdc")
+        print(f"{'model':<17} {'method':<12} {'AUC':>6} {'AUC |s|':>8} {'wall s':>7}  target circuit (edges, TPR, FPR)")
+        for t, m, e in tracr:
+            if "error" in e:
+                print(f"{t:<17} {m:<12} error: {e['error']}")
+                continue
+            tc = e.get("target_circuit") or {}
+            circ = f"{tc['n_edges']}, {tc['tpr']:.2f}, {tc['fpr']:.2f}" if tc else e.get("source", "")
+            note = (
+                "  (all scores 0: the L2 metric's gradient vanishes at the full model)"
+                if e.get("scores_all_zero")
+                else ""
+            )
+            print(
+                f"{t:<17} {m:<12} {_fmt(e.get('auc'), '{:.3f}'):>6} {_fmt(e.get('auc_abs'), '{:.3f}'):>8} "
+                f"{_fmt(e.get('wall_s'), '{:.2f}'):>7}  {circ}{note}"
+            )
+
+
+def _notes(method: str, e: dict[str, Any]) -> str:
+    if method == "acdc":
+        c = e.get("circuit") or {}
+        src = "validate.json" if "validate" in str(e.get("source", "")) else "rerun"
+        return (
+            f"tau {e.get('threshold')}: {c.get('n_edges')} edges, f {_fmt(c.get('f_held_out'), '{:.2f}')} ({src}; "
+            "curve = top-k by ACDC effect)"
+        )
+    if method == "exact":
+        return (
+            f"{e['candidates']} candidates (top {100 * e['candidates_fraction']:.2g}% by EAP-IG); "
+            f"{1000 * e['s_per_edge']:.0f} ms/edge, all {e['edges_scored'] and ''}edges ~"
+            f"{e['full_cost_s_extrapolated'] / 3600:.1f} h"
+        )
+    if method == "hybrid":
+        h = e.get("hybrid", {})
+        return f"{h.get('candidates')} candidates, {h.get('edges_tested')} exact tests; CPR..f@5% = eap-ig's"
+    return ""
+
+
+def _plot(task: str, entries: dict[str, Any], path: Path) -> None:
+    from circuitfind.reproduce import new_figure
+
+    fig = new_figure((5.6, 4.2))
+    if fig is None:
+        print("matplotlib is not installed: no figure", flush=True)
+        return
+    ax = fig.add_subplot()
+    for i, method in enumerate(METHODS):
+        e = entries.get(method)
+        if not e or "mib_curve" not in e:
+            continue
+        c = e["mib_curve"]
+        xs = [100 * k for k in c["fractions"]]
+        label = f"{method} (CPR {e['cpr']:.2f})" + (" [validate.json]" if method == "acdc" and e.get("source") else "")
+        ax.plot(
+            xs, c["faithfulness_signed"], marker=".", color=f"C{i}", label=label, ls="--" if method == "hybrid" else "-"
+        )
+    for i, method in enumerate(METHODS):  # the target circuits (0.8 on the train prompts), held out
+        tc = (entries.get(method) or {}).get("target_circuit")
+        if tc and tc.get("f_held_out") is not None:
+            label = f"{method}: target circuit only" if "mib_curve" not in entries[method] else None
+            ax.scatter(
+                [100 * tc["fraction"]], [tc["f_held_out"]], marker="*", s=70, color=f"C{i}", zorder=3, label=label
+            )
+        c = (entries.get(method) or {}).get("circuit")  # ACDC's own circuit
+        if c and c.get("f_held_out") is not None:
+            ax.scatter([100 * c["fraction"]], [c["f_held_out"]], marker="o", s=40, facecolors="none", color=f"C{i}")
+    ax.scatter([], [], marker="*", color="black", label="target circuit (0.8 on train), held out")
+    ax.scatter([], [], marker="o", facecolors="none", color="black", label="ACDC circuit at its threshold")
+    rnd = entries.get("random")
+    if rnd and "sizes" in rnd:
+        xs = [100 * s["fraction"] for s in rnd["sizes"]]
+        mean = [s["mean"] for s in rnd["sizes"]]
+        std = [s["std"] for s in rnd["sizes"]]
+        ax.plot(xs, mean, color="grey", ls=":", label=f"random circuits, mean (n={rnd['sizes'][0]['n']})")
+        ax.fill_between(
+            xs,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color="grey",
+            alpha=0.2,
+            lw=0,
+        )
+    ax.axhline(1.0, ls=":", color="grey", lw=1)
+    ax.axhline(0.0, ls=":", color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="circuit size (% of edges, top-k by score)", ylabel="held-out faithfulness (task metric)")
+    ax.set_title(f"SmolLM2-135M, {task}: methods compared (resample ablation)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
