@@ -197,7 +197,7 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
             diff = diff.detach().requires_grad_(True)
         note(0, diff.unsqueeze(0))
         acc = diff  # sum of the diffs of every sender so far
-        bias = pm._attention_bias(am, 1)  # (b, 1, T, T)
+        biases = {w: pm._attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
         rot = spec.rotary(pos_ids, pm.dtype) if spec.rotary is not None else None
         H = spec.n_heads
         for layer, lay in enumerate(spec.layers):
@@ -205,7 +205,7 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
             x = tap(f"x{layer}", bases[2 * layer] + a * acc)  # (b, T, D)
             q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
             q, k, v = tap(f"q{layer}", q), tap(f"k{layer}", k), tap(f"v{layer}", v)
-            z = pm.attend(lay, q, k, v, rot, bias)  # (1, b, H, T, E)
+            z = pm.attend(lay, q, k, v, rot, biases[lay.sliding_window])  # (1, b, H, T, E)
             heads = einsum(z[0], lay.attn.W_O, "b h t e, h e d -> h b t d") - outputs[first : first + H]
             note(first, heads)
             head_sum = heads.sum(0)  # (b, T, D)

@@ -272,3 +272,19 @@ def test_exact_refuses_bad_batch_size():
     for bad in (0, -1, True, 2.0):
         with pytest.raises(ConfigError):
             ExactOptions(batch_size=bad)
+
+
+@pytest.mark.parametrize("make", ["mistral", "qwen2"])
+def test_edge_gradients_honour_sliding_windows(make):
+    """With a window shorter than the prompts, the shared-pass gradients still equal autograd through the patched
+    forward (which applies the window exactly as HF does)."""
+    from circuitfind.discovery import prepare_problem
+    from circuitfind.patching import PatchableModel
+    from tests.models_tiny import tiny_mistral, tiny_qwen2
+    from tests.toy_problems import toy_task
+
+    model = (tiny_mistral if make == "mistral" else tiny_qwen2)(sliding_window=3).double()
+    pm = PatchableModel(model)
+    p, _ = prepare_problem(pm, toy_task(), metric="logit_diff")
+    got = edge_gradients(p, [Point(mask_scale=0.7)], chunk_size=2)
+    assert_close_rel(got.grad, mask_grad(p, uniform(p, 0.7)), 1e-6)
