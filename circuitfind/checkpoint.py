@@ -75,15 +75,7 @@ def fingerprint(
     """
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(_metric_identity(metric).encode())
-    tensors = {
-        "clean_ids": task.clean_ids,
-        "corrupted_ids": task.corrupted_ids,
-        "attention_mask": task.attention_mask,
-        "answer_pos": task.answer_pos,
-        "answers": task.answers,
-        "wrong_answers": task.wrong_answers,
-        "positions": problem.positions,
-    }
+    tensors = {**task.tensors(), "positions": problem.positions}
     if getattr(problem.ablated, "kind", None) is Ablation.MEAN:  # the reference batch is not in the task
         tensors["mean_outputs"] = problem.ablated.outputs
     for name, t in tensors.items():

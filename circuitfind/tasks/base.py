@@ -140,6 +140,17 @@ class Task:
             corrupted_prompts=tuple(self.corrupted_prompts[i] for i in pick) if self.corrupted_prompts else (),
         )
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The task's tensors by field name (clean and corrupted ids, attention mask, answer positions, answers)."""
+        return {
+            "clean_ids": self.clean_ids,
+            "corrupted_ids": self.corrupted_ids,
+            "attention_mask": self.attention_mask,
+            "answer_pos": self.answer_pos,
+            "answers": self.answers,
+            "wrong_answers": self.wrong_answers,
+        }
+
     def train(self) -> Task:
         """The train split: the first ``n_train`` prompts, or the whole task when ``n_train`` is None."""
         if self.n_train is None:
@@ -577,14 +588,7 @@ def _check_metric(metric: str) -> None:
 def _validate(task: Task) -> None:
     """Check shapes, dtypes and ranges of a task's tensors; raise :class:`TaskError` on the first problem."""
     _check_metric(task.metric)
-    named = {
-        "clean_ids": task.clean_ids,
-        "corrupted_ids": task.corrupted_ids,
-        "attention_mask": task.attention_mask,
-        "answer_pos": task.answer_pos,
-        "answers": task.answers,
-        "wrong_answers": task.wrong_answers,
-    }
+    named = task.tensors()
     for field, value in named.items():
         if not isinstance(value, Tensor):
             raise TaskError(f"Task.{field} must be a torch.Tensor; got {type(value).__name__}")
