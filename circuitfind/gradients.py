@@ -30,6 +30,7 @@ from einops import einsum
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
+from circuitfind.patching import _frozen
 
 __all__ = ["GradientPass", "Point", "default_chunk_size", "edge_gradients"]
 
@@ -130,10 +131,7 @@ def edge_gradients(
     for i in range(0, B, chunk):
         rows = slice(i, min(i + chunk, B))
         b = rows.stop - rows.start
-        receiver_grads = None
-        if clean_diffs:
-            with torch.no_grad():
-                diffs = _forward(problem, Point(), rows, False)[2]
+        receiver_grads, diffs = None, None
         for k, (point, weight) in enumerate(zip(points, weights, strict=True)):
             with torch.enable_grad():
                 logits, taps, own = _forward(problem, point, rows, True)
@@ -146,6 +144,8 @@ def edge_gradients(
                     out, cot = problem.loss(padded.unsqueeze(0))[0], None
                 grads = torch.autograd.grad(out, list(taps.values()), grad_outputs=cot, allow_unused=True)
             logits_at[k].append(logits.detach())
+            if clean_diffs and point == Point():
+                diffs = own  # the clean pass is one of the points (EAP-IG's last): its diffs come for free
             receiver_grads = _receiver_grads(pm, dict(zip(taps, grads, strict=True)), taps, weight, receiver_grads)
             if not clean_diffs:
                 _contract(pm, grad, own, receiver_grads)
@@ -153,6 +153,9 @@ def edge_gradients(
             if on_pass is not None:
                 on_pass(b)
         if clean_diffs:
+            if diffs is None:
+                with torch.no_grad():
+                    diffs = _forward(problem, Point(), rows, False)[2]
             _contract(pm, grad, diffs, receiver_grads)
     grad *= g.edge_mask.to(grad.device)
     with torch.no_grad():
@@ -187,8 +190,6 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
 
     def note(first: int, d: Tensor) -> None:  # (n, b, T, D) diffs of senders first..first+n
         buf[first : first + d.shape[0]] = d.detach()
-
-    from circuitfind.patching import _frozen
 
     with _frozen(pm.module), torch.set_grad_enabled(bool(taps)):
         emb = spec.embed(ids, pos_ids)  # (b, T, D)
