@@ -130,28 +130,8 @@ def _builtins() -> str:
 
 
 # --- discover -----------------------------------------------------------------------------------------------------
-def _add_discover(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "discover",
-        parents=[common_options()],
-        help="find a circuit and write circuit.json, circuit.dot (and circuit.svg with graphviz)",
-        description="Find the circuit of a model on a task and write DIR/circuit.json, DIR/circuit.dot and, "
-        "when graphviz's `dot` is installed, DIR/circuit.svg. Progress is checkpointed to "
-        f"DIR/{CHECKPOINT_NAME}; after Ctrl-C or SIGTERM, run the same command with --resume. One run at a time "
-        "may use DIR (it is locked while a run writes there).",
-    )
-    p.add_argument(
-        "--task",
-        required=True,
-        help=f"a built-in task ({_builtins()}) or a .json/.jsonl file of prompt pairs (strings, or token ids: "
-        "clean_ids, corrupted_ids, answer_ids, which need no tokenizer)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        default=None,
-        metavar="PATH_OR_ID",
-        help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
-    )
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """--method and how its scores become a circuit (--threshold, --target, --n-edges, --steps)."""
     methods = "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items())
     p.add_argument(
         "--method", choices=list(METHODS), default="acdc", help=f"discovery method (default: acdc). {methods}"
@@ -182,6 +162,31 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="integration steps of eap-ig, eap-ig-mask and hybrid (default: 5)",
     )
+
+
+def _add_discover(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "discover",
+        parents=[common_options()],
+        help="find a circuit and write circuit.json, circuit.dot (and circuit.svg with graphviz)",
+        description="Find the circuit of a model on a task and write DIR/circuit.json, DIR/circuit.dot and, "
+        "when graphviz's `dot` is installed, DIR/circuit.svg. Progress is checkpointed to "
+        f"DIR/{CHECKPOINT_NAME}; after Ctrl-C or SIGTERM, run the same command with --resume. One run at a time "
+        "may use DIR (it is locked while a run writes there).",
+    )
+    p.add_argument(
+        "--task",
+        required=True,
+        help=f"a built-in task ({_builtins()}) or a .json/.jsonl file of prompt pairs (strings, or token ids: "
+        "clean_ids, corrupted_ids, answer_ids, which need no tokenizer)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="PATH_OR_ID",
+        help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
+    )
+    _add_method_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
     p.add_argument("--ablation", choices=[a.value for a in Ablation], default="resample", help="default: resample")

@@ -24,7 +24,7 @@ from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task, task_from_tensors
 
-__all__ = ["discover", "prepare_task", "prepare_problem"]
+__all__ = ["as_patchable", "discover", "prepare_task", "prepare_problem"]
 
 
 def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0, n_train: int | None = None) -> Task:
@@ -116,7 +116,43 @@ def prepare_problem(
     return problem, bound
 
 
+DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach when no cut is given
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
+
+
+def as_patchable(model: nn.Module | PatchableModel | str, tokenizer: Any = None) -> tuple[PatchableModel, Any]:
+    """A :class:`PatchableModel` (loading ``model`` by name if needed) and the tokenizer to use with it."""
+    if isinstance(model, PatchableModel):
+        return model, tokenizer
+    if isinstance(model, str):
+        from circuitfind.models import load_model
+
+        model, loaded = load_model(model)
+        tokenizer = tokenizer or loaded
+    return PatchableModel(model), tokenizer
+
+
+def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
+    """The run's options as recorded in the circuit (and fingerprinted for ACDC's checkpoints)."""
+    config = {
+        "method": method,
+        "threshold": tau,
+        "absolute": absolute,
+        "sender_order": order.value,
+        "metric": bound.name,
+        "ablation": kind.value,
+        "task": task.name,
+        "n_prompts": len(task),
+        "batch_size": batch_size,
+    }
+    if n_edges is not None:
+        config["n_edges"] = n_edges
+    cut_by_target = METHODS[method].kind is not MethodKind.CIRCUIT and tau is None and n_edges is None
+    if target is not None or cut_by_target:
+        config["target"] = DEFAULT_TARGET if target is None else float(target)
+    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+        config["steps"] = steps
+    return config
 
 
 def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
@@ -223,12 +259,7 @@ def discover(
     AcdcOptions(threshold=tau or 0.0, absolute=absolute, batch_size=1 if batch_size is None else batch_size)
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
-    if isinstance(model, str):
-        from circuitfind.models import load_model
-
-        model, loaded_tok = load_model(model)
-        tokenizer = tokenizer or loaded_tok
-    pm = model if isinstance(model, PatchableModel) else PatchableModel(model)
+    pm, tokenizer = as_patchable(model, tokenizer)
     if n_edges is not None and n_edges > pm.graph.n_edges:
         raise ConfigError(f"n_edges must be between 1 and {pm.graph.n_edges:,} (this graph's edges); got {n_edges:,}")
     if batch_size is None:
@@ -238,23 +269,7 @@ def discover(
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference)
-    config = {
-        "method": method,
-        "threshold": tau,
-        "absolute": absolute,
-        "sender_order": order.value,
-        "metric": bound.name,
-        "ablation": kind.value,
-        "task": task.name,
-        "n_prompts": len(task),
-        "batch_size": batch_size,
-    }
-    if n_edges is not None:
-        config["n_edges"] = n_edges
-    if target is not None or (method in SCORING_METHODS | {"hybrid"} and threshold is None and n_edges is None):
-        config["target"] = 0.8 if target is None else float(target)
-    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
-        config["steps"] = steps
+    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
     run = _Run(
         problem=problem,
         bound=bound,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuitfind.circuit import Circuit
+from circuitfind.discovery import as_patchable
 from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph
@@ -56,18 +57,6 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 # --- shared plumbing ---------------------------------------------------------------------------------------
-def _patchable(model: nn.Module | PatchableModel | str, tokenizer: Any) -> tuple[PatchableModel, Any]:
-    """A :class:`PatchableModel` (loading ``model`` by name if needed) and the tokenizer to use with it."""
-    if isinstance(model, PatchableModel):
-        return model, tokenizer
-    if isinstance(model, str):
-        from circuitfind.models import load_model
-
-        model, loaded = load_model(model)
-        tokenizer = tokenizer or loaded
-    return PatchableModel(model), tokenizer
-
-
 def _as_task(task: Any, tokenizer: Any) -> Task:
     from circuitfind.discovery import prepare_task
 
@@ -246,7 +235,7 @@ def faithfulness_many(
         >>> [round(r["faithfulness"], 2) for r in rows]  # doctest: +SKIP
         [0.41, 0.87, 0.98]
     """
-    pm, tokenizer = _patchable(model_or_pm, tokenizer)
+    pm, tokenizer = as_patchable(model_or_pm, tokenizer)
     task = _as_task(task, tokenizer)
     mask_list = [_mask_of(pm.graph, m) for m in masks]
     ev = _Evaluator(pm, task, metric, ablation, batch_masks=batch_masks, memory_budget=memory_budget)
@@ -353,7 +342,7 @@ def random_baseline(
         >>> f"{base['mean']:.2f} ± {base['std']:.2f}"  # doctest: +SKIP
         '0.03 ± 0.05'
     """
-    pm, tokenizer = _patchable(pm, tokenizer)
+    pm, tokenizer = as_patchable(pm, tokenizer)
     masks = random_circuits(pm.graph, n_edges, n, seed)
     rows = faithfulness_many(pm, masks, task, metric=metric, ablation=ablation, tokenizer=tokenizer)
     values = torch.tensor([r["faithfulness"] for r in rows], dtype=torch.float64)
@@ -422,7 +411,7 @@ def threshold_sweep(
 
     if not len(thresholds):
         raise ConfigError("thresholds is empty; give at least one threshold, e.g. [0.01, 0.1]")
-    pm, tokenizer = _patchable(model, tokenizer)
+    pm, tokenizer = as_patchable(model, tokenizer)
     task = _as_task(task, tokenizer)
     discover_kw.setdefault("progress", False)
     model_name = getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
@@ -490,7 +479,7 @@ def roc_sweep(
         0.869
     """
     tokenizer = discover_kw.pop("tokenizer", None)
-    pm, tokenizer = _patchable(model, tokenizer)
+    pm, tokenizer = as_patchable(model, tokenizer)
     truth = _truth_mask(pm.graph, truth_edges)
     circuits = threshold_sweep(pm, task, thresholds, tokenizer=tokenizer, **discover_kw)
     g = pm.graph
@@ -551,7 +540,7 @@ def cpr_cmd_of_scores(
         >>> res["cpr"], res["cmd"]  # doctest: +SKIP
         (0.81, 0.12)
     """
-    pm, tokenizer = _patchable(pm, tokenizer)
+    pm, tokenizer = as_patchable(pm, tokenizer)
     pm.graph.check_mask(scores)
     if scores.dim() != 2:
         raise ShapeError(f"scores must be one (S, R) map; got shape {tuple(scores.shape)}")
