@@ -324,6 +324,8 @@ def run_acdc_fast(
     ev = FastEvaluator(problem, None if state is None else state.mask)
     if state is None:
         state = _initial_state(graph, ev.loss_full)
+    elif math.isnan(state.current):  # a run started from a given subgraph: its loss is the evaluator's first pass
+        state.current = ev.loss_full
     depth = opts.batch_size
 
     def visit(r: int) -> None:
