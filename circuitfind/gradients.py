@@ -198,7 +198,7 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
             diff = diff.detach().requires_grad_(True)
         note(0, diff.unsqueeze(0))
         acc = diff  # sum of the diffs of every sender so far
-        biases = {w: pm._attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
+        biases = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
         rot = spec.rotary(pos_ids, pm.dtype) if spec.rotary is not None else None
         H = spec.n_heads
         for layer, lay in enumerate(spec.layers):

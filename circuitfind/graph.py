@@ -239,6 +239,25 @@ class Graph:
         return torch.tensor(counts, dtype=torch.long)
 
     @cached_property
+    def receiver_groups(self) -> torch.Tensor:
+        """``(R,)`` long: the group of each receiver, i.e. the receivers that share one upstream prefix.
+
+        Group ``2 l`` holds the q/k/v inputs of block ``l``, ``2 l + 1`` its MLP input and ``2 L`` the logits
+        (``L = n_layers``); :attr:`n_groups` in all.
+
+        Example:
+            >>> Graph(n_layers=1, n_heads=1).receiver_groups.tolist()
+            [0, 0, 0, 1, 2]
+        """
+        per_layer = [0] * (3 * self.n_heads) + [1]
+        groups = [2 * layer + g for layer in range(self.n_layers) for g in per_layer]
+        return torch.tensor(groups + [2 * self.n_layers], dtype=torch.long)
+
+    @property
+    def n_groups(self) -> int:
+        return 2 * self.n_layers + 1
+
+    @cached_property
     def edge_mask(self) -> torch.Tensor:
         """``(S, R)`` bool: True where an edge exists."""
         sender_idx = torch.arange(self.n_senders).unsqueeze(1)

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph
+from circuitfind.masked_forward import MaskedForward, PassInputs
 from circuitfind.models import spec_for
 from circuitfind.models.spec import ArchSpec, rotate_half
-from circuitfind.receivers import DiffStore, mix_rows
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache"]
 
@@ -144,14 +144,6 @@ class PatchableModel:
         self.graph = Graph(self.spec.n_layers, self.spec.n_heads, parallel=self.spec.parallel)
         w = self.spec.layers[0].attn.W_Q
         self.dtype, self.device = w.dtype, w.device
-        g = self.graph
-        # receiver -> group (attention inputs 2l, MLP input 2l+1, logits 2L)
-        groups = [
-            2 * layer + (0 if i < 3 * g.n_heads else 1)
-            for layer in range(g.n_layers)
-            for i in range(g.receivers_per_layer)
-        ]
-        self.receiver_group = torch.tensor(groups + [2 * g.n_layers], device=self.device)
 
     # --- ablations -------------------------------------------------------------------------------
     def _bases(self, outputs: Tensor) -> Tensor:
@@ -220,14 +212,12 @@ class PatchableModel:
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model."""
         zero = self.ablation(Ablation.ZERO)
-        _, diffs = self.forward(
-            input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask, return_diffs=True
-        )
+        _, diffs = self.forward_with_diffs(input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask)
         return diffs
 
     # --- caches ----------------------------------------------------------------------------------
     def prefix_cache(self, diffs: Tensor, ablated: AblatedOutputs, mask: Tensor, start_layer: int) -> PrefixCache:
-        """Cache the part of a pass below ``start_layer`` (``diffs`` from ``forward(..., return_diffs=True)``).
+        """Cache the part of a pass below ``start_layer`` (``diffs`` from :meth:`forward_with_diffs`).
 
         ``mask`` must be the mask the diffs were computed under, as far as receivers below ``start_layer`` go,
         and it fixes the contributions of those senders to the receivers above ``start_layer``.
@@ -239,7 +229,7 @@ class PatchableModel:
         m = self._float_mask(mask).detach()
         r_after = g.receivers_from(start_layer + 1) if start_layer < g.n_layers else g.n_receivers
         pre = diffs[:s_pre].detach()
-        base = ablated.bases[self.receiver_group[r_after:]]  # (R_after, B', T', D)
+        base = ablated.bases[self.graph.receiver_groups.to(self.device)[r_after:]]  # (R_after, B', T', D)
         partial = base + einsum(pre, m[:s_pre, r_after:], "s b t d, s r -> r b t d")
         empty = pre.new_zeros((0, *pre.shape[1:]))
         cache = PrefixCache(start_layer, pre, m, partial, empty, m[:s_pre, :0])
@@ -251,7 +241,7 @@ class PatchableModel:
         m = self._float_mask(mask).detach()
         s_pre = cache.diffs.shape[0]
         cols = slice(g.receivers_from(start), min(g.receivers_from(start + 1), g.n_receivers))
-        base = ablated.bases[self.receiver_group[cols]]  # (C, B', T', D)
+        base = ablated.bases[self.graph.receiver_groups.to(self.device)[cols]]  # (C, B', T', D)
         inputs = base + einsum(cache.diffs, m[:s_pre, cols], "s b t d, s c -> c b t d")
         return dataclasses.replace(cache, start_inputs=inputs, start_mask=m[:s_pre, cols].clone())
 
@@ -272,9 +262,8 @@ class PatchableModel:
         position_ids: Tensor | None = None,
         start_layer: int = 0,
         cache: PrefixCache | None = None,
-        return_diffs: bool = False,
         vocab: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         """Logits with every receiver's input mixed from live and ablated sender outputs by ``mask``.
 
         Args:
@@ -287,151 +276,71 @@ class PatchableModel:
             position_ids: ``(B, T)``; default: count of real tokens before each position.
             start_layer: first block to compute; requires ``cache`` when > 0.
             cache: from :meth:`prefix_cache`; validated against ``mask``.
-            return_diffs: also return ``(S, B, T, D)`` live-minus-ablated sender outputs (needs a 2-D mask).
             vocab: ``(n,)`` token ids: compute only these logit columns (V below becomes n).
 
         Returns:
-            logits ``([K,] B, V)`` with ``positions`` else ``([K,] B, T, V)``; and the diffs if asked.
+            logits ``([K,] B, V)`` with ``positions`` else ``([K,] B, T, V)``.
         """
-        g, spec = self.graph, self.spec
+        with _frozen(self.module):
+            run, single = self._masked_forward(
+                input_ids, ablated, mask, attention_mask, positions, position_ids, start_layer, cache, False
+            )
+            with torch.set_grad_enabled(run.grad):
+                logits = run.run(vocab)
+        return logits[0] if single else logits
+
+    def forward_with_diffs(
+        self,
+        input_ids: Tensor,
+        ablated: AblatedOutputs,
+        mask: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        vocab: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` under one ``(S, R)`` mask, also returning every sender's live-minus-ablated output.
+
+        Returns:
+            logits as :meth:`forward`, and diffs ``(S, B, T, D)`` (every position, even with ``positions``).
+        """
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            found = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ConfigError(f"forward_with_diffs needs a single (S, R) mask; got {found}")
+        with _frozen(self.module):
+            run, _ = self._masked_forward(
+                input_ids, ablated, mask, attention_mask, positions, position_ids, 0, None, True
+            )
+            with torch.set_grad_enabled(run.grad):
+                logits = run.run(vocab)
+                return logits[0], run.diffs()
+
+    def _masked_forward(
+        self, input_ids, ablated, mask, attention_mask, positions, position_ids, start_layer, cache, keep_positions
+    ) -> tuple[MaskedForward, bool]:
+        """Validate a forward's arguments and set up its :class:`MaskedForward` (and whether the mask was 2-D).
+
+        Called inside ``_frozen(self.module)``: the embedding runs here."""
         single = mask.dim() == 2 if isinstance(mask, Tensor) else True
         M = self._float_mask(mask)
         M = M.unsqueeze(0) if single else M  # (K, S, R)
-        K = M.shape[0]
-        ids, am, pos_ids, positions = self._check_inputs(input_ids, attention_mask, position_ids, positions, ablated)
-        B, T = ids.shape
-        if return_diffs and not single:
-            raise ConfigError("return_diffs needs a single (S, R) mask")
+        inputs = self._check_inputs(input_ids, attention_mask, position_ids, positions, ablated)
+        if start_layer > 0:
+            self._check_cache(cache, start_layer, M, *inputs.ids.shape)
         grad = torch.is_grad_enabled() and (M.requires_grad or ablated.outputs.requires_grad)
-
-        with _frozen(self.module), torch.set_grad_enabled(grad):
-            if start_layer == 0:
-                emb = spec.embed(ids, pos_ids)  # (B, T, D)
-                pre = (emb - ablated.outputs[0]).unsqueeze(0)  # (1, B, T, D)
-                partial = None
-            else:
-                self._check_cache(cache, start_layer, M, B, T)
-                pre, partial = cache.diffs, cache.partial
-            s_pre = pre.shape[0]
-            pre_total = None if grad or start_layer > 0 else pre.sum(0, keepdim=True)  # (1, B, T, D)
-            start_inputs = None if cache is None else cache.start_inputs
-            r_start = g.receivers_from(start_layer)
-            post = DiffStore(K, g.n_senders - s_pre, (B, T, spec.d_model), pre, grad)
-            windows = {lay.sliding_window for lay in spec.layers[start_layer:]}
-            attn_bias = {w: self._attention_bias(am, K, w) for w in windows}  # window -> (K*B, 1, T, T)
-            rot = spec.rotary(pos_ids, self.dtype) if spec.rotary is not None else None
-            r_after = g.receivers_from(start_layer + 1)
-            rows = torch.arange(B, device=self.device)
-            selected = False  # True once only the answer positions are carried
-
-            def sel(x: Tensor) -> Tensor:  # (..., B'|B, T'|T, D) -> (..., B'|B, 1, D) once selected
-                if not selected or x.shape[-2] == 1:
-                    return x
-                x = x.expand(*x.shape[:-3], B, *x.shape[-2:])
-                return x[..., rows, positions, :].unsqueeze(-2)
-
-            # Above the highest layer with a live head nothing mixes positions: from there on only the answer
-            # positions are computed (exact; without autograd, when positions are given and diffs not returned).
-            top = start_layer - 1
-            if not grad and positions is not None and not return_diffs:
-                row_live = M.any(dim=2).any(dim=0)  # (S,)
-                for layer in range(start_layer, spec.n_layers):
-                    first = g.head_sender(layer, 0)
-                    if bool(row_live[first : first + spec.n_heads].any()):
-                        top = layer
-            else:
-                top = spec.n_layers
-
-            def select_positions() -> None:
-                nonlocal selected, pre, pre_total, partial, start_inputs
-                selected = True
-                pre = sel(pre)
-                pre_total = pre.sum(0, keepdim=True)
-                partial = None if partial is None else sel(partial)
-                start_inputs = None if start_inputs is None else sel(start_inputs)
-                post.select_positions(sel)
-
-            if top < start_layer:
-                select_positions()
-
-            def receiver_inputs(cols: slice | Tensor, n_up: int, group: int, layer: int) -> Tensor:
-                """Inputs ``(K, C|1, B, T, D)`` of the receivers ``cols`` (a slice or an index tensor)."""
-                if partial is not None and layer > start_layer:
-                    rel = (
-                        cols - r_after if isinstance(cols, Tensor) else slice(cols.start - r_after, cols.stop - r_after)
-                    )
-                    x = partial[rel].unsqueeze(0)
-                elif start_inputs is not None and layer == start_layer:
-                    rel = (
-                        cols - r_start if isinstance(cols, Tensor) else slice(cols.start - r_start, cols.stop - r_start)
-                    )
-                    x = start_inputs[rel].unsqueeze(0)
-                    delta = M[:, :s_pre, cols] - cache.start_mask[:, rel]  # (K, S_pre, C)
-                    changed = (delta != 0).any(dim=2).any(dim=0).nonzero().squeeze(1)
-                    if len(changed):
-                        x = x + einsum(pre[changed], delta[:, changed], "s b t d, k s c -> k c b t d")
-                else:
-                    x = sel(ablated.bases[group]).unsqueeze(0).unsqueeze(0)
-                    x = x + mix_rows(pre.unsqueeze(0), M[:, : min(n_up, s_pre), cols], pre_total, grad)
-                if n_up > s_pre:
-                    n = n_up - s_pre
-                    x = x + mix_rows(post.first(n), M[:, s_pre:n_up, cols], None if grad else post.total(n), grad)
-                return x.expand(K, *x.shape[1:])  # inputs shared by all K candidates stay views
-
-            H = spec.n_heads
-            for layer in range(start_layer, spec.n_layers):
-                lay = spec.layers[layer]
-                r0, n_attn = g.receivers_from(layer), g.senders_before(layer)
-                first = g.head_sender(layer, 0)
-                # Without autograd, a sender whose outgoing edges are all removed cannot affect anything:
-                # it is not computed and its diff is 0 (exact, since every receiver weighs it by 0).
-                live = None if grad else M[:, first : first + H].any(dim=2).any(dim=0)  # (H,)
-                if live is None or bool(live.all()):
-                    x = lay.attn_norm(receiver_inputs(slice(r0, r0 + 3 * H), n_attn, 2 * layer, layer))
-                    z = self._attention(lay, x, rot, attn_bias[lay.sliding_window], K, B, None)  # (K, B, H, T, E)
-                    heads = einsum(z, lay.attn.W_O, "k b h t e, h e d -> k h b t d")
-                    post.append(heads - ablated.outputs[first : first + H])
-                else:
-                    idx = live.nonzero().squeeze(1)
-                    values = None
-                    if len(idx):
-                        cols = torch.cat([r0 + idx, r0 + H + idx, r0 + 2 * H + idx])
-                        x = lay.attn_norm(receiver_inputs(cols, n_attn, 2 * layer, layer))
-                        z = self._attention(lay, x, rot, attn_bias[lay.sliding_window], K, B, idx)  # (K, B, h, T, E)
-                        heads = einsum(z, lay.attn.W_O[idx], "k b h t e, h e d -> k h b t d")
-                        values = heads - ablated.outputs[first + idx]
-                    post.append_some(H, idx, values)
-                if layer == top:
-                    select_positions()
-                n_mlp = n_attn + (0 if g.parallel else H)
-                mlp_s = g.mlp_sender(layer)
-                if grad or bool(M[:, mlp_s].any()):
-                    xm = receiver_inputs(slice(r0 + 3 * H, r0 + 3 * H + 1), n_mlp, 2 * layer + 1, layer)
-                    out = lay.mlp(lay.mlp_norm(xm[:, 0]))  # (K, B, T, D)
-                    post.append((out - sel(ablated.outputs[mlp_s])).unsqueeze(1))
-                else:
-                    post.append_some(1, torch.zeros(0, dtype=torch.long), None)
-
-            r_log = g.logits_receiver
-            final = receiver_inputs(slice(r_log, r_log + 1), g.n_senders, 2 * g.n_layers, g.n_layers)[:, 0]
-            if selected:
-                final = final[:, :, 0]  # (K, B, D)
-            elif positions is not None:
-                final = final[:, rows, positions]  # (K, B, D)
-            logits = spec.logits(spec.final_norm(final), vocab)
-            logits = logits[0] if single else logits
-            if not return_diffs:
-                return logits
-            diffs = torch.cat([pre, post.first(post.n)[0]], dim=0) if post.n else pre
-            return logits, diffs
-
-    def _attention(self, lay, x: Tensor, rot, attn_bias: Tensor, K: int, B: int, heads: Tensor | None) -> Tensor:
-        """Attention of the given heads (all if None) on per-receiver inputs ``x (K, 3h|1, B, T, D)``.
-
-        Returns ``z (K, B, h, T, E)``.
-        """
-        q, k, v = self.project_qkv(lay, x, heads)
-        return self.attend(lay, q, k, v, rot, attn_bias)
+        with torch.set_grad_enabled(grad):
+            run = MaskedForward(
+                self,
+                inputs,
+                ablated,
+                M,
+                start_layer=start_layer,
+                cache=cache,
+                grad=grad,
+                keep_positions=keep_positions,
+            )
+        return run, single
 
     @staticmethod
     def project_qkv(lay, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -473,7 +382,7 @@ class PatchableModel:
         xr, xp = x[..., :rd], x[..., rd:]
         return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
-    def _attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
+    def attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
         """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is), padding keys masked, and with a sliding
         ``window`` query ``i`` sees key ``j`` only when ``i - j < window`` (HF's convention)."""
         B, T = am.shape
@@ -511,7 +420,7 @@ class PatchableModel:
                 f"expected ({self.graph.n_senders}, 1 or {B}, 1 or {T}, {self.spec.d_model}). For resample "
                 "ablation the corrupted prompts must have the same shape as the clean ones."
             )
-        return ids, am, position_ids.to(self.device), positions
+        return PassInputs(ids, am, position_ids.to(self.device), positions)
 
     def _check_cache(self, cache: PrefixCache | None, start_layer: int, M: Tensor, B: int, T: int) -> None:
         g = self.graph

@@ -161,11 +161,9 @@ def test_eap_ig_is_the_average_input_path_gradient_times_the_clean_diffs(name):
     p = problem_of(name, "kl")
     pm, g, m = p.pm, p.pm.graph, 3
     with torch.no_grad():
-        _, clean_diffs = pm.forward(
-            p.clean_ids, p.ablated, g.full_mask(), attention_mask=p.attention_mask, return_diffs=True
-        )
+        _, clean_diffs = pm.forward_with_diffs(p.clean_ids, p.ablated, g.full_mask(), attention_mask=p.attention_mask)
     cols = [g.mlp_receiver(layer) for layer in range(g.n_layers)] + [g.logits_receiver]
-    groups = [int(pm.receiver_group[r]) for r in cols]
+    groups = [int(g.receiver_groups[r]) for r in cols]
     ref_row = torch.zeros(g.n_receivers, dtype=torch.float64)  # the input's edges
     ref_cols = torch.zeros(g.n_senders, len(cols), dtype=torch.float64)  # the edges into the MLPs and logits
     for k in range(1, m + 1):

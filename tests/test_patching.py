@@ -104,8 +104,8 @@ def test_single_edge_removal_only_changes_downstream():
     s, r = g.edge_index("input->m2")
     mask[s, r] = False
     with torch.no_grad():
-        _, d_full = pm.forward(clean, abl, g.full_mask(), return_diffs=True)
-        _, d_cut = pm.forward(clean, abl, mask, return_diffs=True)
+        _, d_full = pm.forward_with_diffs(clean, abl, g.full_mask())
+        _, d_cut = pm.forward_with_diffs(clean, abl, mask)
     # every sender below m2 is unchanged; m2 itself changes
     assert torch.equal(d_full[: g.mlp_sender(2)], d_cut[: g.mlp_sender(2)])
     assert not torch.allclose(d_full[g.mlp_sender(2)], d_cut[g.mlp_sender(2)])
@@ -120,7 +120,7 @@ def test_start_from_cache_equals_full_pass(model, start):
     mask = torch.rand(g.n_senders, g.n_receivers, generator=torch.Generator().manual_seed(5)) < 0.7
     pos = torch.tensor([6, 5, 4, 6])
     with torch.no_grad():
-        full, diffs = pm.forward(clean, abl, mask, positions=pos, return_diffs=True)
+        full, diffs = pm.forward_with_diffs(clean, abl, mask, positions=pos)
         cache = pm.prefix_cache(diffs, abl, mask, start)
         # candidates that differ only in receivers of the start layer (and above for the partial's non-prefix)
         cands = mask.repeat(3, 1, 1)
@@ -140,7 +140,7 @@ def test_cache_mismatch_is_detected():
     clean = _ids(0)
     abl = pm.ablation("resample", _ids(1))
     with torch.no_grad():
-        _, diffs = pm.forward(clean, abl, g.full_mask(), return_diffs=True)
+        _, diffs = pm.forward_with_diffs(clean, abl, g.full_mask())
     cache = pm.prefix_cache(diffs, abl, g.full_mask(), 2)
     bad = g.full_mask()
     bad[0, g.mlp_receiver(0)] = False  # a receiver below the start layer

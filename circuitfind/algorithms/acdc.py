@@ -271,13 +271,12 @@ class FastEvaluator:
         self.p = problem
         pm = problem.pm
         with torch.no_grad():
-            logits, self.clean_diffs = pm.forward(
+            logits, self.clean_diffs = pm.forward_with_diffs(
                 problem.clean_ids,
                 problem.ablated,
                 pm.graph.full_mask() if mask is None else mask,
                 attention_mask=problem.attention_mask,
                 positions=problem.positions,
-                return_diffs=True,
                 vocab=problem.vocab,
             )
         with metric_site(_FULL):
