@@ -52,10 +52,10 @@ from circuitfind.evaluate import (  # noqa: E402
     cpr_cmd_of_scores,
     faithfulness_many,
     random_baseline,
-    threshold_sweep,
 )
 from circuitfind.reproduce import new_figure  # noqa: E402
 from circuitfind.tasks import Task, get_task  # noqa: E402
+from circuitfind.threshold_sweeps import threshold_sweep  # noqa: E402
 
 TASKS = ("ioi", "greater-than", "induction")
 # Tried from the largest (smallest circuit, fastest run) down. Task-metric thresholds are in the metric's units:

@@ -38,7 +38,7 @@ from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, R
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
-from circuitfind.tasks import BUILTIN
+from circuitfind.tasks import BUILTIN, resolve_task
 
 __all__ = ["PLUGIN_SUBCOMMANDS", "SUBCOMMANDS", "build_parser", "common_options", "main"]
 
@@ -97,10 +97,14 @@ _positive_int = _int_at_least(1, "a positive integer")
 
 # --- shared helpers -----------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from circuitfind.models import load_model
+    """The :class:`PatchableModel` of ``--model`` and its tokenizer (``--tokenizer`` when given)."""
+    from circuitfind.patching import resolve_model
 
-    return load_model(
-        args.model, device=args.device, progress=args.progress, tokenizer=getattr(args, "tokenizer", None)
+    return resolve_model(
+        args.model,
+        getattr(args, "tokenizer", None),
+        device=args.device,
+        progress=args.progress,
     )
 
 
@@ -331,13 +335,13 @@ def _held_out_line(circuit: Any, model: Any, task: Any, args: argparse.Namespace
     )
 
 
-def _task_with_held_out(args: argparse.Namespace, prepare_task: Callable, tokenizer: Any) -> Any:
+def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     """The task: ``--n-prompts`` for discovery, then ``--held-out`` more prompts that discovery never sees."""
     held = args.held_out if args.held_out is not None else (0 if _is_task_file(args.task) else DEFAULT_HELD_OUT)
     if not _is_task_file(args.task):
         n = args.n_prompts or DEFAULT_N_PROMPTS
-        return prepare_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    task = prepare_task(args.task, tokenizer)
+        return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
+    task = resolve_task(args.task, tokenizer)
     n = min(args.n_prompts or len(task), len(task) - held)
     if n < 1:
         raise TaskError(
@@ -350,10 +354,10 @@ def _task_with_held_out(args: argparse.Namespace, prepare_task: Callable, tokeni
 
 def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any]:
     """The circuit, and the model and task it was found on."""
-    from circuitfind.discovery import discover, prepare_task
+    from circuitfind.discovery import discover
 
     model, tokenizer = _load(args)
-    task = _task_with_held_out(args, prepare_task, tokenizer)
+    task = _task_with_held_out(args, tokenizer)
     circuit = discover(
         model,
         task,
@@ -426,10 +430,8 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from circuitfind.patching import PatchableModel
-
-    model, _ = _load(args)
-    pm = PatchableModel(model)
+    pm, _ = _load(args)
+    model = pm.module
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model:  {_model_label(args)} ({type(model).__name__}, {n_params / 1e6:,.1f}M parameters)")

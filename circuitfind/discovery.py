@@ -20,53 +20,11 @@ from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric, metric_site
-from circuitfind.patching import Ablation, PatchableModel
+from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
-from circuitfind.tasks import BUILTIN, Task, check_task_fits, from_json, get_task, task_from_tensors
+from circuitfind.tasks import Task, check_task_fits, resolve_task
 
-__all__ = ["as_patchable", "discover", "prepare_task", "prepare_problem"]
-
-
-def prepare_task(task: Any, tokenizer: Any = None, *, n: int = 20, seed: int = 0, n_train: int | None = None) -> Task:
-    """Accept a :class:`Task`, a built-in task name, a JSON path, or a dict of strings/tensors.
-
-    A built-in task gets ``n`` prompts from ``seed``, the first ``n_train`` of them its train split.
-
-    Dicts: ``{"clean": [...], "corrupted": [...], "answers": [...], "wrong_answers": [...]}`` of strings (needs
-    ``tokenizer``), or of tensors ``{"clean_ids", "corrupted_ids", "answer_pos", "answers", "wrong_answers"}``.
-    """
-    if isinstance(task, Task):
-        return task
-    if isinstance(task, (str, Path)):
-        name = str(task)
-        if name.replace("_", "-") in BUILTIN or not name.endswith((".json", ".jsonl")):
-            _need_tokenizer(tokenizer, f"the built-in task {name!r}")
-            return get_task(name, tokenizer, n=n, seed=seed, n_train=n_train)
-        return from_json(name, tokenizer)  # a file of token ids needs no tokenizer; from_json says when one does
-    if isinstance(task, dict):
-        if "clean_ids" in task or "corrupted_ids" in task:
-            return task_from_tensors(task)
-        _need_tokenizer(tokenizer, "a task given as strings")
-        return Task.from_strings(
-            tokenizer,
-            task.get("clean", []),
-            task.get("corrupted", []),
-            task.get("answers"),
-            task.get("wrong_answers"),
-            metric=task.get("metric", "logit_diff"),
-        )
-    raise TaskError(
-        f"task must be a Task, a built-in name ({', '.join(BUILTIN)}), a .json path or a dict; got "
-        f"{type(task).__name__}"
-    )
-
-
-def _need_tokenizer(tokenizer: Any, what: str) -> None:
-    if tokenizer is None:
-        raise TaskError(
-            f"{what} must be tokenised: pass tokenizer=... (load_model returns one; on the command line "
-            "--tokenizer PATH_OR_ID), or give the prompts as token ids"
-        )
+__all__ = ["discover", "prepare_problem"]
 
 
 def prepare_problem(
@@ -81,20 +39,13 @@ def prepare_problem(
     if reference is not None and not isinstance(reference, Task):
         raise TaskError(
             f"reference must be a Task (the reference batch of mean ablation); got {type(reference).__name__}. "
-            "Build one with prepare_task(...) or Task.from_strings(...)."
+            "Build one with circuitfind.tasks.resolve_task(...) or Task.from_strings(...)."
         )
     check_task_fits(task, pm.spec)
     if reference is not None:
         check_task_fits(reference, pm.spec, label="the reference task")
     task = task.to(pm.device)
-    kind = Ablation.parse(ablation)
-    if kind is Ablation.RESAMPLE:
-        abl = pm.ablation(kind, task.corrupted_ids, task.attention_mask)
-    elif kind is Ablation.MEAN:
-        ref = (reference or task).to(pm.device)
-        abl = pm.ablation(kind, ref.clean_ids, ref.attention_mask)
-    else:
-        abl = pm.ablation(kind)
+    abl = pm.ablation_for(task, ablation, reference)
     with torch.no_grad():
         clean_logits = pm.forward(
             task.clean_ids,
@@ -118,18 +69,6 @@ def prepare_problem(
 
 DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach when no cut is given
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
-
-
-def as_patchable(model: nn.Module | PatchableModel | str, tokenizer: Any = None) -> tuple[PatchableModel, Any]:
-    """A :class:`PatchableModel` (loading ``model`` by name if needed) and the tokenizer to use with it."""
-    if isinstance(model, PatchableModel):
-        return model, tokenizer
-    if isinstance(model, str):
-        from circuitfind.models import load_model
-
-        model, loaded = load_model(model)
-        tokenizer = tokenizer or loaded
-    return PatchableModel(model), tokenizer
 
 
 def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
@@ -222,7 +161,7 @@ def discover(
     Args:
         model: a transformers causal LM, a :class:`PatchableModel`, or a name for :func:`load_model`.
         task: a :class:`Task`, a built-in task name (``ioi``, ``greater-than``, ``induction``), a JSON path, or
-            a dict of strings / tensors (see :func:`prepare_task`). The train split is used.
+            a dict of strings / tensors (see :func:`circuitfind.tasks.resolve_task`). The train split is used.
         method: one of the methods above.
         threshold: see above; ``math.inf`` with ACDC removes every edge.
         n_edges: keep the top ``n_edges`` edges by score.
@@ -259,13 +198,13 @@ def discover(
     AcdcOptions(threshold=tau or 0.0, absolute=absolute, batch_size=1 if batch_size is None else batch_size)
     kind = Ablation.parse(ablation)
     model_name = model if isinstance(model, str) else ""
-    pm, tokenizer = as_patchable(model, tokenizer)
+    pm, tokenizer = resolve_model(model, tokenizer)
     if n_edges is not None and n_edges > pm.graph.n_edges:
         raise ConfigError(f"n_edges must be between 1 and {pm.graph.n_edges:,} (this graph's edges); got {n_edges:,}")
     if batch_size is None:
         batch_size = 1 if pm.device.type == "cpu" else 8
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
-    task = prepare_task(task, tokenizer).train()
+    task = resolve_task(task, tokenizer).train()
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference)
@@ -282,24 +221,9 @@ def discover(
         bar=_progress_bar(progress),
     )
     try:
-        kind_of = METHODS[method].kind
-        if kind_of is MethodKind.CIRCUIT:
-            opts = AcdcOptions(threshold=float(tau), absolute=absolute, sender_order=order, batch_size=batch_size)
-            mask, scores, stats, faith = _discover_acdc(run, method, opts, task, metric, checkpoint, resume)
-        elif kind_of is MethodKind.HYBRID:
-            opts = HybridOptions(
-                target=run.target,
-                threshold=threshold,
-                steps=steps,
-                batch_size=batch_size,
-                absolute=absolute,
-                sender_order=order,
-                from_input=run.from_input,
-            )
-            mask, scores, stats, faith = _discover_hybrid(run, opts)
-        else:
-            opts = ExactOptions(batch_size, candidates) if method == "exact" else EapOptions(steps=steps)
-            mask, scores, stats, faith = _discover_scores(run, method, opts)
+        mask, scores, stats, faith = _dispatch(
+            run, method, threshold, steps, batch_size, absolute, order, candidates, task, metric, checkpoint, resume
+        )
     finally:
         if run.bar is not None:
             run.bar.close()
@@ -316,6 +240,27 @@ def discover(
         stats=stats,
         model=str(model_name),
     )
+
+
+def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candidates, task, metric, ckpt, resume):
+    """Build the method's options object and run it: ``(mask, scores, stats, Faithfulness)``."""
+    kind_of = METHODS[method].kind
+    if kind_of is MethodKind.CIRCUIT:
+        opts = AcdcOptions(threshold=float(run.threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
+        return _discover_acdc(run, method, opts, task, metric, ckpt, resume)
+    if kind_of is MethodKind.HYBRID:
+        opts = HybridOptions(
+            target=run.target,
+            threshold=threshold,
+            steps=steps,
+            batch_size=batch_size,
+            absolute=absolute,
+            sender_order=order,
+            from_input=run.from_input,
+        )
+        return _discover_hybrid(run, opts)
+    opts = ExactOptions(batch_size, candidates) if method == "exact" else EapOptions(steps=steps)
+    return _discover_scores(run, method, opts)
 
 
 @dataclass(frozen=True)

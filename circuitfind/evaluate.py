@@ -16,11 +16,8 @@ The model-free math (:func:`roc_points`, :func:`auc`, :func:`roc_from_circuits`,
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,13 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuitfind.circuit import Circuit
-from circuitfind.discovery import as_patchable
 from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph
 from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
-from circuitfind.patching import AblatedOutputs, Ablation, PatchableModel
-from circuitfind.tasks import Task, check_task_fits
+from circuitfind.patching import Ablation, PatchableModel, resolve_model
+from circuitfind.tasks import Task, check_task_fits, resolve_task
 
 __all__ = [
     "MIB_FRACTIONS",
@@ -47,8 +43,6 @@ __all__ = [
     "random_circuits",
     "roc_from_circuits",
     "roc_points",
-    "roc_sweep",
-    "threshold_sweep",
     "top_k_masks",
 ]
 
@@ -57,12 +51,6 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 # --- shared plumbing ---------------------------------------------------------------------------------------
-def _as_task(task: Any, tokenizer: Any) -> Task:
-    from circuitfind.discovery import prepare_task
-
-    return prepare_task(task, tokenizer)
-
-
 def _eval_split(task: Task) -> tuple[Task, str, str | None]:
     """The held-out split when the task has one, else every prompt (with a note saying so)."""
     try:
@@ -89,15 +77,6 @@ def _mask_of(graph: Graph, circuit_or_mask: Circuit | Tensor) -> Tensor:
     return mask
 
 
-def _ablation_for(pm: PatchableModel, task: Task, kind: Ablation) -> AblatedOutputs:
-    """The ablated outputs for ``task``'s prompts (as :func:`circuitfind.discovery.prepare_problem` builds them)."""
-    if kind is Ablation.RESAMPLE:
-        return pm.ablation(kind, task.corrupted_ids, task.attention_mask)
-    if kind is Ablation.MEAN:
-        return pm.ablation(kind, task.clean_ids, task.attention_mask)
-    return pm.ablation(kind)
-
-
 def _stack_label(start: int, err: MetricError) -> str:
     """Which evaluated circuit a bad metric value belongs to: the stack is full, empty, then the circuits."""
     i = start + (err.index or 0)
@@ -119,6 +98,7 @@ class _Evaluator:
         metric: Any,
         ablation: Ablation | str,
         *,
+        reference: Task | None,
         batch_masks: int | None,
         memory_budget: int,
     ) -> None:
@@ -127,7 +107,9 @@ class _Evaluator:
         check_task_fits(self.task, pm.spec)
         self.task = self.task.to(pm.device)
         self.kind = Ablation.parse(ablation)
-        self.ablated = _ablation_for(pm, self.task, self.kind)
+        if reference is not None:
+            check_task_fits(reference, pm.spec, label="the reference task")
+        self.ablated = pm.ablation_for(self.task, self.kind, reference)
         self.metric_spec = _default_metric(self.task, metric)
         g, B, T = pm.graph, len(self.task), self.task.seq_len
         if batch_masks is None:
@@ -207,6 +189,7 @@ def faithfulness_many(
     *,
     metric: Any = None,
     ablation: Ablation | str = "resample",
+    reference: Task | None = None,
     tokenizer: Any = None,
     batch_masks: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -216,11 +199,13 @@ def faithfulness_many(
     Args:
         model_or_pm: a :class:`PatchableModel`, a transformers model, or a name for :func:`load_model`.
         masks: circuits or ``(S, R)`` masks (bool; floats interpolate).
-        task: a :class:`Task` or anything :func:`circuitfind.discovery.prepare_task` accepts (names and strings
+        task: a :class:`Task` or anything :func:`circuitfind.tasks.resolve_task` accepts (names and strings
             need ``tokenizer``). Its held-out split is used; without one, every prompt (the result says so).
         metric: ``kl``, ``logit_diff``, ``prob_diff`` or a callable on logits ``(B, V)``. Default: the task's
             metric, or KL when the task has no answer ids.
         ablation: what removed edges carry (``resample``, ``mean``, ``zero``).
+        reference: mean ablation's reference batch (default: the evaluated prompts), as in :func:`discover`:
+            pass the same one to evaluate a circuit under the ablation it was found with.
         tokenizer: for tasks given by name or as strings.
         batch_masks: masks per forward pass; default: as many as fit in ``memory_budget`` bytes.
         memory_budget: activation bytes a pass may hold when ``batch_masks`` is None.
@@ -235,10 +220,12 @@ def faithfulness_many(
         >>> [round(r["faithfulness"], 2) for r in rows]  # doctest: +SKIP
         [0.41, 0.87, 0.98]
     """
-    pm, tokenizer = as_patchable(model_or_pm, tokenizer)
-    task = _as_task(task, tokenizer)
+    pm, tokenizer = resolve_model(model_or_pm, tokenizer)
+    task = resolve_task(task, tokenizer)
     mask_list = [_mask_of(pm.graph, m) for m in masks]
-    ev = _Evaluator(pm, task, metric, ablation, batch_masks=batch_masks, memory_budget=memory_budget)
+    ev = _Evaluator(
+        pm, task, metric, ablation, reference=reference, batch_masks=batch_masks, memory_budget=memory_budget
+    )
     return ev.run(mask_list)
 
 
@@ -249,6 +236,7 @@ def faithfulness(
     *,
     metric: Any = None,
     ablation: Ablation | str = "resample",
+    reference: Task | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Faithfulness ``f = (m(C) - m(empty)) / (m(N) - m(empty))`` of one circuit on the held-out prompts.
@@ -261,6 +249,7 @@ def faithfulness(
         task: the task (its held-out split is used; without one, all prompts and a ``note`` says so).
         metric: default the task's metric (KL when the task has no answers); see :func:`faithfulness_many`.
         ablation: ``resample`` (default), ``mean`` or ``zero``.
+        reference: mean ablation's reference batch (default: the evaluated prompts).
         tokenizer: for tasks given by name or as strings.
 
     Returns:
@@ -273,7 +262,7 @@ def faithfulness(
         0.93
     """
     return faithfulness_many(
-        model_or_pm, [circuit_or_mask], task, metric=metric, ablation=ablation, tokenizer=tokenizer
+        model_or_pm, [circuit_or_mask], task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
     )[0]
 
 
@@ -322,6 +311,7 @@ def random_baseline(
     *,
     metric: Any = None,
     ablation: Ablation | str = "resample",
+    reference: Task | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Mean and standard deviation of the faithfulness of ``n`` random circuits of ``n_edges`` edges.
@@ -329,7 +319,7 @@ def random_baseline(
     Args:
         pm: the model (see :func:`faithfulness_many`).
         n_edges: size of each random circuit.
-        task, metric, ablation, tokenizer: as in :func:`faithfulness_many`.
+        task, metric, ablation, reference, tokenizer: as in :func:`faithfulness_many`.
         n: number of random circuits.
         seed: seed of :func:`random_circuits`.
 
@@ -342,9 +332,11 @@ def random_baseline(
         >>> f"{base['mean']:.2f} ± {base['std']:.2f}"  # doctest: +SKIP
         '0.03 ± 0.05'
     """
-    pm, tokenizer = as_patchable(pm, tokenizer)
+    pm, tokenizer = resolve_model(pm, tokenizer)
     masks = random_circuits(pm.graph, n_edges, n, seed)
-    rows = faithfulness_many(pm, masks, task, metric=metric, ablation=ablation, tokenizer=tokenizer)
+    rows = faithfulness_many(
+        pm, masks, task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
+    )
     values = torch.tensor([r["faithfulness"] for r in rows], dtype=torch.float64)
     first = rows[0]
     return {
@@ -361,155 +353,6 @@ def random_baseline(
     }
 
 
-# --- threshold sweeps and ROC ------------------------------------------------------------------------------
-def _digest(task: Task, parts: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for t in (task.clean_ids, task.corrupted_ids, task.attention_mask, task.answer_pos):
-        h.update(t.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
-def _metric_label(metric: Any) -> str:
-    if isinstance(metric, str):
-        return metric
-    return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
-
-
-def threshold_sweep(
-    model: nn.Module | PatchableModel | str,
-    task: Any,
-    thresholds: Sequence[float],
-    *,
-    tokenizer: Any = None,
-    cache_dir: str | Path | None = None,
-    on_circuit: Callable[[float, Circuit], None] | None = None,
-    **discover_kw: Any,
-) -> list[Circuit]:
-    """ACDC (through :func:`circuitfind.discover`) once per threshold.
-
-    Args:
-        model: a :class:`PatchableModel`, a transformers model, or a name (loaded once for the whole sweep).
-        task: anything :func:`circuitfind.discover` accepts; its train split is used.
-        thresholds: the taus, run in the given order.
-        tokenizer: for tasks given by name or as strings.
-        cache_dir: if given, each circuit is saved there as JSON and reused by a later sweep with the same model
-            name, task data, threshold and options, and each ACDC run checkpoints there (``.ckpt``), so an
-            interrupted sweep resumes where it stopped, even in the middle of a run.
-        on_circuit: called with ``(threshold, circuit)`` after each threshold (e.g. to write partial results).
-        **discover_kw: passed to :func:`circuitfind.discover` (``metric``, ``ablation``, ``batch_size``,
-            ``progress``: a progress bar per run, off by default).
-
-    Returns:
-        one :class:`Circuit` per threshold, in the order of ``thresholds``.
-
-    Example:
-        >>> circuits = threshold_sweep(pm, task, [0.01, 0.1], ablation="zero")  # doctest: +SKIP
-        >>> [c.n_edges for c in circuits]  # doctest: +SKIP
-        [41, 12]
-    """
-    from circuitfind.discovery import discover
-
-    if not len(thresholds):
-        raise ConfigError("thresholds is empty; give at least one threshold, e.g. [0.01, 0.1]")
-    pm, tokenizer = as_patchable(model, tokenizer)
-    task = _as_task(task, tokenizer)
-    discover_kw.setdefault("progress", False)
-    model_name = getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
-    circuits = []
-    for tau in thresholds:
-        path = None
-        if cache_dir is not None:
-            parts = {
-                "model": model_name,
-                "graph": pm.graph.describe(),
-                "threshold": float(tau),
-                "task": task.name,
-                **{k: _metric_label(v) if k == "metric" else v for k, v in discover_kw.items() if k != "progress"},
-            }
-            path = Path(cache_dir) / f"acdc_{task.name}_{_digest(task.train(), parts)}.json"
-        if path is not None and path.exists():
-            circuit = Circuit.load(path)
-        elif path is not None:  # checkpointed: an interrupted run resumes from its last finished receiver
-            ckpt = path.with_suffix(".ckpt")
-            circuit = discover(pm, task, threshold=float(tau), checkpoint=ckpt, resume=True, **discover_kw)
-            circuit.save(path)
-            ckpt.unlink(missing_ok=True)
-        else:
-            circuit = discover(pm, task, threshold=float(tau), **discover_kw)
-        circuits.append(circuit)
-        if on_circuit is not None:
-            on_circuit(float(tau), circuit)
-    return circuits
-
-
-def _truth_mask(graph: Graph, truth_edges: set[str] | Sequence[str] | Tensor) -> Tensor:
-    if isinstance(truth_edges, Tensor):
-        graph.check_mask(truth_edges)
-        return truth_edges.bool().cpu() & graph.edge_mask
-    return graph.mask_of(sorted(truth_edges))
-
-
-def roc_sweep(
-    model: nn.Module | PatchableModel | str,
-    task: Any,
-    thresholds: Sequence[float],
-    truth_edges: set[str] | Sequence[str] | Tensor,
-    **discover_kw: Any,
-) -> dict[str, Any]:
-    """ACDC at each threshold, then the ROC of those circuits against a ground truth and its area.
-
-    Each circuit is one (FPR, TPR) point; the curve adds (0, 0) and (1, 1) and is sorted by FPR
-    (:func:`roc_from_circuits`), as in the ACDC paper.
-
-    Args:
-        model: a :class:`PatchableModel`, a transformers model, or a name.
-        task: the task (its train split is used for discovery).
-        thresholds: the ACDC thresholds.
-        truth_edges: edge names of the ground-truth circuit, or its ``(S, R)`` bool mask.
-        **discover_kw: passed to :func:`threshold_sweep` / :func:`circuitfind.discover` (``metric``,
-            ``ablation``, ``tokenizer``, ``cache_dir``...).
-
-    Returns:
-        ``{"auc", "auc_pessimistic", "fpr", "tpr", "points", "n_truth", "n_graph_edges", "circuits"}``;
-        ``points`` has one ``{"threshold", "n_edges", "fraction", "fpr", "tpr"}`` per threshold.
-
-    Example:
-        >>> res = roc_sweep(pm, task, [1e-3, 1e-2, 1e-1], ioi_ground_truth())  # doctest: +SKIP
-        >>> round(res["auc"], 3)  # doctest: +SKIP
-        0.869
-    """
-    tokenizer = discover_kw.pop("tokenizer", None)
-    pm, tokenizer = as_patchable(model, tokenizer)
-    truth = _truth_mask(pm.graph, truth_edges)
-    circuits = threshold_sweep(pm, task, thresholds, tokenizer=tokenizer, **discover_kw)
-    g = pm.graph
-    fpr, tpr = roc_from_circuits([c.mask for c in circuits], truth, g.edge_mask)
-    n_pos = int(truth.sum())
-    n_neg = g.n_edges - n_pos
-    points = []
-    for tau, c in zip(thresholds, circuits, strict=True):
-        kept = c.mask & g.edge_mask
-        points.append(
-            {
-                "threshold": float(tau),
-                "n_edges": c.n_edges,
-                "fraction": c.fraction,
-                "fpr": int((kept & ~truth).sum()) / n_neg,
-                "tpr": int((kept & truth).sum()) / n_pos,
-            }
-        )
-    return {
-        "auc": auc(fpr, tpr),
-        "auc_pessimistic": auc(fpr, tpr, pessimistic=True),
-        "fpr": fpr.tolist(),
-        "tpr": tpr.tolist(),
-        "points": points,
-        "n_truth": n_pos,
-        "n_graph_edges": g.n_edges,
-        "circuits": circuits,
-    }
-
-
 # --- CPR / CMD ---------------------------------------------------------------------------------------------
 def cpr_cmd_of_scores(
     pm: nn.Module | PatchableModel | str,
@@ -519,6 +362,7 @@ def cpr_cmd_of_scores(
     fractions: Sequence[float] = MIB_FRACTIONS,
     metric: Any = None,
     ablation: Ablation | str = "resample",
+    reference: Task | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
     """CPR and CMD of an edge-score map: top-k% circuits, their held-out faithfulness, the areas (MIB).
@@ -529,7 +373,7 @@ def cpr_cmd_of_scores(
     Args:
         pm: the model (see :func:`faithfulness_many`).
         scores: ``(S, R)`` edge scores (higher = more important), e.g. ``circuit.scores``.
-        task, metric, ablation, tokenizer: as in :func:`faithfulness_many`.
+        task, metric, ablation, reference, tokenizer: as in :func:`faithfulness_many`.
         fractions: circuit sizes as fractions of the edges, increasing (default :data:`MIB_FRACTIONS`).
 
     Returns:
@@ -540,14 +384,16 @@ def cpr_cmd_of_scores(
         >>> res["cpr"], res["cmd"]  # doctest: +SKIP
         (0.81, 0.12)
     """
-    pm, tokenizer = as_patchable(pm, tokenizer)
+    pm, tokenizer = resolve_model(pm, tokenizer)
     pm.graph.check_mask(scores)
     if scores.dim() != 2:
         raise ShapeError(f"scores must be one (S, R) map; got shape {tuple(scores.shape)}")
     s = scores.detach().cpu().double()
     signed = top_k_masks(s.nan_to_num(nan=-math.inf), pm.graph.edge_mask, fractions)
     absolute = top_k_masks(s.abs().nan_to_num(nan=-1.0), pm.graph.edge_mask, fractions)
-    rows = faithfulness_many(pm, signed + absolute, task, metric=metric, ablation=ablation, tokenizer=tokenizer)
+    rows = faithfulness_many(
+        pm, signed + absolute, task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
+    )
     f_signed = [r["faithfulness"] for r in rows[: len(fractions)]]
     f_abs = [r["faithfulness"] for r in rows[len(fractions) :]]
     cpr, _ = cpr_cmd(f_signed, fractions)

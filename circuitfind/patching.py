@@ -20,21 +20,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 
-from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.graph import Graph
 from circuitfind.masked_forward import MaskedForward, PassInputs
 from circuitfind.models import spec_for
 from circuitfind.models.spec import ArchSpec, rotate_half
 
-__all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache"]
+__all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
 
 
 class Ablation(enum.Enum):
@@ -208,6 +210,39 @@ class PatchableModel:
         else:
             mean = (einsum(live, am, "s n t d, n t -> s d") / am.sum()).reshape(live.shape[0], 1, 1, -1)
         return self._make(kind, mean)
+
+    def ablation_for(self, task, kind: Ablation | str = Ablation.RESAMPLE, reference=None) -> AblatedOutputs:
+        """The ablated outputs a run on ``task`` uses: the one rule discovery and evaluation share.
+
+        Args:
+            task: a :class:`~circuitfind.tasks.Task` (on any device).
+            kind: ``resample``: each prompt's corrupted twin; ``mean``: the mean over ``reference``'s clean
+                prompts, or over ``task``'s own when no reference is given; ``zero``.
+            reference: mean ablation only: the reference batch (a Task). Must be None for other kinds.
+
+        Example:
+            >>> abl = pm.ablation_for(task, "mean", reference=ref_task)  # doctest: +SKIP
+        """
+        from circuitfind.tasks import Task  # tasks do not import this module; resolved at call time anyway
+
+        kind = Ablation.parse(kind)
+        for value, label in ((task, "task"), (reference, "reference")):
+            if value is not None and not isinstance(value, Task):
+                raise TaskError(
+                    f"{label} must be a Task; got {type(value).__name__}. Build one with "
+                    "circuitfind.tasks.resolve_task(...) or Task.from_strings(...)."
+                )
+        if reference is not None and kind is not Ablation.MEAN:
+            raise ConfigError(
+                f"reference= is the reference batch of mean ablation, but the ablation is {kind.value!r}; "
+                "drop reference= or use ablation='mean'"
+            )
+        if kind is Ablation.RESAMPLE:
+            return self.ablation(kind, task.corrupted_ids.to(self.device), task.attention_mask.to(self.device))
+        if kind is Ablation.MEAN:
+            ref = reference if reference is not None else task
+            return self.ablation(kind, ref.clean_ids.to(self.device), ref.attention_mask.to(self.device))
+        return self.ablation(kind)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model."""
@@ -438,3 +473,38 @@ class PatchableModel:
                 "the mask differs from the cache's mask below the start layer (or from senders below it to "
                 "receivers above it); rebuild the cache with prefix_cache() for this mask"
             )
+
+
+def resolve_model(
+    model: nn.Module | PatchableModel | str | os.PathLike[str] | None,
+    tokenizer: Any = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> tuple[PatchableModel, Any]:
+    """The one place a model argument becomes a :class:`PatchableModel` (and the tokenizer to use with it).
+
+    Args:
+        model: a ``PatchableModel`` (used as is), a transformers model object, or what
+            :func:`circuitfind.load_model` accepts by name (None = the offline default, a local folder, an HF id).
+        tokenizer: returned as is when given (objects); with a name, also a tokenizer name or folder to load.
+        device, dtype, progress: passed to :func:`circuitfind.load_model` when ``model`` is loaded by name.
+
+    Returns:
+        ``(pm, tokenizer)``; the tokenizer is the loaded model's own unless one was given.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> pm, tok = resolve_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8)))
+        >>> resolve_model(pm)[0] is pm, tok is None
+        (True, True)
+    """
+    if isinstance(model, PatchableModel):
+        return model, tokenizer
+    by_name = model is None or isinstance(model, str | os.PathLike)
+    if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
+        from circuitfind.models import load_model  # loading pulls in the hub stack: only when it is needed
+
+        model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+    return PatchableModel(model), tokenizer

@@ -197,7 +197,8 @@ def tracr_ground_truth(meta: dict[str, Any], ablation: Ablation | str) -> tuple[
 def _reproduce_tracr(
     name: str, thresholds: Sequence[float], out_dir: Path, n_sequences: int | None, seed: int, log: Callable
 ) -> dict[str, Any]:
-    from circuitfind.evaluate import auc, roc_from_circuits, roc_sweep
+    from circuitfind.evaluate import auc, roc_from_circuits
+    from circuitfind.threshold_sweeps import roc_sweep
 
     setup = tracr_setup(name, n_sequences=n_sequences, seed=seed)
     g = setup.pm.graph
@@ -248,9 +249,9 @@ def _reproduce_gpt2(
     log: Callable,
     device: str | torch.device | None,
 ) -> dict[str, Any]:
-    from circuitfind.evaluate import roc_sweep
     from circuitfind.models import load_model
     from circuitfind.tasks import get_task
+    from circuitfind.threshold_sweeps import roc_sweep
 
     truth_of = _paper_truth(task_name)
     if truth_of is None:
@@ -304,9 +305,10 @@ def _reproduce_faithfulness(
     log: Callable,
     device: str | torch.device | None,
 ) -> dict[str, Any]:
-    from circuitfind.evaluate import faithfulness, threshold_sweep
+    from circuitfind.evaluate import faithfulness
     from circuitfind.models import load_model
     from circuitfind.tasks import get_task
+    from circuitfind.threshold_sweeps import threshold_sweep
 
     label = _model_label(model_name)
     model, tok = load_model(model_name, device=device, progress=False)

@@ -9,6 +9,7 @@ import torch
 
 import circuitfind.discovery
 import circuitfind.evaluate as evaluate
+import circuitfind.threshold_sweeps
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate import (
     cpr_cmd_of_scores,
@@ -16,11 +17,10 @@ from circuitfind.evaluate import (
     faithfulness_many,
     random_baseline,
     random_circuits,
-    roc_sweep,
-    threshold_sweep,
 )
 from circuitfind.patching import PatchableModel
 from circuitfind.tasks import Task
+from circuitfind.threshold_sweeps import roc_sweep, threshold_sweep
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2
 
 N, T, N_TRAIN = 8, 7, 4
@@ -126,7 +126,7 @@ def test_roc_sweep_and_resume_from_cache(pm, tmp_path, monkeypatch):
     def no_discovery(*args, **kwargs):
         raise AssertionError("the cached circuit should have been reused")
 
-    monkeypatch.setattr(circuitfind.discovery, "discover", no_discovery)
+    monkeypatch.setattr(circuitfind.threshold_sweeps, "discover", no_discovery)
     res = roc_sweep(pm, task, [0.05], c.mask, cache_dir=tmp_path, metric="kl", progress=True)  # same cache key
     assert res["auc"] == 1.0 and res["points"][0]["tpr"] == 1.0 and res["points"][0]["fpr"] == 0.0
     assert torch.equal(res["circuits"][0].mask, c.mask)
@@ -135,3 +135,38 @@ def test_roc_sweep_and_resume_from_cache(pm, tmp_path, monkeypatch):
 def test_reexports():
     for name in ("roc_points", "auc", "roc_from_circuits", "cpr_cmd", "top_k_masks", "MIB_FRACTIONS"):
         assert name in evaluate.__all__ and hasattr(evaluate, name)
+
+
+def test_mean_ablation_uses_the_same_reference_in_discover_and_evaluate(pm):
+    """One rule for the ablation (PatchableModel.ablation_for): a circuit found under mean ablation over a
+    reference batch evaluates, on the same prompts with the same reference, to the metric discover recorded;
+    averaging over the evaluated prompts instead gives another number (so the test can tell them apart)."""
+    task = _task(n_train=None)
+    ref = _task(n_train=None).subset(slice(0, 3))
+    ref = Task(
+        "ref", ref.corrupted_ids, ref.clean_ids, ref.attention_mask, ref.answer_pos, ref.answers, ref.wrong_answers
+    )
+    circuit = circuitfind.discovery.discover(
+        pm, task, method="eap", n_edges=12, metric="logit_diff", ablation="mean", reference=ref, progress=False
+    )
+    same = faithfulness(pm, circuit, task, metric="logit_diff", ablation="mean", reference=ref)
+    other = faithfulness(pm, circuit, task, metric="logit_diff", ablation="mean")
+    assert same["metric_circuit"] == pytest.approx(circuit.metric_circuit, rel=1e-5, abs=1e-6)
+    assert same["metric_empty"] == pytest.approx(circuit.metric_empty, rel=1e-5, abs=1e-6)
+    assert abs(other["metric_empty"] - circuit.metric_empty) > 1e-3
+
+
+def test_ablation_for_builds_each_kind_from_the_right_prompts(pm):
+    task, ref = _task(n_train=None), _task(n_train=None).subset(slice(2, 5))
+    by_hand = {
+        "resample": pm.ablation("resample", task.corrupted_ids, task.attention_mask),
+        "mean": pm.ablation("mean", task.clean_ids, task.attention_mask),
+        "zero": pm.ablation("zero"),
+    }
+    for kind, want in by_hand.items():
+        assert torch.equal(pm.ablation_for(task, kind).outputs, want.outputs), kind
+    with_ref = pm.ablation_for(task, "mean", reference=ref)
+    assert torch.equal(with_ref.outputs, pm.ablation("mean", ref.clean_ids, ref.attention_mask).outputs)
+    assert not torch.allclose(with_ref.outputs, by_hand["mean"].outputs)
+    with pytest.raises(ConfigError, match="reference"):
+        pm.ablation_for(task, "resample", reference=ref)

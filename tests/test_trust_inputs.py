@@ -11,11 +11,10 @@ from transformers import GPT2Config, GPT2Model
 
 import circuitfind as cf
 from circuitfind.cli import main
-from circuitfind.discovery import prepare_task
 from circuitfind.errors import ConfigError, ModelLoadError, TaskError, UnsupportedModelError
 from circuitfind.evaluate import faithfulness
 from circuitfind.patching import PatchableModel
-from circuitfind.tasks import Task, from_json, to_json
+from circuitfind.tasks import Task, from_json, resolve_task, to_json
 from tests.models_tiny import VOCAB, tiny_gpt2, tiny_llama
 
 N, T = 3, 6
@@ -110,7 +109,7 @@ def test_a_utf8_task_file_with_a_byte_order_mark_reads(tmp_path):
 )
 def test_malformed_task_dicts_are_task_errors(make, message):
     with pytest.raises(TaskError, match=message):
-        prepare_task(make(_task()))
+        resolve_task(make(_task()))
 
 
 def test_answers_given_as_ints_are_a_task_error():

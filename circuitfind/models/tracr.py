@@ -19,7 +19,7 @@ tracr's compiled graph.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,54 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+def _read_fixture(path: Path, device, dtype: torch.dtype) -> tuple[dict[str, Any], Callable[..., Tensor]]:
+    """``meta.json`` (checked) and a getter of the named weights that checks each tensor's shape."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "meta.json").read_text())
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ModelLoadError(f"{path / 'meta.json'} lacks {', '.join(missing)}; regenerate the fixture")
+    if meta["activation"] != "relu" or meta.get("layer_norm", False):
+        raise ModelLoadError(
+            f"{path}: expected a ReLU MLP and no layer norm (tracr's defaults); got activation "
+            f"{meta['activation']!r}, layer_norm={meta.get('layer_norm')}"
+        )
+    weights = {k: v.to(device=device, dtype=dtype) for k, v in load_file(str(path / "weights.safetensors")).items()}
+
+    def get(key: str, shape: tuple[int, ...]) -> Tensor:
+        if key not in weights:
+            raise ModelLoadError(f"{path / 'weights.safetensors'} lacks tensor {key!r}; regenerate the fixture")
+        t = weights[key]
+        if tuple(t.shape) != shape:
+            raise ModelLoadError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, meta.json implies {shape}")
+        return t
+
+    return meta, get
+
+
+def _layer(get: Callable[..., Tensor], layer: int, meta: dict[str, Any]) -> LayerSpec:
+    """Block ``layer`` of the fixture: per-head attention weights and the ReLU MLP, no norms."""
+    H, D, E, p = meta["n_heads"], meta["d_model"], meta["d_head"], f"layers.{layer}."
+    attn = AttentionWeights(
+        W_Q=get(p + "W_Q", (H, D, E)),
+        W_K=get(p + "W_K", (H, D, E)),
+        W_V=get(p + "W_V", (H, D, E)),
+        W_O=get(p + "W_O", (H, E, D)),
+        b_Q=get(p + "b_Q", (H, E)),
+        b_K=get(p + "b_K", (H, E)),
+        b_V=get(p + "b_V", (H, E)),
+        b_O=get(p + "b_O", (D,)),
+    )
+    mlp = _relu_mlp(
+        get(p + "W_in", (D, meta["d_mlp"])),
+        get(p + "b_in", (meta["d_mlp"],)),
+        get(p + "W_out", (meta["d_mlp"], D)),
+        get(p + "b_out", (D,)),
+    )
+    return LayerSpec(attn, _identity, _identity, mlp, float(meta["attn_scale"]))
+
+
 def load_tracr(
     name_or_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[ArchSpec, dict[str, Any]]:
@@ -103,52 +151,14 @@ def load_tracr(
         >>> spec.n_layers, spec.n_heads, len(meta["ground_truth"])
         (4, 1, 8)
     """
-    from safetensors.torch import load_file
-
     path = _resolve(name_or_dir)
-    meta = json.loads((path / "meta.json").read_text())
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing:
-        raise ModelLoadError(f"{path / 'meta.json'} lacks {', '.join(missing)}; regenerate the fixture")
-    if meta["activation"] != "relu" or meta.get("layer_norm", False):
-        raise ModelLoadError(
-            f"{path}: expected a ReLU MLP and no layer norm (tracr's defaults); got activation "
-            f"{meta['activation']!r}, layer_norm={meta.get('layer_norm')}"
-        )
-    weights = {k: v.to(device=device, dtype=dtype) for k, v in load_file(str(path / "weights.safetensors")).items()}
+    meta, get = _read_fixture(path, device, dtype)
     n_layers, H, D, E = meta["n_layers"], meta["n_heads"], meta["d_model"], meta["d_head"]
-
-    def get(key: str, shape: tuple[int, ...]) -> Tensor:
-        if key not in weights:
-            raise ModelLoadError(f"{path / 'weights.safetensors'} lacks tensor {key!r}; regenerate the fixture")
-        t = weights[key]
-        if tuple(t.shape) != shape:
-            raise ModelLoadError(f"{path}: tensor {key!r} has shape {tuple(t.shape)}, meta.json implies {shape}")
-        return t
 
     token_embed = get("token_embed", (len(meta["input_vocab"]), D))  # (V, D)
     pos_embed = get("pos_embed", (meta["n_positions"], D))  # (P, D); row 0 (the BOS position) is zero
     unembed_w = get("unembed", (D, len(meta["output_vocab"])))  # (D, V_out): a projection of the residual
-    layers = []
-    for layer in range(n_layers):
-        p = f"layers.{layer}."
-        attn = AttentionWeights(
-            W_Q=get(p + "W_Q", (H, D, E)),
-            W_K=get(p + "W_K", (H, D, E)),
-            W_V=get(p + "W_V", (H, D, E)),
-            W_O=get(p + "W_O", (H, E, D)),
-            b_Q=get(p + "b_Q", (H, E)),
-            b_K=get(p + "b_K", (H, E)),
-            b_V=get(p + "b_V", (H, E)),
-            b_O=get(p + "b_O", (D,)),
-        )
-        mlp = _relu_mlp(
-            get(p + "W_in", (D, meta["d_mlp"])),
-            get(p + "b_in", (meta["d_mlp"],)),
-            get(p + "W_out", (meta["d_mlp"], D)),
-            get(p + "b_out", (D,)),
-        )
-        layers.append(LayerSpec(attn, _identity, _identity, mlp, float(meta["attn_scale"])))
+    layers = [_layer(get, layer, meta) for layer in range(n_layers)]
 
     def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
         if int(position_ids.max()) >= pos_embed.shape[0]:
