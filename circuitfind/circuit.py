@@ -1,21 +1,31 @@
-"""A discovered circuit: which edges are kept, their scores, and how the run went."""
+"""A discovered circuit: which edges are kept, their scores, and how the run went.
+
+A :class:`Circuit` is immutable: its fields cannot be reassigned and its ``config`` and ``stats`` are read-only
+mappings; a change makes a new circuit (:meth:`Circuit.replace`, :meth:`Circuit.with_config`). The formats
+(JSON, DOT, networkx, images) live in :mod:`circuitfind.export`, which this module calls and which never
+imports it back.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
+from circuitfind import export
 from circuitfind.graph import Edge, Graph
 
 __all__ = ["Circuit"]
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Circuit:
-    """The result of a discovery run.
+    """The result of a discovery run (frozen: changes make a new one).
 
     Attributes:
         graph: the model's graph layout.
@@ -25,13 +35,19 @@ class Circuit:
         metric_full: the metric with every edge kept (the full model).
         metric_empty: the metric with no edge kept (every edge ablated).
         metric_circuit: the metric of the circuit.
-        config: the options of the run (method, threshold, metric, ablation...).
-        stats: wall time, forward passes, edges tested, ...
+        config: the options of the run (method, threshold, metric, ablation...); a read-only mapping.
+        stats: wall time, forward passes, edges tested, ...; a read-only mapping.
         model: a name for the model it was found on.
 
+    The tensors are the circuit's own copies on the CPU; do not change them in place.
+
     Example:
-        >>> c = circuitfind.discover(model, task, threshold=0.05)  # doctest: +SKIP
-        >>> c.n_edges, c.edge_names[:3]  # doctest: +SKIP
+        >>> g = Graph(n_layers=1, n_heads=1)
+        >>> c = Circuit(g, g.mask_of(["input->m0", "m0->logits"]), torch.zeros(g.edge_mask.shape))
+        >>> c.n_edges, c.edge_names
+        (2, ['input->m0', 'm0->logits'])
+        >>> c.with_config(seed=0).config["seed"], c.replace(model="tiny").model
+        (0, 'tiny')
     """
 
     graph: Graph
@@ -40,16 +56,42 @@ class Circuit:
     metric_full: float = float("nan")
     metric_empty: float = float("nan")
     metric_circuit: float = float("nan")
-    config: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)
     model: str = ""
 
     def __post_init__(self) -> None:
         self.graph.check_mask(self.mask)
         self.graph.check_mask(self.scores)
-        self.mask = self.mask.detach().cpu().bool() & self.graph.edge_mask
-        self.scores = self.scores.detach().cpu().float()
+        # A frozen dataclass normalises its fields once, here, through object.__setattr__.
+        object.__setattr__(self, "mask", self.mask.detach().cpu().bool() & self.graph.edge_mask)
+        object.__setattr__(self, "scores", self.scores.detach().cpu().float())
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy.deepcopy cannot copy a MappingProxyType: rebuild from plain dicts.
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return (type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values))
+
+    # --- new circuits from this one -------------------------------------------------------------
+    def replace(self, **changes: Any) -> Circuit:
+        """A copy with some fields changed (``dataclasses.replace``); this circuit is left as it is.
+
+        Example:
+            >>> circuit = circuit.replace(model="gpt2")  # doctest: +SKIP
+        """
+        return dataclasses.replace(self, **changes)
+
+    def with_config(self, **entries: Any) -> Circuit:
+        """A copy whose ``config`` has ``entries`` added (or replaced).
+
+        Example:
+            >>> circuit = circuit.with_config(seed=0)  # doctest: +SKIP
+        """
+        return dataclasses.replace(self, config={**self.config, **entries})
+
+    # --- what it contains -----------------------------------------------------------------------
     @property
     def edges(self) -> list[Edge]:
         """Kept edges, sender-major."""
@@ -57,6 +99,7 @@ class Circuit:
 
     @property
     def edge_names(self) -> list[str]:
+        """Names of the kept edges, sender-major."""
         return [e.name for e in self.edges]
 
     @property
@@ -79,10 +122,16 @@ class Circuit:
         return (self.metric_circuit - self.metric_empty) / gap
 
     def nodes(self) -> list[str]:
-        """Names of the nodes that touch a kept edge (plus ``input`` and ``logits`` when connected)."""
-        from circuitfind.export import circuit_nodes
+        """Names of the nodes that touch a kept edge, in residual-stream order (``input`` first, ``logits`` last).
 
-        return circuit_nodes(self)
+        Example:
+            >>> g = Graph(2, 2)
+            >>> c = Circuit(g, g.mask_of(["input->a1.h0<v>", "a1.h0->logits"]), torch.zeros(g.edge_mask.shape))
+            >>> c.nodes()
+            ['input', 'a1.h0', 'logits']
+        """
+        on = self.graph.nodes_touched(self.mask)
+        return [self.graph.node_names[i] for i in on.nonzero().flatten().tolist()]
 
     def summary(self) -> str:
         m = self.config.get("metric", "metric")
@@ -96,42 +145,31 @@ class Circuit:
     # --- export (implemented in circuitfind.export) ---------------------------------------------
     def to_dot(self, **kwargs: Any) -> str:
         """Plain DOT text (no graphviz needed); see :func:`circuitfind.export.to_dot`."""
-        from circuitfind.export import to_dot
-
-        return to_dot(self, **kwargs)
+        return export.to_dot(self, **kwargs)
 
     def to_networkx(self):
         """A ``networkx.MultiDiGraph`` of the kept edges; see :func:`circuitfind.export.to_networkx`."""
-        from circuitfind.export import to_networkx
-
-        return to_networkx(self)
+        return export.to_networkx(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the MIB / EAP-IG layout plus circuitfind's metadata."""
-        from circuitfind.export import to_json_dict
-
-        return to_json_dict(self)
+        return export.to_json_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Circuit:
-        from circuitfind.export import from_json_dict
-
-        return from_json_dict(data)
+        """A circuit from :meth:`to_dict`'s dict or an EAP-IG graph dict; see
+        :func:`circuitfind.export.fields_from_json_dict`."""
+        return cls(**export.fields_from_json_dict(data))
 
     def save(self, path: str | Path) -> Path:
         """Write JSON (atomically); see :func:`circuitfind.export.save_json`."""
-        from circuitfind.export import save_json
-
-        return save_json(self, path)
+        return export.save_json(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        from circuitfind.export import load_json
-
-        return load_json(path)
+        """Read a circuit written by :meth:`save`, or an EAP-IG / MIB graph JSON file."""
+        return cls(**export.fields_from_json_file(path))
 
     def render(self, path: str | Path, fmt: str | None = None) -> Path:
         """Render to SVG/PNG/PDF with graphviz's ``dot`` binary (a clear error when it is missing)."""
-        from circuitfind.export import render
-
-        return render(self, path, fmt)
+        return export.render(self, path, fmt)

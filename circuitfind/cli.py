@@ -376,9 +376,9 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any]:
         resume=args.resume,
         progress=args.progress,
     )
-    circuit.model = _model_label(args)
+    circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):
-        circuit.config["seed"] = args.seed
+        circuit = circuit.with_config(seed=args.seed)
     return circuit, model, task
 
 

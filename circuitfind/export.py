@@ -14,7 +14,13 @@ infinite metric) are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` 
 metrics as ``null``). The ``circuitfind`` block is ours; files without it (EAP-IG's) load with NaN metrics and
 empty metadata.
 
-DOT text needs nothing installed; only :func:`render` runs graphviz's ``dot`` binary.
+DOT text needs nothing installed; only :func:`render` runs graphviz's ``dot`` binary (the ``graphviz`` Python
+package is never needed).
+
+This module works on anything with a :class:`~circuitfind.circuit.Circuit`'s fields (:class:`CircuitData`) and
+never imports :mod:`circuitfind.circuit`: ``Circuit``'s methods call it, and the readers return the fields that
+``Circuit.from_dict`` / ``Circuit.load`` build the circuit from. Every node and edge name comes from the
+:class:`~circuitfind.graph.Graph`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import math
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -40,14 +46,12 @@ from circuitfind.graph import Channel, Graph, NodeKind
 if TYPE_CHECKING:
     import networkx
 
-    from circuitfind.circuit import Circuit
-
 __all__ = [
     "FORMAT_VERSION",
     "RENDER_FORMATS",
-    "circuit_nodes",
-    "from_json_dict",
-    "load_json",
+    "CircuitData",
+    "fields_from_json_dict",
+    "fields_from_json_file",
     "render",
     "save_json",
     "to_dot",
@@ -76,62 +80,28 @@ MAX_LAYERS = MAX_HEADS = 1000
 MAX_LAYOUT = 2 * 10**8  # senders x receivers of the dense (S, R) tensors; Llama-3.1-70B needs 8e7
 
 
-# --- the name tables of a graph, built once per layout ----------------------------------------------------
-@dataclass(frozen=True)
-class _Names:
-    """Every edge of a graph by name, with its flat ``s * R + r`` position in an ``(S, R)`` tensor."""
+class CircuitData(Protocol):
+    """What the writers read from a circuit: the fields of :class:`~circuitfind.circuit.Circuit`."""
 
-    edge_s: torch.Tensor  # (E,) long, sender-major
-    edge_r: torch.Tensor  # (E,) long
-    edge_names: tuple[str, ...]  # (E,)
-    flat_of: dict[str, int]  # edge name -> s * R + r
-    node_names: tuple[str, ...]  # (S + 1,): the senders, then ``logits``
-    receiver_node: torch.Tensor  # (R,) long: index into node_names of the node a receiver belongs to
+    graph: Graph
+    mask: torch.Tensor  # (S, R) bool
+    scores: torch.Tensor  # (S, R) float
+    metric_full: float
+    metric_empty: float
+    metric_circuit: float
+    config: Mapping[str, Any]
+    stats: Mapping[str, Any]
+    model: str
+
+    @property
+    def n_edges(self) -> int: ...
 
 
 @lru_cache(maxsize=8)
-def _names(graph: Graph) -> _Names:
-    edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,)
-    sender_names = [n.name for n in graph.senders]
-    receiver_names = [r.name for r in graph.receivers]
-    names = tuple(
-        f"{sender_names[s]}->{receiver_names[r]}" for s, r in zip(edge_s.tolist(), edge_r.tolist(), strict=True)
-    )
-    flat = (edge_s * graph.n_receivers + edge_r).tolist()
-    node_index = {name: i for i, name in enumerate(sender_names)}
-    node_index["logits"] = graph.n_senders
-    receiver_node = torch.tensor([node_index[r.node.name] for r in graph.receivers], dtype=torch.long)
-    return _Names(
-        edge_s=edge_s,
-        edge_r=edge_r,
-        edge_names=names,
-        flat_of=dict(zip(names, flat, strict=True)),
-        node_names=(*sender_names, "logits"),
-        receiver_node=receiver_node,
-    )
-
-
-def _node_mask(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
-    """``(S + 1,)`` bool: nodes (senders, then logits) that touch a kept edge of ``mask`` ``(S, R)``."""
-    on = torch.zeros(graph.n_senders + 1, dtype=torch.bool)
-    on[: graph.n_senders] = mask.any(dim=1)
-    on[_names(graph).receiver_node[mask.any(dim=0)]] = True
-    return on
-
-
-def circuit_nodes(circuit: Circuit) -> list[str]:
-    """Names of the nodes that touch a kept edge, in residual-stream order (``input`` first, ``logits`` last).
-
-    Example:
-        >>> from circuitfind.circuit import Circuit
-        >>> g = Graph(2, 2)
-        >>> c = Circuit(g, g.mask_of(["input->a1.h0<v>", "a1.h0->logits"]), torch.zeros(g.edge_mask.shape))
-        >>> circuit_nodes(c)
-        ['input', 'a1.h0', 'logits']
-    """
-    on = _node_mask(circuit.graph, circuit.mask)
-    names = _names(circuit.graph).node_names
-    return [names[i] for i in on.nonzero().flatten().tolist()]
+def _flat_index(graph: Graph) -> dict[str, int]:
+    """Edge name -> its flat ``s * R + r`` position in an ``(S, R)`` tensor, for every edge of the graph."""
+    edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,) sender-major, as graph.edge_names
+    return dict(zip(graph.edge_names, (edge_s * graph.n_receivers + edge_r).tolist(), strict=True))
 
 
 # --- JSON ---------------------------------------------------------------------------------------------------
@@ -151,7 +121,7 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, enum.Enum):
         return _jsonable(value.value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k.value if isinstance(k, enum.Enum) else k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v) for v in value]
@@ -191,10 +161,10 @@ def _score(value: Any) -> float | None:
     return float(value)
 
 
-def to_json_dict(circuit: Circuit) -> dict[str, Any]:
+def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
     """The circuit as a JSON-ready dict in the MIB / EAP-IG layout, with circuitfind's metadata.
 
-    All edges of the graph are listed (NaN scores as ``None``), so :func:`from_json_dict` restores the mask,
+    All edges of the graph are listed (NaN scores as ``None``), so :func:`fields_from_json_dict` restores the mask,
     the scores on every edge, the metrics, config and stats exactly. Scores off the graph's edges are not
     stored and come back NaN.
 
@@ -203,18 +173,19 @@ def to_json_dict(circuit: Circuit) -> dict[str, Any]:
         >>> d["edges"]["a0.h1->a3.h7<q>"]  # doctest: +SKIP
         {'score': 0.0132, 'in_graph': True}
     """
-    graph, names = circuit.graph, _names(circuit.graph)
-    scores = circuit.scores[names.edge_s, names.edge_r].tolist()  # (E,)
-    kept = circuit.mask[names.edge_s, names.edge_r].tolist()  # (E,)
+    graph = circuit.graph
+    edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,) sender-major, as graph.edge_names
+    scores = circuit.scores[edge_s, edge_r].tolist()  # (E,)
+    kept = circuit.mask[edge_s, edge_r].tolist()  # (E,)
     # ``s - s == 0`` holds exactly for finite floats; it is the cheap test for 100k+ edges.
     edges = {
         name: {"score": s if s - s == 0 else (None if s != s else _number(s)), "in_graph": k}
-        for name, s, k in zip(names.edge_names, scores, kept, strict=True)
+        for name, s, k in zip(graph.edge_names, scores, kept, strict=True)
     }
-    on = _node_mask(graph, circuit.mask).tolist()
+    on = graph.nodes_touched(circuit.mask).tolist()
     return {
         "cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel},
-        "nodes": dict(zip(names.node_names, on, strict=True)),
+        "nodes": dict(zip(graph.node_names, on, strict=True)),
         "edges": edges,
         "circuitfind": {
             "version": FORMAT_VERSION,
@@ -264,7 +235,7 @@ def _unknown_edge(graph: Graph, name: str) -> ConfigError:
 
 def _nodes_in_graph(graph: Graph, nodes: Any) -> torch.Tensor:
     """``(S + 1,)`` bool from the 'nodes' entry: ``{name: bool}``, ``{name: {"in_graph": bool}}`` or names."""
-    names = _names(graph).node_names
+    names = graph.node_names
     index = {n: i for i, n in enumerate(names)}
     if isinstance(nodes, list):
         nodes = dict.fromkeys(nodes, True)
@@ -284,8 +255,9 @@ def _nodes_in_graph(graph: Graph, nodes: Any) -> torch.Tensor:
     return on
 
 
-def from_json_dict(data: dict[str, Any]) -> Circuit:
-    """A :class:`~circuitfind.circuit.Circuit` from a dict of :func:`to_json_dict`, or an EAP-IG graph dict.
+def fields_from_json_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a :class:`~circuitfind.circuit.Circuit` from a dict of :func:`to_json_dict` or an EAP-IG
+    graph dict (``Circuit.from_dict`` builds the circuit from them).
 
     Edges missing from the file are not kept and score NaN, as do the graph's non-edges. A file with nodes
     but no ``edges`` (a node-level circuit) keeps every edge between nodes that are in the graph.
@@ -294,17 +266,15 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
         ConfigError: the dict is malformed, or names an edge or node that the graph in ``cfg`` lacks.
 
     Example:
-        >>> c2 = from_json_dict(to_json_dict(c))  # doctest: +SKIP
-        >>> torch.equal(c2.mask, c.mask)  # doctest: +SKIP
-        True
+        >>> fields = fields_from_json_dict({"cfg": {"n_layers": 1, "n_heads": 1}, "edges": {"input->m0": True}})
+        >>> int(fields["mask"].sum()), fields["model"]
+        (1, '')
     """
-    from circuitfind.circuit import Circuit
-
     if not isinstance(data, dict) or "cfg" not in data:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"a circuit file is an object with 'cfg', 'nodes' and 'edges'; got {found}")
     graph = _graph_from_cfg(data["cfg"])
-    names = _names(graph)
+    flat_of = _flat_index(graph)
     n_flat = graph.n_senders * graph.n_receivers
     mask = torch.zeros(n_flat, dtype=torch.bool)
     scores = torch.full((n_flat,), float("nan"))
@@ -316,7 +286,7 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
             raise ConfigError(f"'edges' must map edge names to {{score, in_graph}}; got {type(edges).__name__}")
         flat, score_list, kept = [], [], []
         for name, entry in edges.items():
-            i = names.flat_of.get(name)
+            i = flat_of.get(name)
             if i is None:
                 raise _unknown_edge(graph, name)
             if isinstance(entry, dict):
@@ -341,7 +311,7 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
     elif nodes_on is not None:
         # EAP-IG's node level: every outgoing edge of a kept node whose receiving node is kept too.
         nodes_on[graph.n_senders] = True  # logits are always in the graph
-        mask = nodes_on[: graph.n_senders, None] & nodes_on[names.receiver_node][None, :] & graph.edge_mask
+        mask = nodes_on[: graph.n_senders, None] & nodes_on[graph.receiver_nodes][None, :] & graph.edge_mask
     else:
         raise ConfigError("a circuit file needs 'edges' (or, for a node-level circuit, 'nodes'); found neither")
 
@@ -366,20 +336,20 @@ def from_json_dict(data: dict[str, Any]) -> Circuit:
         if not isinstance(meta.get(key) or {}, dict):
             raise ConfigError(f"'circuitfind.{key}' must be an object; got {type(meta[key]).__name__}")
 
-    return Circuit(
-        graph=graph,
-        mask=mask,
-        scores=scores.view(graph.n_senders, graph.n_receivers),
-        metric_full=metric("metric_full"),
-        metric_empty=metric("metric_empty"),
-        metric_circuit=metric("metric_circuit"),
-        config=_restored(copy.deepcopy(meta.get("config") or {})),
-        stats=_restored(copy.deepcopy(meta.get("stats") or {})),
-        model=str(meta.get("model") or ""),
-    )
+    return {
+        "graph": graph,
+        "mask": mask,
+        "scores": scores.view(graph.n_senders, graph.n_receivers),
+        "metric_full": metric("metric_full"),
+        "metric_empty": metric("metric_empty"),
+        "metric_circuit": metric("metric_circuit"),
+        "config": _restored(copy.deepcopy(meta.get("config") or {})),
+        "stats": _restored(copy.deepcopy(meta.get("stats") or {})),
+        "model": str(meta.get("model") or ""),
+    }
 
 
-def save_json(circuit: Circuit, path: str | os.PathLike[str]) -> Path:
+def save_json(circuit: CircuitData, path: str | os.PathLike[str]) -> Path:
     """Write the circuit as JSON (:func:`to_json_dict`), atomically: a reader never sees half a file.
 
     Parent directories are created. Returns the path written.
@@ -391,16 +361,17 @@ def save_json(circuit: Circuit, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, json.dumps(to_json_dict(circuit), allow_nan=False))  # strict JSON: no NaN/Infinity
 
 
-def load_json(path: str | os.PathLike[str]) -> Circuit:
-    """Read a circuit written by :func:`save_json`, or an EAP-IG / MIB graph JSON file.
+def fields_from_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The fields of a circuit written by :func:`save_json`, or of an EAP-IG / MIB graph JSON file
+    (``Circuit.load`` builds the circuit from them).
 
     Raises:
         ConfigError: the file is missing, is not JSON, or does not describe a circuit (the message names the
             file and the reason).
 
     Example:
-        >>> c = load_json("runs/ioi/circuit.json")  # doctest: +SKIP
-        >>> c.n_edges  # doctest: +SKIP
+        >>> fields = fields_from_json_file("runs/ioi/circuit.json")  # doctest: +SKIP
+        >>> int(fields["mask"].sum())  # doctest: +SKIP
         37
     """
     path = Path(path).expanduser()
@@ -416,7 +387,7 @@ def load_json(path: str | os.PathLike[str]) -> Circuit:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"circuit file {str(path)!r} cannot be read: {e}") from None
     try:
-        return from_json_dict(data)
+        return fields_from_json_dict(data)
     except ConfigError as e:
         raise ConfigError(f"circuit file {str(path)!r}: {e}") from None
 
@@ -442,7 +413,7 @@ def _attrs(attrs: dict[str, str | float]) -> str:
     return ", ".join(f"{k}={_q(str(v))}" for k, v in attrs.items())
 
 
-def to_dot(circuit: Circuit, *, scores: bool = True, rankdir: str = "BT") -> str:
+def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") -> str:
     """The circuit as Graphviz DOT text; nothing needs to be installed to write it.
 
     Only nodes that touch a kept edge appear: ``input`` (gray box), heads (ellipses filled by layer), MLPs
@@ -463,8 +434,9 @@ def to_dot(circuit: Circuit, *, scores: bool = True, rankdir: str = "BT") -> str
     """
     if rankdir not in _RANKDIRS:
         raise ConfigError(f"rankdir must be one of {_RANKDIRS}; got {rankdir!r}")
-    graph, names = circuit.graph, _names(circuit.graph)
-    on = _node_mask(graph, circuit.mask).tolist()
+    graph = circuit.graph
+    names = graph.node_names
+    on = graph.nodes_touched(circuit.mask).tolist()
     lines = [
         "digraph circuit {",
         f"  rankdir={rankdir};",
@@ -476,12 +448,12 @@ def to_dot(circuit: Circuit, *, scores: bool = True, rankdir: str = "BT") -> str
         lines.append(f"  label={_q(f'{circuit.model}: {circuit.n_edges} edges')}; labelloc=t;")
     for i, kept in enumerate(on):
         if kept:
-            lines.append(f"  {_q(names.node_names[i])} [{_attrs(_node_attrs(graph, i))}];")
+            lines.append(f"  {_q(names[i])} [{_attrs(_node_attrs(graph, i))}];")
     for layer in range(graph.n_layers):
         members = [graph.head_sender(layer, h) for h in range(graph.n_heads)]
         if graph.parallel:  # a parallel MLP reads the same residual stream as the heads
             members.append(graph.mlp_sender(layer))
-        members = [names.node_names[i] for i in members if on[i]]
+        members = [names[i] for i in members if on[i]]
         if len(members) > 1:
             lines.append("  { rank=same; " + " ".join(f"{_q(m)};" for m in members) + " }")
 
@@ -500,14 +472,13 @@ def to_dot(circuit: Circuit, *, scores: bool = True, rankdir: str = "BT") -> str
             attrs["penwidth"] = f"{0.5 + 4.5 * abs(score) / top:.2f}" if top > 0 else "1"
         if label:
             attrs["label"] = label
-        attrs["tooltip"] = f"{graph.senders[s].name}->{receiver.name}"
-        sender_name, receiver_name = graph.senders[s].name, receiver.node.name
-        lines.append(f"  {_q(sender_name)} -> {_q(receiver_name)} [{_attrs(attrs)}];")
+        attrs["tooltip"] = graph.edge_name(s, r)
+        lines.append(f"  {_q(names[s])} -> {_q(receiver.node.name)} [{_attrs(attrs)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def to_networkx(circuit: Circuit) -> networkx.MultiDiGraph:
+def to_networkx(circuit: CircuitData) -> networkx.MultiDiGraph:
     """The kept edges as a ``networkx.MultiDiGraph`` from sender node to receiving node.
 
     Nodes carry ``kind`` (``"input"``, ``"head"``, ``"mlp"``, ``"logits"``), ``layer`` and ``head`` (-1 where
@@ -524,10 +495,10 @@ def to_networkx(circuit: Circuit) -> networkx.MultiDiGraph:
 
     graph = circuit.graph
     out = nx.MultiDiGraph(model=circuit.model, n_layers=graph.n_layers, n_heads=graph.n_heads, parallel=graph.parallel)
-    on = _node_mask(graph, circuit.mask).tolist()
+    on = graph.nodes_touched(circuit.mask).tolist()
     for i, kept in enumerate(on):
         if kept:
-            node = graph.senders[i] if i < graph.n_senders else graph.receivers[-1].node
+            node = graph.senders[i] if i < graph.n_senders else graph.receivers[graph.logits_receiver].node
             out.add_node(node.name, kind=node.kind.value, layer=node.layer, head=node.head)
     s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,)
     kept_scores = circuit.scores[s_idx, r_idx].tolist()
@@ -546,7 +517,7 @@ def to_networkx(circuit: Circuit) -> networkx.MultiDiGraph:
 
 
 # --- images -------------------------------------------------------------------------------------------------
-def render(circuit: Circuit, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
+def render(circuit: CircuitData, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
     """Draw the circuit to an image with graphviz's ``dot`` binary.
 
     Args:

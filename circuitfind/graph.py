@@ -94,6 +94,11 @@ class Receiver:
         return self.name
 
 
+def _edge_name(sender: str, receiver: str) -> str:
+    """The one place an edge name is spelled: ``{sender}->{receiver}``."""
+    return f"{sender}->{receiver}"
+
+
 @dataclass(frozen=True)
 class Edge:
     """One edge: a sender node into a receiver."""
@@ -104,7 +109,7 @@ class Edge:
     @property
     def name(self) -> str:
         """``a0.h1->a3.h7<q>``, ``input->m0``, ``m11->logits``."""
-        return f"{self.sender.name}->{self.receiver.name}"
+        return _edge_name(self.sender.name, self.receiver.name)
 
     def __str__(self) -> str:
         return self.name
@@ -174,6 +179,11 @@ class Graph:
         return int(self.n_upstream.sum())
 
     # --- index arithmetic ------------------------------------------------------------------------
+    @property
+    def input_sender(self) -> int:
+        """Index of the ``input`` sender (the embeddings): 0."""
+        return 0
+
     def head_sender(self, layer: int, head: int) -> int:
         return 1 + layer * self.senders_per_layer + head
 
@@ -263,13 +273,75 @@ class Graph:
         sender_idx = torch.arange(self.n_senders).unsqueeze(1)
         return sender_idx < self.n_upstream.unsqueeze(0)
 
+    # --- names: the only place they are made; everything else asks the graph -------------------
+    @cached_property
+    def sender_names(self) -> tuple[str, ...]:
+        """``(S,)`` names of the senders in index order."""
+        return tuple(n.name for n in self.senders)
+
+    @cached_property
+    def receiver_names(self) -> tuple[str, ...]:
+        """``(R,)`` names of the receivers in index order."""
+        return tuple(r.name for r in self.receivers)
+
+    @cached_property
+    def node_names(self) -> tuple[str, ...]:
+        """``(S + 1,)`` names of every node: the senders in index order, then ``logits``."""
+        return (*self.sender_names, self.receivers[self.logits_receiver].node.name)
+
+    @cached_property
+    def receiver_nodes(self) -> torch.Tensor:
+        """``(R,)`` long: the index in :attr:`node_names` of the node each receiver belongs to."""
+        index = {name: i for i, name in enumerate(self.node_names)}
+        return torch.tensor([index[r.node.name] for r in self.receivers], dtype=torch.long)
+
+    @cached_property
+    def edge_names(self) -> tuple[str, ...]:
+        """``(E,)`` names of every edge, sender-major (the order of ``edge_mask.nonzero()``).
+
+        Example:
+            >>> Graph(1, 1).edge_names[:3]
+            ('input->a0.h0<q>', 'input->a0.h0<k>', 'input->a0.h0<v>')
+        """
+        s_idx, r_idx = self.edge_mask.nonzero(as_tuple=True)  # (E,), (E,)
+        senders, receivers = self.sender_names, self.receiver_names
+        return tuple(_edge_name(senders[s], receivers[r]) for s, r in zip(s_idx.tolist(), r_idx.tolist(), strict=True))
+
+    def edge_name(self, s: int, r: int) -> str:
+        """The name of the edge from sender ``s`` to receiver ``r`` (indices).
+
+        Example:
+            >>> g = Graph(2, 2)
+            >>> g.edge_name(g.head_sender(0, 1), g.head_receiver(1, 0, "q"))
+            'a0.h1->a1.h0<q>'
+        """
+        return _edge_name(self.sender_names[s], self.receiver_names[r])
+
+    def nodes_touched(self, mask: torch.Tensor) -> torch.Tensor:
+        """``(S + 1,)`` bool over :attr:`node_names`: the nodes that send or receive a kept edge of ``mask``.
+
+        Example:
+            >>> g = Graph(2, 2)
+            >>> on = g.nodes_touched(g.mask_of(["input->a1.h0<v>", "a1.h0->logits"]))
+            >>> [g.node_names[i] for i in on.nonzero().flatten().tolist()]
+            ['input', 'a1.h0', 'logits']
+        """
+        self.check_mask(mask)
+        if mask.dim() != 2:
+            raise ShapeError(f"nodes_touched takes one (senders, receivers) mask; got shape {tuple(mask.shape)}")
+        kept = mask.bool().cpu() & self.edge_mask  # (S, R)
+        on = torch.zeros(self.n_senders + 1, dtype=torch.bool)
+        on[: self.n_senders] = kept.any(dim=1)
+        on[self.receiver_nodes[kept.any(dim=0)]] = True
+        return on
+
     @cached_property
     def _sender_index(self) -> dict[str, int]:
-        return {n.name: i for i, n in enumerate(self.senders)}
+        return {name: i for i, name in enumerate(self.sender_names)}
 
     @cached_property
     def _receiver_index(self) -> dict[str, int]:
-        return {r.name: i for i, r in enumerate(self.receivers)}
+        return {name: i for i, name in enumerate(self.receiver_names)}
 
     def sender_index(self, name: str) -> int:
         try:
