@@ -28,7 +28,7 @@ Per (task, method), in a fresh process (``multiprocessing`` spawn, so memory pea
 Also, per task, random circuits at every MIB size (the curve's baseline); one goal row (EAP-IG, 5 steps, IOI
 with 100 prompts, all used for discovery: wall time and peak memory against the goal of < 2 min and < 6 GB);
 and, on tracr-reverse and tracr-proportion (zero ablation and ACDC's ground truth for it, as ACDC's exact
-recovery in ``figures/roc_tracr-<name>.json``; ``circuitfind.reproduce.tracr_setup`` data and L2 metric), the
+recovery in ``figures/roc_tracr-<name>.json``; ``circuitfind.tasks.tracr.tracr_setup`` data and L2 metric), the
 ROC AUC of each method's scores against the tracr-derived circuit.
 
 Prints a table and writes ``benchmarks/results/compare_methods.json`` (merged per (task, method) as each unit
@@ -425,7 +425,8 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
 
     import circuitfind as cf
     from circuitfind.evaluate_scores import auc, roc_points
-    from circuitfind.reproduce import tracr_ground_truth, tracr_setup
+    from circuitfind.tasks.ground_truth import tracr_ground_truth
+    from circuitfind.tasks.tracr import tracr_setup
 
     setup = tracr_setup(task_name)
     g = setup.pm.graph
@@ -584,7 +585,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": STEPS,
         "exact_candidates": f"top {100 * args.candidate_fraction:g}% of edges by eap-ig ({STEPS} steps)",
         "acdc": "rerun at validate.json's chosen threshold" if args.acdc_rerun else f"from {_rel(VALIDATE_JSON)}",
-        "tracr": "zero ablation, L2 metric (reproduce.tracr_setup), ground truth = ground_truth_acdc",
+        "tracr": "zero ablation, L2 metric (tasks.tracr.tracr_setup), ground truth = ground_truth_acdc",
         "threads": args.threads,
         "cpu": "2 cores shared with other jobs: wall times are noisy",
     }
@@ -760,7 +761,7 @@ def _notes(method: str, e: dict[str, Any]) -> str:
 
 
 def _plot(task: str, entries: dict[str, Any], path: Path) -> None:
-    from circuitfind.reproduce import new_figure
+    from circuitfind.plots import new_figure
 
     fig = new_figure((5.6, 4.2))
     if fig is None:

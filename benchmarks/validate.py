@@ -53,7 +53,7 @@ from circuitfind.evaluate import (  # noqa: E402
     faithfulness_many,
     random_baseline,
 )
-from circuitfind.reproduce import new_figure  # noqa: E402
+from circuitfind.plots import new_figure  # noqa: E402
 from circuitfind.tasks import Task, get_task  # noqa: E402
 from circuitfind.threshold_sweeps import threshold_sweep  # noqa: E402
 

@@ -4,12 +4,13 @@ Subcommands::
 
     circuitfind discover --task ioi --threshold 0.01 --out runs/ioi     # find a circuit, write JSON/DOT/SVG
     circuitfind info [--model NAME]                                      # the model's family and graph size
+    circuitfind reproduce tracr-reverse                                  # the ACDC paper's sweep, JSON + PNG
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
 --model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
 returns the exit code; a :class:`~circuitfind.errors.CircuitfindError` it lets through is reported by
-:func:`main`. Builders live in :data:`SUBCOMMANDS`; :data:`PLUGIN_SUBCOMMANDS` names builders in other modules
-(``circuitfind.reproduce``), imported when the parser is built and skipped when the module is absent.
+:func:`main`. Builders live in :data:`SUBCOMMANDS`. Handlers only parse, call the library and print (and
+``reproduce`` draws its figure through :mod:`circuitfind.plots`).
 
 Exit codes: 0 success, 2 a usage error or any :class:`~circuitfind.errors.CircuitfindError` (printed as
 ``error: ...`` on stderr, no traceback), 130 interrupted with Ctrl-C, 143 stopped by SIGTERM (in both cases
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import math
 import shutil
 import signal
@@ -40,7 +40,7 @@ from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
 from circuitfind.tasks import BUILTIN, resolve_task
 
-__all__ = ["PLUGIN_SUBCOMMANDS", "SUBCOMMANDS", "build_parser", "common_options", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "common_options", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary suggests a lower threshold
@@ -441,16 +441,67 @@ def _run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- reproduce ----------------------------------------------------------------------------------------------------
+def _add_reproduce(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="the ACDC paper's threshold sweep: ROC against known circuits (gpt2, tracr) or a faithfulness curve",
+        description="Reproduce the ACDC paper's threshold sweeps: ROC curves against known circuits (GPT-2 small, "
+        "tracr), or held-out faithfulness curves (other models). Writes the points as JSON and, with matplotlib, "
+        "the curve as PNG.",
+    )
+    p.add_argument("task", help="ioi | greater-than | induction | tracr-reverse | tracr-proportion")
+    p.add_argument(
+        "--model",
+        default="gpt2",
+        metavar="NAME",
+        help="gpt2 (default; ROC, needs the weights in the local HF cache) | smollm2 (the offline default model: "
+        "faithfulness curve) | another HF id or folder (faithfulness curve) | tracr-reverse | tracr-proportion",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cpu)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None, help="ACDC thresholds (default 1e-4 .. 1)")
+    p.add_argument("--out-dir", default="figures", help="where figures, JSON and cached circuits go")
+    p.add_argument("--n-prompts", type=int, default=None, help="prompts (tracr: input sequences)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-threshold progress lines")
+    p.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from circuitfind.plots import plot_reproduction
+    from circuitfind.reproduce import reproduce
+
+    res = reproduce(
+        args.task,
+        args.model,
+        thresholds=args.thresholds,
+        out_dir=args.out_dir,
+        n_prompts=args.n_prompts,
+        seed=args.seed,
+        progress=args.progress,
+        device=args.device,
+    )
+    if "runs" in res:
+        for abl, run in res["runs"].items():
+            print(f"{res['model']} {abl}: AUC {run['auc']:.3f} vs {run['ground_truth']}")
+    elif "auc" in res:
+        print(f"{res['task']} {res['model']}: AUC {res['auc']:.3f}")
+    else:
+        for p in res["points"]:
+            size = f"{p['n_edges']} edges ({100 * p['fraction']:.2f}%)"
+            print(f"threshold {p['threshold']:.3g}: {size}, faithfulness {p['faithfulness']:.3f}")
+    figure = plot_reproduction(res)
+    print(f"wrote {res['json']}" + (f" and {figure}" if figure else " (no figure: matplotlib is not installed)"))
+    return EXIT_OK
+
+
 # --- parser and entry point ---------------------------------------------------------------------------------------
 SubcommandBuilder = Callable[[argparse._SubParsersAction], None]
 
-SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType({"discover": _add_discover, "info": _add_info})
-"""Built-in subcommands: name -> ``add(subparsers)``."""
-
-PLUGIN_SUBCOMMANDS: MappingProxyType[str, str] = MappingProxyType(
-    {"reproduce": "circuitfind.reproduce:add_reproduce_parser"}
+SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
+    {"discover": _add_discover, "info": _add_info, "reproduce": _add_reproduce}
 )
-"""Subcommands built in other modules: name -> ``"module:builder"``; skipped while the module does not exist."""
+"""The subcommands: name -> ``add(subparsers)``."""
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -475,7 +526,7 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: the built-in :data:`SUBCOMMANDS` plus the available :data:`PLUGIN_SUBCOMMANDS`.
+    """The full parser: one subcommand per entry of :data:`SUBCOMMANDS`.
 
     Example:
         >>> build_parser().parse_args(["info", "--model", "gpt2"]).model
@@ -487,15 +538,6 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS.values():
         add(subparsers)
-    for target in PLUGIN_SUBCOMMANDS.values():
-        module_name, builder = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:  # the module exists but one of its imports is missing: a real error
-                raise
-            continue
-        getattr(module, builder)(subparsers)
     return parser
 
 

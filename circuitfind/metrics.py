@@ -18,7 +18,16 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError, MetricError, TaskError
 
-__all__ = ["MetricKind", "Metric", "make_metric", "metric_site", "kl_divergence", "logit_diff", "prob_diff"]
+__all__ = [
+    "MetricKind",
+    "Metric",
+    "make_metric",
+    "metric_site",
+    "kl_divergence",
+    "logit_diff",
+    "output_mse",
+    "prob_diff",
+]
 
 
 class MetricKind(enum.Enum):
@@ -66,6 +75,32 @@ def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of P(correct answers) minus P(wrong answers)."""
     probs = F.softmax(_wide(logits), dim=-1)
     return (_gather_sum(probs, answers) - _gather_sum(probs, wrong)).mean(-1)
+
+
+def output_mse(reference: Tensor) -> Callable[[Tensor], Tensor]:
+    """The ACDC paper's L2 metric for tracr models: mean squared error of the outputs against ``reference``.
+
+    A custom metric (pass it as ``metric=``; it is minimised): tracr's outputs are values rather than logits, so
+    KL does not apply (:func:`circuitfind.tasks.tracr.tracr_setup` binds it to the full model's outputs).
+
+    Args:
+        reference: ``(B, V)`` the full model's outputs at the prompts' answer positions.
+
+    Returns:
+        a callable on logits ``(B, V)`` returning the mean over prompts and output entries of
+        ``(logits - reference) ** 2`` (a loss to minimise; 0 for the full model).
+
+    Example:
+        >>> mse = output_mse(torch.tensor([[1.0, 0.0]]))
+        >>> float(mse(torch.tensor([[0.0, 0.0]])))
+        0.5
+    """
+    ref = reference.detach().float()  # (B, V)
+
+    def tracr_mse(logits: Tensor) -> Tensor:  # (B, V) -> ()
+        return ((logits.float() - ref.to(logits.device)) ** 2).mean()
+
+    return tracr_mse
 
 
 @dataclass(frozen=True)

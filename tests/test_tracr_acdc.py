@@ -17,7 +17,10 @@ import torch
 
 import circuitfind as cf
 from circuitfind.evaluate_scores import auc, roc_from_circuits
-from circuitfind.reproduce import reproduce, tracr_ground_truth, tracr_setup
+from circuitfind.plots import plot_reproduction
+from circuitfind.reproduce import reproduce
+from circuitfind.tasks.ground_truth import tracr_ground_truth
+from circuitfind.tasks.tracr import tracr_setup
 
 THRESHOLDS = (1e-3, 1e-2)
 SEQUENCES = {"reverse": None, "proportion": 16}  # reverse: all 27 inputs; proportion: a sample (speed)
@@ -78,11 +81,13 @@ def test_resample_ablation_finds_the_input_dependent_part(setup):
     assert area == pytest.approx(RESAMPLE_AUC[setup.name])
 
 
-def test_reproduce_writes_figure_and_json(tmp_path):
+def test_reproduce_writes_json_and_the_figure_is_drawn_from_it(tmp_path):
     res = reproduce("tracr-proportion", thresholds=[1e-2], out_dir=tmp_path, n_prompts=8, progress=False)
     assert res["runs"]["zero"]["auc"] == 1.0 and res["runs"]["zero"]["ground_truth"] == "ground_truth_acdc"
-    assert (tmp_path / "roc_tracr-proportion.json").is_file()
-    assert res["figure"] is None or (tmp_path / "roc_tracr-proportion.png").is_file()
+    assert res["json"] == str(tmp_path / "roc_tracr-proportion.json") and (tmp_path / res["json"]).is_file()
+    assert not (tmp_path / "roc_tracr-proportion.png").exists()  # the library computes; drawing is asked for
+    figure = plot_reproduction(res)
+    assert figure is None or figure == tmp_path / "roc_tracr-proportion.png" and figure.is_file()
 
 
 def test_reproduce_subcommand(tmp_path, capsys):

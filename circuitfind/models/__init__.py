@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from types import MappingProxyType
+from typing import Any
 
+import torch
 from torch import nn
 
 from circuitfind.errors import ModelLoadError, UnsupportedModelError
@@ -69,8 +72,37 @@ def _detached(attn: AttentionWeights) -> AttentionWeights:
     return AttentionWeights(**{k: None if v is None else v.detach() for k, v in fields.items()})
 
 
-def load_model(*args, **kwargs):
-    """Load a model and tokenizer; see :func:`circuitfind.models.loading.load_model`."""
-    from circuitfind.models.loading import load_model as _load
+def load_model(
+    name: str | os.PathLike[str] | nn.Module | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    tokenizer: Any = None,
+) -> tuple[nn.Module, Any]:
+    """Load a causal language model and its tokenizer, ready for circuit discovery.
 
-    return _load(*args, **kwargs)
+    The arguments, what they accept and the errors are those of :func:`circuitfind.models.loading.load_model`
+    (imported on the first call, so ``import circuitfind`` stays cheap).
+
+    Args:
+        name: ``None`` / ``"default"`` / ``"smollm2"`` (the offline SmolLM2-135M-Instruct), a folder written by
+            ``save_pretrained``, a Hugging Face id such as ``"gpt2"``, or a model object (returned as is).
+        device: where to put the model (default ``"cpu"``; a model object stays put).
+        dtype: parameter dtype (default ``torch.float32``; a model object keeps its own).
+        cache_dir: where the converted default model is cached.
+        progress: show progress bars.
+        tokenizer: a tokenizer object, or a name / folder to load one from, instead of the model's own.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode; the tokenizer, or None when there is none.
+
+    Example:
+        >>> model, tok = load_model("gpt2", device="cpu")  # doctest: +SKIP
+    """
+    from circuitfind.models import loading
+
+    return loading.load_model(
+        name, device=device, dtype=dtype, cache_dir=cache_dir, progress=progress, tokenizer=tokenizer
+    )

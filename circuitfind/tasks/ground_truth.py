@@ -1,4 +1,8 @@
-"""Ground-truth circuits of GPT-2 small (IOI and greater-than), as edge names of our graph.
+"""Ground-truth circuits, as edge names of our graph: GPT-2 small's IOI and greater-than, and tracr's.
+
+Edge names are built through :class:`~circuitfind.graph.Graph` (indices in, names out), never spelled here.
+The tracr models carry their circuits in their fixtures; :func:`tracr_ground_truth` picks the one to score an
+ablation against.
 
 These are the edge sets the ACDC paper (Conmy et al. 2023) scores ROC curves against, rebuilt from the facts
 of its reference code (``acdc/ioi/utils.py``, ``acdc/greaterthan/utils.py``) in our naming: ``Graph(12, 12)``,
@@ -21,10 +25,13 @@ exactly those 963 and 235 edges; the tests assert both counts and re-enact ACDC'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import product
+from typing import Any
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
+from circuitfind.patching import Ablation
 
 __all__ = [
     "GREATER_THAN_HEADS",
@@ -32,6 +39,7 @@ __all__ = [
     "IOI_HEADS",
     "greater_than_ground_truth",
     "ioi_ground_truth",
+    "tracr_ground_truth",
 ]
 
 Head = tuple[int, int]
@@ -89,26 +97,31 @@ def _check_graph(graph: Graph | None) -> Graph:
     return graph
 
 
-def _head(layer: int, head: int) -> str:
-    return f"a{layer}.h{head}"
+def _head_outputs(graph: Graph, heads: Iterable[Head]) -> list[int]:
+    """Sender indices of the heads."""
+    return [graph.head_sender(layer, h) for layer, h in heads]
 
 
-def _head_inputs(heads: tuple[Head, ...], channels: str) -> list[tuple[int, str]]:
-    """(layer, receiver name) of each channel of each head."""
-    return [(layer, f"{_head(layer, h)}<{c}>") for (layer, h), c in product(heads, channels)]
+def _head_inputs(graph: Graph, heads: Iterable[Head], channels: str = "qkv") -> list[int]:
+    """Receiver indices of each channel (``q``, ``k``, ``v``) of each head."""
+    return [graph.head_receiver(layer, h, c) for (layer, h), c in product(heads, channels)]
 
 
 class _EdgeSet:
-    """Collects edge names, keeping only those the graph has (the 'receiver above sender' rule)."""
+    """Collects (sender, receiver) indices, keeping only the graph's edges (the 'receiver above sender' rule)."""
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.names: set[str] = set()
+        self.pairs: set[tuple[int, int]] = set()
 
-    def add(self, sender: str, receiver: str) -> None:
-        s, r = self.graph.sender_index(sender), self.graph.receiver_index(receiver)
-        if self.graph.edge_mask[s, r]:
-            self.names.add(f"{sender}->{receiver}")
+    def add(self, senders: Iterable[int], receivers: Iterable[int]) -> None:
+        """Every edge from one of ``senders`` to one of ``receivers`` that the graph has."""
+        for s, r in product(senders, receivers):
+            if self.graph.edge_mask[s, r]:
+                self.pairs.add((s, r))
+
+    def names(self) -> set[str]:
+        return {self.graph.edge_name(s, r) for s, r in self.pairs}
 
 
 def ioi_ground_truth(graph: Graph | None = None) -> set[str]:
@@ -137,21 +150,18 @@ def ioi_ground_truth(graph: Graph | None = None) -> set[str]:
     """
     graph = _check_graph(graph)
     out = _EdgeSet(graph)
-    mlps = [f"m{layer}" for layer in range(graph.n_layers)]
+    mlp_out = [graph.mlp_sender(layer) for layer in range(graph.n_layers)]
+    mlp_in = [graph.mlp_receiver(layer) for layer in range(graph.n_layers)]
+    sources, sinks = [graph.input_sender, *mlp_out], [*mlp_in, graph.logits_receiver]  # "input" and "output"
     circuit = [hd for heads in IOI_HEADS.values() for hd in heads]
-    for sender in ["input", *mlps]:  # input and MLPs among themselves and to the logits
-        for receiver in [*mlps, "logits"]:
-            out.add(sender, receiver)
-    for mlp, (_, receiver) in product(mlps, _head_inputs(tuple(circuit), "qkv")):
-        out.add(mlp, receiver)
-    for (layer, h), mlp in product(circuit, mlps):
-        out.add(_head(layer, h), mlp)
+    out.add(sources, sinks)  # input and MLPs among themselves and to the logits
+    out.add(mlp_out, _head_inputs(graph, circuit))
+    out.add(_head_outputs(graph, circuit), mlp_in)
     for src, dst, channels in _IOI_CONNECTIONS:
-        senders = ["input", *mlps] if src == "input" else [_head(*hd) for hd in IOI_HEADS[src]]
-        receivers = [*mlps, "logits"] if dst == "output" else [r for _, r in _head_inputs(IOI_HEADS[dst], channels)]
-        for sender, receiver in product(senders, receivers):
-            out.add(sender, receiver)
-    return out.names
+        senders = sources if src == "input" else _head_outputs(graph, IOI_HEADS[src])
+        receivers = sinks if dst == "output" else _head_inputs(graph, IOI_HEADS[dst], channels)
+        out.add(senders, receivers)
+    return out.names()
 
 
 def greater_than_ground_truth(graph: Graph | None = None) -> set[str]:
@@ -184,31 +194,47 @@ def greater_than_ground_truth(graph: Graph | None = None) -> set[str]:
     out = _EdgeSet(graph)
     g = GREATER_THAN_HEADS
     early01, early0305, mid = g["early 0.1"], g["early 0.3/0.5"], g["mid"]
-    early_mlps = [f"m{layer}" for layer in GREATER_THAN_MLPS["early"]]
-    late_mlps = [f"m{layer}" for layer in GREATER_THAN_MLPS["late"]]
-
-    def inputs(heads: tuple[Head, ...], channels: str = "qkv") -> list[str]:
-        return [r for _, r in _head_inputs(heads, channels)]
-
-    def outputs(heads: tuple[Head, ...]) -> list[str]:
-        return [_head(*hd) for hd in heads]
-
-    pairs: list[tuple[list[str], list[str]]] = [
-        (["input"], inputs(early01 + early0305) + early_mlps),
-        (outputs(mid) + late_mlps, ["logits"]),
-        (early_mlps, early_mlps),
-        (late_mlps, late_mlps),
-        (outputs(early01), early_mlps),
-        (outputs(early01), inputs(mid)),
-        (outputs(early0305), inputs(mid)),
-        (early_mlps, inputs(mid)),
-        (outputs(mid), late_mlps),
-    ]
+    early_out = [graph.mlp_sender(layer) for layer in GREATER_THAN_MLPS["early"]]
+    early_in = [graph.mlp_receiver(layer) for layer in GREATER_THAN_MLPS["early"]]
+    late_out = [graph.mlp_sender(layer) for layer in GREATER_THAN_MLPS["late"]]
+    late_in = [graph.mlp_receiver(layer) for layer in GREATER_THAN_MLPS["late"]]
+    out.add([graph.input_sender], _head_inputs(graph, early01 + early0305) + early_in)
+    out.add(_head_outputs(graph, mid) + late_out, [graph.logits_receiver])
+    out.add(early_out, early_in)
+    out.add(late_out, late_in)
+    out.add(_head_outputs(graph, early01), early_in)
+    out.add(_head_outputs(graph, early01 + early0305), _head_inputs(graph, mid))
+    out.add(early_out, _head_inputs(graph, mid))
+    out.add(_head_outputs(graph, mid), late_in)
     last_mid = max(layer for layer, _ in mid)
-    pairs.append(([f"m{layer}" for layer in range(last_mid)], [f"m{layer}" for layer in range(last_mid)]))
+    out.add([graph.mlp_sender(m) for m in range(last_mid)], [graph.mlp_receiver(m) for m in range(last_mid)])
     for layer, h in mid:
-        pairs.append(([f"m{m}" for m in range(layer)], [f"{_head(layer, h)}<q>"]))
-    for senders, receivers in pairs:
-        for sender, receiver in product(senders, receivers):
-            out.add(sender, receiver)
-    return out.names
+        out.add([graph.mlp_sender(m) for m in range(layer)], [graph.head_receiver(layer, h, "q")])
+    return out.names()
+
+
+def tracr_ground_truth(meta: dict[str, Any], ablation: Ablation | str) -> tuple[str, list[str]]:
+    """Which of a tracr fixture's ground truths to score ACDC against under ``ablation``, and its edges.
+
+    * resample / mean: ``ground_truth``, the RASP data flow. The auxiliary edges (``ground_truth_aux``) carry
+      only input-independent values ('one', BOS attention), which resampling cannot change.
+    * zero: ``ground_truth_acdc``, the circuit ACDC's reference code scores its zero-ablation runs against;
+      it is ``ground_truth`` plus the auxiliary edges whose zeroing changes the output (for reverse:
+      ``input->a0.h0<v>`` and ``input->m0``; ``ground_truth`` + all of ``ground_truth_aux`` would also count
+      three edges whose zeroing changes nothing).
+
+    Args:
+        meta: the fixture's metadata (:func:`circuitfind.models.tracr.load_tracr`'s second value).
+        ablation: the ablation the circuits were found with.
+
+    Returns:
+        the key of the ground truth in ``meta`` and its edge names.
+
+    Example:
+        >>> from circuitfind.models.tracr import load_tracr
+        >>> tracr_ground_truth(load_tracr("reverse")[1], "zero")[0]
+        'ground_truth_acdc'
+    """
+    kind = Ablation.parse(ablation)
+    key = "ground_truth_acdc" if kind is Ablation.ZERO else "ground_truth"
+    return key, list(meta[key])
