@@ -19,8 +19,8 @@ def new_figure(size: tuple[float, float]):
 
     Example:
         >>> fig = new_figure((4.0, 3.0))
-        >>> fig is None or tuple(fig.get_size_inches())
-        (4.0, 3.0)
+        >>> fig is None or fig.get_size_inches().tolist() == [4.0, 3.0]
+        True
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg

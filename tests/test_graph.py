@@ -81,3 +81,24 @@ def test_unsupported_architecture_names_supported_ones():
 
     with pytest.raises(UnsupportedModelError, match="gpt2.*gpt_neox.*llama"):
         spec_for(Fake())
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_name_tables_agree_with_the_node_and_edge_objects(parallel):
+    g = Graph(3, 2, parallel=parallel)
+    edges = g.edges_of(g.full_mask())  # sender-major
+    assert g.edge_names == tuple(e.name for e in edges) and len(g.edge_names) == g.n_edges
+    s, r = g.head_sender(1, 0), g.mlp_receiver(2)
+    assert g.edge_name(s, r) == g.edge(s, r).name == "a1.h0->m2"
+    assert g.node_names == (*(n.name for n in g.senders), "logits")
+    assert [g.node_names[i] for i in g.receiver_nodes.tolist()] == [rc.node.name for rc in g.receivers]
+    assert g.sender_names[g.input_sender] == "input"
+
+
+def test_nodes_touched_marks_both_ends_of_kept_edges_only():
+    g = Graph(2, 2)
+    on = g.nodes_touched(g.mask_of(["a0.h1->a1.h0<k>", "m1->logits"]))
+    assert [g.node_names[i] for i in on.nonzero().flatten().tolist()] == ["a0.h1", "a1.h0", "m1", "logits"]
+    assert not g.nodes_touched(~g.edge_mask).any()  # non-edges are ignored
+    with pytest.raises(ShapeError):
+        g.nodes_touched(g.full_mask().unsqueeze(0))

@@ -6,7 +6,8 @@ Built-in tasks (each ``make_<name>(tokenizer, n, seed, n_train)``, deterministic
 * ``"greater-than"``: the year-span task, prob difference (adapted for per-digit tokenizers);
 * ``"induction"``: repeated random token sequences, logit difference.
 
-Ground-truth circuits for GPT-2 small live in :mod:`circuitfind.tasks.ground_truth`.
+Ground-truth circuits (GPT-2 small's, tracr's) live in :mod:`circuitfind.tasks.ground_truth`; the tracr tasks,
+which run the tracr model to bind their metric, in :mod:`circuitfind.tasks.tracr` (imported on demand).
 """
 
 from __future__ import annotations
