@@ -274,48 +274,55 @@ def fields_from_json_dict(data: dict[str, Any]) -> dict[str, Any]:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"a circuit file is an object with 'cfg', 'nodes' and 'edges'; got {found}")
     graph = _graph_from_cfg(data["cfg"])
-    flat_of = _flat_index(graph)
-    n_flat = graph.n_senders * graph.n_receivers
-    mask = torch.zeros(n_flat, dtype=torch.bool)
-    scores = torch.full((n_flat,), float("nan"))
     nodes_on = _nodes_in_graph(graph, data["nodes"]) if "nodes" in data else None
-
     if "edges" in data:
-        edges = data["edges"]
-        if not isinstance(edges, dict):
-            raise ConfigError(f"'edges' must map edge names to {{score, in_graph}}; got {type(edges).__name__}")
-        flat, score_list, kept = [], [], []
-        for name, entry in edges.items():
-            i = flat_of.get(name)
-            if i is None:
-                raise _unknown_edge(graph, name)
-            if isinstance(entry, dict):
-                s, k = entry.get("score"), entry.get("in_graph", False)
-            elif isinstance(entry, bool):
-                s, k = None, entry
-            else:
-                raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
-            score = _score(s)
-            if not isinstance(k, bool | int) or score is None:
-                raise ConfigError(
-                    f'edge {name!r}: expected {{\'score\': float|null|"inf"|"-inf"|"nan", \'in_graph\': bool}}; '
-                    f"got {entry!r}"
-                )
-            flat.append(i)
-            score_list.append(score)
-            kept.append(bool(k))
-        idx = torch.tensor(flat, dtype=torch.long)
-        mask[idx] = torch.tensor(kept, dtype=torch.bool)
-        scores[idx] = torch.tensor(score_list, dtype=torch.float64).float()
-        mask = mask.view(graph.n_senders, graph.n_receivers)
+        mask, scores = _edges_from_json(graph, data["edges"])
     elif nodes_on is not None:
         # EAP-IG's node level: every outgoing edge of a kept node whose receiving node is kept too.
         nodes_on[graph.n_senders] = True  # logits are always in the graph
         mask = nodes_on[: graph.n_senders, None] & nodes_on[graph.receiver_nodes][None, :] & graph.edge_mask
+        scores = torch.full(mask.shape, float("nan"))
     else:
         raise ConfigError("a circuit file needs 'edges' (or, for a node-level circuit, 'nodes'); found neither")
+    return {"graph": graph, "mask": mask, "scores": scores, **_metadata_from_json(data.get("circuitfind") or {})}
 
-    meta = data.get("circuitfind") or {}
+
+def _edges_from_json(graph: Graph, edges: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(S, R)`` mask and scores of the 'edges' entry: ``{name: {"score": ..., "in_graph": ...}}``."""
+    if not isinstance(edges, dict):
+        raise ConfigError(f"'edges' must map edge names to {{score, in_graph}}; got {type(edges).__name__}")
+    flat_of = _flat_index(graph)
+    flat, score_list, kept = [], [], []
+    for name, entry in edges.items():
+        i = flat_of.get(name)
+        if i is None:
+            raise _unknown_edge(graph, name)
+        if isinstance(entry, dict):
+            s, k = entry.get("score"), entry.get("in_graph", False)
+        elif isinstance(entry, bool):
+            s, k = None, entry
+        else:
+            raise ConfigError(f"edge {name!r}: expected {{'score': float|null, 'in_graph': bool}}; got {entry!r}")
+        score = _score(s)
+        if not isinstance(k, bool | int) or score is None:
+            raise ConfigError(
+                f'edge {name!r}: expected {{\'score\': float|null|"inf"|"-inf"|"nan", \'in_graph\': bool}}; '
+                f"got {entry!r}"
+            )
+        flat.append(i)
+        score_list.append(score)
+        kept.append(bool(k))
+    n_flat = graph.n_senders * graph.n_receivers
+    mask = torch.zeros(n_flat, dtype=torch.bool)
+    scores = torch.full((n_flat,), float("nan"))
+    idx = torch.tensor(flat, dtype=torch.long)
+    mask[idx] = torch.tensor(kept, dtype=torch.bool)
+    scores[idx] = torch.tensor(score_list, dtype=torch.float64).float()
+    return mask.view(graph.n_senders, graph.n_receivers), scores.view(graph.n_senders, graph.n_receivers)
+
+
+def _metadata_from_json(meta: Any) -> dict[str, Any]:
+    """The metrics, config, stats and model of the 'circuitfind' entry (NaN / empty where it is missing)."""
     if not isinstance(meta, dict):
         raise ConfigError(f"'circuitfind' must be an object; got {type(meta).__name__}")
     version = meta.get("version", FORMAT_VERSION)
@@ -324,29 +331,17 @@ def fields_from_json_dict(data: dict[str, Any]) -> dict[str, Any]:
             f"the circuit file has format version {version!r}; this circuitfind reads versions up to "
             f"{FORMAT_VERSION}. Upgrade circuitfind to load it."
         )
-
-    def metric(key: str) -> float:
-        value = _score(meta.get(key))
-        if value is None:
+    out: dict[str, Any] = {}
+    for key in ("metric_full", "metric_empty", "metric_circuit"):
+        out[key] = _score(meta.get(key))
+        if out[key] is None:
             expected = 'a number, null, "inf", "-inf" or "nan"'
             raise ConfigError(f"'circuitfind.{key}' must be {expected}; got {meta[key]!r}")
-        return value
-
     for key in ("config", "stats"):
         if not isinstance(meta.get(key) or {}, dict):
             raise ConfigError(f"'circuitfind.{key}' must be an object; got {type(meta[key]).__name__}")
-
-    return {
-        "graph": graph,
-        "mask": mask,
-        "scores": scores.view(graph.n_senders, graph.n_receivers),
-        "metric_full": metric("metric_full"),
-        "metric_empty": metric("metric_empty"),
-        "metric_circuit": metric("metric_circuit"),
-        "config": _restored(copy.deepcopy(meta.get("config") or {})),
-        "stats": _restored(copy.deepcopy(meta.get("stats") or {})),
-        "model": str(meta.get("model") or ""),
-    }
+        out[key] = _restored(copy.deepcopy(meta.get(key) or {}))
+    return {**out, "model": str(meta.get("model") or "")}
 
 
 def save_json(circuit: CircuitData, path: str | os.PathLike[str]) -> Path:
