@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from einops import einsum
 from torch import Tensor
 
 from circuitfind.errors import ConfigError
@@ -199,7 +198,7 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
         note(0, diff.unsqueeze(0))
         acc = diff  # sum of the diffs of every sender so far
         biases = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
-        rot = spec.rotary(pos_ids, pm.dtype) if spec.rotary is not None else None
+        rot = pm.rotary_tables(pos_ids)
         H = spec.n_heads
         for layer, lay in enumerate(spec.layers):
             first = g.head_sender(layer, 0)
@@ -207,7 +206,7 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
             q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
             q, k, v = tap(f"q{layer}", q), tap(f"k{layer}", k), tap(f"v{layer}", v)
             z = pm.attend(lay, q, k, v, rot, biases[lay.sliding_window])  # (1, b, H, T, E)
-            heads = einsum(z[0], lay.attn.W_O, "b h t e, h e d -> h b t d") - outputs[first : first + H]
+            heads = pm.head_outputs(lay, z)[0] - outputs[first : first + H]  # (H, b, T, D)
             note(first, heads)
             head_sum = heads.sum(0)  # (b, T, D)
             xm = tap(f"m{layer}", bases[2 * layer + 1] + a * (acc if g.parallel else acc + head_sum))
@@ -233,18 +232,14 @@ def _receiver_grads(
         return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
 
     for layer, lay in enumerate(spec.layers):
-        a = lay.attn
-        # the cotangent each head's q, k, v projection sends back to the normed input: (3H, b, T, D)
-        cot = torch.cat(
-            [
-                einsum(grad_of(f"{c}{layer}")[0], w, "b h t e, h d e -> h b t d")
-                for c, w in (("q", a.W_Q), ("k", a.W_K), ("v", a.W_V))
-            ]
-        )
+        # per receiver, its own copy of the group's input: each head's q, k, v reads only its own copy, so one
+        # vector-Jacobian product through the norm and the projections (q/k norms included) splits the gradient
         x = taps[f"x{layer}"].detach()
+        cots = tuple(grad_of(f"{c}{layer}") for c in "qkv")  # (1, b, H, T, E) each
         with torch.enable_grad():
-            xs = x.unsqueeze(0).expand(3 * H, *x.shape).clone().requires_grad_(True)
-            (per_receiver,) = torch.autograd.grad(lay.attn_norm(xs), xs, grad_outputs=cot)  # (3H, b, T, D)
+            xs = x.unsqueeze(0).expand(3 * H, *x.shape).clone().requires_grad_(True)  # (3H, b, T, D)
+            qkv = pm.project_qkv(lay, lay.attn_norm(xs).unsqueeze(0))
+            (per_receiver,) = torch.autograd.grad(qkv, xs, grad_outputs=cots)  # (3H, b, T, D)
         r0 = g.receivers_from(layer)
         out[r0 : r0 + 3 * H].add_(per_receiver, alpha=weight)
         out[g.mlp_receiver(layer)].add_(grad_of(f"m{layer}"), alpha=weight)

@@ -76,8 +76,7 @@ class MaskedForward:
             lay.sliding_window: pm.attention_bias(inputs.attention_mask, self.K, lay.sliding_window)
             for lay in self.spec.layers[start_layer:]
         }
-        rotary = self.spec.rotary
-        self.rot = rotary(inputs.position_ids, pm.dtype) if rotary is not None else None
+        self.rot = pm.rotary_tables(inputs.position_ids)  # (cos, sin) per distinct rotary of the layers
         self.top = self._top_mixing_layer(keep_positions)
 
     # --- the pass ----------------------------------------------------------------------------------
@@ -164,7 +163,8 @@ class MaskedForward:
         # Without autograd, a sender whose outgoing edges are all removed cannot affect anything: it is not
         # computed and its diff is 0 (exact, since every receiver weighs it by 0).
         live = None if self.grad else self.M[:, first : first + H].any(dim=2).any(dim=0)  # (H,)
-        if live is None or bool(live.all()):
+        # a norm on the attention output couples the heads: then every head is computed
+        if live is None or bool(live.all()) or self.spec.layers[layer].attn_out_scale is not None:
             self.post.append(self._heads(layer, slice(r0, r0 + 3 * H), None) - self.ablated.outputs[first : first + H])
             return
         idx = live.nonzero().squeeze(1)
@@ -180,8 +180,7 @@ class MaskedForward:
         x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|1, B, T, D)
         q, k, v = self.pm.project_qkv(lay, x, heads)
         z = self.pm.attend(lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
-        w_o = lay.attn.W_O if heads is None else lay.attn.W_O[heads]
-        return einsum(z, w_o, "k b h t e, h e d -> k h b t d")
+        return self.pm.head_outputs(lay, z, heads)
 
     def mlp_layer(self, layer: int) -> None:
         """The MLP of ``layer`` when it has a kept outgoing edge (or under autograd); otherwise diff 0."""

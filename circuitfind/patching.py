@@ -34,7 +34,7 @@ from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.graph import Graph
 from circuitfind.masked_forward import MaskedForward, PassInputs
 from circuitfind.models import spec_for
-from circuitfind.models.spec import ArchSpec, rotate_half
+from circuitfind.models.spec import ArchSpec, RotaryStyle, rotate_every_two, rotate_half
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
 
@@ -379,7 +379,10 @@ class PatchableModel:
 
     @staticmethod
     def project_qkv(lay, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``."""
+        """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``.
+
+        Includes the layer's q/k norms, if any: head ``h``'s query depends on its own receiver's input only.
+        """
         a = lay.attn
         pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
         if heads is not None:
@@ -387,35 +390,62 @@ class PatchableModel:
         H = pairs[0][0].shape[0]
         qkv = []
         for j, (w, b) in enumerate(pairs):
+            xj = x if x.shape[1] == 1 else x[:, j * H : (j + 1) * H]  # (K, h|1, B, T, D)
             if x.shape[1] == 1:  # every receiver of the layer sees the same input
                 t = einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
             else:
-                t = einsum(x[:, j * H : (j + 1) * H], w, "k h b t d, h d e -> k b h t e")
-            qkv.append(t if b is None else t + b[:, None, :])
+                t = einsum(xj, w, "k h b t d, h d e -> k b h t e")
+            t = t if b is None else t + b[:, None, :]
+            norm = (lay.q_norm, lay.k_norm, None)[j]
+            qkv.append(t if norm is None else norm(t, xj, heads))
         return qkv[0], qkv[1], qkv[2]
 
+    def rotary_tables(self, position_ids: Tensor) -> dict:
+        """``(cos, sin)`` for every distinct rotary of the model's layers, keyed by the rotary (for :meth:`attend`)."""
+        fns = {self.spec.layer_rotary(i) for i in range(self.spec.n_layers)} - {None}
+        return {fn: fn(position_ids, self.dtype) for fn in fns}
+
     def attend(self, lay, q: Tensor, k: Tensor, v: Tensor, rot, attn_bias: Tensor) -> Tensor:
-        """``z (K, B, h, T, E)`` from projections ``(K, B, h, T, E)``: rotary, then masked softmax attention."""
+        """``z (K, B, h, T, E)`` from projections ``(K, B, h, T, E)``: rotary, then masked softmax attention.
+
+        ``rot``: from :meth:`rotary_tables` (or one ``(cos, sin)`` pair, or None for no rotary).
+        """
+        if isinstance(rot, dict):
+            rot = rot.get(lay.rotary if lay.rotary is not None else self.spec.rotary)
         if rot is not None:
             cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         K, B, H, T, E = q.shape
-        z = F.scaled_dot_product_attention(
-            q.reshape(K * B, H, T, E),
-            k.reshape(K * B, H, T, E),
-            v.reshape(K * B, H, T, E),
-            attn_mask=attn_bias,
-            scale=lay.attn_scale,
-        )
+        q, k, v = (t.reshape(K * B, H, T, E) for t in (q, k, v))
+        if lay.attn_softcap is None:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=lay.attn_scale)
+        else:  # soft-capped logits (Gemma-2): written out, as SDPA has no cap
+            cap = lay.attn_softcap
+            scores = torch.tanh(q @ k.transpose(-1, -2) * lay.attn_scale / cap) * cap + attn_bias  # (KB, H, T, T)
+            z = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype) @ v
         return z.reshape(K, B, H, T, E)
 
     @staticmethod
-    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:
+        """``(K, h, B, T, D)``: each head's output ``z @ W_O``, times the layer's attention-output norm scale if any.
+
+        A norm on the attention output acts on the sum of *all* the layer's heads, so ``heads`` must then be None.
+        """
+        w_o = lay.attn.W_O if heads is None else lay.attn.W_O[heads]
+        out = einsum(z, w_o, "k b h t e, h e d -> k h b t d")
+        if lay.attn_out_scale is None:
+            return out
+        if heads is not None:
+            raise ConfigError("a norm on the attention output needs every head of the layer")
+        return out * lay.attn_out_scale(out.sum(1)).unsqueeze(1)
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        turn = rotate_every_two if self.spec.rotary_style is RotaryStyle.INTERLEAVED else rotate_half
         rd = cos.shape[-1]
         if rd == x.shape[-1]:
-            return x * cos + rotate_half(x) * sin
+            return x * cos + turn(x) * sin
         xr, xp = x[..., :rd], x[..., rd:]
-        return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
+        return torch.cat((xr * cos + turn(xr) * sin, xp), dim=-1)
 
     def attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
         """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is), padding keys masked, and with a sliding

@@ -2,8 +2,9 @@
 
 Every receiver's input is built by an explicit Python loop over its upstream senders:
     input_r = constant biases upstream of r + sum_s [ m[s,r] * live_s + (1 - m[s,r]) * ablated_s ]
-Attention is written out with an explicit softmax per head. It shares nothing with circuitfind.patching
-except the ArchSpec (the model's weights) and the Graph's naming.
+Attention is written out with an explicit softmax per head; rotary (either pairing), soft-caps and the norm on
+the attention output are written out too (the q/k norms are the spec's own callables, one head at a time).
+It shares nothing with circuitfind.patching except the ArchSpec (the model's weights) and the Graph's naming.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import torch
 
 from circuitfind.graph import Graph
-from circuitfind.models.spec import ArchSpec, rotate_half
+from circuitfind.models.spec import ArchSpec, RotaryStyle, rotate_half
 
 
 def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, attention_mask=None):
@@ -34,16 +35,26 @@ def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, 
                 total = total + m * live[s] + (1 - m) * abl[s]
         return total
 
-    cos = sin = None
-    if spec.rotary is not None:
-        cos, sin = spec.rotary(pos, torch.float32)
+    dtype = spec.layers[0].attn.W_Q.dtype
+    interleaved = spec.rotary_style is RotaryStyle.INTERLEAVED
 
-    def rope(x):  # x (B, T, E)
-        if cos is None:
+    def rope(x, layer):  # x (B, T, E)
+        fn = spec.layer_rotary(layer)
+        if fn is None:
             return x
+        cos, sin = fn(pos, dtype)
         rd = cos.shape[-1]
         xr = x[..., :rd]
-        return torch.cat([xr * cos + rotate_half(xr) * sin, x[..., rd:]], dim=-1)
+        if interleaved:  # pairs (2i, 2i+1): (a, b) -> (-b, a)
+            turned = torch.stack([-xr[..., 1::2], xr[..., ::2]], dim=-1).reshape(xr.shape)
+        else:
+            turned = rotate_half(xr)
+        return torch.cat([xr * cos + turned * sin, x[..., rd:]], dim=-1)
+
+    def qk_norm(norm, y, x, h):  # y (B, T, E) the head's projection of its own input x (B, T, D)
+        if norm is None:
+            return y
+        return norm(y[None, :, None], x[None, None], torch.tensor([h]))[0, :, 0]
 
     for layer in range(spec.n_layers):
         lay = spec.layers[layer]
@@ -54,9 +65,12 @@ def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, 
             for ch, w, b in (("q", a.W_Q, a.b_Q), ("k", a.W_K, a.b_K), ("v", a.W_V, a.b_V)):
                 x = lay.attn_norm(receiver_input(graph.head_receiver(layer, h, ch), const))
                 y = x @ w[h]
-                xs[ch] = y if b is None else y + b[h]
-            q, k, v = rope(xs["q"]), rope(xs["k"]), xs["v"]
+                y = y if b is None else y + b[h]
+                xs[ch] = qk_norm({"q": lay.q_norm, "k": lay.k_norm}.get(ch), y, x, h)
+            q, k, v = rope(xs["q"], layer), rope(xs["k"], layer), xs["v"]
             scores = q @ k.transpose(-1, -2) * lay.attn_scale  # (B, T, T)
+            if lay.attn_softcap is not None:
+                scores = lay.attn_softcap * torch.tanh(scores / lay.attn_softcap)
             allowed = am.bool()[:, None, :].expand(B, T, T)
             if spec.causal:
                 allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
@@ -66,6 +80,9 @@ def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, 
             scores = scores.masked_fill(~allowed, -1e30)
             p = torch.softmax(scores, dim=-1)
             head_outs.append(p @ v @ a.W_O[h])
+        if lay.attn_out_scale is not None:  # a norm on the attention output: its scale from the sum of heads
+            scale = lay.attn_out_scale(sum(head_outs))
+            head_outs = [o * scale for o in head_outs]
         live.extend(head_outs)
         const_attn = const + (a.b_O if a.b_O is not None else 0)
         mlp_const = const if graph.parallel else const_attn
@@ -73,7 +90,10 @@ def reference_forward(spec: ArchSpec, graph: Graph, ids, ablated_outputs, mask, 
         live.append(lay.mlp(x))
         const = const_attn
     final = receiver_input(graph.logits_receiver, const)
-    return spec.unembed(spec.final_norm(final))
+    logits = spec.unembed(spec.final_norm(final))
+    if spec.final_softcap is not None:
+        logits = spec.final_softcap * torch.tanh(logits / spec.final_softcap)
+    return logits
 
 
 def assert_close(a, b, tol=1e-4):

@@ -16,14 +16,19 @@ import torch
 from torch import nn
 
 from circuitfind.errors import ModelLoadError, UnsupportedModelError
-from circuitfind.models import gpt2, gpt_neox, llama
-from circuitfind.models.spec import ArchSpec, AttentionWeights
+from circuitfind.models import gemma, gpt2, gpt_neox, gptj, llama, moe, olmo2, opt, phi3
+from circuitfind.models.spec import ArchSpec, AttentionWeights, Reference
 
-__all__ = ["ADAPTERS", "ArchSpec", "load_model", "spec_for", "supported_model_types"]
+__all__ = ["ADAPTERS", "REFERENCES", "ArchSpec", "load_model", "spec_for", "supported_model_types"]
 
+_FAMILIES = (gpt2, llama, gpt_neox, gemma, olmo2, phi3, gptj, opt, moe)
 ADAPTERS: MappingProxyType[str, Callable[[nn.Module], ArchSpec]] = MappingProxyType(
-    {t: mod.build_spec for mod in (gpt2, llama, gpt_neox) for t in mod.MODEL_TYPES}
+    {t: mod.build_spec for mod in _FAMILIES for t in mod.MODEL_TYPES}
 )
+REFERENCES: MappingProxyType[str, Reference] = MappingProxyType(
+    {t: mod.REFERENCES[t] for mod in _FAMILIES for t in mod.MODEL_TYPES}
+)
+"""A named public model of every supported ``model_type`` (for the table of support)."""
 
 
 def supported_model_types() -> tuple[str, ...]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec
+from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
 
-__all__ = ["MODEL_TYPES", "build_spec"]
+__all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
 MODEL_TYPES = ("gpt2",)
+REFERENCES = MappingProxyType({"gpt2": Reference("openai-community/gpt2", 12, 12)})
 
 
 def build_spec(model: nn.Module) -> ArchSpec:

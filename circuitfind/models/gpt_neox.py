@@ -5,14 +5,17 @@ The fused ``query_key_value`` projection is laid out per head as ``[q | k | v]``
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 from torch import Tensor, nn
 
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec
+from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
 
-__all__ = ["MODEL_TYPES", "build_spec"]
+__all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
 MODEL_TYPES = ("gpt_neox",)
+REFERENCES = MappingProxyType({"gpt_neox": Reference("EleutherAI/pythia-160m", 12, 12, parallel=True)})
 
 
 def build_spec(model: nn.Module) -> ArchSpec:
