@@ -23,6 +23,7 @@ COMMON = dict(
     pad_token_id=0,
     tie_word_embeddings=False,
     attn_implementation="eager",
+    experts_implementation="eager",  # HF's reference loop over experts (grouped_mm has no float64 kernel)
 )
 MIXED = ["sliding_attention", "full_attention"]
 
@@ -195,3 +196,25 @@ NEW_FAMILIES = {
     "qwen3_moe": qwen3_moe,
     "olmoe": olmoe,
 }
+
+
+def in_float64(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in float64 throughout, for finite differences: HF's RMSNorms (Gemma's ``(1 + weight)`` ones
+    included) compute in float32 whatever the model's dtype, so they are replaced by float64 twins."""
+    import types
+
+    def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+    def gemma_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return rms(x, self.eps) * (1 + self.weight)
+
+    def plain_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * rms(x, self.variance_epsilon)
+
+    model = model.double()
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = types.MethodType(gemma_norm if name.startswith("Gemma") else plain_norm, module)
+    return model

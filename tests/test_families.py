@@ -183,3 +183,46 @@ def test_post_ln_opt_is_refused():
 def test_unsupported_variants_are_refused(make, match):
     with pytest.raises(UnsupportedModelError, match=match):
         PatchableModel(make())
+
+
+# --- attribution: the gradient engine through the new q/k norms, soft-caps, output norms and rotaries ----------
+GRADIENT_FAMILIES = ("gemma2", "gemma3", "gptj", "olmo2", "olmoe", "qwen3")
+
+
+@pytest.fixture(scope="module")
+def problems():
+    from tests.families_tiny import in_float64
+    from tests.toy_problems import toy_task
+
+    out = {}
+    for name in GRADIENT_FAMILIES:
+        pm = PatchableModel(in_float64(NEW_FAMILIES[name]()))
+        out[name] = prepare_problem(pm, toy_task(), metric="logit_diff", ablation="resample")[0]
+    return out
+
+
+@pytest.mark.parametrize("name", GRADIENT_FAMILIES)
+def test_edge_gradients_equal_autograd_through_the_patched_forward(problems, name):
+    from circuitfind.gradients import Point, edge_gradients
+    from tests.test_attribution import assert_close_rel, mask_grad, uniform
+
+    p = problems[name]
+    got = edge_gradients(p, [Point(mask_scale=0.7, input_scale=0.6)], chunk_size=2)
+    ref = mask_grad(p, uniform(p, 0.7, 0.6))
+    ref[0] *= 0.6  # the input's edges multiply the already scaled input diff (see test_attribution)
+    assert_close_rel(got.grad, ref, 1e-6)
+
+
+# not OLMoE: HF's router takes its softmax in float32 even in a float64 model, too coarse for finite differences
+@pytest.mark.parametrize("name", [n for n in GRADIENT_FAMILIES if n != "olmoe"])
+def test_eap_equals_finite_differences_of_the_mask(problems, name):
+    from circuitfind.algorithms import run_eap
+    from tests.test_attribution import central_difference, some_edges
+
+    p = problems[name]
+    scores = run_eap(p).scores
+    full = p.pm.graph.full_mask().double()
+    edges = some_edges(p.pm.graph, 6)
+    fd = torch.tensor([central_difference(p, full, e) for e in edges])
+    assert fd.abs().max() > 1e-2
+    torch.testing.assert_close(torch.tensor([float(scores[e]) for e in edges]), -fd, rtol=1e-3, atol=1e-6)
