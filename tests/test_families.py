@@ -96,7 +96,7 @@ def test_stacked_and_restarted_forwards_equal_direct_ones(name):
     with torch.no_grad():
         stacked = pm.forward(clean, abl, masks, positions=pos)
         direct = torch.stack([pm.forward(clean, abl, m, positions=pos) for m in masks])
-        _, diffs = pm.forward(clean, abl, masks[0], positions=pos, return_diffs=True)
+        _, diffs = pm.forward_with_diffs(clean, abl, masks[0], positions=pos)
         restarted = pm.forward(
             clean, abl, masks[0], positions=pos, start_layer=1, cache=pm.prefix_cache(diffs, abl, masks[0], 1)
         )
