@@ -4,6 +4,7 @@ Subcommands::
 
     circuitfind discover --task ioi --threshold 0.01 --out runs/ioi     # find a circuit, write JSON/DOT/SVG
     circuitfind info [--model NAME]                                      # the model's family and graph size
+    circuitfind info --supported                                         # every supported model_type (Markdown)
     circuitfind reproduce tracr-reverse                                  # the ACDC paper's sweep, JSON + PNG
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
@@ -424,12 +425,25 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
         "info",
         parents=[common_options()],
         help="load a model and print its architecture family and graph size",
-        description="Load a model and print its adapter family and the size of its graph (senders, receivers, edges).",
+        description="Load a model and print its adapter family and the size of its graph (senders, receivers, edges); "
+        "with --supported, print the table of every supported model_type instead (nothing is loaded).",
+    )
+    p.add_argument(
+        "--supported",
+        action="store_true",
+        help="print every supported model_type with a reference model and its graph size, as Markdown (the "
+        "README's table)",
     )
     p.set_defaults(handler=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from circuitfind.models import REFERENCES
+    from circuitfind.models.support import support_markdown, support_row
+
+    if args.supported:
+        print(support_markdown())
+        return EXIT_OK
     pm, _ = _load(args)
     model = pm.module
     model_type = getattr(getattr(model, "config", None), "model_type", "?")
@@ -438,6 +452,9 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"family: {pm.spec.family} (model_type {model_type!r})")
     print(f"graph:  {pm.graph.describe()}")
     print(f"device: {pm.device}, dtype {str(pm.dtype).removeprefix('torch.')}")
+    if model_type in REFERENCES:
+        ref = support_row(model_type)
+        print(f"reference of this model_type: {ref.reference}, {ref.n_edges:,} edges (circuitfind info --supported)")
     return EXIT_OK
 
 
