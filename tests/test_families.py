@@ -19,12 +19,23 @@ from circuitfind.models.spec import RotaryStyle
 from circuitfind.patching import PatchableModel
 from circuitfind.tasks import Task
 from tests.families_tiny import NEW_FAMILIES, WINDOW, gemma2, gemma3, olmo2, olmoe, opt, phi3, qwen3
-from tests.models_tiny import VOCAB, tiny_mistral
+from tests.models_tiny import VOCAB, randomize_biases, tiny_mistral, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward
 from tests.test_acdc import _assert_same
 
+
+def randomized(model):
+    randomize_biases(model)
+    return model
+
+
 B, T = 4, 10  # T > WINDOW: the windows cut
-MODELS = {name: make() for name, make in NEW_FAMILIES.items()} | {"mistral-long": tiny_mistral(sliding_window=WINDOW)}
+MODELS = {name: make() for name, make in NEW_FAMILIES.items()} | {
+    "mistral-long": tiny_mistral(sliding_window=WINDOW),
+    "qwen2-bias": randomized(
+        tiny_qwen2(sliding_window=WINDOW, initializer_range=0.2)
+    ),  # random q/k/v biases, window on layers 1-2
+}
 NAMES = sorted(MODELS)
 
 
