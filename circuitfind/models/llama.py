@@ -30,7 +30,12 @@ REFERENCES = MappingProxyType(
         "qwen3": Reference("Qwen/Qwen3-0.6B", 28, 16),
     }
 )
-_WINDOWS = {"llama": Windows.NONE, "mistral": Windows.EVERY_LAYER, "qwen2": Windows.LAYER_TYPES}
+_WINDOWS = {
+    "llama": Windows.NONE,
+    "mistral": Windows.EVERY_LAYER,
+    "qwen2": Windows.LAYER_TYPES,
+    "qwen3": Windows.LAYER_TYPES,
+}
 
 
 def _head_norm(norm: nn.Module | None) -> HeadNorm | None:
@@ -43,7 +48,7 @@ def build_spec(model: nn.Module) -> ArchSpec:
     body = model.model
     H, _, D, E = dims(cfg)
     layers = []
-    policy = _WINDOWS.get(cfg.model_type, Windows.LAYER_TYPES)
+    policy = _WINDOWS[cfg.model_type]
     for block, window in zip(body.layers, windows(cfg, len(body.layers), policy), strict=True):
         sa = block.self_attn
         q_norm, k_norm = (_head_norm(getattr(sa, name, None)) for name in ("q_norm", "k_norm"))  # Qwen3
