@@ -109,8 +109,17 @@ def edge_gradients(
         a :class:`GradientPass`.
 
     Example:
-        >>> g = edge_gradients(problem)  # doctest: +SKIP
-        >>> eap_scores = -g.grad  # the first-order loss change when each edge alone is removed
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from circuitfind.algorithms.acdc import Problem
+        >>> from circuitfind.patching import PatchableModel
+        >>> pm = PatchableModel(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20)))
+        >>> clean, corrupted = torch.randint(20, (2, 3, 4))
+        >>> loss = lambda logits: logits[..., 0].mean(-1)  # (K, B, V) -> (K,)
+        >>> last = torch.full((3,), 3)  # the position each prompt's metric reads
+        >>> problem = Problem(pm, clean, torch.ones_like(clean), last, pm.ablation("resample", corrupted), loss)
+        >>> eap_scores = -edge_gradients(problem).grad  # the first-order loss change when each edge alone is removed
+        >>> eap_scores.shape  # (senders, receivers)
+        torch.Size([4, 8])
     """
     points = list(points)
     weights = [1.0] * len(points) if weights is None else [float(w) for w in weights]

@@ -178,8 +178,12 @@ def metric_site(where: str | Callable[[MetricError], str]) -> Iterator[None]:
             candidate of a stacked evaluation) returning one.
 
     Example:
-        >>> with metric_site("on the full model"):  # doctest: +SKIP
-        ...     metric(logits)
+        >>> broken = make_metric(lambda logits: logits.sum() / 0.0 * 0.0)  # NaN
+        >>> with metric_site("on the full model"):
+        ...     broken(torch.zeros(1, 3))
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.MetricError: on the full model: the <lambda> metric is nan; expected a finite number...
     """
     try:
         yield

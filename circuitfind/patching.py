@@ -185,7 +185,10 @@ class PatchableModel:
                 padding) or over all real tokens.
 
         Example:
-            >>> abl = pm.ablation("resample", corrupted_ids)  # doctest: +SKIP
+            >>> from transformers import GPT2Config, GPT2LMHeadModel
+            >>> pm = PatchableModel(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20)))
+            >>> pm.ablation("mean", torch.randint(20, (4, 5))).outputs.shape  # (senders, 1, positions, d_model)
+            torch.Size([4, 1, 5, 8])
         """
         kind = Ablation.parse(kind)
         if kind is Ablation.ZERO:

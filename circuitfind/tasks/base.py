@@ -119,8 +119,11 @@ class Task:
         """The prompts selected by ``idx`` (ints, a slice, or a long/bool tensor), as a task without a split.
 
         Example:
-            >>> t.subset([0]).n_train is None  # doctest: +SKIP
-            True
+            >>> ids = torch.tensor([[5, 6, 7], [5, 8, 7]])
+            >>> ones, last, answers = torch.ones_like(ids), torch.tensor([2, 2]), torch.tensor([[9], [9]])
+            >>> t = Task("toy", ids, ids.flip(0), ones, last, answers, answers - 1, n_train=1)
+            >>> len(t.subset([0, 1])), t.subset([0, 1]).n_train is None
+            (2, True)
         """
         rows = torch.arange(len(self))[idx] if isinstance(idx, slice) else _as_rows(idx, len(self))
         if rows.numel() == 0:
@@ -549,7 +552,15 @@ def check_task_fits(task: Task, spec: ArchSpec, *, label: str = "the task") -> N
         TaskError: naming the prompt, the field, the id or length, and the model's limit.
 
     Example:
-        >>> check_task_fits(task, PatchableModel(model).spec)  # doctest: +SKIP
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from circuitfind.models import spec_for
+        >>> spec = spec_for(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20)))
+        >>> ids = torch.tensor([[5, 6, 25]])  # 25 is beyond the model's 20 tokens
+        >>> task = Task("toy", ids, ids, torch.ones_like(ids), torch.tensor([2]), torch.tensor([[1]]), ids[:, :1])
+        >>> check_task_fits(task, spec)
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.TaskError: the task: prompt 0 holds token id 25 in clean_ids (column 2), but the model's ...
     """
     vocab = spec.vocab_size
     n_out = spec.n_outputs if spec.n_outputs is not None else vocab
