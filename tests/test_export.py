@@ -190,12 +190,6 @@ def test_dot_without_scores_and_bad_rankdir():
         make_circuit().to_dot(rankdir="up")
 
 
-def test_dot_parses_with_graphviz_package():
-    graphviz = pytest.importorskip("graphviz")
-    src = graphviz.Source(make_circuit().to_dot())
-    assert "digraph" in src.source
-
-
 # --- networkx -----------------------------------------------------------------------------------------------
 def test_to_networkx():
     c = make_circuit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, LlamaConfig
 
 from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
 from circuitfind.graph import Graph
@@ -20,15 +19,8 @@ def test_gpt2_small_counts():
     assert g.n_edges + 3 * 144 == 32_923
 
 
-def test_gpt2_small_config_builds_that_graph():
-    cfg = GPT2Config()  # GPT-2 small's shape; weights are random, nothing is downloaded
-    assert (cfg.n_layer, cfg.n_head) == (12, 12)
-    assert Graph(cfg.n_layer, cfg.n_head).n_edges == 32_491
-
-
 def test_smollm2_counts():
-    cfg = LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
-    g = Graph(cfg.num_hidden_layers, cfg.num_attention_heads)
+    g = Graph(30, 9)  # 30 layers, 9 query heads (GQA gives every query head its own k and v receivers)
     assert (g.n_senders, g.n_edges) == (301, 123_211)
 
 
