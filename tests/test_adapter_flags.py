@@ -189,3 +189,35 @@ def test_llama_biases(flag):
                 p.zero_()
     _assert_changes_logits(model, unbiased)
     _assert_exact(model)
+
+
+# --- flags the adapters pass through the model's own modules (rotary, activations) ---------------------------
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+ROPE = {
+    "theta": {"rope_theta": 50.0},
+    "linear": {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}},
+    "llama3": {"rope_parameters": {**LLAMA3_ROPE, "original_max_position_embeddings": 4, "rope_theta": 10000.0}},
+}
+
+
+@pytest.mark.parametrize("rope", sorted(ROPE))
+def test_llama_rotary_variants(rope):
+    model = _build("llama", **ROPE[rope])
+    _assert_changes_logits(model, _twin(model, "llama"))
+    _assert_exact(model)
+
+
+def test_neox_rotary_base():
+    # a quarter of 8 dims rotated is one frequency, base**0 = 1 whatever the base: rotate all dims here
+    model = _build("neox", rotary_pct=1.0, rotary_emb_base=50)
+    _assert_changes_logits(model, _twin(model, "neox", rotary_pct=1.0))
+    _assert_exact(model)
+
+
+@pytest.mark.parametrize(
+    "family,flag", [("gpt2", "activation_function"), ("neox", "hidden_act"), ("llama", "hidden_act")]
+)
+def test_activation_function(family, flag):
+    model = _build(family, **{flag: "relu"})
+    _assert_changes_logits(model, _twin(model, family))
+    _assert_exact(model)
