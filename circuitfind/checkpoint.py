@@ -69,9 +69,9 @@ def fingerprint(
         metric: the metric as the caller passed it; a callable is identified by its module, name and code.
 
     Example:
-        >>> fp = fingerprint(config, task, problem, model)  # doctest: +SKIP
-        >>> len(fp)  # doctest: +SKIP
-        64
+        >>> fp = fingerprint({"method": "acdc", "threshold": 0.01}, task, problem, model)
+        >>> len(fp), fp == fingerprint({"method": "acdc", "threshold": 0.02}, task, problem, model)
+        (64, False)
     """
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(_metric_identity(metric).encode())
@@ -123,7 +123,9 @@ def save_state(path: str | Path, state: AcdcState, fingerprint: str) -> Path:
     """Write ``state`` to ``path`` as a safetensors checkpoint of the run ``fingerprint`` (atomically).
 
     Example:
-        >>> save_state("runs/ioi/checkpoint.safetensors", state, fp)  # doctest: +SKIP
+        >>> state = AcdcState(mask=torch.ones(4, 8, dtype=torch.bool), effects=torch.zeros(4, 8), current=0.0)
+        >>> save_state(tmp_path / "checkpoint.safetensors", state, "run-1").name
+        'checkpoint.safetensors'
     """
     from safetensors.torch import save
 
@@ -149,7 +151,14 @@ def load_state(path: str | Path, fingerprint: str, shape: tuple[int, int] | None
             of a different run, or malformed; the message says what was expected and what was found.
 
     Example:
-        >>> state = load_state("runs/ioi/checkpoint.safetensors", fp, (157, 145))  # doctest: +SKIP
+        >>> state = AcdcState(mask=torch.ones(4, 8, dtype=torch.bool), effects=torch.zeros(4, 8), current=0.0)
+        >>> path = save_state(tmp_path / "checkpoint.safetensors", state, "run-1")
+        >>> bool(load_state(path, "run-1", (4, 8)).mask.all())
+        True
+        >>> load_state(path, "run-2", (4, 8))
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.CheckpointError: ...
     """
     from safetensors import safe_open
 
@@ -270,8 +279,9 @@ class Checkpointer:
         shape: ``(senders, receivers)`` of the run's graph (checked on load).
 
     Example:
-        >>> ckpt = Checkpointer(Path("run/checkpoint.safetensors"), fp, (157, 145))  # doctest: +SKIP
-        >>> state = ckpt.load()  # None when there is no file yet  # doctest: +SKIP
+        >>> ckpt = Checkpointer(tmp_path / "checkpoint.safetensors", "run-1", (4, 8))
+        >>> ckpt.load() is None  # no file yet
+        True
     """
 
     def __init__(self, path: Path | None, fingerprint: str, shape: tuple[int, int] | None = None) -> None:

@@ -34,8 +34,9 @@ def run_eap(problem: Problem, opts: EapOptions = EapOptions(), progress: Progres
     """EAP scores for every edge.
 
     Example:
-        >>> result = run_eap(problem)  # doctest: +SKIP
-        >>> result.scores.shape  # (senders, receivers)  # doctest: +SKIP
+        >>> result = run_eap(problem)
+        >>> result.scores.shape  # (senders, receivers)
+        torch.Size([4, 8])
     """
     return gradient_scores(problem, [Point()], [1.0], clean_diffs=False, opts=opts, progress=progress, name="EAP")
 

@@ -49,7 +49,10 @@ def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: P
     """Exact single-edge scores for every edge (or the candidates).
 
     Example:
-        >>> result = run_exact(problem, ExactOptions(candidates=mask))  # doctest: +SKIP
+        >>> only = problem.pm.graph.mask_of(["a0.h1->logits", "m0->logits"])
+        >>> result = run_exact(problem, ExactOptions(candidates=only))
+        >>> int(result.scores[problem.pm.graph.edge_mask].isfinite().sum())  # the other edges are NaN: not scored
+        2
     """
     progress = progress or NullProgress()
     g = problem.pm.graph

@@ -104,7 +104,10 @@ def run_hybrid(
     """Attribute, keep the faithful candidates, prune them with exact tests, repair to the target.
 
     Example:
-        >>> result = run_hybrid(problem, HybridOptions(target=0.8), Faithfulness(problem))  # doctest: +SKIP
+        >>> faith = Faithfulness(problem)
+        >>> result = run_hybrid(problem, HybridOptions(target=0.8), faith)
+        >>> result.reached, faith(result.mask) >= 0.8
+        (True, True)
     """
     progress = progress or NullProgress()
     g = problem.pm.graph
