@@ -2,8 +2,8 @@
 ``--doctest-modules``; see pyproject.toml).
 
 ``model`` (a 1-layer, 2-head GPT-2 with random weights), ``pm`` (its :class:`PatchableModel`), ``task`` (3 toy
-prompt pairs with answers), ``problem`` (the task prepared for a method: resample ablation, logit difference) and
-``tmp_path`` (a fresh folder for examples that write files).
+prompt pairs with answers), ``problem`` (the task prepared for a method: resample ablation, logit difference),
+``circuit`` (the top 5 EAP edges on that task) and ``tmp_path`` (a fresh folder for examples that write files).
 An example that needs the real model or tokenizer stays marked ``# doctest: +SKIP``.
 """
 
@@ -15,6 +15,7 @@ import torch
 def _tiny_doctest_objects() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from circuitfind import discover
     from circuitfind.algorithms.acdc import Problem
     from circuitfind.metrics import make_metric
     from circuitfind.patching import PatchableModel
@@ -31,7 +32,8 @@ def _tiny_doctest_objects() -> dict:
     metric = make_metric("logit_diff", answers=answers, wrong_answers=wrong)
     ablated = pm.ablation("resample", corrupted)
     problem = Problem(pm, clean, task.attention_mask, task.answer_pos, ablated, metric.loss, separable=True)
-    return {"model": model, "pm": pm, "task": task, "problem": problem}
+    circuit = discover(pm, task, method="eap", n_edges=5, metric="logit_diff", progress=False)
+    return {"model": model, "pm": pm, "task": task, "problem": problem, "circuit": circuit}
 
 
 @pytest.fixture(autouse=True)

@@ -79,7 +79,8 @@ class Circuit:
         """A copy with some fields changed (``dataclasses.replace``); this circuit is left as it is.
 
         Example:
-            >>> circuit = circuit.replace(model="gpt2")  # doctest: +SKIP
+            >>> circuit.replace(model="tiny").model, circuit.model != "tiny"
+            ('tiny', True)
         """
         return dataclasses.replace(self, **changes)
 
@@ -87,7 +88,8 @@ class Circuit:
         """A copy whose ``config`` has ``entries`` added (or replaced).
 
         Example:
-            >>> circuit = circuit.with_config(seed=0)  # doctest: +SKIP
+            >>> circuit.with_config(seed=0).config["seed"], "seed" in circuit.config
+            (0, False)
         """
         return dataclasses.replace(self, config={**self.config, **entries})
 

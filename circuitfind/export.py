@@ -169,9 +169,9 @@ def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
     stored and come back NaN.
 
     Example:
-        >>> d = circuit.to_dict()  # doctest: +SKIP
-        >>> d["edges"]["a0.h1->a3.h7<q>"]  # doctest: +SKIP
-        {'score': 0.0132, 'in_graph': True}
+        >>> d = circuit.to_dict()
+        >>> sorted(d["edges"]["a0.h1->logits"])
+        ['in_graph', 'score']
     """
     graph = circuit.graph
     edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,) sender-major, as graph.edge_names
@@ -350,8 +350,8 @@ def save_json(circuit: CircuitData, path: str | os.PathLike[str]) -> Path:
     Parent directories are created. Returns the path written.
 
     Example:
-        >>> save_json(circuit, "runs/ioi/circuit.json")  # doctest: +SKIP
-        PosixPath('runs/ioi/circuit.json')
+        >>> save_json(circuit, tmp_path / "runs" / "circuit.json").name
+        'circuit.json'
     """
     return atomic_write(path, json.dumps(to_json_dict(circuit), allow_nan=False))  # strict JSON: no NaN/Infinity
 
@@ -365,9 +365,9 @@ def fields_from_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             file and the reason).
 
     Example:
-        >>> fields = fields_from_json_file("runs/ioi/circuit.json")  # doctest: +SKIP
-        >>> int(fields["mask"].sum())  # doctest: +SKIP
-        37
+        >>> fields = fields_from_json_file(circuit.save(tmp_path / "circuit.json"))
+        >>> int(fields["mask"].sum()) == circuit.n_edges
+        True
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -423,8 +423,8 @@ def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") ->
         rankdir: layout direction, ``"BT"`` (input at the bottom), ``"TB"``, ``"LR"`` or ``"RL"``.
 
     Example:
-        >>> from pathlib import Path
-        >>> Path("circuit.dot").write_text(circuit.to_dot())  # doctest: +SKIP
+        >>> (tmp_path / "circuit.dot").write_text(circuit.to_dot()) > 0
+        True
         >>> # dot -Tsvg circuit.dot -o circuit.svg
     """
     if rankdir not in _RANKDIRS:
@@ -482,8 +482,8 @@ def to_networkx(circuit: CircuitData) -> networkx.MultiDiGraph:
     two nodes stay separate.
 
     Example:
-        >>> g = circuit.to_networkx()  # doctest: +SKIP
-        >>> g.number_of_edges() == circuit.n_edges  # doctest: +SKIP
+        >>> g = circuit.to_networkx()
+        >>> g.number_of_edges() == circuit.n_edges
         True
     """
     import networkx as nx

@@ -30,8 +30,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     removed and ``path`` is left as it was; the ``OSError`` propagates (callers know what the file was for).
 
     Example:
-        >>> atomic_write("runs/ioi/circuit.dot", circuit.to_dot())  # doctest: +SKIP
-        PosixPath('runs/ioi/circuit.dot')
+        >>> atomic_write(tmp_path / "runs" / "circuit.dot", circuit.to_dot()).relative_to(tmp_path)
+        PosixPath('runs/circuit.dot')
     """
     path = Path(path).expanduser()
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -58,8 +58,8 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
         OutputError: the folder cannot be created or written to; the message names it and the reason.
 
     Example:
-        >>> check_writable("runs/ioi")  # doctest: +SKIP
-        PosixPath('runs/ioi')
+        >>> check_writable(tmp_path / "runs" / "ioi").is_dir()
+        True
     """
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -87,8 +87,9 @@ def lock_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         OutputError: another process holds the lock; the message names it.
 
     Example:
-        >>> with lock_folder("runs/ioi"):  # doctest: +SKIP
-        ...     ...  # nobody else writes runs/ioi meanwhile
+        >>> with lock_folder(tmp_path):  # nobody else writes there meanwhile
+        ...     sorted(p.name for p in tmp_path.iterdir())
+        ['.lock']
     """
     try:
         import fcntl
