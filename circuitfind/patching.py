@@ -224,7 +224,9 @@ class PatchableModel:
             reference: mean ablation only: the reference batch (a Task). Must be None for other kinds.
 
         Example:
-            >>> abl = pm.ablation_for(task, "mean", reference=ref_task)  # doctest: +SKIP
+            >>> abl = pm.ablation_for(task, "mean", reference=task.subset([0, 1]))  # the mean of two prompts
+            >>> abl.outputs.shape  # (senders, 1, positions, d_model): one mean per position
+            torch.Size([4, 1, 4, 8])
         """
         from circuitfind.tasks import Task  # tasks do not import this module; resolved at call time anyway
 

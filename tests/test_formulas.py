@@ -11,13 +11,7 @@ import math
 import pytest
 import torch
 
-from circuitfind.metrics import kl_divergence, logit_diff, make_metric, prob_diff
-
-# The tracr MSE may move from reproduce.py to metrics.py; this test follows it through its public import.
-try:
-    from circuitfind.metrics import output_mse
-except ImportError:
-    from circuitfind.reproduce import output_mse
+from circuitfind.metrics import kl_divergence, logit_diff, make_metric, output_mse, prob_diff
 
 
 def _log(*weights: float) -> list[float]:
