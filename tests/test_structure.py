@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,17 @@ def test_import_circuitfind_loads_no_optional_or_script_module():
 
 def test_load_model_shows_the_signature_of_the_loader():
     assert inspect.signature(load_model) == inspect.signature(loading.load_model)
+
+
+def test_readme_layout_matches_the_tree():
+    """Every top-level module and subpackage is in the README's layout, and every file it names exists."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named_files = set(re.findall(r"\b(\w+\.py)\b", block))
+    named_dirs = set(re.findall(r"\b(\w+)/", block))
+    top_files = {p.name for p in PACKAGE.glob("*.py")}
+    top_dirs = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert top_files <= named_files, f"modules missing from the README layout: {sorted(top_files - named_files)}"
+    assert top_dirs <= named_dirs, f"subpackages missing from the README layout: {sorted(top_dirs - named_dirs)}"
+    existing = {p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in PACKAGE.parent.glob("*.py")}
+    assert named_files <= existing, f"the README layout names files that do not exist: {sorted(named_files - existing)}"
