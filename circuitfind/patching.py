@@ -430,6 +430,38 @@ class PatchableModel:
             z = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype) @ v
         return z.reshape(K, B, H, T, E)
 
+    def attention_pattern(
+        self,
+        layer: int,
+        resid: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Attention probabilities ``(B, H, T, T)`` (query, key) of every head of block ``layer``.
+
+        Args:
+            layer: the block.
+            resid: ``(B, T, D)`` the residual stream the block's attention reads (before its norm).
+            attention_mask: ``(B, T)``, 1 for real tokens (default: all real).
+            position_ids: ``(B, T)``; default as in :meth:`forward`.
+
+        Example:
+            >>> pm.attention_pattern(0, pm.spec.embed(ids, pos)).shape  # doctest: +SKIP
+            torch.Size([3, 2, 5, 5])
+        """
+        lay = self.spec.layers[layer]
+        B, T, _ = resid.shape
+        am = torch.ones(B, T, dtype=torch.long, device=self.device) if attention_mask is None else attention_mask
+        am = am.to(self.device)
+        if position_ids is None:
+            position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
+        q, k, _ = self.project_qkv(lay, lay.attn_norm(resid)[None, None])  # (1, B, H, T, E)
+        if self.spec.rotary is not None:
+            cos, sin = (c[None, :, None] for c in self.spec.rotary(position_ids.to(self.device), self.dtype))
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        logits = einsum(q[0], k[0], "b h i e, b h j e -> b h i j") * lay.attn_scale
+        return (logits + self._attention_bias(am, 1, lay.sliding_window)).softmax(-1)
+
     @staticmethod
     def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:
         """``(K, h, B, T, D)``: each head's output ``z @ W_O``, times the layer's attention-output norm scale if any.
