@@ -172,6 +172,12 @@ class Circuit:
         """Read a circuit written by :meth:`save`, or an EAP-IG / MIB graph JSON file."""
         return cls(**export.fields_from_json_file(path))
 
+    def to_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write the interactive explorer (one offline HTML file); see :func:`circuitfind.viewer.to_html`."""
+        from circuitfind.viewer import to_html
+
+        return to_html(self, path, **kwargs)
+
     def render(self, path: str | Path, fmt: str | None = None) -> Path:
         """Render to SVG/PNG/PDF with graphviz's ``dot`` binary (a clear error when it is missing)."""
         return export.render(self, path, fmt)

@@ -450,16 +450,23 @@ class PatchableModel:
             torch.Size([3, 2, 5, 5])
         """
         lay = self.spec.layers[layer]
-        B, T, _ = resid.shape
+        q, k, _ = self.project_qkv(lay, lay.attn_norm(resid)[None, None])  # (1, B, H, T, E)
+        return self.attention_probs(lay, q[0], k[0], attention_mask, position_ids)
+
+    def attention_probs(
+        self, lay, q: Tensor, k: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """``(B, H, T, T)`` attention probabilities from projections ``q``, ``k`` ``(B, H, T, E)`` before rotary
+        (from :meth:`project_qkv`): rotary, scaled scores, the causal / padding / window mask, softmax."""
+        B, H, T, _ = q.shape
         am = torch.ones(B, T, dtype=torch.long, device=self.device) if attention_mask is None else attention_mask
         am = am.to(self.device)
         if position_ids is None:
             position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
-        q, k, _ = self.project_qkv(lay, lay.attn_norm(resid)[None, None])  # (1, B, H, T, E)
         if self.spec.rotary is not None:
-            cos, sin = (c[None, :, None] for c in self.spec.rotary(position_ids.to(self.device), self.dtype))
+            cos, sin = (c[:, None] for c in self.spec.rotary(position_ids.to(self.device), self.dtype))  # (B, 1, T, r)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        logits = einsum(q[0], k[0], "b h i e, b h j e -> b h i j") * lay.attn_scale
+        logits = einsum(q, k, "b h i e, b h j e -> b h i j") * lay.attn_scale
         return (logits + self._attention_bias(am, 1, lay.sliding_window)).softmax(-1)
 
     @staticmethod

@@ -12,6 +12,7 @@ from torch import nn
 from circuitfind.analysis import (
     COLUMNS,
     attention_patterns,
+    clean_run,
     copying_scores,
     direct_effects,
     head_roles,
@@ -43,6 +44,27 @@ def test_attention_patterns_match_hf(name):
     real = am.bool()[None, :, None, :, None]  # padded query rows are not compared
     for layer, hf in enumerate(ref):
         assert torch.allclose(ours[layer].masked_fill(~real[0], 0), hf.masked_fill(~real[0], 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_clean_run_matches_the_patched_forward_and_hf(name):
+    """The plain forward (fast path) against the patched forward's sender outputs and HF's logits."""
+    model = MAKERS[name](init=0.2) if name != "mistral" else MAKERS[name]()
+    randomize_biases(model)
+    pm = PatchableModel(model)
+    ids = torch.randint(1, VOCAB, (3, 9))
+    am = torch.ones_like(ids)
+    am[2, 5:] = 0
+    run = clean_run(pm, ids, am)
+    with torch.no_grad():
+        ref = pm.sender_outputs(ids, am)  # (S, B, T, D)
+        hf = model(ids, attention_mask=am).logits
+    real = am.bool()[None, :, :, None]
+    assert torch.allclose(run.outputs.masked_fill(~real, 0), ref.masked_fill(~real, 0), atol=1e-5)
+    logits = pm.spec.logits(pm.spec.final_norm(run.final))
+    assert torch.allclose(logits[am.bool()], hf[am.bool()], atol=1e-4)
+    at = clean_run(pm, ids, am, positions=am.sum(1) - 1)
+    assert torch.allclose(at.outputs[:, :, 0], run.outputs[:, torch.arange(3), am.sum(1) - 1], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])

@@ -15,13 +15,15 @@ Example:
 
 from __future__ import annotations
 
-from circuitfind.analysis.activations import attention_patterns, direct_effects, logit_diff_of
+from circuitfind.analysis.activations import CleanRun, attention_patterns, clean_run, direct_effects, logit_diff_of
 from circuitfind.analysis.roles import COLUMNS, HeadRoles, copying_scores, head_roles, repeated_tokens
 
 __all__ = [
     "COLUMNS",
+    "CleanRun",
     "HeadRoles",
     "attention_patterns",
+    "clean_run",
     "copying_scores",
     "direct_effects",
     "head_roles",

@@ -1,20 +1,85 @@
 """What a clean run shows about each head: its attention patterns and its direct effect on the logits.
 
-Both read the live outputs of every sender (:meth:`PatchableModel.sender_outputs`, the same exact forward that
-discovery patches) and rebuild the residual stream from them: the input of block ``l`` is the sum of the
-outputs of the senders below it plus the constant biases that belong to no node, and the final residual stream
-is the sum of all of them. Nothing here knows an architecture.
+:func:`clean_run` is the unpatched model computed block by block from its :class:`~circuitfind.models.spec.ArchSpec`
+(architecture-neutral), keeping every head's attention pattern and every sender's output; the tests hold it to
+the patched forward's :meth:`~circuitfind.patching.PatchableModel.sender_outputs` and to the HF model's own
+attentions and logits.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from einops import einsum
 from torch import Tensor
 
 from circuitfind.models.norms import frozen_norm
 from circuitfind.patching import PatchableModel
 
-__all__ = ["attention_patterns", "direct_effects", "logit_diff_of"]
+__all__ = ["CleanRun", "attention_patterns", "clean_run", "direct_effects", "logit_diff_of"]
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """What one unpatched forward pass shows.
+
+    Attributes:
+        patterns: ``(L, B, H, T, T)`` attention probabilities (layer, prompt, head, query, key).
+        outputs: ``(S, B, P, D)`` every sender's output (``input``, heads, MLPs in the graph's order) at the
+            requested positions (``P = 1``) or at all of them (``P = T``).
+        final: ``(B, P, D)`` the final residual stream there (the sum of the outputs plus constant biases).
+    """
+
+    patterns: Tensor
+    outputs: Tensor
+    final: Tensor
+
+
+def clean_run(
+    pm: PatchableModel, input_ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None
+) -> CleanRun:
+    """One plain forward pass through the model's spec that keeps every head's pattern and every sender's output.
+
+    This is the unpatched model computed block by block, without the per-receiver inputs of the patched forward
+    (an order of magnitude cheaper); the tests check it against :meth:`PatchableModel.sender_outputs` and the HF
+    model's own attentions and logits.
+
+    Args:
+        pm: the model.
+        input_ids: ``(B, T)``.
+        attention_mask: ``(B, T)``, 1 for real tokens.
+        positions: ``(B,)``: keep outputs only at one position per prompt; None keeps all.
+
+    Example:
+        >>> run = clean_run(pm, torch.tensor([[1, 2, 3]]))  # doctest: +SKIP
+        >>> run.outputs.shape  # (senders, batch, positions, d_model)  # doctest: +SKIP
+    """
+    spec, dev = pm.spec, pm.device
+    ids = input_ids.to(dev)
+    B, T = ids.shape
+    am = torch.ones_like(ids) if attention_mask is None else attention_mask.to(dev)
+    pos_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
+    rows = torch.arange(B, device=dev)
+
+    def keep(x: Tensor) -> Tensor:  # (..., B, T, D) -> (..., B, P, D)
+        return x if positions is None else x[..., rows, positions.to(dev), :].unsqueeze(-2)
+
+    with torch.no_grad():
+        x = spec.embed(ids, pos_ids)  # (B, T, D)
+        outputs, patterns = [keep(x)[None]], []
+        for lay in spec.layers:
+            q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, B, H, T, E) each
+            probs = pm.attention_probs(lay, q[0], k[0], am, pos_ids)  # (B, H, T, T)
+            z = einsum(probs, v[0], "b h i j, b h j e -> b h i e")
+            heads = einsum(z, lay.attn.W_O, "b h t e, h e d -> h b t d")  # (H, B, T, D)
+            attn_out = heads.sum(0) + (0 if lay.attn.b_O is None else lay.attn.b_O)
+            mlp_in = x if spec.parallel else x + attn_out
+            mlp = lay.mlp(lay.mlp_norm(mlp_in))  # (B, T, D)
+            x = x + attn_out + mlp
+            patterns.append(probs)
+            outputs += [keep(heads), keep(mlp)[None]]
+    return CleanRun(torch.stack(patterns), torch.cat(outputs), keep(x))
 
 
 def attention_patterns(pm: PatchableModel, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -32,16 +97,9 @@ def attention_patterns(pm: PatchableModel, input_ids: Tensor, attention_mask: Te
         >>> attention_patterns(pm, torch.tensor([[1, 2, 3]])).shape  # doctest: +SKIP
         torch.Size([2, 1, 4, 3, 3])
     """
-    g = pm.graph
-    with torch.no_grad():
-        outs = pm.sender_outputs(input_ids, attention_mask)  # (S, B, T, D)
-        bases = pm.ablation("zero").bases  # (G, 1, 1, D): the biases below each group of receivers
-        running = torch.zeros_like(outs[0])  # (B, T, D): sum of the outputs of the senders below the layer
-        patterns = []
-        for layer in range(g.n_layers):
-            running = running + outs[g.senders_before(layer - 1) if layer else 0 : g.senders_before(layer)].sum(0)
-            patterns.append(pm.attention_pattern(layer, bases[2 * layer] + running, attention_mask))
-    return torch.stack(patterns)  # (L, B, H, T, T)
+    return clean_run(
+        pm, input_ids, attention_mask, positions=torch.zeros(input_ids.shape[0], dtype=torch.long)
+    ).patterns
 
 
 def logit_diff_of(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
@@ -89,11 +147,9 @@ def direct_effects(pm: PatchableModel, task) -> Tensor:
     """
     spec = pm.spec
     task = task.to(pm.device)
-    rows = torch.arange(len(task), device=pm.device)
+    run = clean_run(pm, task.clean_ids, task.attention_mask, task.answer_pos)
     with torch.no_grad():
-        outs = pm.sender_outputs(task.clean_ids, task.attention_mask)[:, rows, task.answer_pos]  # (S, N, D)
-        const = pm.ablation("zero").bases[-1].reshape(1, -1)  # (1, D): biases that belong to no node
-        final = outs.sum(0) + const  # (N, D): the final residual stream at the answer positions
+        outs, final = run.outputs[:, :, 0], run.final[:, 0]  # (S, N, D), (N, D)
         normed = frozen_norm(spec.final_norm, final)(outs)  # (S, N, D)
         valid = torch.cat([task.answers.flatten(), task.wrong_answers.flatten()])
         cols = torch.unique(valid[valid >= 0])  # (C,)

@@ -133,7 +133,7 @@ def _attention_roles(patterns: Tensor, length: int, first: int) -> dict[str, Ten
     }
 
 
-def copying_scores(pm: PatchableModel, *, sample: int = 512, seed: int = 0) -> Tensor:
+def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0) -> Tensor:
     """``(L, H)``: the fraction of ``sample`` random tokens that each head's OV circuit maps to themselves.
 
     See the module docstring for the path; "maps to itself" means the token's own logit is among the top 5 of
@@ -177,7 +177,7 @@ def head_roles(
     n_seqs: int = 8,
     length: int = 20,
     bos: int | None = None,
-    sample: int = 512,
+    sample: int = 256,
     seed: int = 0,
 ) -> HeadRoles:
     """Score every head on each role of :data:`COLUMNS`.

@@ -1,0 +1,103 @@
+"""One self-contained HTML file per circuit: the template, its script and style, and the data, inlined.
+
+The file needs no network and no server: open it from ``file://``. The script and style are hand-written
+(``circuitfind/viewer/static/``); no JavaScript library is vendored.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from circuitfind.fileio import atomic_write
+from circuitfind.viewer.data import DEFAULT_MAX_PROMPTS, ExplorerData, collect
+from circuitfind.viewer.payload import DEFAULT_MAX_EDGES, build_payload
+
+__all__ = ["render_html", "to_html"]
+
+_STATIC = ("explorer.html", "explorer.css", "explorer.js")
+
+
+def _static(name: str) -> str:
+    return resources.files("circuitfind.viewer").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def render_html(payload: dict[str, Any], title: str = "circuit") -> str:
+    """The HTML text of the explorer for a payload of :func:`~circuitfind.viewer.payload.build_payload`.
+
+    Example:
+        >>> text = render_html(build_payload(circuit))  # doctest: +SKIP
+    """
+    page, css, js = (_static(n) for n in _STATIC)
+    # "</" inside a <script> would end it early; JSON allows "<\/" for "</".
+    data = json.dumps(payload, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    parts = {"__TITLE__": html.escape(title), "__CSS__": css, "__JS__": js, "__DATA__": data}
+    out = []
+    rest = page
+    # one pass over the template's markers, so that nothing inserted is scanned for markers again
+    while True:
+        hits = [(rest.find(m), m) for m in parts if rest.find(m) >= 0]
+        if not hits:
+            out.append(rest)
+            break
+        at, marker = min(hits)
+        out.append(rest[:at])
+        out.append(parts[marker])
+        rest = rest[at + len(marker) :]
+    return "".join(out)
+
+
+def to_html(
+    circuit,
+    path: str | os.PathLike[str],
+    *,
+    model: Any = None,
+    task: Any = None,
+    tokenizer: Any = None,
+    data: ExplorerData | None = None,
+    max_edges: int = DEFAULT_MAX_EDGES,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+    roles: bool = True,
+) -> Path:
+    """Write the circuit explorer for ``circuit`` to ``path`` (one self-contained HTML file; atomically).
+
+    With a ``model`` and a ``task`` the file also shows each head's attention on the task's prompts, every
+    node's direct effect and the head-role table; without them, the graph, the size slider, the
+    faithfulness curve and the run's record.
+
+    Args:
+        circuit: a :class:`~circuitfind.circuit.Circuit`.
+        path: the ``.html`` file to write; parent folders are created.
+        model: a transformers model, a :class:`~circuitfind.patching.PatchableModel`, or a name for
+            :func:`~circuitfind.load_model` (then its tokenizer is used).
+        task: a :class:`~circuitfind.tasks.Task`, or anything :func:`~circuitfind.discovery.prepare_task` takes
+            (a built-in name is generated with the circuit's recorded ``n_prompts`` and ``seed``).
+        tokenizer: for token labels (default: the one loaded with a model name).
+        data: precomputed model data (instead of ``model`` and ``task``).
+        max_edges: top edges to embed, the slider's range (default 5,000).
+        max_prompts: task prompts to embed (default 20).
+        roles: compute the head-role table (a few seconds).
+
+    Returns:
+        the path written.
+
+    Example:
+        >>> circuit.to_html("ioi.html", model=model, task=task, tokenizer=tok)  # doctest: +SKIP
+        PosixPath('ioi.html')
+    """
+    if data is None and model is not None and task is not None:
+        from circuitfind.discovery import as_patchable, prepare_task
+
+        pm, tokenizer = as_patchable(model, tokenizer)
+        n = int(circuit.config.get("n_prompts") or max_prompts)
+        seed = int(circuit.config.get("seed") or 0)
+        data = collect(
+            pm, prepare_task(task, tokenizer, n=n, seed=seed), tokenizer, max_prompts=max_prompts, roles=roles
+        )
+    payload = build_payload(circuit, data, max_edges=max_edges)
+    title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
+    return atomic_write(path, render_html(payload, title))
