@@ -223,6 +223,7 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         help="candidate removals per forward (default: 1 on CPU, 8 on GPU)",
     )
     p.add_argument("--resume", action="store_true", help=f"continue from DIR/{CHECKPOINT_NAME}")
+    p.add_argument("--html", action="store_true", help="also write DIR/circuit.html, the interactive explorer")
     p.set_defaults(handler=_run_discover)
 
 
@@ -273,7 +274,7 @@ def _run_discover(args: argparse.Namespace) -> int:
     with lock_folder(args.out), _sigterm_as_interrupt():
         ckpt = _checkpoint_of(args.out, args.resume, METHODS[args.method].kind is MethodKind.CIRCUIT)
         try:
-            circuit, model, task = _find_circuit(args, ckpt)
+            circuit, model, task, tokenizer = _find_circuit(args, ckpt)
         except KeyboardInterrupt as e:
             what = "terminated" if isinstance(e, _Terminated) else "interrupted"
             if ckpt.exists():
@@ -285,6 +286,8 @@ def _run_discover(args: argparse.Namespace) -> int:
                 print(f"{what} before the first receiver was finished; nothing to resume", file=sys.stderr)
             return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED
         written, skipped = _write_results(circuit, args.out, ckpt)
+        if args.html:  # the explorer runs the model on the discovery prompts: seconds
+            written.append(circuit.to_html(args.out / "circuit.html", model=model, task=task, tokenizer=tokenizer))
         held_out = _held_out_line(circuit, model, task, args)
         # Only now: the checkpoint holds the final state, so a failed write above can still be redone with --resume.
         ckpt.unlink(missing_ok=True)
@@ -353,8 +356,8 @@ def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     return dataclasses.replace(task, n_train=n) if held else task
 
 
-def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any]:
-    """The circuit, and the model and task it was found on."""
+def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, Any]:
+    """The circuit, and the model, task and tokenizer it was found with."""
     from circuitfind.discovery import discover
 
     model, tokenizer = _load(args)
@@ -380,7 +383,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any]:
     circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):
         circuit = circuit.with_config(seed=args.seed)
-    return circuit, model, task
+    return circuit, model, task, tokenizer
 
 
 def _write_results(circuit: Any, out: Path, ckpt: Path) -> tuple[list[Path], str | None]:

@@ -37,7 +37,12 @@ class CleanRun:
 
 
 def clean_run(
-    pm: PatchableModel, input_ids: Tensor, attention_mask: Tensor | None = None, positions: Tensor | None = None
+    pm: PatchableModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    *,
+    n_blocks: int | None = None,
 ) -> CleanRun:
     """One plain forward pass through the model's spec that keeps every head's pattern and every sender's output.
 
@@ -50,6 +55,7 @@ def clean_run(
         input_ids: ``(B, T)``.
         attention_mask: ``(B, T)``, 1 for real tokens.
         positions: ``(B,)``: keep outputs only at one position per prompt; None keeps all.
+        n_blocks: compute only the first ``n_blocks`` blocks (``final`` is then the residual stream after them).
 
     Example:
         >>> run = clean_run(pm, torch.tensor([[1, 2, 3]]))  # doctest: +SKIP
@@ -68,7 +74,7 @@ def clean_run(
     with torch.no_grad():
         x = spec.embed(ids, pos_ids)  # (B, T, D)
         outputs, patterns = [keep(x)[None]], []
-        for lay in spec.layers:
+        for lay in spec.layers[:n_blocks]:
             q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, B, H, T, E) each
             probs = pm.attention_probs(lay, q[0], k[0], am, pos_ids)  # (B, H, T, T)
             z = einsum(probs, v[0], "b h i j, b h j e -> b h i e")

@@ -8,11 +8,13 @@ within ``r``), averaged over sequences:
 * ``induction``: mean attention from each token of the second half to the token after its earlier copy
   (``i -> i - n + 1``), the pattern that lets a head predict the repeat.
 
-``copying`` reads the OV circuit alone: for a sample of tokens, the token's embedding (minus the sample's mean
-embedding, which removes position embeddings and the shared direction) goes through the block's norm, the head's
-value and output weights, the final norm and the unembedding; the score is the fraction of sampled tokens whose
-own logit is among the top 5 of the sample's. A head that copies what it attends to scores near 1; a random one
-near ``5 / sample``.
+``copying`` reads the OV circuit alone, as the IOI paper does: for a sample of tokens, the token's
+representation goes through the block's norm, the head's value and output weights, the final norm and the
+unembedding; the score is the fraction of sampled tokens whose own logit is among the top 5 of the sample's. A
+head that copies what it attends to scores near 1; a random one near ``5 / sample``. The representation is the
+token's embedding for heads of block 0 and, for later heads, the residual stream after block 0 on the token alone
+(the IOI paper's "after the first MLP": many models build their token representation there), minus the sample's
+mean, which removes position embeddings and the shared direction.
 
 ``direct_effect`` (with a task) is the head's mean direct effect on the task's logit difference
 (:func:`~circuitfind.analysis.activations.direct_effects`).
@@ -29,7 +31,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from circuitfind.analysis.activations import attention_patterns, direct_effects
+from circuitfind.analysis.activations import attention_patterns, clean_run, direct_effects
 from circuitfind.errors import ConfigError
 from circuitfind.patching import PatchableModel
 
@@ -154,11 +156,13 @@ def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0) -> T
     k = TOP_K_COPY
     out = torch.zeros(g.n_layers, g.n_heads)
     with torch.no_grad():
-        emb = spec.embed(ids[None], torch.zeros_like(ids)[None])[0]  # (N, D)
-        emb = emb - emb.mean(0, keepdim=True)
+        after0 = clean_run(pm, ids[:, None], n_blocks=1)  # every token alone, through block 0
+        emb = after0.outputs[0, :, 0]  # (N, D): the embeddings
+        eff = after0.final[:, 0]  # (N, D): the residual stream after block 0
+        emb, eff = emb - emb.mean(0, keepdim=True), eff - eff.mean(0, keepdim=True)
         zero = spec.logits(spec.final_norm(torch.zeros_like(emb[:1])), ids)  # (1, N): the logits' bias, if any
         for layer, lay in enumerate(spec.layers):
-            x = lay.attn_norm(emb)  # (N, D)
+            x = lay.attn_norm(emb if layer == 0 else eff)  # (N, D)
             v = einsum(x, lay.attn.W_V, "n d, h d e -> h n e")
             if lay.attn.b_V is not None:
                 v = v + lay.attn.b_V[:, None]

@@ -466,7 +466,12 @@
   $("saved").textContent = "saved circuit (" + D.kept.length + " edges)";
   $("saved").addEventListener("click", () => { state.mode = "saved"; draw(); });
   $("zoom-in").addEventListener("click", () => { zoom = Math.min(6, zoom * 1.4); applyZoom(); });
-  $("zoom-out").addEventListener("click", () => { zoom = Math.max(0.4, zoom / 1.4); applyZoom(); });
+  $("zoom-out").addEventListener("click", () => { zoom = Math.max(0.2, zoom / 1.4); applyZoom(); });
+  $("zoom-fit").addEventListener("click", () => {
+    const wrap = $("graph-wrap");
+    zoom = Math.min(1, wrap.clientHeight / ((wrap.clientWidth * HEIGHT) / W));
+    applyZoom();
+  });
 
   const c = D.circuit;
   $("summary").textContent = (D.model ? D.model + " · " : "") + (c.method || "circuit") + " · " + c.n_edges.toLocaleString() + " of " +

@@ -1,0 +1,146 @@
+"""The explorer in a real browser: headless Chromium (Debian's package) driven by Selenium opens the file from
+file://, with no console errors; the slider redraws exactly the top-k edges; clicking a head opens its heatmap.
+
+Skipped, with the reason, only where Chromium, its driver or Selenium is missing (``scripts/setup.sh`` installs
+them: apt ``chromium chromium-driver``, pip ``selenium`` from the dev extras).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from circuitfind.viewer import to_html
+from tests.viewer_cases import default_size_case, ranked_names, tiny_case
+
+OPEN_BUDGET_MS = 2000
+
+
+def _browser_paths() -> tuple[str | None, str | None]:
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    return browser, shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    browser, chromedriver = _browser_paths()
+    if browser is None or chromedriver is None:
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(chromedriver), options=opts)  # the given driver: nothing is downloaded
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def _open(driver, path) -> None:
+    driver.get(path.resolve().as_uri())
+    assert driver.execute_script("return document.body.dataset.ready") == "1"
+
+
+def _errors(driver) -> list:
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def _drawn(driver) -> list[str]:
+    return driver.execute_script("return window.circuitExplorer.drawnEdgeNames()")
+
+
+def _through(edges: list[str], node: str) -> list[str]:
+    """The edges on some path (of ``edges``) into or out of ``node``: the obviously-correct fixed point."""
+    pairs = [(e.split("->")[0], e.split("->")[1].split("<")[0]) for e in edges]
+    up, down = {node}, {node}
+    changed = True
+    while changed:
+        before = len(up) + len(down)
+        up |= {s for s, r in pairs if r in up}
+        down |= {r for s, r in pairs if s in down}
+        changed = len(up) + len(down) != before
+    return [e for e, (s, r) in zip(edges, pairs, strict=True) if r in up or s in down]
+
+
+@pytest.fixture(scope="module")
+def tiny_page(driver, tmp_path_factory):
+    pm, task, circuit, data = tiny_case()
+    path = to_html(circuit, tmp_path_factory.mktemp("explorer") / "tiny.html", data=data)
+    _open(driver, path)
+    assert _errors(driver) == []
+    return driver, circuit, data
+
+
+def test_opens_at_the_runs_cut_with_the_saved_circuit(tiny_page):
+    driver, circuit, _ = tiny_page
+    k = circuit.stats["k"]
+    assert driver.find_element("id", "size").get_attribute("value") == str(k)
+    # hiding dangling edges, the run's own cut draws exactly the saved circuit
+    assert sorted(_drawn(driver)) == sorted(circuit.edge_names) == sorted(ranked_names(circuit, k, prune=True))
+    driver.find_element("id", "saved").click()
+    assert sorted(_drawn(driver)) == sorted(circuit.edge_names)
+
+
+def test_slider_redraws_exactly_the_top_k(tiny_page):
+    driver, circuit, _ = tiny_page
+    from selenium.webdriver.common.keys import Keys
+
+    driver.execute_script("window.circuitExplorer.setPrune(false)")
+    n = driver.execute_script("return window.circuitExplorer.maxK")
+    for k in (1, 2, 9, 40, n):
+        driver.execute_script("window.circuitExplorer.setK(arguments[0])", k)
+        drawn = _drawn(driver)
+        assert len(drawn) == k == len(driver.find_elements("css selector", "#edges path.edge"))
+        assert sorted(drawn) == sorted(ranked_names(circuit, k))
+    # the keyboard moves the real slider one step, and the graph follows
+    driver.execute_script("window.circuitExplorer.setK(10)")
+    slider = driver.find_element("id", "size")
+    slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert slider.get_attribute("value") == "12" and sorted(_drawn(driver)) == sorted(ranked_names(circuit, 12))
+    driver.execute_script("window.circuitExplorer.setPrune(true)")
+    for k in (5, 12, 33):
+        driver.execute_script("window.circuitExplorer.setK(arguments[0])", k)
+        assert sorted(_drawn(driver)) == sorted(ranked_names(circuit, k, prune=True))
+    assert _errors(driver) == []
+
+
+def test_clicking_a_head_opens_its_heatmap_and_paths(tiny_page):
+    driver, circuit, data = tiny_page
+    driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(60)")
+    head = next(n for n in ("a2.h0", "a1.h1", "a0.h2") if any(e.startswith(n + "->") for e in _drawn(driver)))
+    driver.find_element("css selector", f'g.node[data-name="{head}"] .shape').click()
+    assert driver.find_element("id", "node-title").text.startswith(head)
+    labels = [t.text for t in driver.find_elements("css selector", "#heatmap text.tok")]
+    tokens = data.prompts[0].tokens
+    assert labels[: 2 * len(tokens) : 2] == list(tokens)  # the query labels, one per token of the prompt
+    n = len(tokens)
+    assert len(driver.find_elements("css selector", "#heatmap rect.cell")) == n * (n + 1) // 2
+    # every edge on a drawn path through the head is highlighted, the rest dimmed
+    lit = driver.execute_script("return Array.from(document.querySelectorAll('#edges path.hl'), p => p.dataset.name)")
+    assert sorted(lit) == sorted(_through(_drawn(driver), head)) and any(e.startswith(head + "->") for e in lit)
+    driver.find_element("id", "next-prompt").click()
+    labels = [t.text for t in driver.find_elements("css selector", "#heatmap text.tok")]
+    assert labels[: 2 * len(data.prompts[1].tokens) : 2] == list(data.prompts[1].tokens)
+    assert _errors(driver) == []
+
+
+def test_default_model_size_opens_within_budget(driver, tmp_path):
+    circuit, data = default_size_case()
+    path = to_html(circuit, tmp_path / "big.html", data=data)
+    _open(driver, path)
+    load_ms = driver.execute_script("return window.circuitExplorer.loadMs")
+    assert load_ms < OPEN_BUDGET_MS, f"opened in {load_ms:.0f} ms"
+    driver.execute_script("window.circuitExplorer.setPrune(false)")
+    n = driver.execute_script("return window.circuitExplorer.maxK")
+    driver.execute_script("window.circuitExplorer.setK(arguments[0])", n)
+    assert len(_drawn(driver)) == n == 5000
+    driver.execute_script("window.circuitExplorer.selectNode('a9.h6')")
+    assert len(driver.find_elements("css selector", "#heatmap rect.cell")) == 21 * 22 // 2
+    assert _errors(driver) == []

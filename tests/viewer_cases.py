@@ -1,0 +1,69 @@
+"""Circuits and explorer data for the viewer tests: a real run on a tiny model, and a synthetic run of the
+default model's size (30 layers x 9 heads, 123,211 edges, 20 prompts of 21 tokens) for the budget."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import circuitfind as cf
+from circuitfind.analysis import COLUMNS, HeadRoles
+from circuitfind.circuit import Circuit
+from circuitfind.graph import Graph
+from circuitfind.patching import PatchableModel
+from circuitfind.selection import prune_dangling, top_n
+from circuitfind.viewer import ExplorerData, PromptView, collect
+from tests.models_tiny import tiny_gpt2
+from tests.toy_problems import natural_task
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_case() -> tuple[PatchableModel, cf.Task, Circuit, ExplorerData]:
+    """EAP-IG on a 3-layer GPT-2, cut at faithfulness 0.8, with its explorer data (tokens as ``#id``)."""
+    pm = PatchableModel(tiny_gpt2(init=0.2))
+    task = natural_task(pm)
+    circuit = cf.discover(pm, task, method="eap-ig", target=0.8, metric="logit_diff", progress=False)
+    return pm, task, circuit, collect(pm, task)
+
+
+def ranked_names(circuit: Circuit, k: int, prune: bool = False) -> list[str]:
+    """The circuit's top-k edge names (as discovery ranks them), optionally without dangling edges."""
+    scores = torch.nan_to_num(circuit.scores.double(), nan=-float("inf"))
+    mask = top_n(circuit.graph, scores, k, absolute=bool(circuit.config.get("absolute", False)))
+    if prune:
+        mask = prune_dangling(circuit.graph, mask, from_input=circuit.config.get("ablation", "resample") == "resample")
+    return [e.name for e in circuit.graph.edges_of(mask)]
+
+
+@functools.lru_cache(maxsize=1)
+def default_size_case(n_prompts: int = 20, n_tokens: int = 21) -> tuple[Circuit, ExplorerData]:
+    """A synthetic circuit and data the size of the default model's (no model is loaded)."""
+    gen = torch.Generator().manual_seed(0)
+    g = Graph(30, 9)
+    scores = torch.randn(g.n_senders, g.n_receivers, generator=gen) * g.edge_mask
+    mask = prune_dangling(g, top_n(g, scores, 392))
+    probes = [{"k": k, "n_edges_after_prune": k // 2, "faithfulness": min(1.0, k / 400)} for k in (16, 64, 256, 392, 512)]
+    circuit = Circuit(
+        g,
+        mask,
+        scores,
+        metric_full=3.7,
+        metric_empty=-0.02,
+        metric_circuit=3.5,
+        config={"method": "eap-ig", "metric": "logit_diff", "ablation": "resample", "task": "ioi", "target": 0.95},
+        stats={"k": 392, "probes": probes, "wall_time_s": 208.0},
+        model="smollm2",
+    )
+    causal = torch.full((n_tokens, n_tokens), float("-inf")).triu(1)
+    patterns = [
+        (torch.randn(30, 9, n_tokens, n_tokens, generator=gen) * 3 + causal).softmax(-1) for _ in range(n_prompts)
+    ]
+    tokens = tuple(f" tok{i}" for i in range(n_tokens))
+    prompts = tuple(
+        PromptView(f"prompt {p}", f"corrupted {p}", tokens, n_tokens - 1, (" Mary",), (" John",))
+        for p in range(n_prompts)
+    )
+    roles = HeadRoles(30, 9, {c: torch.rand(30, 9, generator=gen) for c in COLUMNS}, {"seed": 0})
+    direct = torch.randn(g.n_senders, n_prompts, generator=gen)
+    return circuit, ExplorerData("ioi", prompts, tuple(patterns), direct, roles)
