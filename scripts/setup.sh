@@ -63,3 +63,15 @@ if ! command -v dot >/dev/null 2>&1; then
         echo "setup: graphviz's dot is not installed; SVGs will be skipped (install graphviz to get them)"
     fi
 fi
+
+# Headless Chromium and its driver run the circuit explorer's browser tests; best effort like graphviz (the tests
+# skip, saying why, without them).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium and chromium-driver (for the explorer's browser tests)"
+        { apt-get install -y -qq chromium chromium-driver || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; } \
+            >/dev/null 2>&1 || echo "setup: could not install chromium; the browser tests will be skipped"
+    else
+        echo "setup: chromium/chromedriver are not installed; the explorer's browser tests will be skipped"
+    fi
+fi

@@ -10,10 +10,11 @@ import re
 import pytest
 import torch
 
-from circuitfind.cli import main
 from circuitfind.circuit import Circuit
+from circuitfind.cli import main
+from circuitfind.errors import ConfigError
 from circuitfind.viewer import DEFAULT_MAX_EDGES, build_payload, render_html, to_html
-from tests.viewer_cases import default_size_case, ranked_names, tiny_case
+from tests.viewer_cases import default_size_case, ranked_names, tiny_acdc_case, tiny_case
 
 BUDGET_BYTES = 5_000_000
 
@@ -48,6 +49,16 @@ def test_cap_keeps_the_saved_circuit():
         _payload_names(circuit, payload, range(3))
     ) == sorted(ranked_names(circuit, 3))
     assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
+
+
+def test_acdc_circuit_ranks_its_tested_edges_and_carries_its_trace():
+    circuit = tiny_acdc_case()
+    payload = build_payload(circuit)
+    tested = int((~circuit.scores.isnan() & circuit.graph.edge_mask).sum())
+    assert 0 < tested < circuit.graph.n_edges and payload["edges"]["n_ranked"] == tested
+    assert sorted(_payload_names(circuit, payload, range(tested))) == sorted(ranked_names(circuit, tested))
+    assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
+    assert payload["circuit"]["trace"] and payload["circuit"]["probes"] == []
 
 
 def test_attention_bytes_decode_to_the_patterns():
@@ -96,6 +107,8 @@ def test_circuit_to_html_runs_the_model(tmp_path):
     assert payload["task"]["prompts"][0]["tokens"][0].startswith("#")  # no tokenizer: ids
     no_model = _embedded(circuit.to_html(tmp_path / "bare.html").read_text())
     assert "attention" not in no_model and "roles" not in no_model
+    with pytest.raises(ConfigError, match="both model= and task="):
+        circuit.to_html(tmp_path / "x.html", model=pm)
 
 
 # --- the command line, on a tiny GPT-2 with SmolLM2's tokenizer --------------------------------------------------

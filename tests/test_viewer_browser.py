@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from circuitfind.viewer import to_html
-from tests.viewer_cases import default_size_case, ranked_names, tiny_case
+from tests.viewer_cases import default_size_case, ranked_names, tiny_acdc_case, tiny_case
 
 OPEN_BUDGET_MS = 2000
 
@@ -128,6 +128,19 @@ def test_clicking_a_head_opens_its_heatmap_and_paths(tiny_page):
     driver.find_element("id", "next-prompt").click()
     labels = [t.text for t in driver.find_elements("css selector", "#heatmap text.tok")]
     assert labels[: 2 * len(data.prompts[1].tokens) : 2] == list(data.prompts[1].tokens)
+    assert _errors(driver) == []
+
+
+def test_acdc_circuit_shows_its_trace_and_draws_its_saved_edges(driver, tmp_path):
+    circuit = tiny_acdc_case()
+    _open(driver, to_html(circuit, tmp_path / "acdc.html"))
+    # ACDC's circuit is not a top-k cut: the button draws exactly the saved edges
+    driver.find_element("id", "saved").click()
+    assert sorted(_drawn(driver)) == sorted(circuit.edge_names)
+    panel = driver.find_element("id", "circuit-panel").text
+    assert "ACDC trace" in panel and "no faithfulness curve" in driver.find_element("id", "curve-note").text
+    driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(7)")
+    assert sorted(_drawn(driver)) == sorted(ranked_names(circuit, 7))
     assert _errors(driver) == []
 
 

@@ -43,7 +43,9 @@ def default_size_case(n_prompts: int = 20, n_tokens: int = 21) -> tuple[Circuit,
     g = Graph(30, 9)
     scores = torch.randn(g.n_senders, g.n_receivers, generator=gen) * g.edge_mask
     mask = prune_dangling(g, top_n(g, scores, 392))
-    probes = [{"k": k, "n_edges_after_prune": k // 2, "faithfulness": min(1.0, k / 400)} for k in (16, 64, 256, 392, 512)]
+    probes = [
+        {"k": k, "n_edges_after_prune": k // 2, "faithfulness": min(1.0, k / 400)} for k in (16, 64, 256, 392, 512)
+    ]
     circuit = Circuit(
         g,
         mask,
@@ -67,3 +69,10 @@ def default_size_case(n_prompts: int = 20, n_tokens: int = 21) -> tuple[Circuit,
     roles = HeadRoles(30, 9, {c: torch.rand(30, 9, generator=gen) for c in COLUMNS}, {"seed": 0})
     direct = torch.randn(g.n_senders, n_prompts, generator=gen)
     return circuit, ExplorerData("ioi", prompts, tuple(patterns), direct, roles)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_acdc_case() -> Circuit:
+    """ACDC on the same model: effects only for tested edges (NaN elsewhere) and a per-layer trace, no probes."""
+    pm, task, _, _ = tiny_case()
+    return cf.discover(pm, task, method="acdc", threshold=0.02, progress=False)

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from circuitfind.errors import ConfigError
 from circuitfind.fileio import atomic_write
 from circuitfind.viewer.data import DEFAULT_MAX_PROMPTS, ExplorerData, collect
 from circuitfind.viewer.payload import DEFAULT_MAX_EDGES, build_payload
@@ -89,7 +90,12 @@ def to_html(
         >>> circuit.to_html("ioi.html", model=model, task=task, tokenizer=tok)  # doctest: +SKIP
         PosixPath('ioi.html')
     """
-    if data is None and model is not None and task is not None:
+    if data is None and (model is None) != (task is None):
+        raise ConfigError(
+            "the explorer runs the model on the task's prompts: pass both model= and task= (or neither, for the "
+            f"graph and the run's record only); got {'model' if task is None else 'task'} alone"
+        )
+    if data is None and model is not None:
         from circuitfind.discovery import as_patchable, prepare_task
 
         pm, tokenizer = as_patchable(model, tokenizer)

@@ -52,7 +52,7 @@ def _round(x: float) -> float | None:
 
 def ranked_edges(circuit, cap: int = DEFAULT_MAX_EDGES) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The circuit's scored edges, best first, at most ``cap`` of them: ``(sender, receiver)`` index tensors and
-    the number of edges that have a finite score.
+    the number of edges that have a score (not NaN).
 
     Example:
         >>> s, r, n = ranked_edges(circuit, 100)  # doctest: +SKIP
@@ -60,9 +60,9 @@ def ranked_edges(circuit, cap: int = DEFAULT_MAX_EDGES) -> tuple[torch.Tensor, t
     g = circuit.graph
     absolute = bool(circuit.config.get("absolute", False))
     scores = torch.nan_to_num(circuit.scores.double(), nan=-math.inf)  # as discovery ranks them
-    finite = torch.isfinite(circuit.scores) & g.edge_mask
+    scored = ~torch.isnan(circuit.scores) & g.edge_mask  # NaN: never tested or scored, ranked last, not embedded
     order = edge_ranking(g, scores, absolute=absolute)  # (E,) flat indices
-    n_scored = int(finite.sum())
+    n_scored = int(scored.sum())
     order = order[: min(cap, n_scored)]
     R = g.n_receivers
     return order // R, order % R, n_scored
