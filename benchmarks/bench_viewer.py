@@ -61,9 +61,11 @@ def browse(html: Path, head: str, figures: Path) -> dict:
             "window.circuitExplorer.setK(window.circuitExplorer.maxK); return performance.now() - t"
         )
         drawn_max = len(d.execute_script("return window.circuitExplorer.drawnEdgeNames()"))
+        d.set_window_size(1600, 1950)  # tall enough for the whole 30-layer graph
         d.get(html.resolve().as_uri())
         figures.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(figures / "explorer_ioi.png"))
+        d.set_window_size(1600, 1100)
         d.execute_script("window.circuitExplorer.selectNode(arguments[0])", head)
         d.execute_script("document.getElementById('heatmap-box').scrollIntoView()")
         d.save_screenshot(str(figures / "explorer_ioi_head.png"))
