@@ -30,9 +30,9 @@ import torch
 
 from circuitfind.analysis import head_roles
 from circuitfind.circuit import Circuit
-from circuitfind.discovery import prepare_task
 from circuitfind.models import load_model
 from circuitfind.patching import PatchableModel
+from circuitfind.tasks import resolve_task
 
 
 def _driver(width: int, height: int):
@@ -96,7 +96,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     pm = PatchableModel(model)
     circuit = Circuit.load(args.circuit)
-    task = prepare_task("ioi", tok, n=int(circuit.config.get("n_prompts", 20)), seed=int(circuit.config.get("seed", 0)))
+    task = resolve_task("ioi", tok, n=int(circuit.config.get("n_prompts", 20)), seed=int(circuit.config.get("seed", 0)))
 
     wall, cpu = time.perf_counter(), time.process_time()
     roles = head_roles(pm, task, bos=tok.bos_token_id)

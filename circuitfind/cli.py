@@ -6,6 +6,8 @@ Subcommands::
     circuitfind info [--model NAME]                                      # the model's family and graph size
     circuitfind info --supported                                         # every supported model_type (Markdown)
     circuitfind reproduce tracr-reverse                                  # the ACDC paper's sweep, JSON + PNG
+    circuitfind view runs/ioi/circuit.json                               # the circuit's explorer, one HTML file
+    circuitfind heads --task ioi                                         # every head's role scores
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
 --model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
@@ -515,11 +517,136 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- view ---------------------------------------------------------------------------------------------------------
+def _add_view(subparsers: argparse._SubParsersAction) -> None:
+    from circuitfind.viewer import DEFAULT_MAX_EDGES, DEFAULT_MAX_PROMPTS
+
+    p = subparsers.add_parser(
+        "view",
+        parents=[common_options()],
+        help="write a circuit's interactive explorer: one offline HTML file",
+        description="Write the interactive explorer of a saved circuit (circuit.json) as one self-contained HTML "
+        "file. With the model and task it also shows attention heatmaps, direct effects and head roles. --model "
+        "defaults to the model recorded in the circuit, --task to its task (a built-in task is regenerated with "
+        "the recorded prompt count and seed).",
+    )
+    p.add_argument("circuit", type=Path, help="a circuit.json written by `circuitfind discover` or Circuit.save")
+    p.add_argument("--task", default=None, help="a built-in task or a .json/.jsonl task file (default: the circuit's)")
+    p.add_argument("--out", type=Path, default=None, help="the HTML file (default: next to the circuit, .html)")
+    p.add_argument("--no-model", action="store_true", help="graph, slider, curve and run record only; no model run")
+    p.add_argument(
+        "--max-edges",
+        type=_positive_int,
+        default=DEFAULT_MAX_EDGES,
+        metavar="N",
+        help=f"top edges to embed, the slider's range (default {DEFAULT_MAX_EDGES})",
+    )
+    p.add_argument(
+        "--max-prompts",
+        type=_positive_int,
+        default=DEFAULT_MAX_PROMPTS,
+        metavar="N",
+        help=f"task prompts to embed (default {DEFAULT_MAX_PROMPTS})",
+    )
+    p.set_defaults(handler=_run_view)
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    import time
+
+    from circuitfind.circuit import Circuit
+
+    t0 = time.perf_counter()
+    circuit = Circuit.load(args.circuit)
+    out = args.out or args.circuit.with_suffix(".html")
+    kwargs: dict[str, Any] = {"max_edges": args.max_edges, "max_prompts": args.max_prompts}
+    if not args.no_model:
+        task = args.task or circuit.config.get("task")
+        if not task:
+            raise TaskError("the circuit records no task; pass --task NAME_OR_FILE, or --no-model")
+        if args.model is None and circuit.model:
+            args.model = circuit.model
+        pm, tokenizer = _load(args)
+        kwargs.update(model=pm, task=task, tokenizer=tokenizer)
+    path = circuit.to_html(out, **kwargs)
+    size = path.stat().st_size / 1e6
+    print(f"wrote {path} ({size:.2f} MB) in {time.perf_counter() - t0:.1f} s; open it in a browser (no server needed)")
+    return EXIT_OK
+
+
+# --- heads --------------------------------------------------------------------------------------------------------
+def _add_heads(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "heads",
+        parents=[common_options()],
+        help="score every attention head's role: previous-token, duplicate-token, induction, copying, direct effect",
+        description="Score every attention head: previous-token, duplicate-token and induction attention on "
+        "repeated random tokens, copying through its OV circuit and the unembedding, and (with --task) its direct "
+        "effect on the task's logit difference. Prints the top heads per role; --all prints every head.",
+    )
+    p.add_argument("--task", default=None, help="a built-in task or task file, for the direct-effect column")
+    p.add_argument("--n-prompts", type=_positive_int, default=DEFAULT_N_PROMPTS, metavar="N", help="task prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random tokens and the task (default 0)")
+    p.add_argument("--top", type=_positive_int, default=5, metavar="N", help="heads shown per role (default 5)")
+    p.add_argument("--all", action="store_true", help="print the full table, one row per head")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON")
+    p.set_defaults(handler=_run_heads)
+
+
+def _run_heads(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from circuitfind.analysis import COLUMNS, head_roles
+
+    if args.task is not None:
+        _check_task_arg(args.task)
+    t0 = time.perf_counter()
+    pm, tokenizer = _load(args)
+    t_load = time.perf_counter() - t0
+    task = None if args.task is None else resolve_task(args.task, tokenizer, n=args.n_prompts, seed=args.seed)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    roles = head_roles(pm, task, bos=bos if isinstance(bos, int) else None, seed=args.seed)
+    print(_roles_table(roles) if args.all else _top_heads(roles, args.top))
+    print()
+    for column, doc in COLUMNS.items():
+        print(f"{column}: {doc}")
+    n_heads = roles.n_layers * roles.n_heads
+    print(f"model load {t_load:.1f} s, head roles {time.perf_counter() - t0 - t_load:.1f} s ({n_heads} heads)")
+    if args.json is not None:
+        print(f"wrote {atomic_write(args.json, json.dumps(roles.to_dict(), indent=1))}")
+    return EXIT_OK
+
+
+def _top_heads(roles: Any, n: int) -> str:
+    """The top ``n`` heads of every role (direct effect by size), one line per role."""
+    width = max(len(c) for c in roles.scores)
+    lines = []
+    for column in roles.scores:
+        top = roles.top(column, n, absolute=column == "direct_effect")
+        cells = "  ".join(f"{name:<7} {score:+.3f}" for name, score in top) or "(no task: not measured)"
+        lines.append(f"{column:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def _roles_table(roles: Any) -> str:
+    cols = list(roles.scores)
+    lines = ["head     " + "  ".join(f"{c:>15}" for c in cols)]
+    lines += [f"{r['head']:<8} " + "  ".join(f"{r[c]:>15.4f}" for c in cols) for r in roles.rows()]
+    return "\n".join(lines)
+
+
 # --- parser and entry point ---------------------------------------------------------------------------------------
 SubcommandBuilder = Callable[[argparse._SubParsersAction], None]
 
 SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
-    {"discover": _add_discover, "info": _add_info, "reproduce": _add_reproduce}
+    {
+        "discover": _add_discover,
+        "info": _add_info,
+        "reproduce": _add_reproduce,
+        "view": _add_view,
+        "heads": _add_heads,
+    }
 )
 """The subcommands: name -> ``add(subparsers)``."""
 

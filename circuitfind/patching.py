@@ -467,7 +467,7 @@ class PatchableModel:
             cos, sin = (c[:, None] for c in self.spec.rotary(position_ids.to(self.device), self.dtype))  # (B, 1, T, r)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         logits = einsum(q, k, "b h i e, b h j e -> b h i j") * lay.attn_scale
-        return (logits + self._attention_bias(am, 1, lay.sliding_window)).softmax(-1)
+        return (logits + self.attention_bias(am, 1, lay.sliding_window)).softmax(-1)
 
     @staticmethod
     def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:

@@ -75,7 +75,7 @@ def to_html(
         path: the ``.html`` file to write; parent folders are created.
         model: a transformers model, a :class:`~circuitfind.patching.PatchableModel`, or a name for
             :func:`~circuitfind.load_model` (then its tokenizer is used).
-        task: a :class:`~circuitfind.tasks.Task`, or anything :func:`~circuitfind.discovery.prepare_task` takes
+        task: a :class:`~circuitfind.tasks.Task`, or anything :func:`~circuitfind.tasks.resolve_task` takes
             (a built-in name is generated with the circuit's recorded ``n_prompts`` and ``seed``).
         tokenizer: for token labels (default: the one loaded with a model name).
         data: precomputed model data (instead of ``model`` and ``task``).
@@ -96,14 +96,14 @@ def to_html(
             f"graph and the run's record only); got {'model' if task is None else 'task'} alone"
         )
     if data is None and model is not None:
-        from circuitfind.discovery import as_patchable, prepare_task
+        from circuitfind.patching import resolve_model
+        from circuitfind.tasks import resolve_task
 
-        pm, tokenizer = as_patchable(model, tokenizer)
+        pm, tokenizer = resolve_model(model, tokenizer)
         n = int(circuit.config.get("n_prompts") or max_prompts)
         seed = int(circuit.config.get("seed") or 0)
-        data = collect(
-            pm, prepare_task(task, tokenizer, n=n, seed=seed), tokenizer, max_prompts=max_prompts, roles=roles
-        )
+        task = resolve_task(task, tokenizer, n=n, seed=seed)
+        data = collect(pm, task, tokenizer, max_prompts=max_prompts, roles=roles)
     payload = build_payload(circuit, data, max_edges=max_edges)
     title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
     return atomic_write(path, render_html(payload, title))
