@@ -39,6 +39,10 @@ def test_embedded_ranking_is_discoverys_top_k():
         assert sorted(names) == sorted(ranked_names(circuit, k))
     assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
     assert payload["circuit"]["k"] == circuit.stats["k"] and payload["circuit"]["probes"] == circuit.stats["probes"]
+    by_size = circuit.with_config(absolute=True)  # a run that ranked by |score|
+    absolute = build_payload(by_size)
+    assert sorted(_payload_names(by_size, absolute, range(30))) == sorted(ranked_names(by_size, 30))
+    assert sorted(ranked_names(by_size, 30)) != sorted(ranked_names(circuit, 30))
 
 
 def test_cap_keeps_the_saved_circuit():

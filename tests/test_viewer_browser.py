@@ -131,6 +131,31 @@ def test_clicking_a_head_opens_its_heatmap_and_paths(tiny_page):
     assert _errors(driver) == []
 
 
+def test_hovering_an_edge_names_it_with_its_score_and_effect(tiny_page):
+    driver, circuit, _ = tiny_page
+    driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(3)")
+    first = ranked_names(circuit, 1)[0]
+    driver.execute_script(
+        "const p = document.querySelector(`#edges path[data-name='${arguments[0]}']`);"
+        "p.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: 100, clientY: 100}));",
+        first,
+    )
+    tip = driver.find_element("id", "tooltip")
+    assert tip.is_displayed()
+    text = tip.text
+    assert first in text and "score" in text and "rank 1 of" in text and "when removed" in text
+
+
+def test_an_mlp_panel_shows_its_direct_effect(tiny_page):
+    driver, _, data = tiny_page
+    driver.execute_script("window.circuitExplorer.selectNode('m1')")
+    panel = driver.find_element("id", "node-panel").text
+    assert panel.startswith("m1") and "direct effect on the logit difference" in panel
+    assert f"mean over {len(data.prompts)} prompts" in panel
+    assert not driver.find_elements("css selector", "#heatmap")  # heads only
+    assert _errors(driver) == []
+
+
 def test_acdc_circuit_shows_its_trace_and_draws_its_saved_edges(driver, tmp_path):
     circuit = tiny_acdc_case()
     _open(driver, to_html(circuit, tmp_path / "acdc.html"))
