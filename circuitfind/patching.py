@@ -415,59 +415,39 @@ class PatchableModel:
 
         ``rot``: from :meth:`rotary_tables` (or one ``(cos, sin)`` pair, or None for no rotary).
         """
-        if isinstance(rot, dict):
-            rot = rot.get(lay.rotary if lay.rotary is not None else self.spec.rotary)
-        if rot is not None:
-            cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        if lay.attn_softcap is not None:  # soft-capped logits (Gemma-2): written out, as SDPA has no cap
+            return self.attention_probs(lay, q, k, rot, attn_bias) @ v
+        q, k = self._rotated(lay, q, k, rot)
         K, B, H, T, E = q.shape
         q, k, v = (t.reshape(K * B, H, T, E) for t in (q, k, v))
-        if lay.attn_softcap is None:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=lay.attn_scale)
-        else:  # soft-capped logits (Gemma-2): written out, as SDPA has no cap
-            cap = lay.attn_softcap
-            scores = torch.tanh(q @ k.transpose(-1, -2) * lay.attn_scale / cap) * cap + attn_bias  # (KB, H, T, T)
-            z = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype) @ v
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=lay.attn_scale)
         return z.reshape(K, B, H, T, E)
 
-    def attention_pattern(
-        self,
-        layer: int,
-        resid: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Attention probabilities ``(B, H, T, T)`` (query, key) of every head of block ``layer``.
+    def attention_probs(self, lay, q: Tensor, k: Tensor, rot, attn_bias: Tensor) -> Tensor:
+        """The attention probabilities ``(K, B, h, T, T)`` (query, key) that :meth:`attend` weighs ``v`` by.
 
         Args:
-            layer: the block.
-            resid: ``(B, T, D)`` the residual stream the block's attention reads (before its norm).
-            attention_mask: ``(B, T)``, 1 for real tokens (default: all real).
-            position_ids: ``(B, T)``; default as in :meth:`forward`.
-
-        Example:
-            >>> pm.attention_pattern(0, pm.spec.embed(ids, pos)).shape  # doctest: +SKIP
-            torch.Size([3, 2, 5, 5])
+            lay: the layer's spec.
+            q, k: ``(K, B, h, T, E)`` projections before rotary (from :meth:`project_qkv`).
+            rot: as for :meth:`attend`.
+            attn_bias: ``(K*B, 1, T, T)`` from :meth:`attention_bias`.
         """
-        lay = self.spec.layers[layer]
-        q, k, _ = self.project_qkv(lay, lay.attn_norm(resid)[None, None])  # (1, B, H, T, E)
-        return self.attention_probs(lay, q[0], k[0], attention_mask, position_ids)
+        q, k = self._rotated(lay, q, k, rot)
+        K, B, H, T, _ = q.shape
+        scores = einsum(q, k, "k b h i e, k b h j e -> k b h i j") * lay.attn_scale
+        if lay.attn_softcap is not None:
+            scores = torch.tanh(scores / lay.attn_softcap) * lay.attn_softcap
+        scores = scores + attn_bias.reshape(K, B, 1, T, T)
+        return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
 
-    def attention_probs(
-        self, lay, q: Tensor, k: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
-    ) -> Tensor:
-        """``(B, H, T, T)`` attention probabilities from projections ``q``, ``k`` ``(B, H, T, E)`` before rotary
-        (from :meth:`project_qkv`): rotary, scaled scores, the causal / padding / window mask, softmax."""
-        B, H, T, _ = q.shape
-        am = torch.ones(B, T, dtype=torch.long, device=self.device) if attention_mask is None else attention_mask
-        am = am.to(self.device)
-        if position_ids is None:
-            position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
-        if self.spec.rotary is not None:
-            cos, sin = (c[:, None] for c in self.spec.rotary(position_ids.to(self.device), self.dtype))  # (B, 1, T, r)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        logits = einsum(q, k, "b h i e, b h j e -> b h i j") * lay.attn_scale
-        return (logits + self.attention_bias(am, 1, lay.sliding_window)).softmax(-1)
+    def _rotated(self, lay, q: Tensor, k: Tensor, rot) -> tuple[Tensor, Tensor]:
+        """``q``, ``k`` ``(K, B, h, T, E)`` with the layer's rotary applied (``rot`` as for :meth:`attend`)."""
+        if isinstance(rot, dict):
+            rot = rot.get(lay.rotary if lay.rotary is not None else self.spec.rotary)
+        if rot is None:
+            return q, k
+        cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     @staticmethod
     def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:

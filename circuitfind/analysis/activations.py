@@ -8,10 +8,10 @@ attentions and logits.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-from einops import einsum
 from torch import Tensor
 
 from circuitfind.models.norms import frozen_norm
@@ -71,19 +71,21 @@ def clean_run(
     def keep(x: Tensor) -> Tensor:  # (..., B, T, D) -> (..., B, P, D)
         return x if positions is None else x[..., rows, positions.to(dev), :].unsqueeze(-2)
 
+    layers = spec.layers[:n_blocks]
     with torch.no_grad():
+        rot = pm.rotary_tables(pos_ids)
+        bias = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in layers}}
         x = spec.embed(ids, pos_ids)  # (B, T, D)
         outputs, patterns = [keep(x)[None]], []
-        for lay in spec.layers[:n_blocks]:
+        for lay in layers:
+            # the patched forward's own steps, with every receiver of the layer reading the same residual
             q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, B, H, T, E) each
-            probs = pm.attention_probs(lay, q[0], k[0], am, pos_ids)  # (B, H, T, T)
-            z = einsum(probs, v[0], "b h i j, b h j e -> b h i e")
-            heads = einsum(z, lay.attn.W_O, "b h t e, h e d -> h b t d")  # (H, B, T, D)
+            probs = pm.attention_probs(lay, q, k, rot, bias[lay.sliding_window])  # (1, B, H, T, T)
+            heads = pm.head_outputs(lay, probs @ v)[0]  # (H, B, T, D)
             attn_out = heads.sum(0) + (0 if lay.attn.b_O is None else lay.attn.b_O)
-            mlp_in = x if spec.parallel else x + attn_out
-            mlp = lay.mlp(lay.mlp_norm(mlp_in))  # (B, T, D)
+            mlp = lay.mlp(lay.mlp_norm(x if spec.parallel else x + attn_out))  # (B, T, D)
             x = x + attn_out + mlp
-            patterns.append(probs)
+            patterns.append(probs[0])
             outputs += [keep(heads), keep(mlp)[None]]
     return CleanRun(torch.stack(patterns), torch.cat(outputs), keep(x))
 
@@ -136,9 +138,9 @@ def direct_effects(pm: PatchableModel, task) -> Tensor:
     """Every sender's direct effect on the task's logit difference, per prompt.
 
     A sender's output at the answer position goes straight to the logits through the final norm, with the
-    norm's scale frozen at the full run's value, and the unembedding: the effect is the logit difference (mean
-    correct minus mean wrong answer logit) that this alone contributes. The effects of all senders plus that of
-    the constant biases add up to the full model's logit difference.
+    norm's scale frozen at the full run's value, and the unembedding (before any final logit soft cap): the
+    effect is the logit difference (mean correct minus mean wrong answer logit) that this alone contributes. The
+    effects of all senders plus that of the constant biases add up to the full model's logit difference.
 
     Args:
         pm: the model.
@@ -161,8 +163,9 @@ def direct_effects(pm: PatchableModel, task) -> Tensor:
         cols = torch.unique(valid[valid >= 0])  # (C,)
         index = torch.full((int(cols.max()) + 1 if len(cols) else 1,), -1, dtype=torch.long, device=pm.device)
         index[cols] = torch.arange(len(cols), device=pm.device)
-        zero = spec.logits(torch.zeros_like(normed[:1]), cols)  # the unembedding's own bias, if any
-        logits = spec.logits(normed, cols) - zero  # (S, N, C)
+        linear = dataclasses.replace(spec, final_softcap=None)  # a soft cap would make the parts not add up
+        zero = linear.logits(torch.zeros_like(normed[:1]), cols)  # the unembedding's own bias, if any
+        logits = linear.logits(normed, cols) - zero  # (S, N, C)
 
         def local(ids: Tensor) -> Tensor:
             return torch.where(ids >= 0, index[ids.clamp(min=0)], ids)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
 
-__all__ = ["NormParts", "frozen_norm", "split_norm"]
+__all__ = ["NormParts", "NormThenLinear", "frozen_norm", "split_norm"]
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -36,6 +36,18 @@ class NormParts:
     linear: Fn
     scale: Fn
     bias: Tensor | None
+
+
+@dataclass(frozen=True)
+class NormThenLinear:
+    """A norm followed by a linear map without bias (OPT's final norm and ``project_out``), still split-able:
+    ``linear(norm(x)) = linear(norm.linear(x)) / norm.scale(x) + linear(norm.bias)``."""
+
+    norm: Fn
+    linear: nn.Linear
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.linear(self.norm(x))
 
 
 def _layer_norm(norm: nn.LayerNorm) -> NormParts:
@@ -65,29 +77,64 @@ def _identity_parts() -> NormParts:
     return NormParts(lambda x: x, lambda x: torch.ones_like(x[..., :1]), None)
 
 
-def split_norm(norm: Fn) -> NormParts:
-    """The parts of a norm module of a supported family (LayerNorm, RMSNorm, identity).
+def _candidates(norm: Fn) -> list[NormParts]:
+    """The splits ``norm`` might have, from its type and attributes; :func:`split_norm` keeps the one that
+    reproduces it. RMSNorms come with or without Gemma's ``(1 + weight)``, which no attribute tells apart."""
+    if isinstance(norm, NormThenLinear) and norm.linear.bias is None:
+        lin = norm.linear
+        return [
+            NormParts(lambda x, p=p: lin(p.linear(x)), p.scale, None if p.bias is None else lin(p.bias))
+            for p in _candidates(norm.norm)
+        ]
+    if isinstance(norm, nn.LayerNorm):
+        return [_layer_norm(norm)]
+    weight = getattr(norm, "weight", None)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if isinstance(norm, nn.Module) and isinstance(weight, Tensor) and isinstance(eps, float | int):
+        return [_rms_norm(weight, float(eps)), _rms_norm(1 + weight, float(eps))]
+    if isinstance(norm, nn.RMSNorm):  # torch's RMSNorm without a weight
+        return [_rms_norm(None, norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps)]
+    return [_identity_parts()]
+
+
+def _reproduces(norm: Fn, parts: NormParts, width: int, like: Tensor | None) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, width, generator=gen) * 3
+    if like is not None:
+        x = x.to(like.device, like.dtype)
+    with torch.no_grad():
+        want = norm(x)
+        got = parts.linear(x) / parts.scale(x) + (0 if parts.bias is None else parts.bias)
+    return want.shape == got.shape and torch.allclose(want.double(), got.double(), rtol=1e-3, atol=1e-4)
+
+
+def split_norm(norm: Fn, width: int) -> NormParts:
+    """The parts of a norm of a supported family (LayerNorm, RMSNorm with ``weight`` or ``1 + weight``, identity),
+    checked to reproduce the norm on a probe.
+
+    Args:
+        norm: the norm (a module, or a function for models without norms).
+        width: the width ``D`` it normalises.
 
     Raises:
-        UnsupportedModelError: the norm is none of those.
+        UnsupportedModelError: no known split reproduces it.
 
     Example:
-        >>> parts = split_norm(torch.nn.LayerNorm(4))
+        >>> ln = torch.nn.LayerNorm(4)
+        >>> parts = split_norm(ln, 4)
         >>> x = torch.randn(2, 4)
-        >>> torch.allclose(parts.linear(x) / parts.scale(x) + parts.bias, torch.nn.LayerNorm(4)(x), atol=1e-6)
+        >>> torch.allclose(parts.linear(x) / parts.scale(x) + parts.bias, ln(x), atol=1e-6)
         True
     """
-    if isinstance(norm, nn.LayerNorm):
-        return _layer_norm(norm)
-    if isinstance(norm, nn.RMSNorm):
-        return _rms_norm(norm.weight, norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps)
-    if isinstance(norm, nn.Module) and hasattr(norm, "variance_epsilon") and hasattr(norm, "weight"):
-        return _rms_norm(norm.weight, norm.variance_epsilon)  # transformers' Llama / Mistral / Qwen2 RMSNorm
-    if isinstance(norm, nn.Identity) or getattr(norm, "__name__", "") == "_identity":
-        return _identity_parts()
+    inner = norm.norm if isinstance(norm, NormThenLinear) else norm
+    like = next(inner.parameters(), None) if isinstance(inner, nn.Module) else None  # the probe's dtype and device
+    for parts in _candidates(norm):
+        if _reproduces(norm, parts, width, like):
+            return parts
     raise UnsupportedModelError(
-        f"cannot split the norm {type(norm).__name__} into linear part and scale; circuitfind knows LayerNorm, "
-        "RMSNorm and the identity. Add the norm to circuitfind/models/norms.py."
+        f"cannot split the norm {type(norm).__name__} into a linear part and a per-position scale; circuitfind "
+        "knows LayerNorm, RMSNorm (weight or 1 + weight) and the identity. Add the norm to "
+        "circuitfind/models/norms.py."
     )
 
 
@@ -108,6 +155,6 @@ def frozen_norm(norm: Fn, reference: Tensor) -> Fn:
         >>> torch.allclose(f(a) + f(b) + ln.bias, ln(a + b), atol=1e-6)
         True
     """
-    parts = split_norm(norm)
+    parts = split_norm(norm, reference.shape[-1])
     s = parts.scale(reference)  # (..., 1)
     return lambda c: parts.linear(c) / s

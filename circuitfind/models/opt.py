@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.decoder import per_head
+from circuitfind.models.norms import NormThenLinear
 from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
@@ -27,13 +28,6 @@ REFERENCES = MappingProxyType({"opt": Reference("facebook/opt-125m", 12, 12)})
 def _mlp(block: nn.Module):
     def apply(x: Tensor) -> Tensor:
         return block.fc2(block.activation_fn(block.fc1(x)))
-
-    return apply
-
-
-def _then(first, second):
-    def apply(x: Tensor) -> Tensor:
-        return second(first(x))
 
     return apply
 
@@ -64,7 +58,7 @@ def build_spec(model: nn.Module) -> ArchSpec:
         return tokens + body.embed_positions(None, 0, position_ids=position_ids)
 
     final = body.final_layer_norm if body.final_layer_norm is not None else nn.Identity()
-    final = final if body.project_out is None else _then(final, body.project_out)
+    final = final if body.project_out is None else NormThenLinear(final, body.project_out)
     return ArchSpec(
         n_layers=cfg.num_hidden_layers,
         n_heads=H,
