@@ -6,11 +6,10 @@
 * :func:`attention_patterns` and :func:`direct_effects` are the per-prompt views behind them.
 
 Example:
-    >>> import circuitfind as cf
     >>> from circuitfind.analysis import head_roles
-    >>> model, tok = cf.load_model()  # doctest: +SKIP
-    >>> roles = head_roles(cf.PatchableModel(model), bos=tok.bos_token_id)  # doctest: +SKIP
-    >>> roles.top("induction", 3)  # doctest: +SKIP
+    >>> roles = head_roles(pm, task, length=3)  # pm: a tiny model (the default model: cf.load_model())
+    >>> [row["head"] for row in roles.rows()], sorted(roles.scores) == sorted(COLUMNS)
+    (['a0.h0', 'a0.h1'], True)
 """
 
 from __future__ import annotations

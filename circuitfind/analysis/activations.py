@@ -58,8 +58,9 @@ def clean_run(
         n_blocks: compute only the first ``n_blocks`` blocks (``final`` is then the residual stream after them).
 
     Example:
-        >>> run = clean_run(pm, torch.tensor([[1, 2, 3]]))  # doctest: +SKIP
-        >>> run.outputs.shape  # (senders, batch, positions, d_model)  # doctest: +SKIP
+        >>> run = clean_run(pm, torch.tensor([[1, 2, 3]]))
+        >>> run.outputs.shape, run.patterns.shape  # (S, B, T, D), (L, B, H, T, T)
+        (torch.Size([4, 1, 3, 8]), torch.Size([1, 1, 2, 3, 3]))
     """
     spec, dev = pm.spec, pm.device
     ids = input_ids.to(dev)
@@ -102,8 +103,8 @@ def attention_patterns(pm: PatchableModel, input_ids: Tensor, attention_mask: Te
         ``(L, B, H, T, T)`` (layer, prompt, head, query, key), each query row summing to 1.
 
     Example:
-        >>> attention_patterns(pm, torch.tensor([[1, 2, 3]])).shape  # doctest: +SKIP
-        torch.Size([2, 1, 4, 3, 3])
+        >>> attention_patterns(pm, torch.tensor([[1, 2, 3]])).shape
+        torch.Size([1, 1, 2, 3, 3])
     """
     return clean_run(
         pm, input_ids, attention_mask, positions=torch.zeros(input_ids.shape[0], dtype=torch.long)
@@ -150,8 +151,9 @@ def direct_effects(pm: PatchableModel, task) -> Tensor:
         ``(S, N)``: sender (``input``, heads, MLPs in the graph's order) by prompt.
 
     Example:
-        >>> de = direct_effects(pm, task)  # doctest: +SKIP
-        >>> de[pm.graph.head_sender(9, 6)].mean()  # doctest: +SKIP
+        >>> de = direct_effects(pm, task)
+        >>> de.shape, de[pm.graph.head_sender(0, 1)].shape  # (senders, prompts); one head's effect per prompt
+        (torch.Size([4, 3]), torch.Size([3]))
     """
     spec = pm.spec
     task = task.to(pm.device)

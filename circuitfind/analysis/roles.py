@@ -62,9 +62,9 @@ class HeadRoles:
         settings: how the scores were measured (sequences, lengths, sample sizes, seed, task).
 
     Example:
-        >>> roles = head_roles(pm)  # doctest: +SKIP
-        >>> roles.top("induction", 3)  # doctest: +SKIP
-        [('a4.h7', 0.91), ('a5.h1', 0.84), ('a4.h2', 0.52)]
+        >>> roles = head_roles(pm, length=3)
+        >>> len(roles.top("induction", 1)), roles.scores["induction"].shape
+        (1, torch.Size([1, 2]))
     """
 
     n_layers: int
@@ -142,8 +142,8 @@ def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0) -> T
     the sampled tokens' logits.
 
     Example:
-        >>> copying_scores(pm, sample=64).shape  # doctest: +SKIP
-        torch.Size([2, 4])
+        >>> copying_scores(pm, sample=16).shape
+        torch.Size([1, 2])
     """
     spec, g = pm.spec, pm.graph
     vocab = spec.vocab_size or spec.n_outputs
@@ -191,7 +191,7 @@ def head_roles(
         task: a :class:`~circuitfind.tasks.Task` with answers for ``direct_effect`` (its train split); None
             leaves that column NaN.
         n_seqs: repeated random-token sequences.
-        length: tokens in each half of a sequence.
+        length: tokens in each half of a sequence (fewer when the model's learned positions end sooner).
         bos: a token to start every sequence with (e.g. ``tokenizer.bos_token_id``), or None.
         sample: tokens sampled for ``copying``.
         seed: seed of the random tokens.
@@ -200,13 +200,15 @@ def head_roles(
         the :class:`HeadRoles` table.
 
     Example:
-        >>> model, tok = circuitfind.load_model()  # doctest: +SKIP
-        >>> roles = head_roles(PatchableModel(model), bos=tok.bos_token_id)  # doctest: +SKIP
-        >>> roles.top("previous_token", 3)  # doctest: +SKIP
+        >>> roles = head_roles(pm, task, length=3, bos=0)  # real models: bos=tokenizer.bos_token_id
+        >>> roles.rows()[1]["head"], roles.top("direct_effect", 1, absolute=True)[0][0] in ("a0.h0", "a0.h1")
+        ('a0.h1', True)
     """
     vocab = pm.spec.vocab_size
     if vocab is None:
         raise ConfigError("head roles need the model's vocabulary size (spec.vocab_size); it is unknown")
+    if pm.spec.max_positions is not None:  # learned positions: both halves (and the bos) must fit
+        length = min(length, (pm.spec.max_positions - (bos is not None)) // 2)
     ids = repeated_tokens(vocab, n_seqs=n_seqs, length=length, bos=bos, seed=seed).to(pm.device)
     patterns = attention_patterns(pm, ids).float().cpu()  # (L, B, H, T, T)
     scores = _attention_roles(patterns, length, 1 if bos is not None else 0)

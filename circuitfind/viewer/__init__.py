@@ -6,7 +6,8 @@ slider that redraws the top-k edges from the stored scores beside the run's fait
 node panels with attention heatmaps, direct effects and head roles (:mod:`circuitfind.analysis`).
 
 Example:
-    >>> circuit.to_html("ioi.html", model=model, task=task, tokenizer=tok)  # doctest: +SKIP
+    >>> circuit.to_html(tmp_path / "ioi.html", model=pm, task=task).exists()  # tokenizer=tok for token text
+    True
 """
 
 from __future__ import annotations

@@ -85,8 +85,9 @@ def collect(
         roles: also score every head's roles (:func:`~circuitfind.analysis.head_roles`; a few seconds).
 
     Example:
-        >>> data = collect(PatchableModel(model), task, tok)  # doctest: +SKIP
-        >>> data.patterns[0].shape  # (layers, heads, tokens, tokens)  # doctest: +SKIP
+        >>> data = collect(pm, task)  # with a tokenizer, tokens show as text
+        >>> data.patterns[0].shape, data.prompts[0].tokens[:2]  # (layers, heads, tokens, tokens)
+        (torch.Size([1, 2, 4, 4]), ('#16', '#5'))
     """
     if max_prompts < 1:
         raise TaskError(f"max_prompts must be at least 1; got {max_prompts}")

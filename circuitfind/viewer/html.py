@@ -31,7 +31,9 @@ def render_html(payload: dict[str, Any], title: str = "circuit") -> str:
     """The HTML text of the explorer for a payload of :func:`~circuitfind.viewer.payload.build_payload`.
 
     Example:
-        >>> text = render_html(build_payload(circuit))  # doctest: +SKIP
+        >>> text = render_html(build_payload(circuit))
+        >>> text.startswith("<!doctype html>"), "__DATA__" in text
+        (True, False)
     """
     page, css, js = (_static(n) for n in _STATIC)
     # "</" inside a <script> would end it early; JSON allows "<\/" for "</".
@@ -87,8 +89,8 @@ def to_html(
         the path written.
 
     Example:
-        >>> circuit.to_html("ioi.html", model=model, task=task, tokenizer=tok)  # doctest: +SKIP
-        PosixPath('ioi.html')
+        >>> circuit.to_html(tmp_path / "circuit.html", model=pm, task=task).name  # tokenizer=tok for token text
+        'circuit.html'
     """
     if data is None and (model is None) != (task is None):
         raise ConfigError(
