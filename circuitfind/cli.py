@@ -108,6 +108,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         getattr(args, "tokenizer", None),
         device=args.device,
         progress=args.progress,
+        dtype=getattr(args, "dtype", None),
     )
 
 
@@ -652,7 +653,8 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
 
 
 def common_options() -> argparse.ArgumentParser:
-    """The options every model-loading subcommand shares, as a parent parser: --model, --device, --no-progress.
+    """The options every model-loading subcommand shares, as a parent parser: --model, --device, --dtype,
+    --no-progress.
 
     Example:
         >>> sub = argparse.ArgumentParser().add_subparsers()
@@ -668,6 +670,12 @@ def common_options() -> argparse.ArgumentParser:
         "(default: the offline SmolLM2-135M-Instruct)",
     )
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: cpu)")
+    common.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="parameter dtype the model is loaded in (default: float32; bfloat16 halves memory)",
+    )
     common.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     return common
 

@@ -19,6 +19,7 @@ from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybri
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
+from circuitfind.memory import check_chunk_size, forward_slices, peak_memory, prompt_slices, prompts_per_pass
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
@@ -34,8 +35,12 @@ def prepare_problem(
     metric: Any = "kl",
     ablation: Ablation | str = Ablation.RESAMPLE,
     reference: Task | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[Problem, Metric]:
-    """Check the task fits the model, move it to the model's device, build the ablation and bind the metric."""
+    """Check the task fits the model, move it to the model's device, build the ablation and bind the metric.
+
+    ``chunk_size``: prompts per forward pass of every method (None: sized by :mod:`circuitfind.memory`)."""
+    chunk_size = check_chunk_size(chunk_size)
     if reference is not None and not isinstance(reference, Task):
         raise TaskError(
             f"reference must be a Task (the reference batch of mean ablation); got {type(reference).__name__}. "
@@ -45,14 +50,20 @@ def prepare_problem(
     if reference is not None:
         check_task_fits(reference, pm.spec, label="the reference task")
     task = task.to(pm.device)
-    abl = pm.ablation_for(task, ablation, reference)
+    chunk = chunk_size or prompts_per_pass(pm, *task.clean_ids.shape, forward_slices(pm))
+    abl = pm.ablation_for(task, ablation, reference, chunk_size=chunk)
     with torch.no_grad():
-        clean_logits = pm.forward(
-            task.clean_ids,
-            abl,
-            pm.graph.full_mask(),
-            attention_mask=task.attention_mask,
-            positions=task.answer_pos,
+        clean_logits = torch.cat(
+            [
+                pm.forward(
+                    task.clean_ids[rows],
+                    abl.select(rows, len(task)),
+                    pm.graph.full_mask(),
+                    attention_mask=task.attention_mask[rows],
+                    positions=task.answer_pos[rows],
+                )
+                for rows in prompt_slices(len(task), chunk)
+            ]
         )
     bound = make_metric(metric, clean_logits=clean_logits, answers=task.answers, wrong_answers=task.wrong_answers)
     with metric_site("on the full model (every edge kept)"):  # before any algorithm runs on a broken metric
@@ -62,7 +73,15 @@ def prepare_problem(
     else:
         loss, vocab = bound.loss, None
     problem = Problem(
-        pm, task.clean_ids, task.attention_mask, task.answer_pos, abl, loss, vocab=vocab, separable=bound.separable
+        pm,
+        task.clean_ids,
+        task.attention_mask,
+        task.answer_pos,
+        abl,
+        loss,
+        vocab=vocab,
+        separable=bound.separable,
+        chunk_size=chunk_size,
     )
     return problem, bound
 
@@ -134,6 +153,7 @@ def discover(
     absolute: bool = False,
     sender_order: SenderOrder | str = "normal",
     batch_size: int | None = None,
+    chunk_size: int | None = None,
     reference: Task | None = None,
     candidates: torch.Tensor | None = None,
     checkpoint: str | Path | None = None,
@@ -175,6 +195,9 @@ def discover(
         absolute: ACDC and hybrid: remove an edge when |change| < tau; cuts rank by |score|.
         sender_order: ``normal`` or ``reverse`` (ACDC and hybrid).
         batch_size: candidate removals per forward pass (ACDC, exact, hybrid); None: 1 on CPU, 8 on GPUs.
+        chunk_size: prompts per forward pass, for every method (None: as many as fit 1 GiB of activations; see
+            :mod:`circuitfind.memory` for what is held per pass and what for all prompts). Results do not depend
+            on it beyond float rounding. ``circuit.stats["peak_memory"]`` records the peak reached.
         candidates: ``(S, R)`` bool, the edges ``exact`` scores (default all).
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
@@ -189,6 +212,7 @@ def discover(
         >>> print(circuit.summary())  # doctest: +SKIP
     """
     _check_selection(method, threshold, n_edges, target, steps)
+    check_chunk_size(chunk_size)
     try:
         order = sender_order if isinstance(sender_order, SenderOrder) else SenderOrder(str(sender_order))
     except ValueError:
@@ -207,7 +231,7 @@ def discover(
     task = resolve_task(task, tokenizer).train()
 
     t0 = time.perf_counter()
-    problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference)
+    problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
     config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
     run = _Run(
         problem=problem,
@@ -228,6 +252,7 @@ def discover(
         if run.bar is not None:
             run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
+    stats["peak_memory"] = peak_memory(pm.device).to_dict()  # the process's peak so far (nothing is reset)
     stats["exact_evaluations"] = faith.calls
     return Circuit(
         graph=pm.graph,

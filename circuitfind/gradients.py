@@ -102,7 +102,8 @@ def edge_gradients(
         clean_diffs: multiply every point's receiver gradients by the clean sender diffs (``live - ablated``
             at "all kept") instead of the point's own diffs: EAP-IG along the inputs. The receiver gradients are
             then summed over the points before the one product with the diffs.
-        chunk_size: prompts per pass (default :func:`default_chunk_size`); the result does not depend on it.
+        chunk_size: prompts per pass (default ``problem.chunk_size``, else :func:`default_chunk_size`); the result
+            does not depend on it.
         on_pass: called with the number of prompts after each forward-backward pass.
 
     Returns:
@@ -126,7 +127,9 @@ def edge_gradients(
     if not points or len(weights) != len(points):
         raise ConfigError(f"need one weight per point; got {len(points)} points and {len(weights)} weights")
     B = problem.clean_ids.shape[0]
-    chunk = default_chunk_size(problem) if chunk_size is None else chunk_size
+    if chunk_size is None:
+        chunk_size = getattr(problem, "chunk_size", None) or default_chunk_size(problem)
+    chunk = chunk_size
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     pm = problem.pm
@@ -235,7 +238,9 @@ def _receiver_grads(
     spec, g = pm.spec, pm.graph
     H = spec.n_heads
     x0 = taps["final"]
-    out = x0.new_zeros((g.n_receivers, *x0.shape)) if into is None else into
+    # accumulated over points in at least float32: bfloat16 sums of many small gradients lose their low bits
+    wide = torch.promote_types(x0.dtype, torch.float32)
+    out = x0.new_zeros((g.n_receivers, *x0.shape), dtype=wide) if into is None else into
 
     def grad_of(name: str) -> Tensor:
         return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
@@ -260,5 +265,6 @@ def _contract(pm, grad: Tensor, diffs: Tensor, receiver_grads: Tensor) -> None:
     """``grad[s, r] += sum over prompts and positions of diffs[s] . receiver_grads[r]``: one matrix product
     (non-edges are computed too and masked later; one large product beats many thin ones)."""
     S, R = diffs.shape[0], receiver_grads.shape[0]
-    d = diffs.to(receiver_grads.dtype).reshape(S, -1)  # (S, b*T*D)
-    grad += (d @ receiver_grads.reshape(R, -1).T).double()
+    wide = torch.promote_types(receiver_grads.dtype, torch.float32)  # a bfloat16 product rounds every score
+    d = diffs.to(wide).reshape(S, -1)  # (S, b*T*D)
+    grad += (d @ receiver_grads.to(wide).reshape(R, -1).T).double()

@@ -175,6 +175,7 @@ class PatchableModel:
         attention_mask: Tensor | None = None,
         *,
         per_position: bool | None = None,
+        chunk_size: int | None = None,
     ) -> AblatedOutputs:
         """The ablated sender outputs for ``kind``.
 
@@ -183,6 +184,7 @@ class PatchableModel:
                 ``mean`` (``input_ids`` are a reference batch) or ``zero`` (no inputs).
             per_position: mean ablation only: average per position (default when the reference batch has no
                 padding) or over all real tokens.
+            chunk_size: prompts per forward pass computing the outputs (None: all at once).
 
         Example:
             >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -199,7 +201,7 @@ class PatchableModel:
                 f"{kind.value} ablation needs input ids: the corrupted prompts for resample, a reference batch for mean"
             )
         with torch.no_grad():
-            live = self.sender_outputs(input_ids, attention_mask)  # (S, N, T, D)
+            live = self.sender_outputs(input_ids, attention_mask, chunk_size=chunk_size)  # (S, N, T, D)
         if kind is Ablation.RESAMPLE:
             return self._make(kind, live)
         if attention_mask is None:
@@ -214,7 +216,9 @@ class PatchableModel:
             mean = (einsum(live, am, "s n t d, n t -> s d") / am.sum()).reshape(live.shape[0], 1, 1, -1)
         return self._make(kind, mean)
 
-    def ablation_for(self, task, kind: Ablation | str = Ablation.RESAMPLE, reference=None) -> AblatedOutputs:
+    def ablation_for(
+        self, task, kind: Ablation | str = Ablation.RESAMPLE, reference=None, *, chunk_size: int | None = None
+    ) -> AblatedOutputs:
         """The ablated outputs a run on ``task`` uses: the one rule discovery and evaluation share.
 
         Args:
@@ -222,6 +226,7 @@ class PatchableModel:
             kind: ``resample``: each prompt's corrupted twin; ``mean``: the mean over ``reference``'s clean
                 prompts, or over ``task``'s own when no reference is given; ``zero``.
             reference: mean ablation only: the reference batch (a Task). Must be None for other kinds.
+            chunk_size: prompts per forward pass computing the outputs (None: all at once).
 
         Example:
             >>> abl = pm.ablation_for(task, "mean", reference=task.subset([0, 1]))  # the mean of two prompts
@@ -243,17 +248,31 @@ class PatchableModel:
                 "drop reference= or use ablation='mean'"
             )
         if kind is Ablation.RESAMPLE:
-            return self.ablation(kind, task.corrupted_ids.to(self.device), task.attention_mask.to(self.device))
+            ids, am = task.corrupted_ids.to(self.device), task.attention_mask.to(self.device)
+            return self.ablation(kind, ids, am, chunk_size=chunk_size)
         if kind is Ablation.MEAN:
             ref = reference if reference is not None else task
-            return self.ablation(kind, ref.clean_ids.to(self.device), ref.attention_mask.to(self.device))
+            ids, am = ref.clean_ids.to(self.device), ref.attention_mask.to(self.device)
+            return self.ablation(kind, ids, am, chunk_size=chunk_size)
         return self.ablation(kind)
 
-    def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """``(S, B, T, D)`` live outputs of every sender in the unpatched model."""
+    def sender_outputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, chunk_size: int | None = None
+    ) -> Tensor:
+        """``(S, B, T, D)`` live outputs of every sender in the unpatched model, ``chunk_size`` prompts per pass."""
         zero = self.ablation(Ablation.ZERO)
-        _, diffs = self.forward_with_diffs(input_ids, zero, self.graph.full_mask(), attention_mask=attention_mask)
-        return diffs
+        B = input_ids.shape[0]
+        step = chunk_size or B
+        out = None
+        for i in range(0, B, step):
+            am = None if attention_mask is None else attention_mask[i : i + step]
+            _, diffs = self.forward_with_diffs(input_ids[i : i + step], zero, self.graph.full_mask(), attention_mask=am)
+            if step >= B:
+                return diffs
+            if out is None:  # filled in place: the chunks are never held twice
+                out = diffs.new_empty((diffs.shape[0], B, *diffs.shape[2:]))
+            out[:, i : i + step] = diffs
+        return out
 
     # --- caches ----------------------------------------------------------------------------------
     def prefix_cache(self, diffs: Tensor, ablated: AblatedOutputs, mask: Tensor, start_layer: int) -> PrefixCache:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
+from circuitfind.memory import forward_slices, prompt_slices, prompts_per_pass
 from circuitfind.metrics import metric_site
 
 __all__ = [
@@ -114,6 +115,8 @@ class Problem:
         loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise; with ``vocab``, V is ``len(vocab)``.
         vocab: token ids: the forward computes only these logit columns, all the loss reads; None: every column.
         separable: the loss is a mean over prompts of per-prompt terms (see ``Metric.separable``).
+        chunk_size: prompts per forward pass (None: as many as fit :data:`circuitfind.memory.PASS_BUDGET_BYTES`).
+            Results do not depend on it beyond float rounding: the loss is always taken on all prompts' logits.
     """
 
     pm: object
@@ -125,6 +128,13 @@ class Problem:
     vocab: Tensor | None = None
     separable: bool = False
     extra: dict = field(default_factory=dict)
+    chunk_size: int | None = None
+
+    def prompt_chunks(self, masks: int = 1) -> list[slice]:
+        """The prompt slices one pass of ``masks`` stacked masks each takes (see :mod:`circuitfind.memory`)."""
+        B, T = self.clean_ids.shape
+        chunk = self.chunk_size or prompts_per_pass(self.pm, B, T, forward_slices(self.pm, masks))
+        return prompt_slices(B, chunk)
 
 
 def receiver_order(graph: Graph) -> list[int]:
@@ -227,15 +237,24 @@ def run_acdc_plain(
 ) -> AcdcState:
     """ACDC written for clarity: one full forward (all positions) per tested edge."""
     pm, graph = problem.pm, problem.pm.graph
-    rows = torch.arange(problem.clean_ids.shape[0])
+    B = problem.clean_ids.shape[0]
+    chunks = problem.prompt_chunks()
+
+    def logits_of(mask: Tensor, rows: slice) -> Tensor:  # (b, V') at the answer positions
+        logits = pm.forward(
+            problem.clean_ids[rows],
+            problem.ablated.select(rows, B),
+            mask,
+            attention_mask=problem.attention_mask[rows],
+            vocab=problem.vocab,
+        )  # (b, T, V')
+        return logits[torch.arange(logits.shape[0], device=logits.device), problem.positions[rows].to(logits.device)]
 
     def loss(mask: Tensor) -> float:
         with torch.no_grad():
-            logits = pm.forward(
-                problem.clean_ids, problem.ablated, mask, attention_mask=problem.attention_mask, vocab=problem.vocab
-            )
+            logits = torch.cat([logits_of(mask, rows) for rows in chunks])
         state.forward_passes += 1
-        return float(problem.loss(logits[rows, problem.positions].unsqueeze(0))[0])
+        return float(problem.loss(logits.unsqueeze(0))[0])
 
     if state is None:
         state = _initial_state(graph, 0.0)
@@ -263,33 +282,48 @@ REFRESH_EVERY = 8  # removals between refreshes of the visited layer's cached in
 
 
 class FastEvaluator:
-    """Losses of stacked candidate masks, restarting at the visited layer from cached clean activations."""
+    """Losses of stacked candidate masks, restarting at the visited layer from cached clean activations.
 
-    def __init__(self, problem: Problem, mask: Tensor | None = None) -> None:
+    Prompts are processed in chunks (``problem.chunk_size``); each chunk keeps its own restart cache, and the
+    loss is taken once on every chunk's logits, so chunking changes nothing beyond float rounding.
+    """
+
+    def __init__(self, problem: Problem, mask: Tensor | None = None, masks: int = 1) -> None:
         """``mask``: the subgraph the run starts from (default all edges). Sender diffs are taken under it, which
-        stays exact for the senders below any visited layer as long as only edges into visited layers change."""
+        stays exact for the senders below any visited layer as long as only edges into visited layers change.
+        ``masks``: the most candidate masks one call of :meth:`losses` stacks (sizes the prompt chunks)."""
         self.p = problem
         pm = problem.pm
+        self.chunks = problem.prompt_chunks(masks)
+        start = pm.graph.full_mask() if mask is None else mask
+        logits, self.clean_diffs = [], []
         with torch.no_grad():
-            logits, self.clean_diffs = pm.forward_with_diffs(
-                problem.clean_ids,
-                problem.ablated,
-                pm.graph.full_mask() if mask is None else mask,
-                attention_mask=problem.attention_mask,
-                positions=problem.positions,
-                vocab=problem.vocab,
-            )
+            for rows in self.chunks:
+                chunk_logits, diffs = pm.forward_with_diffs(*self._inputs(rows), start, **self._kw(rows))
+                logits.append(chunk_logits)
+                self.clean_diffs.append(diffs)  # (S, b, T, D) per chunk
         with metric_site(_FULL):
-            self.loss_full = float(problem.loss(logits.unsqueeze(0))[0])
+            self.loss_full = float(problem.loss(torch.cat(logits).unsqueeze(0))[0])
         self.layer: int | None = None
-        self.cache = None
+        self.caches: list = [None] * len(self.chunks)
+
+    def _inputs(self, rows: slice) -> tuple[Tensor, object]:
+        B = self.p.clean_ids.shape[0]
+        return self.p.clean_ids[rows], self.p.ablated.select(rows, B)
+
+    def _kw(self, rows: slice) -> dict:
+        p = self.p
+        return {"attention_mask": p.attention_mask[rows], "positions": p.positions[rows], "vocab": p.vocab}
 
     def start_layer(self, layer: int, mask: Tensor) -> None:
         """Build the prefix cache for visiting ``layer``'s receivers under the current subgraph."""
         self.layer = layer
         self.removed_since_refresh = 0
+        self.caches = [None] * len(self.chunks)  # the old caches go before the new ones are built
         with torch.no_grad():
-            self.cache = self.p.pm.prefix_cache(self.clean_diffs, self.p.ablated, mask, layer)
+            for i, rows in enumerate(self.chunks):
+                ablated = self._inputs(rows)[1]
+                self.caches[i] = self.p.pm.prefix_cache(self.clean_diffs[i], ablated, mask, layer)
 
     def removed(self, n: int, mask: Tensor) -> None:
         """``n`` edges into the visited layer were removed: refresh its cached inputs now and then, so that
@@ -298,21 +332,18 @@ class FastEvaluator:
         if self.removed_since_refresh >= REFRESH_EVERY:
             self.removed_since_refresh = 0
             with torch.no_grad():
-                self.cache = self.p.pm.refresh_cache(self.cache, self.p.ablated, mask)
+                for i, rows in enumerate(self.chunks):
+                    self.caches[i] = self.p.pm.refresh_cache(self.caches[i], self._inputs(rows)[1], mask)
 
     def losses(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K,)
         with torch.no_grad():
-            logits = self.p.pm.forward(
-                self.p.clean_ids,
-                self.p.ablated,
-                masks,
-                attention_mask=self.p.attention_mask,
-                positions=self.p.positions,
-                start_layer=self.layer,
-                cache=self.cache,
-                vocab=self.p.vocab,
-            )
-        return self.p.loss(logits).cpu()
+            logits = [
+                self.p.pm.forward(
+                    *self._inputs(rows), masks, start_layer=self.layer, cache=self.caches[i], **self._kw(rows)
+                )  # (K, b, V')
+                for i, rows in enumerate(self.chunks)
+            ]
+        return self.p.loss(torch.cat(logits, dim=1)).cpu()
 
 
 def run_acdc_fast(
@@ -320,7 +351,7 @@ def run_acdc_fast(
 ) -> AcdcState:
     """ACDC with every speed-up; gives exactly :func:`run_acdc_plain`'s result."""
     graph = problem.pm.graph
-    ev = FastEvaluator(problem, None if state is None else state.mask)
+    ev = FastEvaluator(problem, None if state is None else state.mask, masks=opts.batch_size)
     if state is None:
         state = _initial_state(graph, ev.loss_full)
     elif math.isnan(state.current):  # a run started from a given subgraph: its loss is the evaluator's first pass

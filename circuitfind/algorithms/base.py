@@ -110,7 +110,7 @@ class Faithfulness:
         pm = problem.pm
         T = problem.clean_ids.shape[1]
         per_prompt = pm.graph.n_senders * T * pm.spec.d_model * pm.dtype.itemsize  # the forward's sender diffs
-        self.chunk = max(1, int(CHUNK_BYTES // per_prompt))
+        self.chunk = problem.chunk_size or max(1, int(CHUNK_BYTES // per_prompt))
         g = problem.pm.graph
         self.loss_full = self.loss(g.full_mask(), "on the full model")
         self.loss_empty = self.loss(torch.zeros_like(g.edge_mask), "on the empty circuit (every edge ablated)")

