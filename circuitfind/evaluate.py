@@ -28,6 +28,7 @@ from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph
+from circuitfind.memory import check_chunk_size, prompt_slices
 from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.tasks import Task, check_task_fits, resolve_task
@@ -101,17 +102,21 @@ class _Evaluator:
         reference: Task | None,
         batch_masks: int | None,
         memory_budget: int,
+        chunk_size: int | None = None,
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
         check_task_fits(self.task, pm.spec)
         self.task = self.task.to(pm.device)
         self.kind = Ablation.parse(ablation)
+        chunk = check_chunk_size(chunk_size) or len(self.task)
         if reference is not None:
             check_task_fits(reference, pm.spec, label="the reference task")
-        self.ablated = pm.ablation_for(self.task, self.kind, reference)
+        self.ablated = pm.ablation_for(self.task, self.kind, reference, chunk_size=chunk)
         self.metric_spec = _default_metric(self.task, metric)
-        g, B, T = pm.graph, len(self.task), self.task.seq_len
+        g, T = pm.graph, self.task.seq_len
+        self.chunks = prompt_slices(len(self.task), chunk)
+        B = self.chunks[0].stop  # prompts per pass
         if batch_masks is None:
             itemsize = torch.finfo(pm.dtype).bits // 8
             per_mask = (g.n_senders + 4 * g.n_heads) * B * T * pm.spec.d_model * itemsize * 2  # diffs + inputs
@@ -124,13 +129,21 @@ class _Evaluator:
         self.m_full = self.m_empty = math.nan
 
     def _logits(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K, B, V)
+        t, N = self.task, len(self.task)
+        masks = masks.to(self.pm.device, self.pm.dtype)
         with torch.no_grad():
-            return self.pm.forward(
-                self.task.clean_ids,
-                self.ablated,
-                masks.to(self.pm.device, self.pm.dtype),
-                attention_mask=self.task.attention_mask,
-                positions=self.task.answer_pos,
+            return torch.cat(
+                [
+                    self.pm.forward(
+                        t.clean_ids[rows],
+                        self.ablated.select(rows, N),
+                        masks,
+                        attention_mask=t.attention_mask[rows],
+                        positions=t.answer_pos[rows],
+                    )
+                    for rows in self.chunks
+                ],
+                dim=1,
             )
 
     def run(self, masks: Sequence[Tensor]) -> list[dict[str, Any]]:
@@ -193,6 +206,7 @@ def faithfulness_many(
     tokenizer: Any = None,
     batch_masks: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    chunk_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Faithfulness of many circuits on the task's held-out prompts, ``batch_masks`` circuits per forward pass.
 
@@ -209,6 +223,7 @@ def faithfulness_many(
         tokenizer: for tasks given by name or as strings.
         batch_masks: masks per forward pass; default: as many as fit in ``memory_budget`` bytes.
         memory_budget: activation bytes a pass may hold when ``batch_masks`` is None.
+        chunk_size: prompts per forward pass (None: all); the values do not depend on it beyond float rounding.
 
     Returns:
         one dict per circuit: ``faithfulness`` (f), ``metric_full`` (m(N)), ``metric_empty`` (m(empty)),
@@ -224,7 +239,14 @@ def faithfulness_many(
     task = resolve_task(task, tokenizer)
     mask_list = [_mask_of(pm.graph, m) for m in masks]
     ev = _Evaluator(
-        pm, task, metric, ablation, reference=reference, batch_masks=batch_masks, memory_budget=memory_budget
+        pm,
+        task,
+        metric,
+        ablation,
+        reference=reference,
+        batch_masks=batch_masks,
+        memory_budget=memory_budget,
+        chunk_size=chunk_size,
     )
     return ev.run(mask_list)
 
@@ -238,6 +260,7 @@ def faithfulness(
     ablation: Ablation | str = "resample",
     reference: Task | None = None,
     tokenizer: Any = None,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Faithfulness ``f = (m(C) - m(empty)) / (m(N) - m(empty))`` of one circuit on the held-out prompts.
 
@@ -251,6 +274,7 @@ def faithfulness(
         ablation: ``resample`` (default), ``mean`` or ``zero``.
         reference: mean ablation's reference batch (default: the evaluated prompts).
         tokenizer: for tasks given by name or as strings.
+        chunk_size: prompts per forward pass (None: all).
 
     Returns:
         a dict with ``faithfulness``, ``metric_full``, ``metric_empty``, ``metric_circuit``,
@@ -263,7 +287,14 @@ def faithfulness(
         1.0
     """
     return faithfulness_many(
-        model_or_pm, [circuit_or_mask], task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
+        model_or_pm,
+        [circuit_or_mask],
+        task,
+        metric=metric,
+        ablation=ablation,
+        reference=reference,
+        tokenizer=tokenizer,
+        chunk_size=chunk_size,
     )[0]
 
 
