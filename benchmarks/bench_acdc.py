@@ -8,7 +8,7 @@
     tested edge, so it is measured on ``--plain-sample`` edges and extrapolated to the fast run's edge count.
 
 Usage:
-    python benchmarks/bench_acdc.py [--part a|b|ab] [--threshold-b 0.05] [--batch-sizes 1,4,8]
+    python benchmarks/bench_acdc.py [--part a|b|ab] [--threshold-b 0.05] [--batch-sizes 1,4,8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ def _row(label: str, state, seconds: float, same: bool | None) -> dict:
     }
 
 
-def part_a(threshold: float, batch_sizes: list[int]) -> list[dict]:
+def part_a(threshold: float, batch_sizes: list[int], device: str = "cpu") -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=8, n_embd=256, vocab_size=2000, n_positions=64)).eval()
-    pm = PatchableModel(model)
+    pm = PatchableModel(cf.load_model(model, device=device)[0])
     problem, _ = prepare_problem(pm, _synthetic_task(2000), metric="kl")
     t = time.perf_counter()
     plain = run_acdc_plain(problem, AcdcOptions(threshold=threshold))
@@ -76,14 +76,14 @@ class _OutOfBudget(Exception):
     pass
 
 
-def part_b(threshold: float, batch_size: int, plain_sample: int, budget_min: float) -> list[dict]:
-    model, tok = cf.load_model(progress=False)
+def part_b(threshold: float, batch_size: int, plain_sample: int, budget_min: float, device: str = "cpu") -> list[dict]:
+    model, tok = cf.load_model(progress=False, device=device)
     task = cf.tasks.get_task("ioi", tok, n=20, seed=0)
     pm = PatchableModel(model)
     problem, _ = prepare_problem(pm, task, metric="kl")
     # plain: one full forward (all positions) per tested edge; time a sample of them
     t = time.perf_counter()
-    rows_idx = torch.arange(len(task))
+    rows_idx = torch.arange(len(task), device=pm.device)
     with torch.no_grad():
         for _ in range(plain_sample):
             logits = pm.forward(
@@ -152,16 +152,17 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-sample", type=int, default=5)
     ap.add_argument("--budget-min", type=float, default=40.0)
     ap.add_argument("--out", default="benchmarks/results/bench_acdc.json")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ... (default: cpu)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     if "a" in args.part:
         rows = [r for r in rows if not r["run"].startswith("(a)")]
-        rows += part_a(args.threshold_a, [int(k) for k in args.batch_sizes.split(",")])
+        rows += part_a(args.threshold_a, [int(k) for k in args.batch_sizes.split(",")], args.device)
     if "b" in args.part:
         rows = [r for r in rows if not r["run"].startswith("(b)")]
-        rows += part_b(args.threshold_b, args.batch_b, args.plain_sample, args.budget_min)
+        rows += part_b(args.threshold_b, args.batch_b, args.plain_sample, args.budget_min, args.device)
     print(
         f"{'model':58} {'run':34} {'seconds':>9} {'fwd':>7} {'tested':>7} {'edges/s':>8} {'kept':>6} "
         f"{'speedup':>7} same"

@@ -87,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
     p.add_argument("--force", action="store_true", help="rerun units already in the results file")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each (sequential) method process")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:0, ... (default: cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/...)")
     p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
@@ -127,6 +128,8 @@ def _n_prompts(args: argparse.Namespace, task: str) -> int:
 def _unit_config(args: argparse.Namespace, task: str, method: str) -> dict[str, Any]:
     """What a unit's result depends on; a stored unit with another config is rerun."""
     cfg: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
+    if args.device != "cpu":  # units measured on the CPU keep their stored config
+        cfg["device"] = args.device
     if task in LM_TASKS:
         n = _n_prompts(args, task)
         cfg.update(n_prompts=n, n_train=n // 2, metric="task", ablation="resample", evaluation="held_out")
@@ -221,7 +224,7 @@ def _load(opts: dict[str, Any]) -> tuple[Any, Any, float]:
     import circuitfind as cf
 
     t0 = time.perf_counter()
-    model, tok = cf.load_model(progress=opts["progress"])
+    model, tok = cf.load_model(progress=opts["progress"], device=opts.get("device", "cpu"))
     return cf.PatchableModel(model), tok, time.perf_counter() - t0
 
 
@@ -474,6 +477,7 @@ def run_unit(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
         "n_random": args.n_random,
         "candidate_fraction": args.candidate_fraction,
         "n_prompts": _n_prompts(args, task) if task in LM_TASKS else None,
+        "device": args.device,
     }
     if method == "acdc":
         row = _validate_rows().get(task)

@@ -68,8 +68,9 @@ def default_chunk_size(problem, budget: float = CHUNK_BUDGET_BYTES) -> int:
     pm = problem.pm
     g = pm.graph
     B, T = problem.clean_ids.shape
-    tensors = g.n_receivers + 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt
-    per_prompt = T * pm.spec.d_model * pm.dtype.itemsize * tensors
+    tensors = 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt in the model's dtype
+    wide = max(4, pm.dtype.itemsize)  # the receivers' input gradients are accumulated in at least float32
+    per_prompt = T * pm.spec.d_model * (pm.dtype.itemsize * tensors + wide * g.n_receivers)
     return max(1, min(B, int(budget // per_prompt)))
 
 

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 import circuitfind as cf
-from circuitfind.algorithms import AcdcOptions, EapOptions, ExactOptions, run_acdc_fast, run_acdc_plain
-from circuitfind.algorithms import run_eap_ig, run_eap_ig_mask, run_exact
+from circuitfind.algorithms import (
+    AcdcOptions,
+    EapOptions,
+    ExactOptions,
+    run_acdc_fast,
+    run_acdc_plain,
+    run_eap_ig,
+    run_eap_ig_mask,
+    run_exact,
+)
 from circuitfind.algorithms.base import Faithfulness
 from circuitfind.discovery import prepare_problem
 from circuitfind.errors import ConfigError

@@ -123,7 +123,7 @@ def test_cuda_without_cuda_says_so():
 
 def test_an_unsupported_dtype_on_the_device_fails_at_load(monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError('"addmm_impl_cpu_" not implemented for \'Half\'')
+        raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", broken)
     with pytest.raises(ConfigError, match="float16 is not usable on device cpu.*float32"):
