@@ -225,6 +225,13 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="candidate removals per forward (default: 1 on CPU, 8 on GPU)",
     )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="prompts per forward pass: less memory, same result (default: as many as fit 1 GiB of activations)",
+    )
     p.add_argument("--resume", action="store_true", help=f"continue from DIR/{CHECKPOINT_NAME}")
     p.add_argument("--html", action="store_true", help="also write DIR/circuit.html, the interactive explorer")
     p.set_defaults(handler=_run_discover)
@@ -326,6 +333,9 @@ def _run_line(stats: dict[str, Any]) -> str:
         )
     if "probes" in stats:
         parts.append(f"{len(stats['probes'])} exact faithfulness probes")
+    if "peak_memory" in stats:
+        peak = stats["peak_memory"]
+        parts.append(f"peak {'memory' if peak['kind'] == 'rss' else peak['device']} {peak['mib']:,.0f} MiB")
     return ", ".join(parts)
 
 
@@ -379,6 +389,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         absolute=args.absolute,
         sender_order=args.sender_order,
         batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
         checkpoint=ckpt,
         resume=args.resume,
         progress=args.progress,
