@@ -31,7 +31,7 @@ from torch import Tensor
 from circuitfind.errors import ConfigError
 from circuitfind.patching import _frozen
 
-__all__ = ["GradientPass", "Point", "default_chunk_size", "edge_gradients"]
+__all__ = ["GradientPass", "Point", "attribution_bytes_per_prompt", "default_chunk_size", "edge_gradients"]
 
 CHUNK_BUDGET_BYTES = 1.5e9  # activations of one chunk's pass with autograd; the rest scales with it
 
@@ -63,15 +63,26 @@ class GradientPass:
     losses: list[float]
 
 
-def default_chunk_size(problem, budget: float = CHUNK_BUDGET_BYTES) -> int:
-    """Prompts per chunk so that one chunk's buffers and autograd activations stay near ``budget`` bytes."""
-    pm = problem.pm
+def attribution_bytes_per_prompt(pm, seq_len: int) -> int:
+    """Bytes one prompt adds to a forward-backward pass: sender diffs and autograd activations in the model's
+    dtype, every receiver's input gradient in at least float32."""
     g = pm.graph
-    B, T = problem.clean_ids.shape
     tensors = 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt in the model's dtype
     wide = max(4, pm.dtype.itemsize)  # the receivers' input gradients are accumulated in at least float32
-    per_prompt = T * pm.spec.d_model * (pm.dtype.itemsize * tensors + wide * g.n_receivers)
-    return max(1, min(B, int(budget // per_prompt)))
+    return int(seq_len * pm.spec.d_model * (pm.dtype.itemsize * tensors + wide * g.n_receivers))
+
+
+def default_chunk_size(
+    problem, n_prompts: int | None = None, seq_len: int | None = None, budget: float = CHUNK_BUDGET_BYTES
+) -> int:
+    """Prompts per chunk so that one chunk's buffers and autograd activations stay near ``budget`` bytes.
+
+    ``problem``: a :class:`~circuitfind.algorithms.acdc.Problem` (its prompts are counted), or a
+    :class:`~circuitfind.patching.PatchableModel` with ``n_prompts`` and ``seq_len``."""
+    pm = getattr(problem, "pm", problem)
+    if n_prompts is None or seq_len is None:
+        n_prompts, seq_len = problem.clean_ids.shape
+    return max(1, min(n_prompts, int(budget // attribution_bytes_per_prompt(pm, seq_len))))
 
 
 def _loss_grad(problem, point: Point, chunk: int) -> Tensor:

@@ -173,7 +173,8 @@ def estimate(
 
     Returns:
         ``weights``, ``ablation``, ``acdc_caches`` (ACDC / exact / hybrid only), ``forward_pass`` (one masked
-        forward of ``masks`` stacked masks on one chunk) and ``chunk_size`` (prompts per pass).
+        forward of ``masks`` stacked masks on one chunk), ``attribution_pass`` (one EAP / EAP-IG chunk: autograd
+        activations and every receiver's input gradient, in float32) and ``chunk_size`` (prompts per pass).
 
     Example:
         >>> estimate(pm, 100, 16)["ablation"] / 2**30  # doctest: +SKIP
@@ -185,10 +186,14 @@ def estimate(
     groups = 2 * g.n_layers + 1
     per = {"resample": n_prompts * seq_len, "mean": seq_len, "zero": 1}.get(str(ablation), n_prompts * seq_len)
     weights = 0 if pm.module is None else sum(p.numel() * p.element_size() for p in pm.module.parameters())
+    from circuitfind.gradients import attribution_bytes_per_prompt, default_chunk_size
+
+    eap_chunk = chunk_size or default_chunk_size(pm, n_prompts, seq_len)
     return {
         "weights": int(weights),
         "ablation": int((g.n_senders + groups) * per * D * item),
         "acdc_caches": int((g.n_senders + g.n_receivers) * n_prompts * slice_bytes),
         "forward_pass": int(forward_slices(pm, masks) * chunk * slice_bytes),
+        "attribution_pass": int(attribution_bytes_per_prompt(pm, seq_len) * eap_chunk),
         "chunk_size": int(chunk),
     }
