@@ -253,6 +253,7 @@ def discover(
             run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
     stats["peak_memory"] = peak_memory(pm.device).to_dict()  # the process's peak so far (nothing is reset)
+    stats["dtype"], stats["device"] = str(pm.dtype).removeprefix("torch."), str(pm.device)
     stats["exact_evaluations"] = faith.calls
     return Circuit(
         graph=pm.graph,
