@@ -20,6 +20,11 @@ Usage:
     python benchmarks/bench_memory.py [--models qwen2.5-0.5b,llama-3.2-1b] [--dtypes bfloat16,float32]
         [--device cpu] [--prompts 4] [--seq 16] [--steps 2] [--out benchmarks/results/bench_memory.json]
     python benchmarks/bench_memory.py --table    # print the table of the saved results
+
+Llama-3.1-8B is extrapolated, not measured: for each step, the largest ratio of measured peak to the estimate terms
+that step holds (over the measured models of that dtype) times 8B's estimate; its model column is a linear fit of
+the measured models' resident memory on their weight bytes (the parameters plus the k/v weights the adapter repeats
+per query head).
 """
 
 from __future__ import annotations
@@ -114,6 +119,26 @@ MODELS: dict[str, dict[str, Any]] = {
     ),
 }
 STEPS = ("ablation", "masked forward", "ACDC edge test", "EAP-IG")
+# Extrapolated, not measured: Llama-3.1-8B's published config.
+EXTRAPOLATED: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": dict(
+        _LLAMA32,
+        tie_word_embeddings=False,
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        head_dim=128,
+    ),
+}
+# which terms of circuitfind.memory.estimate each measured step holds
+STEP_TERMS = {
+    "ablation": ("ablation", "forward_pass"),
+    "masked forward": ("forward_pass",),
+    "ACDC edge test": ("acdc_caches", "forward_pass"),
+    "EAP-IG": ("attribution_pass",),
+}
 
 
 def n_params(cfg: dict[str, Any]) -> int:
@@ -272,6 +297,93 @@ def _needed_bytes(name: str, dtype: torch.dtype) -> int:
     return int((n_params(cfg) + gqa_copies) * dtype.itemsize * 1.15 + 2 * 2**30)
 
 
+def _weights_bytes(cfg: dict[str, Any], dtype: torch.dtype) -> int:
+    """The parameters plus the per-query-head k/v weights the Llama adapter repeats for GQA."""
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    E = cfg.get("head_dim") or cfg["hidden_size"] // H
+    gqa_copies = 2 * cfg["num_hidden_layers"] * cfg["hidden_size"] * (H - KV) * E
+    return (n_params(cfg) + gqa_copies) * dtype.itemsize
+
+
+def estimate_of(cfg: dict[str, Any], dtype: torch.dtype, prompts: int, seq: int) -> dict[str, int]:
+    """:func:`circuitfind.memory.estimate` from a config alone (no weights built)."""
+    from types import SimpleNamespace
+
+    from circuitfind.graph import Graph
+    from circuitfind.memory import estimate
+
+    L, H = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    spec = SimpleNamespace(d_model=cfg["hidden_size"], n_layers=L)
+    return estimate(SimpleNamespace(graph=Graph(L, H), spec=spec, dtype=dtype, module=None), prompts, seq)
+
+
+def extrapolate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for :data:`EXTRAPOLATED`: each measured step's peak over its estimate terms (the largest ratio of the
+    measured models of the same dtype and prompt shape), times the target model's estimate."""
+    from circuitfind.graph import Graph
+    from circuitfind.models.loading import parse_dtype
+
+    out = []
+    for dtype_name in sorted({r["dtype"] for r in rows if "skipped" not in r and "extrapolated" not in r}):
+        dtype = parse_dtype(dtype_name)
+        measured = [r for r in rows if r["dtype"] == dtype_name and "skipped" not in r and "extrapolated" not in r]
+        measured = [r for r in measured if r["model"] in MODELS]
+        if not measured:
+            continue
+        prompts, seq = measured[0]["prompts"], measured[0]["seq"]
+        measured = [r for r in measured if (r["prompts"], r["seq"]) == (prompts, seq)]
+
+        for name, cfg in EXTRAPOLATED.items():
+            est = estimate_of(cfg, dtype, prompts, seq)
+            slope, intercept = _fit(
+                [_weights_bytes(MODELS[r["model"]], dtype) / 2**20 for r in measured],
+                [r["model_resident_mib"] for r in measured],
+            )
+            row: dict[str, Any] = {
+                "model": name,
+                "dtype": dtype_name,
+                "device": measured[0]["device"],
+                "extrapolated": f"from {', '.join(r['model'] for r in measured)}: steps by the largest "
+                "measured / estimated ratio, the model by a linear fit of resident memory on weight bytes",
+                "params": n_params(cfg),
+                "edges": Graph(cfg["num_hidden_layers"], cfg["num_attention_heads"]).n_edges,
+                "prompts": prompts,
+                "seq": seq,
+                "model_resident_mib": round(slope * _weights_bytes(cfg, dtype) / 2**20 + intercept, 1),
+            }
+            for step, terms in STEP_TERMS.items():
+                k = max(_ratio(r, step, dtype) for r in measured)
+                row[step] = {"seconds": None, "peak_above_mib": round(k * sum(est[t] for t in terms) / 2**20, 1)}
+            overhead = max(
+                r["peak_total_mib"] - r["model_resident_mib"] - max(r[s]["peak_above_mib"] for s in STEPS)
+                for r in measured
+            )
+            row["peak_total_mib"] = round(
+                row["model_resident_mib"] + max(row[s]["peak_above_mib"] for s in STEPS) + overhead, 1
+            )
+            out.append(row)
+    return out
+
+
+def _fit(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = slope * x + intercept`` (slope from the mean ratio when there is one point)."""
+    if len(x) < 2:
+        return y[0] / x[0], 0.0
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
+    return slope, my - slope * mx
+
+
+def _ratio(row: dict[str, Any], step: str, dtype: torch.dtype) -> float:
+    """A measured step's peak over the estimate terms it holds."""
+    est = estimate_of(MODELS[row["model"]], dtype, row["prompts"], row["seq"])
+    return row[step]["peak_above_mib"] * 2**20 / sum(est[t] for t in STEP_TERMS[step])
+
+
+def _secs(step: dict[str, Any]) -> str:
+    return "-" if step["seconds"] is None else f"{step['seconds']:.1f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| model | dtype | params | edges | model MiB | ablation MiB | masked fwd MiB | ACDC test MiB (s) "
@@ -282,12 +394,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['dtype']} | | | | | | | | skipped: {r['skipped']} |")
             continue
+        label = f"{r['model']} (extrapolated)" if "extrapolated" in r else r["model"]
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['params'] / 1e9:.2f}B | {r['edges']:,} | "
+            f"| {label} | {r['dtype']} | {r['params'] / 1e9:.2f}B | {r['edges']:,} | "
             f"{r['model_resident_mib']:,.0f} | {r['ablation']['peak_above_mib']:,.0f} | "
             f"{r['masked forward']['peak_above_mib']:,.0f} | "
-            f"{r['ACDC edge test']['peak_above_mib']:,.0f} ({r['ACDC edge test']['seconds']:.1f}) | "
-            f"{r['EAP-IG']['peak_above_mib']:,.0f} ({r['EAP-IG']['seconds']:.1f}) | {r['peak_total_mib']:,.0f} |"
+            f"{r['ACDC edge test']['peak_above_mib']:,.0f} ({_secs(r['ACDC edge test'])}) | "
+            f"{r['EAP-IG']['peak_above_mib']:,.0f} ({_secs(r['EAP-IG'])}) | {r['peak_total_mib']:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -309,8 +422,9 @@ def main() -> None:
         print(json.dumps(run_one(args.models, args.dtypes, args.device, args.prompts, args.seq, args.steps)))
         return
     saved = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    saved["rows"] = [r for r in saved["rows"] if "extrapolated" not in r]
     if args.table:
-        print(table(saved["rows"]))
+        print(table(saved["rows"] + extrapolate(saved["rows"])))
         return
     from circuitfind.models.loading import parse_dtype
 
@@ -346,6 +460,7 @@ def main() -> None:
     merged = [r for r in saved["rows"] if (r["model"], r["dtype"], r["device"]) not in keys] + rows
     order = {name: i for i, name in enumerate(MODELS)}
     merged.sort(key=lambda r: (r["device"], r["dtype"], order.get(r["model"], 99)))
+    merged += extrapolate(merged)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "threads": torch.get_num_threads(),
