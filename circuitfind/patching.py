@@ -466,7 +466,8 @@ class PatchableModel:
         if rot is None:
             return q, k
         cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        # in the tables' dtype, then back (as HF does when a family's rotary tables stay float32 in bfloat16)
+        return self._rotate(q, cos, sin).to(q.dtype), self._rotate(k, cos, sin).to(k.dtype)
 
     @staticmethod
     def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:
