@@ -554,7 +554,7 @@ def resolve_model(
     tokenizer: Any = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool = False,
 ) -> tuple[PatchableModel, Any]:
     """The one place a model argument becomes a :class:`PatchableModel` (and the tokenizer to use with it).

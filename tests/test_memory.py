@@ -90,12 +90,16 @@ def test_discover_and_faithfulness_take_chunk_size_and_record_the_peak():
 
 
 def test_peak_memory_sees_a_large_allocation_after_a_reset():
+    import mmap
+
+    size = 64 * 2**20
     reset_peak_memory()
     before = peak_memory()
     assert isinstance(before, PeakMemory) and before.kind == "rss" and before.bytes > 0
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    block = mmap.mmap(-1, size)  # fresh pages: no allocator can serve them from memory already resident
+    block.write(b"x" * size)
     during = peak_memory()
-    del block
+    block.close()
     assert during.bytes - before.bytes > 48 * 2**20
     assert peak_memory().bytes >= during.bytes - 2**20  # a peak does not fall until reset (the kernel counts lazily)
     if reset_peak_memory():  # Linux: the next reading starts from the current resident set

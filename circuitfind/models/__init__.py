@@ -81,7 +81,7 @@ def load_model(
     name: str | os.PathLike[str] | nn.Module | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     tokenizer: Any = None,
@@ -95,7 +95,8 @@ def load_model(
         name: ``None`` / ``"default"`` / ``"smollm2"`` (the offline SmolLM2-135M-Instruct), a folder written by
             ``save_pretrained``, a Hugging Face id such as ``"gpt2"``, or a model object (returned as is).
         device: where to put the model (default ``"cpu"``; a model object stays put).
-        dtype: parameter dtype (default ``torch.float32``; a model object keeps its own).
+        dtype: parameter dtype: a floating ``torch.dtype`` or ``"float32"``, ``"bfloat16"``, ``"float16"``
+            (default ``torch.float32``; a model object keeps its own). Weights are read in this dtype.
         cache_dir: where the converted default model is cached.
         progress: show progress bars.
         tokenizer: a tokenizer object, or a name / folder to load one from, instead of the model's own.
