@@ -76,7 +76,7 @@ def sweep(
         retry_failed: run the cells recorded as failed again (after fixing what failed them).
         cell_fn: what a worker runs per cell (default :func:`~circuitfind.sweeps.cell.run_cell`), same
             signature; a module-level function (workers import it).
-        on_row: called with each row as it is stored.
+        on_row: called with each row once it is stored (a dict of the store's columns).
 
     Returns:
         a :class:`SweepResult`; ``.rows()`` reads the rows back.
@@ -126,7 +126,7 @@ def _run(spec, todo, store, workers, address, progress, cell_fn, on_row, counts)
                     row = _row_of(d, spec, pool, counts)
                     if row is None:
                         continue
-                    store_row(store, spec, row)
+                    row = store_row(store, spec, row)
                     counts[row["status"]] += 1
                     bar.finished(d.job[0], row)
                     if on_row is not None:
@@ -155,9 +155,9 @@ def _row_of(d: Done, spec: SweepSpec, pool: ActorPool, counts: dict[str, int]) -
     }
 
 
-def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> None:
+def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> dict[str, Any]:
     """Write the cell's circuit (atomically) and then its row (one transaction), so a row never names a missing
-    circuit file."""
+    circuit file; returns the row as stored."""
     row = dict(row)
     cell = next(c for c in spec.cells if c.id == row["cell_id"])
     circuit = row.pop("circuit", None)
@@ -176,6 +176,7 @@ def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> None
         **{k: metrics.get(k) for k in ("faithfulness", "kl", "cpr", "cmd", "n_edges", "fraction")},
     )
     store.put(row)
+    return row
 
 
 def _slots(ray: Any, cells: list[Cell]) -> int:

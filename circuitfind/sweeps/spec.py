@@ -65,6 +65,8 @@ class Cell:
         absolute: ACDC / hybrid: remove when ``|change| < threshold``; cuts rank by ``|score|``.
         cpr_cmd: also measure MIB's CPR and CMD of the cell's edge scores on the held-out prompts.
         num_cpus, num_gpus: what a worker running the cell reserves (a GPU cell runs on ``cuda``).
+        options: free-form JSON options for a custom cell function (``sweep(..., cell_fn=...)``); part of the
+            cell's id, ignored by the default :func:`~circuitfind.sweeps.cell.run_cell`.
     """
 
     model: str
@@ -85,6 +87,7 @@ class Cell:
     cpr_cmd: bool = True
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    options: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -296,6 +299,8 @@ def _check_field(where: str, key: str, value: Any) -> None:
         fail("a number > 0")
     if key == "num_gpus" and not (is_num(value) and value >= 0):
         fail("a number >= 0")
+    if key == "options" and value is not None and not isinstance(value, Mapping):
+        fail("an object (options for a custom cell function) or null")
 
 
 def _check_cell(where: str, cell: Cell, axes: Mapping[str, Any]) -> None:

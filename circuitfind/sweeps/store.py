@@ -128,6 +128,11 @@ class ResultsStore:
         with self._transaction():
             self.conn.execute(f"INSERT OR REPLACE INTO cells ({names}) VALUES ({marks})", tuple(row.values()))
 
+    def forget(self, cell_ids: list[str]) -> None:
+        """Delete these cells' rows (a rerun then runs them again), in one transaction."""
+        with self._transaction():
+            self.conn.executemany("DELETE FROM cells WHERE cell_id = ?", [(i,) for i in cell_ids])
+
     def finished_ids(self, *, include_failed: bool = True) -> set[str]:
         """Ids of the cells finished: done, and failed unless ``include_failed`` is False (a rerun skips them)."""
         statuses = (STATUS_DONE, STATUS_FAILED) if include_failed else (STATUS_DONE,)
