@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, out=args.out)
     if not args.table:
-        res = sweep(
-            spec, address=args.address, workers=args.workers, progress=args.progress, retry_failed=args.retry_failed
-        )
+        try:
+            res = sweep(
+                spec, address=args.address, workers=args.workers, progress=args.progress, retry_failed=args.retry_failed
+            )
+        except KeyboardInterrupt:
+            print(
+                f"interrupted: every finished cell is in {spec.store_path}; run the same command to continue",
+                file=sys.stderr,
+            )
+            return 130
         print(
             f"{len(spec.cells)} cells: {res.skipped} finished before, {res.done} done now, {res.failed} failed now"
             + (f", {res.retried} retried after a worker died" if res.retried else "")
