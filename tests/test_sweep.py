@@ -267,3 +267,11 @@ def test_a_store_write_is_one_transaction(tmp_path):
     (tmp_path / "junk.sqlite").write_text("not a database")
     with pytest.raises(Exception, match="not a circuitfind results store"):
         ResultsStore(tmp_path / "junk.sqlite")
+
+
+def test_the_example_spec_parses():
+    from circuitfind.sweeps import load_spec
+
+    spec = load_spec(ROOT / "examples" / "sweep.json")
+    assert len(spec.cells) == 50 and len({c.id for c in spec.cells}) == 50
+    assert {c.method for c in spec.cells} == {"eap", "eap-ig", "eap-ig-mask", "hybrid", "acdc"}

@@ -122,27 +122,11 @@ def exact_scores(
             raise
         n_layers = graph.n_layers
         shards = shard_plan(plan, n_layers, workers * SHARDS_PER_WORKER)
-        for i, shard in enumerate(shards):
-            pool.submit(0, (i, shard, 1))
-        deltas: list[list[torch.Tensor] | None] = [None] * len(shards)
-        loss_full = None
-        bar = _edge_bar(plan_cost(plan, n_layers), progress)
-        try:
-            while pool.pending:
-                for d in pool.wait(timeout=1.0):
-                    i, shard, attempt = d.job
-                    if d.error is not None:
-                        if d.died and attempt <= max_retries:
-                            pool.submit(0, (i, shard, attempt + 1), first=True)
-                            continue
-                        raise d.error
-                    deltas[i], loss_full = d.result
-                    if bar is not None:
-                        bar.update(sum(len(b.senders) * layer_cost(n_layers, b.layer) for b in shard))
-        finally:
-            pool.close()
-            if bar is not None:
-                bar.close()
+        deltas, loss_full = _run_shards(
+            pool, shards, n_layers, max_retries, _edge_bar(plan_cost(plan, n_layers), progress)
+        )
+        for unused in spare:  # no shard to score: the planner never joined the pool
+            ray.kill(unused)
     flat = [d for shard in deltas for d in shard]  # type: ignore[union-attr]
     scores = assemble_scores(graph, plan, flat)
     wall = time.perf_counter() - t0
@@ -157,6 +141,34 @@ def exact_scores(
         "edges_per_s": n_edges / max(wall, 1e-9),
     }
     return ScoreResult(scores, stats)
+
+
+def _run_shards(
+    pool: ActorPool, shards: list[list[ExactBatch]], n_layers: int, max_retries: int, bar: Any
+) -> tuple[list[list[torch.Tensor]], float | None]:
+    """Every shard's score changes (in shard order) and the full model's loss; a shard whose worker died is
+    rerun on a new worker up to ``max_retries`` times. Closes the pool and the bar."""
+    for i, shard in enumerate(shards):
+        pool.submit(0, (i, shard, 1))
+    deltas: list[Any] = [None] * len(shards)
+    loss_full = None
+    try:
+        while pool.pending:
+            for d in pool.wait(timeout=1.0):
+                i, shard, attempt = d.job
+                if d.error is not None:
+                    if d.died and attempt <= max_retries:
+                        pool.submit(0, (i, shard, attempt + 1), first=True)
+                        continue
+                    raise d.error
+                deltas[i], loss_full = d.result
+                if bar is not None:
+                    bar.update(plan_cost(shard, n_layers))
+    finally:
+        pool.close()
+        if bar is not None:
+            bar.close()
+    return deltas, loss_full
 
 
 class _ShippedModelWorker(ModelWorker):
