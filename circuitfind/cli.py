@@ -42,8 +42,8 @@ from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, R
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
-from circuitfind.tasks import BUILTIN, resolve_task
 from circuitfind.sweeps.command import add_sweep_parser
+from circuitfind.tasks import BUILTIN, resolve_task
 
 __all__ = ["SUBCOMMANDS", "build_parser", "common_options", "main"]
 

@@ -85,8 +85,7 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         batch_size=cell.batch_size,
         progress=False,
     )
-    circuit.model = cell.model
-    circuit.config["seed"] = cell.seed
+    circuit = circuit.replace(model=cell.model).with_config(seed=cell.seed)
     t1 = time.perf_counter()
     held = faithfulness(pm, circuit, task, metric=cell.eval_metric, ablation=cell.ablation)
     metrics: dict[str, Any] = {
