@@ -33,6 +33,11 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
     """The cell's task: ``n_prompts`` for discovery (its train split), then ``held_out`` more.
 
     A built-in task generates ``n_prompts + held_out`` prompts from ``seed``; a task file gives its first ones.
+
+    Example:
+        >>> task = build_task(Cell(model="smollm2", task="ioi", n_prompts=16, held_out=16), tok)  # doctest: +SKIP
+        >>> len(task.train()), len(task.held_out())  # doctest: +SKIP
+        (16, 16)
     """
     from circuitfind.tasks import from_json, get_task
 

@@ -69,7 +69,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
 
 def is_worker_death(ray: Any, err: BaseException) -> bool:
-    """The worker process died (killed, OOM, node lost): the work itself may well succeed on a retry."""
+    """The worker process died (killed, OOM, node lost): the work itself may well succeed on a retry.
+
+    Example:
+        >>> is_worker_death(ray, ray.exceptions.ActorDiedError())  # doctest: +SKIP
+        True
+    """
     ex = ray.exceptions
     kinds = tuple(
         getattr(ex, n)

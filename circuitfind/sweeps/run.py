@@ -157,7 +157,11 @@ def _row_of(d: Done, spec: SweepSpec, pool: ActorPool, counts: dict[str, int]) -
 
 def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> dict[str, Any]:
     """Write the cell's circuit (atomically) and then its row (one transaction), so a row never names a missing
-    circuit file; returns the row as stored."""
+    circuit file; returns the row as stored.
+
+    Example:
+        >>> row = store_row(store, spec, worker.run(spec.cells[0]))  # doctest: +SKIP
+    """
     row = dict(row)
     cell = next(c for c in spec.cells if c.id == row["cell_id"])
     circuit = row.pop("circuit", None)

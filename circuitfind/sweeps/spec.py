@@ -89,6 +89,9 @@ class Cell:
     num_gpus: float = 0.0
     options: dict[str, Any] | None = None
 
+    def __hash__(self) -> int:  # ``options`` is a dict: hash by the id, which covers it
+        return hash(self.id)
+
     @property
     def id(self) -> str:
         """16 hex digits of SHA-256 over the fields that determine the result (all but ``num_cpus``)."""
@@ -175,6 +178,13 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
 
     Raises:
         SpecError: a missing, unknown or ill-typed field; the message names it and says what was expected.
+
+    Example:
+        >>> try:
+        ...     parse_spec({"out": "o", "grid": {"model": "m", "task": "ioi", "seed": "0"}})
+        ... except SpecError as e:
+        ...     print(e)
+        spec field 'grid.seed': expected an integer; got '0'
     """
     if not isinstance(data, Mapping):
         raise SpecError(f"a sweep spec must be a JSON object with 'out' and 'grid'; got {type(data).__name__}")
