@@ -45,7 +45,7 @@ from circuitfind.tasks import get_task  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="2 cells and 24 edges (pipeline check)")
-    p.add_argument("--edges", type=int, default=240, help="edges scored exactly (default 240)")
+    p.add_argument("--edges", type=int, default=480, help="edges scored exactly (default 480)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/bench_sweep.json)")
     args = p.parse_args(argv)
     if args.quick:
