@@ -275,3 +275,19 @@ def test_the_example_spec_parses():
     spec = load_spec(ROOT / "examples" / "sweep.json")
     assert len(spec.cells) == 50 and len({c.id for c in spec.cells}) == 50
     assert {c.method for c in spec.cells} == {"eap", "eap-ig", "eap-ig-mask", "hybrid", "acdc"}
+
+
+def test_the_eta_counts_the_work_left_per_method_less_what_is_running():
+    from circuitfind.sweeps.run import _CellBar
+    from circuitfind.sweeps.spec import Cell
+
+    acdc = [Cell(model="m", task="ioi", method="acdc", seed=i) for i in range(3)]
+    eap = [Cell(model="m", task="ioi", method="eap", seed=i) for i in range(2)]
+    bar = _CellBar(5, slots=2, enabled=False)
+    bar.track(acdc + eap)
+    assert bar.eta_s([]) != bar.eta_s([])  # NaN until a cell has finished
+    bar.finished(acdc[0], {"status": "done", "wall_s": 10.0})
+    bar.finished(eap[0], {"status": "done", "wall_s": 2.0})
+    # left: 2 ACDC cells at 10 s and 1 EAP cell at 2 s; one ACDC cell has run 4 s; 2 workers
+    assert bar.eta_s([(acdc[1], 4.0)]) == (2 * 10 + 2 - 4) / 2
+    assert bar.eta_s([(acdc[1], 30.0)]) == (2 * 10 + 2 - 10) / 2  # a slow cell is not counted below zero

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,7 @@ class ActorPool:
     queues: dict[Hashable, list[Any]] = field(default_factory=dict)
     actors: list[_Actor] = field(default_factory=list)
     running: dict[Any, _Actor] = field(default_factory=dict)
+    started: dict[Any, float] = field(default_factory=dict)  # call -> time.monotonic() at submission
 
     def submit(self, key: Hashable, job: Any, *, first: bool = False) -> None:
         """Queue ``job`` for an actor of ``key`` (``first``: ahead of the others, e.g. a retry)."""
@@ -138,6 +140,11 @@ class ActorPool:
     @property
     def busy(self) -> int:
         return len(self.running)
+
+    def running_jobs(self) -> list[tuple[Any, float]]:
+        """The jobs running now and the seconds since each was submitted."""
+        now = time.monotonic()
+        return [(a.job, now - self.started[ref]) for ref, a in self.running.items()]
 
     def _schedule(self) -> None:
         # release idle actors whose key has no work left: their slot may serve another model
@@ -156,7 +163,9 @@ class ActorPool:
             queue = self.queues.get(a.key)
             if a.job is None and queue:
                 a.job = queue.pop(0)
-                self.running[self.call(a.handle, a.job)] = a
+                ref = self.call(a.handle, a.job)
+                self.running[ref] = a
+                self.started[ref] = time.monotonic()
 
     def wait(self, timeout: float | None = None) -> list[Done]:
         """Start what can start, then wait up to ``timeout`` seconds for calls to finish; returns those that did."""
@@ -167,6 +176,7 @@ class ActorPool:
         done = []
         for ref in ready:
             actor = self.running.pop(ref)
+            self.started.pop(ref, None)
             job, actor.job = actor.job, None
             try:
                 done.append(Done(job, result=self.ray.get(ref)))
@@ -186,3 +196,4 @@ class ActorPool:
                 self.ray.kill(a.handle)
         self.actors.clear()
         self.running.clear()
+        self.started.clear()

@@ -131,7 +131,7 @@ def _run(spec, todo, store, workers, address, progress, cell_fn, on_row, counts)
                     bar.finished(d.job[0], row)
                     if on_row is not None:
                         on_row(row)
-                bar.tick(pool.busy)
+                bar.tick([(job[0], elapsed) for job, elapsed in pool.running_jobs()])
         finally:
             bar.close()
             pool.close()
@@ -206,9 +206,9 @@ def _check_feasible(ray: Any, cells: list[Cell]) -> None:
 
 
 class _CellBar:
-    """One bar over the cells. Its ETA sums, over the cells left, the mean time of finished cells of the same
-    model and method (else of any cell), divided by the workers: cells of one method cost alike, across methods
-    not (ACDC takes far longer than EAP)."""
+    """One bar over the cells. Its ETA is the work left divided by the workers: over the cells not finished, the
+    mean time of finished cells of the same model and method (else of any cell), less the time the running ones
+    have already run. Cells of one method cost alike, across methods not (ACDC takes far longer than EAP)."""
 
     def __init__(self, total: int, slots: int, enabled: bool) -> None:
         self.bar = None
@@ -226,7 +226,6 @@ class _CellBar:
         self.times: dict[tuple[str, str], list[float]] = {}
         self.left: dict[tuple[str, str], int] = {}
         self.failed = 0
-        self.t_last = time.monotonic()
 
     def _group(self, cell: Cell) -> tuple[str, str]:
         return (cell.model, cell.method)
@@ -244,21 +243,26 @@ class _CellBar:
         if self.bar is not None:
             self.bar.update(1)
 
-    def eta_s(self) -> float:
+    def eta_s(self, running: list[tuple[Cell, float]]) -> float:
+        """Seconds left (NaN until a cell has finished); ``running``: (cell, seconds it has run)."""
         every = [t for ts in self.times.values() for t in ts]
         if not every:
             return math.nan
         overall = sum(every) / len(every)
-        work = sum(n * (sum(self.times[g]) / len(self.times[g]) if g in self.times else overall)
-                   for g, n in self.left.items() if n > 0)  # fmt: skip
-        return work / self.slots
 
-    def tick(self, busy: int) -> None:
+        def expected(g: tuple[str, str]) -> float:
+            return sum(self.times[g]) / len(self.times[g]) if g in self.times else overall
+
+        work = sum(n * expected(g) for g, n in self.left.items() if n > 0)
+        work -= sum(min(elapsed, expected(self._group(cell))) for cell, elapsed in running)
+        return max(work, 0.0) / self.slots
+
+    def tick(self, running: list[tuple[Cell, float]]) -> None:
         if self.bar is None:
             return
-        eta = self.eta_s()
+        eta = self.eta_s(running)
         text = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        self.bar.set_postfix_str(f"ETA {text}, {busy} running, {self.failed} failed", refresh=True)
+        self.bar.set_postfix_str(f"ETA {text}, {len(running)} running, {self.failed} failed", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
