@@ -132,7 +132,11 @@ def _die_once(cell, pm, tokenizer):
     if cell.seed == 1 and cell.threshold == 0.1 and not marker.exists():
         marker.write_text("dying\n")
         os._exit(1)
-    return run_cell(cell, pm, tokenizer)
+    out = run_cell(cell, pm, tokenizer)
+    import circuitfind
+
+    out["metrics"]["code"] = circuitfind.__file__  # which circuitfind the worker imported
+    return out
 
 
 def test_a_killed_worker_has_its_cell_retried(ray_session, models, full_sweep, tmp_path):
@@ -148,6 +152,7 @@ def test_a_killed_worker_has_its_cell_retried(ray_session, models, full_sweep, t
     assert killed[0]["status"] == "done"
     reference = {r["cell_id"]: r for r in full_sweep[1].rows()}
     for r in rows[:4]:
+        assert r["metrics"].pop("code") == str(ROOT / "circuitfind" / "__init__.py")  # this checkout's code
         assert _comparable(r) == _comparable(reference[r["cell_id"]])
 
 
