@@ -255,7 +255,8 @@ class _CellBar:
 
         work = sum(n * expected(g) for g, n in self.left.items() if n > 0)
         work -= sum(min(elapsed, expected(self._group(cell))) for cell, elapsed in running)
-        return max(work, 0.0) / self.slots
+        busy = min(self.slots, max(1, sum(self.left.values())))  # fewer cells left than workers: some idle
+        return max(work, 0.0) / busy
 
     def tick(self, running: list[tuple[Cell, float]]) -> None:
         if self.bar is None:
