@@ -15,11 +15,13 @@ so that ACDC's rows there are comparable) and each method:
   threshold (the largest that fits 5% of the edges) and the MIB curve of its per-edge effects. ACDC runs take
   25-75 min per threshold here; ``--acdc-rerun`` reruns it at that threshold instead.
 
-Per (task, method), in a fresh process (``multiprocessing`` spawn, so memory peaks do not mix):
+Per (task, method), as one cell of a :func:`circuitfind.sweep` (a Ray worker that loads the model once and runs
+unit after unit; ``--workers`` at once, default 1 so that timings do not mix; each worker reserves ``--threads``
+CPUs; the store is ``benchmarks/results/sweeps/<results name>/``):
 
 * wall time of discovery on the train prompts (scores + the ``target=0.8`` cut; for ``exact`` also the EAP-IG
-  candidates) and the process's peak RSS (``ru_maxrss``, model loading included) and the peak during discovery
-  alone (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, where the kernel allows it);
+  candidates) and the unit's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` when the unit starts,
+  so it counts the loaded model and the unit's own peak) and the peak during discovery alone;
 * MIB CPR and CMD of the scores on the held-out prompts (:func:`cpr_cmd_of_scores`), hence the held-out
   faithfulness of the top 1% and top 5% of edges;
 * the target circuit (``target=0.8``: the smallest top-k whose exact faithfulness on the train prompts reaches
@@ -48,11 +50,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
-import resource
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
     p.add_argument("--force", action="store_true", help="rerun units already in the results file")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of each (sequential) method process")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) of each worker")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:0, ... (default: cpu)")
+    p.add_argument("--workers", type=int, default=1, help="units at once (default 1: timings measured alone)")
+    p.add_argument("--address", default=None, help="a Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/...)")
     p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
@@ -160,27 +161,15 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-# --- the child process: one (task, method) unit ----------------------------------------------------------------
-def _child(conn: Any, task: str, method: str, opts: dict[str, Any]) -> None:
-    """Run one unit in this fresh process and send back ``("ok", result)`` or ``("error", traceback)``."""
-    try:
-        import torch
-
-        torch.set_num_threads(opts["threads"])
-        if task in TRACR:
-            result = _tracr_unit(task, method, opts)
-        else:
-            result = _lm_unit(task, method, opts)
-        result["peak_rss_mb"] = _maxrss_mb()
-        conn.send(("ok", result))
-    except BaseException:  # the parent reports it and goes on with the next unit
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+# --- the sweep's cell: one (task, method) unit ----------------------------------------------------------------
+def compare_cell(cell: Any, pm: Any, tok: Any) -> dict[str, Any]:
+    """The sweep's cell function: run one unit on the worker's model (``cell.options`` holds the settings)."""
+    task, method, opts = cell.task, cell.method, cell.options["opts"]
+    if task in TRACR:
+        result = _tracr_unit(task, method, opts)
+    else:
+        result = _lm_unit(task, method, opts, loaded=(pm, tok))
+    return {"metrics": {"result": result}}
 
 
 def _status_mb(key: str) -> float | None:
@@ -220,19 +209,23 @@ class _Meter:
         return {"wall_s": self.wall_s, "rss_before_mb": self.rss_before_mb, "peak_rss_discovery_mb": self.peak_mb}
 
 
-def _load(opts: dict[str, Any]) -> tuple[Any, Any, float]:
+def _load(opts: dict[str, Any], loaded: tuple[Any, Any] | None = None) -> tuple[Any, Any, float]:
     import circuitfind as cf
 
+    if loaded is not None:  # the sweep worker's model, loaded once for all its units
+        return loaded[0], loaded[1], 0.0
     t0 = time.perf_counter()
     model, tok = cf.load_model(progress=opts["progress"], device=opts.get("device", "cpu"))
     return cf.PatchableModel(model), tok, time.perf_counter() - t0
 
 
-def _lm_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _lm_unit(
+    task_name: str, method: str, opts: dict[str, Any], loaded: tuple[Any, Any] | None = None
+) -> dict[str, Any]:
     import circuitfind as cf
     from circuitfind.tasks import get_task
 
-    pm, tok, load_s = _load(opts)
+    pm, tok, load_s = _load(opts, loaded)
     if task_name == GOAL:
         return _goal_unit(pm, tok, opts, load_s)
     n = opts["n_prompts"]
@@ -468,12 +461,11 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
 
 
 # --- the parent: units, merging, table, figures ------------------------------------------------------------------
-def run_unit(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One unit in a fresh spawned process; returns its result (``{"error": ...}`` when it failed)."""
+def _opts(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
     opts = {
         "threads": args.threads,
         "seed": args.seed,
-        "progress": not args.no_progress,
+        "progress": False,  # on a sweep worker: the sweep's bar counts the units
         "n_random": args.n_random,
         "candidate_fraction": args.candidate_fraction,
         "n_prompts": _n_prompts(args, task) if task in LM_TASKS else None,
@@ -482,24 +474,40 @@ def run_unit(task: str, method: str, args: argparse.Namespace) -> dict[str, Any]
     if method == "acdc":
         row = _validate_rows().get(task)
         opts["acdc_threshold"] = row["chosen_threshold"] if row else 0.1
-    ctx = mp.get_context("spawn")
-    parent_end, child_end = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child_end, task, method, opts), name=f"{task}:{method}")
-    t0 = time.perf_counter()
-    proc.start()
-    child_end.close()
-    try:
-        status, payload = parent_end.recv()
-    except EOFError:
-        status, payload = "error", "the process died without a result"
-    proc.join()
-    if status != "ok" and proc.exitcode:
-        payload += f" (exit code {proc.exitcode}; negative: killed by that signal, e.g. -9 for memory)"
-    if status != "ok":
-        print(f"[{task}] {method}: FAILED\n{payload}", flush=True)
-        return {"error": payload.strip().splitlines()[-1], "traceback": payload}
-    payload["process_wall_s"] = time.perf_counter() - t0
-    return payload
+    return opts
+
+
+def run_units(units: list[tuple[str, str]], args: argparse.Namespace, on_entry: Any) -> None:
+    """Run ``(task, method)`` units as sweep cells; ``on_entry(task, method, entry)`` gets each result (an entry
+    ``{"error": ..., "traceback": ...}`` when the unit failed) as it arrives."""
+    from circuitfind.sweeps import Cell, ResultsStore, SweepSpec, sweep
+
+    cells = {
+        (task, method): Cell(
+            model="smollm2",
+            task=task,
+            method=method,
+            seed=args.seed,
+            num_cpus=float(args.threads),
+            options={"opts": _opts(task, method, args), "config": _unit_config(args, task, method)},
+        )
+        for task, method in units
+    }
+    spec = SweepSpec(tuple(cells.values()), args.out.parent / "sweeps" / args.out.stem, workers=args.workers)
+    with ResultsStore(spec.store_path) as store:  # units asked for here run again (the JSON decides what is done)
+        store.forget([c.id for c in spec.cells])
+
+    def on_row(row: dict[str, Any]) -> None:
+        task, method = row["task"], row["method"]
+        if row["status"] != "done":
+            print(f"[{task}] {method}: FAILED\n{row.get('traceback') or row['error']}", flush=True)
+            on_entry(task, method, {"error": row["error"], "traceback": row.get("traceback")})
+            return
+        entry = dict(row["metrics"]["result"])
+        entry.update(peak_rss_mb=row["peak_rss_mb"], process_wall_s=row["wall_s"], worker=row["worker"])
+        on_entry(task, method, entry)
+
+    sweep(spec, address=args.address, cell_fn=compare_cell, progress=not args.no_progress, on_row=on_row)
 
 
 def acdc_from_validate(task: str) -> dict[str, Any] | None:
@@ -619,6 +627,16 @@ def main(argv: list[str] | None = None) -> int:
                 _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
         return 0
     settings = _settings(args)
+
+    def record(task: str, method: str, entry: dict[str, Any]) -> None:
+        entry["config"] = _unit_config(args, task, method)
+        _save_unit(args.out, task, method, entry, settings)
+        print(f"[{task}] {method}: {_one_line(entry)}", flush=True)
+        if task in LM_TASKS:
+            latest = _load_results(args.out)
+            _plot(task, latest["tasks"][task], args.figures / f"compare_methods_{task}.png")
+
+    to_run = []
     for task, method in _units(args):
         config = _unit_config(args, task, method)
         done = results["tasks"].get(task, {}).get(method)
@@ -639,14 +657,13 @@ def main(argv: list[str] | None = None) -> int:
         elif method == "random" and not args.force:
             entry = random_from_validate(task, args)
         if entry is None:
-            print(f"[{task}] {method}: running ...", flush=True)
-            entry = run_unit(task, method, args)
-        entry["config"] = config
-        _save_unit(args.out, task, method, entry, settings)
-        results = _load_results(args.out)
-        print(f"[{task}] {method}: {_one_line(entry)}", flush=True)
-        if task in LM_TASKS:
-            _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
+            to_run.append((task, method))
+        else:
+            record(task, method, entry)
+    if to_run:
+        print(f"running {len(to_run)} unit(s) as a sweep: " + ", ".join(f"{t}:{m}" for t, m in to_run), flush=True)
+        run_units(to_run, args, record)
+    results = _load_results(args.out)
     print()
     print_table(results)
     print(f"\nwrote {args.out}")

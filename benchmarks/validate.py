@@ -14,6 +14,8 @@ For each task (IOI, greater-than, induction):
    per-edge ACDC effects (untested edges rank last), with its CPR and CMD, against ``--n-random-curve`` random
    circuits per size.
 
+The tasks run as cells of a :func:`circuitfind.sweep` (one cell per task, on Ray workers that load the model once;
+``--workers`` at once, default as many as the CPUs; the store is ``benchmarks/results/sweeps/<results name>/``).
 Prints a table, writes ``benchmarks/results/validate.json`` (after every task; tasks already there with the same
 settings are skipped, and ACDC circuits are cached under ``benchmarks/results/circuits/``, so an interrupted run
 resumes), ``figures/faithfulness_vs_edges_<task>.png``, ``figures/acdc_trace_<task>.png`` (the discovery
@@ -88,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="6+6 prompts, one threshold, one task (induction default)")
     p.add_argument("--force", action="store_true", help="rerun tasks already in the results file")
     p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar during the ACDC runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the tasks")
+    p.add_argument("--workers", type=int, default=None, help="tasks at once (default: one per CPU)")
+    p.add_argument("--address", default=None, help="a Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/validate.json)")
     p.add_argument("--figures", type=Path, default=None, help="figure folder (default figures/)")
     args = p.parse_args(argv)
@@ -161,7 +165,7 @@ def run_task(pm: cf.PatchableModel, tok: Any, name: str, args: argparse.Namespac
             metric=metric,
             ablation="resample",
             cache_dir=args.out.parent / "circuits",
-            progress=not args.no_progress,
+            progress=False,  # on a sweep worker: the sweep's bar counts the tasks
         )
         circuits.append(circuit)
         sweep.append(
@@ -391,22 +395,77 @@ def print_table(results: dict[str, Any]) -> None:
         print(line + ("" if r["within_budget"] else "  (over budget)"))
 
 
+def validate_cell(cell: Any, pm: cf.PatchableModel, tok: Any) -> dict[str, Any]:
+    """The sweep's cell function: one task's whole validation (``cell.options`` holds the arguments)."""
+    args = argparse.Namespace(**cell.options["args"])
+    args.out, args.figures = Path(args.out), Path(args.figures)
+    return {"metrics": {"result": run_task(pm, tok, cell.task, args)}}
+
+
+def _sweep_spec(args: argparse.Namespace, names: list[str]) -> Any:
+    from circuitfind.sweeps import Cell, SweepSpec
+
+    keep = ("n_prompts", "metric", "thresholds", "max_fraction", "enough", "n_random", "n_random_curve", "seed")
+    shared = {k: getattr(args, k) for k in keep}
+    paths = {"out": str(args.out), "figures": str(args.figures), "no_progress": True}
+    cells = tuple(
+        Cell(
+            model="smollm2",
+            task=name,
+            method="acdc",
+            metric=args.metric,
+            seed=args.seed,
+            n_prompts=args.n_prompts // 2,
+            held_out=args.n_prompts - args.n_prompts // 2,
+            options={"args": {**shared, **paths}, "config": _config(args, name)},
+        )
+        for name in names
+    )
+    return SweepSpec(cells, args.out.parent / "sweeps" / args.out.stem, workers=args.workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = _load(args.out)
     if args.table:
         print_table(results)
         return 0
-    model, tok = cf.load_model()
-    pm = cf.PatchableModel(model)
-    print(f"SmolLM2-135M: {pm.graph.describe()}", flush=True)
+    from circuitfind.sweeps import ResultsStore, sweep
+
+    todo = []
     for name in args.task:
         done = results["tasks"].get(name)
         if done is not None and done.get("config") == _config(args, name) and not args.force:
             print(f"[{name}] already in {args.out}; skipped (--force reruns it)", flush=True)
-            continue
-        results["tasks"][name] = run_task(pm, tok, name, args)
-        _save(args.out, results, name)
+        else:
+            todo.append(name)
+    if todo:
+        spec = _sweep_spec(args, todo)
+        if args.force:
+            with ResultsStore(spec.store_path) as store:
+                store.forget([c.id for c in spec.cells])
+
+        def on_row(row: dict[str, Any]) -> None:  # each task into validate.json as it finishes
+            task = row["task"]
+            if row["status"] != "done":
+                print(f"[{task}] FAILED: {row['error']}", flush=True)
+                return
+            results["tasks"][task] = row["metrics"]["result"]
+            _save(args.out, results, task)
+            print(f"[{task}] done in {row['wall_s']:.0f} s (peak {row['peak_rss_mb']:.0f} MB)", flush=True)
+
+        res = sweep(
+            spec,
+            address=args.address,
+            cell_fn=validate_cell,
+            retry_failed=True,
+            progress=not args.no_progress,
+            on_row=on_row,
+        )
+        for row in res.rows():  # cells an earlier, interrupted run finished
+            if row["status"] == "done" and row["task"] not in results["tasks"]:
+                results["tasks"][row["task"]] = row["metrics"]["result"]
+                _save(args.out, results, row["task"])
     print()
     print_table(results)
     print(f"\nwrote {args.out}")

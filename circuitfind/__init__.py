@@ -31,13 +31,18 @@ __all__ = [
     "errors",
     "evaluate",
     "load_model",
+    "sweep",
 ]
 
 
 def __getattr__(name: str):
-    # evaluate pulls in more of the package; load it on first use
+    # evaluate pulls in more of the package, sweep the sweep runner (Ray itself only when a sweep runs)
     if name == "evaluate":
         import importlib
 
         return importlib.import_module("circuitfind.evaluate")
+    if name == "sweep":
+        from circuitfind.sweeps import sweep
+
+        return sweep
     raise AttributeError(f"module 'circuitfind' has no attribute {name!r}")

@@ -8,6 +8,7 @@ Subcommands::
     circuitfind reproduce tracr-reverse                                  # the ACDC paper's sweep, JSON + PNG
     circuitfind view runs/ioi/circuit.json                               # the circuit's explorer, one HTML file
     circuitfind heads --task ioi                                         # every head's role scores
+    circuitfind sweep spec.json [--table]                                # a grid of runs on Ray (circuitfind.sweeps)
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
 --model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
@@ -41,6 +42,7 @@ from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, R
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
+from circuitfind.sweeps.command import add_sweep_parser
 from circuitfind.tasks import BUILTIN, resolve_task
 
 __all__ = ["SUBCOMMANDS", "build_parser", "common_options", "main"]
@@ -658,6 +660,7 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
         "reproduce": _add_reproduce,
         "view": _add_view,
         "heads": _add_heads,
+        "sweep": add_sweep_parser,
     }
 )
 """The subcommands: name -> ``add(subparsers)``."""

@@ -18,8 +18,18 @@ from torch import Tensor
 from circuitfind.algorithms.acdc import FastEvaluator, Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
 
-__all__ = ["ExactOptions", "run_exact", "layer_cost"]
+__all__ = [
+    "ExactBatch",
+    "ExactOptions",
+    "assemble_scores",
+    "exact_plan",
+    "layer_cost",
+    "plan_cost",
+    "run_exact",
+    "score_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,78 @@ def layer_cost(n_layers: int, layer: int) -> float:
     return float(n_layers - layer + 1)
 
 
+@dataclass(frozen=True)
+class ExactBatch:
+    """One forward pass of exact scoring: the edges ``senders -> receiver`` (of ``layer``), each removed alone.
+
+    Attributes:
+        layer: the receiver's layer (``n_layers`` for the logits); the pass restarts there.
+        receiver: the receiver index.
+        senders: the sender indices, one candidate mask each (the pass's batch).
+    """
+
+    layer: int
+    receiver: int
+    senders: tuple[int, ...]
+
+
+def exact_plan(graph: Graph, candidates: Tensor | None = None, batch_size: int = 1) -> list[ExactBatch]:
+    """The forward passes that score every edge (or the ``candidates``), in :func:`run_exact`'s order: layers from
+    the logits down, receivers in index order, senders in index order, ``batch_size`` edges per pass.
+
+    Example:
+        >>> plan = exact_plan(graph, batch_size=4)  # doctest: +SKIP
+        >>> sum(len(b.senders) for b in plan) == graph.n_edges  # doctest: +SKIP
+        True
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
+    todo = graph.edge_mask.clone()
+    if candidates is not None:
+        graph.check_mask(candidates)
+        todo &= candidates.detach().cpu().bool()
+    plan = []
+    for layer in range(graph.n_layers, -1, -1):
+        cols = [graph.logits_receiver] if layer == graph.n_layers else list(graph.receivers_of_layer(layer))
+        for r in cols:
+            senders = todo[:, r].nonzero().squeeze(1).tolist()
+            for i in range(0, len(senders), batch_size):
+                plan.append(ExactBatch(layer, r, tuple(senders[i : i + batch_size])))
+    return plan
+
+
+def plan_cost(plan: list[ExactBatch], n_layers: int) -> float:
+    """The plan's work in :func:`layer_cost` units (edges weighted by the layers each test recomputes)."""
+    return sum(len(b.senders) * layer_cost(n_layers, b.layer) for b in plan)
+
+
+def score_batches(
+    problem: Problem, batches: list[ExactBatch], ev: FastEvaluator | None = None, progress: Progress | None = None
+) -> list[Tensor]:
+    """Each batch's score changes ``loss(full minus e) - loss(full)``, float64 ``(len(senders),)`` per batch.
+
+    ``ev``: an evaluator of ``problem`` to reuse (its cache restarts at each batch's layer when it differs).
+    The same batch gives the same numbers on any worker: it is the same forward with the same shapes.
+    """
+    progress = progress or NullProgress()
+    ev = ev or FastEvaluator(problem, masks=max((len(b.senders) for b in batches), default=1))
+    g = problem.pm.graph
+    full = g.full_mask()
+    out = []
+    for b in batches:
+        if ev.layer != b.layer:
+            ev.start_layer(b.layer, full)
+        masks = full.unsqueeze(0).repeat(len(b.senders), 1, 1)  # (K, S, R)
+        masks[torch.arange(len(b.senders)), torch.tensor(b.senders), b.receiver] = False
+        out.append(ev.losses(masks).double() - ev.loss_full)  # (K,)
+        progress.update(len(b.senders) * layer_cost(g.n_layers, b.layer))
+    return out
+
+
 def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: Progress | None = None) -> ScoreResult:
     """Exact single-edge scores for every edge (or the candidates).
+
+    :func:`circuitfind.sweeps.exact_scores` runs the same :func:`exact_plan` spread over Ray workers.
 
     Example:
         >>> only = problem.pm.graph.mask_of(["a0.h1->logits", "m0->logits"])
@@ -56,33 +136,20 @@ def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: P
     """
     progress = progress or NullProgress()
     g = problem.pm.graph
-    todo = g.edge_mask.clone()
-    if opts.candidates is not None:
-        g.check_mask(opts.candidates)
-        todo &= opts.candidates.detach().cpu().bool()
-    scores = torch.full((g.n_senders, g.n_receivers), float("nan"), dtype=torch.float64)
-    scores[~g.edge_mask] = 0.0
-    per_layer = [int(todo[:, list(g.receivers_of_layer(layer))].sum()) for layer in range(g.n_layers)]
-    per_layer.append(int(todo[:, g.logits_receiver].sum()))
+    plan = exact_plan(g, opts.candidates, opts.batch_size)
     progress.set_description("exact edge scores")
-    progress.reset(total=sum(n * layer_cost(g.n_layers, layer) for layer, n in enumerate(per_layer)))
+    progress.reset(total=plan_cost(plan, g.n_layers))
     ev = FastEvaluator(problem, masks=opts.batch_size)
-    full = g.full_mask()
-    passes = 0
-    for layer in range(g.n_layers, -1, -1):
-        if per_layer[layer] == 0:
-            continue
-        ev.start_layer(layer, full)
-        cols = [g.logits_receiver] if layer == g.n_layers else list(g.receivers_of_layer(layer))
-        cost = layer_cost(g.n_layers, layer)
-        for r in cols:
-            senders = todo[:, r].nonzero().squeeze(1).tolist()
-            for i in range(0, len(senders), opts.batch_size):
-                batch = senders[i : i + opts.batch_size]
-                masks = full.unsqueeze(0).repeat(len(batch), 1, 1)  # (K, S, R)
-                masks[torch.arange(len(batch)), torch.tensor(batch), r] = False
-                losses = ev.losses(masks).double()  # (K,)
-                scores[batch, r] = losses - ev.loss_full
-                passes += 1
-                progress.update(len(batch) * cost)
-    return ScoreResult(scores, {"forward_passes": passes, "edges_scored": int(todo.sum()), "loss_full": ev.loss_full})
+    deltas = score_batches(problem, plan, ev, progress)
+    scores = assemble_scores(g, plan, deltas)
+    stats = {"forward_passes": len(plan), "edges_scored": sum(len(b.senders) for b in plan), "loss_full": ev.loss_full}
+    return ScoreResult(scores, stats)
+
+
+def assemble_scores(graph: Graph, plan: list[ExactBatch], deltas: list[Tensor]) -> Tensor:
+    """The ``(S, R)`` float64 score map of a plan's results: NaN for edges not scored, 0 off the graph."""
+    scores = torch.full((graph.n_senders, graph.n_receivers), float("nan"), dtype=torch.float64)
+    scores[~graph.edge_mask] = 0.0
+    for b, d in zip(plan, deltas, strict=True):
+        scores[list(b.senders), b.receiver] = d
+    return scores

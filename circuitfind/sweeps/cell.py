@@ -1,0 +1,240 @@
+"""One cell of a sweep, in one process: discover on the cell's prompts, evaluate on its held-out prompts.
+
+:func:`run_cell` is what a sweep worker calls for every cell (a sweep may pass its own function of the same
+signature). :class:`ModelWorker` is the worker itself: it loads its model once and runs cell after cell on it
+(the sweep makes it a Ray actor; it is a plain class, so it runs and tests without Ray too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitfind.errors import TaskError
+from circuitfind.sweeps.spec import Cell
+from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
+
+__all__ = ["CellFn", "ModelWorker", "build_task", "run_cell"]
+
+CellFn = Callable[[Cell, Any, Any], dict[str, Any]]
+"""``(cell, patchable_model, tokenizer) -> {"metrics": {...}, "circuit": circuit.to_dict(), "discover_s",
+"evaluate_s"}``."""
+
+
+def build_task(cell: Cell, tokenizer: Any) -> Any:
+    """The cell's task: ``n_prompts`` for discovery (its train split), then ``held_out`` more.
+
+    A built-in task generates ``n_prompts + held_out`` prompts from ``seed``; a task file gives its first ones.
+
+    Example:
+        >>> task = build_task(Cell(model="smollm2", task="ioi", n_prompts=16, held_out=16), tok)  # doctest: +SKIP
+        >>> len(task.train()), len(task.held_out())  # doctest: +SKIP
+        (16, 16)
+    """
+    from circuitfind.tasks import from_json, get_task
+
+    n, held = cell.n_prompts, cell.held_out
+    if not cell.task.lower().endswith((".json", ".jsonl")):
+        if tokenizer is None:
+            raise TaskError(
+                f"the built-in task {cell.task!r} must be tokenised but the model {cell.model!r} has no tokenizer; "
+                "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
+            )
+        return get_task(cell.task, tokenizer, n=n + held, seed=cell.seed, n_train=n)
+    task = from_json(cell.task, tokenizer)
+    if len(task) < n + held:
+        raise TaskError(
+            f"{cell.task} has {len(task)} prompts; the cell needs n_prompts + held_out = {n} + {held}. Lower "
+            "them in the spec or add prompts to the file"
+        )
+    return dataclasses.replace(task.subset(slice(0, n + held)), n_train=n)
+
+
+def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
+    """Discover the cell's circuit and measure it on the held-out prompts.
+
+    Measured: faithfulness and KL(full || circuit) of the circuit; with ``cell.cpr_cmd``, MIB's CPR and CMD of
+    the cell's edge scores (ACDC: its per-edge effects, untested edges last), all on the held-out prompts with
+    the cell's ablation and ``eval_metric`` (default: the task's own metric).
+
+    Example:
+        >>> out = run_cell(Cell(model="smollm2", task="ioi", method="eap-ig"), pm, tok)  # doctest: +SKIP
+        >>> out["metrics"]["faithfulness"]  # doctest: +SKIP
+    """
+    from circuitfind.discovery import discover
+    from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness
+
+    task = build_task(cell, tokenizer)
+    torch.manual_seed(cell.seed)
+    t0 = time.perf_counter()
+    circuit = discover(
+        pm,
+        task,
+        method=cell.method,
+        threshold=cell.threshold,
+        n_edges=cell.n_edges,
+        target=cell.target,
+        steps=cell.steps,
+        metric=cell.metric,
+        ablation=cell.ablation,
+        tokenizer=tokenizer,
+        absolute=cell.absolute,
+        batch_size=cell.batch_size,
+        progress=False,
+    )
+    circuit = circuit.replace(model=cell.model).with_config(seed=cell.seed)
+    t1 = time.perf_counter()
+    held = faithfulness(pm, circuit, task, metric=cell.eval_metric, ablation=cell.ablation)
+    metrics: dict[str, Any] = {
+        "faithfulness": held["faithfulness"],
+        "kl": held["kl_full_circuit"],
+        "n_edges": circuit.n_edges,
+        "fraction": circuit.fraction,
+        "eval_metric": held["metric"],
+        "metric_full": held["metric_full"],
+        "metric_empty": held["metric_empty"],
+        "metric_circuit": held["metric_circuit"],
+        "n_held_out": held["n_prompts"],
+        "recovered_train": circuit.recovered,
+        "discover_stats": {k: v for k, v in circuit.stats.items() if isinstance(v, (int, float, bool, str))},
+    }
+    if cell.cpr_cmd and bool(torch.isfinite(circuit.scores[pm.graph.edge_mask]).any()):
+        curve = cpr_cmd_of_scores(pm, circuit.scores, task, metric=cell.eval_metric, ablation=cell.ablation)
+        metrics.update(
+            cpr=curve["cpr"],
+            cmd=curve["cmd"],
+            curve={k: curve[k] for k in ("fractions", "faithfulness_signed", "faithfulness_abs", "n_edges")},
+        )
+    return {
+        "metrics": metrics,
+        "circuit": circuit.to_dict(),
+        "discover_s": t1 - t0,
+        "evaluate_s": time.perf_counter() - t1,
+    }
+
+
+class ModelWorker:
+    """Runs cells on one model, loaded on first use and kept (one per Ray actor).
+
+    A model that fails to load fails every cell given to this worker with the same error, without retrying.
+
+    Example:
+        >>> w = ModelWorker("smollm2", "cpu", threads=1)  # doctest: +SKIP
+        >>> row = w.run(cell)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any, device: str = "cpu", threads: int | None = None) -> None:
+        self.model_source = model  # a name or folder for load_model, or a model object
+        self.device = device
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
+        self.pm = self.tokenizer = None
+        self.load_error: BaseException | None = None
+        self.load_s = 0.0
+        self.problems: dict[str, Any] = {}  # exact scoring: key -> (problem, evaluator)
+
+    def ensure_model(self) -> float:
+        """Load the model if not yet done; returns the seconds it took now (0 when it was loaded already)."""
+        if self.pm is not None:
+            return 0.0
+        if self.load_error is not None:
+            raise self.load_error
+        from circuitfind.models import load_model
+        from circuitfind.patching import PatchableModel
+
+        t0 = time.perf_counter()
+        try:
+            model, self.tokenizer = load_model(self.model_source, device=self.device, progress=False)
+            self.pm = PatchableModel(model)
+        except BaseException as e:
+            self.load_error = e
+            raise
+        return time.perf_counter() - t0
+
+    def run(self, cell: Cell, cell_fn: CellFn | None = None, attempt: int = 1) -> dict[str, Any]:
+        """Run one cell; returns its store row plus ``circuit`` (the circuit's JSON dict) when it is done.
+
+        A cell that raises is returned as ``status="failed"`` with its error; the worker goes on.
+        """
+        _reset_peak_memory()
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {
+            "cell_id": cell.id,
+            "attempts": attempt,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        try:
+            row["load_s"] = self.ensure_model()
+            out = (cell_fn or run_cell)(cell, self.pm, self.tokenizer)
+            row.update(
+                status=STATUS_DONE,
+                metrics=out["metrics"],
+                discover_s=out.get("discover_s"),
+                evaluate_s=out.get("evaluate_s"),
+                circuit=out.get("circuit"),
+            )
+        except Exception as e:  # the cell's own failure: recorded, the sweep goes on
+            row.update(status=STATUS_FAILED, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        row["wall_s"] = time.perf_counter() - t0
+        row["peak_rss_mb"], row["peak_gpu_mb"] = _peak_memory_mb()
+        return row
+
+    # --- exact scoring shards (circuitfind.sweeps.exact) ---------------------------------------------------
+    def exact_plan(self, batch_size: int, candidates: Any) -> list[Any]:
+        from circuitfind.algorithms.exact import exact_plan
+
+        self.ensure_model()
+        return exact_plan(self.pm.graph, candidates, batch_size)
+
+    def exact_shard(self, key: str, recipe: dict[str, Any], batches: list[Any]) -> tuple[list[Any], float]:
+        """Score ``batches`` (one forward each) of the problem ``recipe`` builds; returns the score changes per
+        batch and the full model's loss. The problem and its evaluator are built once per ``key``."""
+        from circuitfind.algorithms.acdc import FastEvaluator
+        from circuitfind.algorithms.exact import score_batches
+        from circuitfind.discovery import prepare_problem
+
+        self.ensure_model()
+        if key not in self.problems:
+            problem, _ = prepare_problem(self.pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
+            # the same prompt chunks as the single-process run: sized by the masks a pass stacks
+            ev = FastEvaluator(problem, masks=recipe.get("batch_size", 1))
+            self.problems = {key: (problem, ev)}  # one problem at a time: bounded memory
+        problem, ev = self.problems[key]
+        return score_batches(problem, batches, ev), ev.loss_full
+
+    def where(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _reset_peak_memory() -> None:
+    """Reset the process's peak RSS (Linux: ``clear_refs``) and torch's CUDA peak, so a cell measures its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory_mb() -> tuple[float | None, float | None]:
+    rss = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024
+    except OSError:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    gpu = torch.cuda.max_memory_allocated() / (1 << 20) if torch.cuda.is_available() else None
+    return rss, gpu
