@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.models.spec import AttentionWeights, ProjectionNorm, RMSScale
+from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, ProjectionNorm, RMSScale
 
 __all__ = [
     "Windows",
     "attention_weights",
     "check_unset",
+    "decoder_spec",
     "dims",
     "flat",
     "fused_attention_weights",
@@ -178,3 +179,36 @@ def check_unset(cfg, **expected: tuple) -> None:
                 f"{' or '.join(map(repr, ok))}): the patched forward would differ from the model's. Set it to "
                 f"{ok[0]!r}, or extend the adapter under circuitfind/models/."
             )
+
+
+def decoder_spec(model: nn.Module, layers: list[LayerSpec], family: str) -> ArchSpec:
+    """The :class:`ArchSpec` of a Llama-laid-out model (``model.model.embed_tokens / norm / rotary_emb``,
+    ``model.lm_head``) from its per-layer specs.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> m = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+        ...                                  intermediate_size=16, vocab_size=32))
+        >>> decoder_spec(m, [], "llama").d_head
+        4
+    """
+    cfg, body = model.config, model.model
+    H, _, D, E = dims(cfg)
+
+    def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
+        return body.embed_tokens(ids)
+
+    return ArchSpec(
+        n_layers=cfg.num_hidden_layers,
+        n_heads=H,
+        d_model=D,
+        d_head=E,
+        layers=tuple(layers),
+        embed=embed,
+        final_norm=body.norm,
+        unembed=model.lm_head,
+        rotary=rotary_of(body.rotary_emb),
+        family=family,
+        vocab_size=body.embed_tokens.num_embeddings,
+        n_outputs=model.lm_head.out_features,
+    )

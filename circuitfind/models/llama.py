@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import Tensor, nn
+from torch import nn
 
-from circuitfind.models.decoder import Windows, attention_weights, dims, rotary_of, windows
+from circuitfind.models.decoder import Windows, attention_weights, decoder_spec, dims, windows
 from circuitfind.models.spec import ArchSpec, HeadNorm, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
@@ -56,20 +56,4 @@ def build_spec(model: nn.Module) -> ArchSpec:
         attn = attention_weights(sa, cfg)
         layers.append(LayerSpec(attn, *norms, block.mlp, E**-0.5, window, q_norm=q_norm, k_norm=k_norm))
 
-    def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
-        return body.embed_tokens(ids)
-
-    return ArchSpec(
-        n_layers=cfg.num_hidden_layers,
-        n_heads=H,
-        d_model=D,
-        d_head=E,
-        layers=tuple(layers),
-        embed=embed,
-        final_norm=body.norm,
-        unembed=model.lm_head,
-        rotary=rotary_of(body.rotary_emb),
-        family="llama",
-        vocab_size=body.embed_tokens.num_embeddings,
-        n_outputs=model.lm_head.out_features,
-    )
+    return decoder_spec(model, layers, "llama")

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.models.decoder import attention_weights, dims, projection_norms, rms_scale, rotary_of
+from circuitfind.models.decoder import attention_weights, decoder_spec, dims, projection_norms, rms_scale
 from circuitfind.models.spec import ArchSpec, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
@@ -60,20 +60,4 @@ def build_spec(model: nn.Module) -> ArchSpec:
             )
         )
 
-    def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
-        return body.embed_tokens(ids)
-
-    return ArchSpec(
-        n_layers=cfg.num_hidden_layers,
-        n_heads=H,
-        d_model=D,
-        d_head=E,
-        layers=tuple(layers),
-        embed=embed,
-        final_norm=body.norm,
-        unembed=model.lm_head,
-        rotary=rotary_of(body.rotary_emb),
-        family="olmo2",
-        vocab_size=body.embed_tokens.num_embeddings,
-        n_outputs=model.lm_head.out_features,
-    )
+    return decoder_spec(model, layers, "olmo2")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import Tensor, nn
+from torch import nn
 
-from circuitfind.models.decoder import Windows, dims, fused_attention_weights, rotary_of, windows
+from circuitfind.models.decoder import Windows, decoder_spec, dims, fused_attention_weights, windows
 from circuitfind.models.spec import ArchSpec, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
@@ -33,20 +33,4 @@ def build_spec(model: nn.Module) -> ArchSpec:
         norms = (block.input_layernorm, block.post_attention_layernorm)
         layers.append(LayerSpec(attn, *norms, block.mlp, E**-0.5, window))
 
-    def embed(ids: Tensor, position_ids: Tensor) -> Tensor:
-        return body.embed_tokens(ids)
-
-    return ArchSpec(
-        n_layers=cfg.num_hidden_layers,
-        n_heads=H,
-        d_model=D,
-        d_head=E,
-        layers=tuple(layers),
-        embed=embed,
-        final_norm=body.norm,
-        unembed=model.lm_head,
-        rotary=rotary_of(body.rotary_emb),
-        family="phi3",
-        vocab_size=body.embed_tokens.num_embeddings,
-        n_outputs=model.lm_head.out_features,
-    )
+    return decoder_spec(model, layers, "phi3")
