@@ -213,10 +213,7 @@ def discover(
     """
     _check_selection(method, threshold, n_edges, target, steps)
     check_chunk_size(chunk_size)
-    try:
-        order = sender_order if isinstance(sender_order, SenderOrder) else SenderOrder(str(sender_order))
-    except ValueError:
-        raise ConfigError(f"unknown sender_order {sender_order!r}; expected 'normal' or 'reverse'") from None
+    order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
     # validate before any model loads
     AcdcOptions(threshold=tau or 0.0, absolute=absolute, batch_size=1 if batch_size is None else batch_size)
@@ -252,9 +249,22 @@ def discover(
         if run.bar is not None:
             run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
+    return _circuit_of(pm, run, mask, scores, stats, faith, model_name)
+
+
+def _sender_order(value: SenderOrder | str) -> SenderOrder:
+    try:
+        return value if isinstance(value, SenderOrder) else SenderOrder(str(value))
+    except ValueError:
+        raise ConfigError(f"unknown sender_order {value!r}; expected 'normal' or 'reverse'") from None
+
+
+def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, Any], faith, model_name) -> Circuit:
+    """The :class:`Circuit` of a finished run: metric values on the discovery prompts, memory, dtype and device."""
     stats["peak_memory"] = peak_memory(pm.device).to_dict()  # the process's peak so far (nothing is reset)
     stats["dtype"], stats["device"] = str(pm.dtype).removeprefix("torch."), str(pm.device)
     stats["exact_evaluations"] = faith.calls
+    bound = run.bound
     return Circuit(
         graph=pm.graph,
         mask=mask,
@@ -262,7 +272,7 @@ def discover(
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
         metric_circuit=_value_of(bound, faith.loss(mask, "on the circuit found")),
-        config=config,
+        config=run.config,
         stats=stats,
         model=str(model_name),
     )

@@ -156,16 +156,7 @@ def edge_gradients(
         b = rows.stop - rows.start
         receiver_grads, diffs = None, None
         for k, (point, weight) in enumerate(zip(points, weights, strict=True)):
-            with torch.enable_grad():
-                logits, taps, own = _forward(problem, point, rows, True)
-                if cots is not None:
-                    out, cot = logits, cots[k][rows]
-                else:
-                    padded = logits.new_zeros((B, logits.shape[-1])).index_copy(
-                        0, torch.arange(i, rows.stop, device=logits.device), logits
-                    )
-                    out, cot = problem.loss(padded.unsqueeze(0))[0], None
-                grads = torch.autograd.grad(out, list(taps.values()), grad_outputs=cot, allow_unused=True)
+            logits, taps, grads, own = _tap_grads(problem, point, rows, None if cots is None else cots[k][rows])
             logits_at[k].append(logits.detach())
             if clean_diffs and point == Point():
                 diffs = own  # the clean pass is one of the points (EAP-IG's last): its diffs come for free
@@ -184,6 +175,22 @@ def edge_gradients(
     with torch.no_grad():
         losses = [float(problem.loss(torch.cat(lg).unsqueeze(0))[0]) for lg in logits_at]
     return GradientPass(grad, losses)
+
+
+def _tap_grads(problem, point: Point, rows: slice, cot: Tensor | None):
+    """One pass over the prompts ``rows`` at ``point``: its logits, taps, the loss gradients at the taps, and the
+    sender diffs. ``cot``: d loss / d logits of these rows (a separable metric, or from the whole batch); None:
+    the loss of the whole batch with these rows' logits in place and zeros elsewhere (exact for a mean)."""
+    with torch.enable_grad():
+        logits, taps, own = _forward(problem, point, rows, True)
+        if cot is not None:
+            out = logits
+        else:
+            B = problem.clean_ids.shape[0]
+            where = torch.arange(rows.start, rows.stop, device=logits.device)
+            out = problem.loss(logits.new_zeros((B, logits.shape[-1])).index_copy(0, where, logits).unsqueeze(0))[0]
+        grads = torch.autograd.grad(out, list(taps.values()), grad_outputs=cot, allow_unused=True)
+    return logits, taps, grads, own
 
 
 def _forward(problem, point: Point, rows: slice, taps: bool | None):

@@ -321,14 +321,7 @@ def smallest_faithful(
         >>> res.k, res.reached, [p["k"] for p in res.probes]
         (4, True, [8, 4, 2, 3])
     """
-    bad_target = isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1
-    if bad_target:
-        raise ConfigError(f"target must be a float in (0, 1] (a faithfulness to reach); got {target!r}")
-    hi = graph.n_edges if hi is None else hi
-    _check_count(lo, graph.n_edges, name="lo")
-    _check_count(hi, graph.n_edges, name="hi")
-    if lo > hi:
-        raise ConfigError(f"lo must be at most hi; got lo={lo}, hi={hi}")
+    hi = _check_search(graph, target, lo, hi)
     order = edge_ranking(graph, scores, absolute=absolute)  # (E,)
     probes: list[dict[str, Any]] = []
     circuits: dict[int, tuple[Tensor, float]] = {}
@@ -376,6 +369,19 @@ def smallest_faithful(
         f"{f:.4g} >= target {target:g} ({len(probes)} probes)"
     )
     return TargetResult(mask, passing, f, True, probes, message)
+
+
+def _check_search(graph: Graph, target: Any, lo: Any, hi: Any) -> int:
+    """Refuse a bad target or range of :func:`smallest_faithful`; returns ``hi`` (default: every edge)."""
+    bad_target = isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1
+    if bad_target:
+        raise ConfigError(f"target must be a float in (0, 1] (a faithfulness to reach); got {target!r}")
+    hi = graph.n_edges if hi is None else hi
+    _check_count(lo, graph.n_edges, name="lo")
+    _check_count(hi, graph.n_edges, name="hi")
+    if lo > hi:
+        raise ConfigError(f"lo must be at most hi; got lo={lo}, hi={hi}")
+    return hi
 
 
 def probes_left(probes: list[dict[str, Any]], target: float, lo: int = 1) -> int:

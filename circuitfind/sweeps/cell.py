@@ -13,12 +13,12 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from circuitfind.errors import TaskError
+from circuitfind.memory import peak_memory, reset_peak_memory
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
 
@@ -215,26 +215,13 @@ class ModelWorker:
 
 
 def _reset_peak_memory() -> None:
-    """Reset the process's peak RSS (Linux: ``clear_refs``) and torch's CUDA peak, so a cell measures its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # elsewhere the peak is the process's since it started
+    """Reset the CPU peak (and the CUDA peak when there is a GPU), so a cell measures its own."""
+    reset_peak_memory()
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory("cuda")
 
 
-def _peak_memory_mb() -> tuple[float | None, float | None]:
-    rss = None
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                rss = int(line.split()[1]) / 1024
-    except OSError:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        rss = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-    gpu = torch.cuda.max_memory_allocated() / (1 << 20) if torch.cuda.is_available() else None
-    return rss, gpu
+def _peak_memory_mb() -> tuple[float, float | None]:
+    """The cell's peak resident set and, with a GPU, its peak CUDA allocation, in MiB."""
+    gpu = peak_memory("cuda").mib if torch.cuda.is_available() else None
+    return peak_memory().mib, gpu

@@ -99,11 +99,7 @@ def exact_scores(
     key = _recipe_key(task, metric, kind.value)
     t0 = time.perf_counter()
     with connect(address) as ray:
-        if workers is None:
-            res = ray.cluster_resources()
-            workers = max(1, int(res.get("CPU", 1) // num_cpus))
-            if num_gpus > 0:
-                workers = min(workers, int(res.get("GPU", 0) // num_gpus))
+        workers = workers or _workers_that_fit(ray.cluster_resources(), num_cpus, num_gpus)
         source = ray.put(model) if not isinstance(model, (str, os.PathLike)) else str(model)
         device = "cuda" if num_gpus > 0 else "cpu"
         remote = ray.remote(_ShippedModelWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
@@ -202,6 +198,12 @@ def _edge_bar(total: float, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="exact edge scores (cost units)", dynamic_ncols=True)
+
+
+def _workers_that_fit(resources: dict[str, float], num_cpus: float, num_gpus: float) -> int:
+    """How many workers reserving ``num_cpus`` / ``num_gpus`` each the cluster's ``resources`` hold (at least 1)."""
+    workers = max(1, int(resources.get("CPU", 1) // num_cpus))
+    return min(workers, int(resources.get("GPU", 0) // num_gpus)) if num_gpus > 0 else workers
 
 
 def _check(batch_size: Any) -> None:
