@@ -77,7 +77,7 @@ def test_full_graph_without_labels_is_the_model(pm, independent):
 
 
 def test_empty_hypothesis_is_the_metric_on_another_prompts_run(pm):
-    task = _task(lengths=[5, 5, 4, 4, 5])
+    task = _task(lengths=[5, 5, 4, 4, 3])  # prompt 4 is the only one of its length
     empty = torch.zeros_like(pm.graph.edge_mask)
     r = cf.scrub(pm, cf.Hypothesis(empty), task, n_samples=40, n_boot=20)
     o, res = r.plan.originals, r.plan.resamples
@@ -85,6 +85,7 @@ def test_empty_hypothesis_is_the_metric_on_another_prompts_run(pm):
     expected = _hf_logit_diff(pm.module, task, res, o)
     assert torch.allclose(r.per_draw["scrubbed"], expected, atol=1e-4)
     assert abs(r.metric - r.random) < 1e-6 and abs(r.recovered) < 1e-6
+    assert 4 not in o.tolist() + res.tolist() and r.plan.unpaired == (4,) and "[4]" in r.notes[0]
 
 
 def test_circuit_without_labels_is_resample_ablation_from_random_prompts(pm):
@@ -187,7 +188,12 @@ def test_batched_scrub_equals_slow_reference(pm, independent):
     circuit = _random_circuit(pm, p=0.6, seed=4)
     circuit[g.head_sender(0, 0), g.head_receiver(1, 1, "q")] = True  # a labelled head feeding a labelled head
     circuit[g.head_sender(1, 1), g.logits_receiver] = True
-    labels = {"a0.h0": [0, 1, 0, 1, 0, 1], "a1.h1": [0, 0, 1, 1, 2, 2], "m0": [0, 0, 0, 1, 1, 1]}
+    labels = {
+        "a0.h0": [0, 1, 0, 1, 0, 1],
+        "a1.h1": [0, 0, 1, 1, 2, 2],
+        "m0": [0, 0, 0, 1, 1, 1],
+        "input": [0, 0, 1] * 2,
+    }
     r = cf.scrub(pm, cf.Hypothesis(circuit, labels), task, n_samples=8, seed=5, independent=independent, n_boot=20)
     assert r.n_contexts > 3  # nested contexts are exercised
     hyp = cf.Hypothesis(circuit, labels).resolve(g, len(task))
@@ -200,6 +206,17 @@ def test_batched_scrub_equals_slow_reference(pm, independent):
     assert torch.allclose(r.per_draw["scrubbed"], expected, atol=1e-5)
 
 
+def test_independent_mode_draws_a_prompt_per_edge_into_each_receiver(pm):
+    task = _task(n=6, lengths=[5, 5, 5, 4, 4, 4])
+    r = cf.scrub(pm, cf.Hypothesis(_random_circuit(pm)), task, n_samples=12, independent=True, n_boot=20)
+    P, prompts, g = r.plan.edge_prompts, r.plan.prompts, pm.graph  # (C, S, R, B), (C, B)
+    edges = g.edge_mask[None, :, :, None].expand_as(P)
+    own = prompts[:, None, None, :].expand_as(P)
+    assert bool((P != own)[edges].all()) and bool((task.lengths[P] == task.lengths[own]).all())
+    for b in range(r.n_samples):  # the left-out edges of one draw read different prompts (2 others each here)
+        assert len(P[0, :, :, b][g.edge_mask].unique()) == 2
+
+
 def test_bad_hypotheses_are_refused_clearly(pm):
     task = _task()
     with pytest.raises(ShapeError, match="5 prompts"):
@@ -208,3 +225,29 @@ def test_bad_hypotheses_are_refused_clearly(pm):
         cf.scrub(pm, cf.Hypothesis(pm.graph.full_mask(), {"a9.h9": [0] * N}), task, n_samples=4)
     with pytest.raises(ConfigError, match="Circuit or an"):
         cf.Hypothesis([1, 2]).resolve(pm.graph, N)
+
+
+def test_cli_scrubs_a_saved_circuit_on_the_held_out_prompts(tok, tmp_path, capsys):
+    import json
+
+    from circuitfind.cli import main
+    from circuitfind.tasks import get_task
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=16, n_positions=64, initializer_range=0.5)
+    model_dir = tmp_path / "tiny"
+    GPT2LMHeadModel(config).eval().save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    task = get_task("ioi", tok, n=16, seed=0, n_train=4)
+    circuit = cf.discover(model, task, method="eap", n_edges=30, metric="logit_diff", progress=False)
+    path = circuit.replace(model=str(model_dir)).with_config(task="ioi").save(tmp_path / "circuit.json")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"a1.h0": [tok.decode(int(a)) for a in task.held_out().answers[:, 0]]}))
+    argv = ["scrub", str(path), "--n-prompts", "4", "--held-out", "12", "--draws", "24", "--labels", str(labels)]
+    assert main([*argv, "--json", str(tmp_path / "scrub.json")]) == 0
+    out = capsys.readouterr().out
+    written = json.loads((tmp_path / "scrub.json").read_text())
+    expected = cf.scrub(model, cf.Hypothesis(circuit, json.loads(labels.read_text())), task.held_out(), n_samples=24)
+    assert written["recovered"] == pytest.approx(expected.recovered, abs=1e-6)
+    assert written["n_samples"] == 24 and f"recovered {expected.recovered:.4f}" in out

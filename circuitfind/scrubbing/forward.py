@@ -82,10 +82,23 @@ def _sources(plan, kept: Tensor, labelled: Tensor, r: int, n: int, s_up: int) ->
     return src
 
 
-def treeified_logits(pm, task, plan, kept: Tensor, labelled: Tensor, clean_outputs: Tensor) -> Tensor:
+def _gather_sum(pool: Tensor, src: Tensor, budget: int) -> Tensor:
+    """``sum_s pool[s, src[s, b]]`` -> ``(rows, T, D)`` for ``src`` ``(s_up, rows)``, ``budget`` bytes at a time."""
+    s_up, rows = src.shape
+    src = src.to(pool.device)
+    per_row = s_up * pool[0, 0].numel() * pool.element_size()
+    step = max(1, budget // max(per_row, 1))
+    senders = torch.arange(s_up, device=pool.device)[:, None]
+    return torch.cat([pool[senders, src[:, i : i + step]].sum(0) for i in range(0, rows, step)])
+
+
+def treeified_logits(
+    pm, task, plan, kept: Tensor, labelled: Tensor, clean_outputs: Tensor, budget: int = 1 << 28
+) -> Tensor:
     """``(B, V)`` root logits with every edge into every receiver read from its own source (independent mode).
 
-    ``clean_outputs``: ``(S, N, T, D)`` the senders' outputs on the task's clean prompts.
+    ``clean_outputs``: ``(S, N, T, D)`` the senders' outputs on the task's clean prompts; ``budget``: bytes one
+    gather of sender values may hold.
     """
     g, spec = pm.graph, pm.spec
     C, B = plan.prompts.shape
@@ -98,13 +111,13 @@ def treeified_logits(pm, task, plan, kept: Tensor, labelled: Tensor, clean_outpu
     active = plan.tree.active.any(0)
     rot = pm.rotary_tables(position_ids)
 
-    def inputs(rs: list[int]) -> Tensor:  # (len(rs), C*B, T, D)
+    def inputs(rs: list[int]) -> Tensor:  # (len(rs), C*B, T, D); an unused receiver gets its constant only
         rows = []
         for r in rs:
-            s_up = int(g.n_upstream[r])
-            src = _sources(plan, kept, labelled, r, n, s_up).to(pm.device)
-            gathered = pool[torch.arange(s_up, device=pm.device)[:, None], src].sum(0)
-            rows.append(const[int(g.receiver_groups[r])] + gathered)
+            x = const[int(g.receiver_groups[r])].expand(C * B, *pool.shape[2:])
+            if bool(active[r]):
+                x = x + _gather_sum(pool, _sources(plan, kept, labelled, r, n, int(g.n_upstream[r])), budget)
+            rows.append(x)
         return torch.stack(rows)
 
     with _frozen(pm.module), torch.no_grad():

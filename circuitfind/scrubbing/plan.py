@@ -61,6 +61,7 @@ class ScrubPlan:
         edge_prompts: independent mode only: ``(C, S, R, B)`` the prompt each left-out edge into each receiver
             reads, per context; None in joint mode.
         independent: the mode.
+        unpaired: prompts with no other prompt of their length (never an original, never resampled).
     """
 
     tree: ContextTree
@@ -69,6 +70,7 @@ class ScrubPlan:
     prompts: Tensor
     edge_prompts: Tensor | None
     independent: bool
+    unpaired: tuple[int, ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -162,7 +164,8 @@ def make_plan(graph, hyp, attention_mask: Tensor, n_samples: int, seed: int, ind
         prompts.append(_pick(agree[parent], parent, gen))
     prompts = torch.stack(prompts)  # (C, B)
     edge_prompts = _edge_prompts(graph, other, prompts, gen) if independent else None
-    return ScrubPlan(tree, originals, resamples, prompts, edge_prompts, independent)
+    unpaired = tuple((~other.any(1)).nonzero().flatten().tolist())
+    return ScrubPlan(tree, originals, resamples, prompts, edge_prompts, independent, unpaired)
 
 
 def _pick(candidates: Tensor, fallback: Tensor, gen: torch.Generator) -> Tensor:

@@ -244,6 +244,8 @@ def _result(sc: _Scrubber, contributions: bool, n_boot: int, level: float, seed:
         for s in sc.hyp.labels
         if not bool(sc.hyp.kept[s].any())
     )
+    if plan.unpaired:
+        notes += (f"prompts {list(plan.unpaired)} have no other prompt of their length and were not used",)
     return ScrubResult(
         metric=float(scr.mean()),
         full=float(full.mean()),
