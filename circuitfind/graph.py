@@ -414,6 +414,26 @@ class Graph:
         out[..., index.to(mask.device), :] = False
         return out
 
+    def induced_by_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``(S, R)`` bool: the edges of a node-level circuit, from sender ``s`` to receiver ``r`` where both ``s``
+        and ``r``'s node are kept (``logits`` always is). ``nodes``: ``(S,)`` bool over the senders.
+
+        Every other edge is removed, so each removed node's output reaches no receiver: exactly
+        :meth:`without_nodes` of the removed nodes (edges into a removed node change nothing, as its output is
+        ablated everywhere).
+
+        Example:
+            >>> g = Graph(1, 1)
+            >>> on = torch.tensor([True, False, True])  # input, a0.h0, m0
+            >>> [e.name for e in g.edges_of(g.induced_by_nodes(on))]
+            ['input->m0', 'input->logits', 'm0->logits']
+        """
+        nodes = torch.as_tensor(nodes).bool().cpu()
+        if tuple(nodes.shape) != (self.n_senders,):
+            raise ShapeError(f"a node selection must have shape ({self.n_senders},) bool; got {tuple(nodes.shape)}")
+        on = torch.cat([nodes, torch.ones(1, dtype=torch.bool)])  # (S + 1,): the logits are always kept
+        return nodes[:, None] & on[self.receiver_nodes][None, :] & self.edge_mask
+
     def full_mask(self) -> torch.Tensor:
         """``(S, R)`` bool mask with every edge present."""
         return self.edge_mask.clone()
