@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from circuitfind import discover
-from circuitfind.analysis import diff
-from circuitfind.analysis.diff import check_comparable, logprob_diffs
+from circuitfind.compare import check_comparable, diff, logprob_diffs
 from circuitfind.errors import ConfigError
 from circuitfind.graph import NodeKind
 from circuitfind.models.weights import node_weights
 from circuitfind.patching import PatchableModel
 from tests.models_tiny import tiny_gpt2, tiny_llama
 from tests.toy_problems import natural_task
+
 
 def _zero_head_output(model, layer: int, head: int):
     """A copy of a GPT-2 with ``W_O`` of one head zeroed (its rows of ``c_proj``, a Conv1D ``(D_in, D_out)``)."""
@@ -131,6 +131,8 @@ def test_gqa_shared_kv_change_goes_to_every_query_head_of_its_group():
     wa, wb = node_weights(PatchableModel(a).spec), node_weights(PatchableModel(b).spec)
     g = PatchableModel(a).graph
     changed = [
-        g.sender_names[i] for i, (x, y) in enumerate(zip(wa, wb, strict=True)) if any(not torch.equal(p, q) for p, q in zip(x, y, strict=True))
+        g.sender_names[i]
+        for i, (x, y) in enumerate(zip(wa, wb, strict=True))
+        if any(not torch.equal(p, q) for p, q in zip(x, y, strict=True))
     ]
     assert changed == ["a0.h0", "a0.h1"]

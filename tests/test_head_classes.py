@@ -75,7 +75,8 @@ def test_attention_signatures(planted):
 
 
 def test_class_score_is_the_weakest_condition_over_its_threshold():
-    m = {"direct": torch.tensor([[0.08, 0.5]]), "attn_io": torch.tensor([[0.9, 0.1]]), "copying": torch.tensor([[0.6, 1.0]])}
+    m = {"direct": torch.tensor([[0.08, 0.5]]), "attn_io": torch.tensor([[0.9, 0.1]])}
+    m["copying"] = torch.tensor([[0.6, 1.0]])
     th = ClassThresholds(effect=0.04, attention=0.2, copying=0.3)
     assert class_score("name_mover", m, th)[0].tolist() == pytest.approx([2.0, 0.5])
     neg = {**m, "anti_copying": m["copying"]}
@@ -142,6 +143,8 @@ def test_path_patcher_matches_a_plain_masked_forward():
     for s in senders:
         mask = g.full_mask()
         mask[s, nm_q] = False
-        plain = [float(metric(pm.forward(task.clean_ids, abl, m, positions=task.answer_pos))) for m in (g.full_mask(), mask)]
+        plain = [
+            float(metric(pm.forward(task.clean_ids, abl, m, positions=task.answer_pos))) for m in (g.full_mask(), mask)
+        ]
         assert float(fx[s]) == pytest.approx(plain[0] - plain[1], abs=1e-5)
     assert math.isnan(float(fx[g.head_sender(1, 0)]))  # not asked for

@@ -6,8 +6,6 @@
 * :func:`head_classes` classifies heads on an IOI task by path patching, as the IOI paper did by hand (name
   movers, negative and backup name movers, S-inhibition, induction, duplicate-token, previous-token): a
   :class:`HeadClasses` table of measures, class scores and classes (:mod:`circuitfind.analysis.head_classes`).
-* :func:`diff` compares two models of the same structure on a task: both circuits, and per-node weight,
-  activation and log-prob differences (:mod:`circuitfind.analysis.diff`).
 * :func:`attention_patterns` and :func:`direct_effects` are the per-prompt views behind them.
 
 Example:
@@ -20,7 +18,6 @@ Example:
 from __future__ import annotations
 
 from circuitfind.analysis.activations import CleanRun, attention_patterns, clean_run, direct_effects, logit_diff_of
-from circuitfind.analysis.diff import ModelDiff, diff
 from circuitfind.analysis.head_classes import CLASSES, ClassThresholds, HeadClasses, head_classes
 from circuitfind.analysis.path_patching import PathPatcher
 from circuitfind.analysis.roles import COLUMNS, HeadRoles, copying_scores, head_roles, repeated_tokens
@@ -32,12 +29,10 @@ __all__ = [
     "CleanRun",
     "HeadClasses",
     "HeadRoles",
-    "ModelDiff",
     "PathPatcher",
     "attention_patterns",
     "clean_run",
     "copying_scores",
-    "diff",
     "direct_effects",
     "head_classes",
     "head_roles",

@@ -38,10 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.algorithms.acdc import Problem
 from circuitfind.analysis.activations import attention_patterns
 from circuitfind.analysis.path_patching import PathPatcher
 from circuitfind.analysis.roles import copying_scores
 from circuitfind.errors import ConfigError
+from circuitfind.metrics import make_metric
+from circuitfind.patching import resolve_model
+from circuitfind.tasks import check_task_fits, ioi_positions, resolve_task
 
 __all__ = ["CLASSES", "MEASURES", "RULES", "ClassThresholds", "HeadClasses", "head_classes"]
 
@@ -124,7 +128,8 @@ class HeadClasses:
         settings: prompts, ablation, the model's span and logit differences, sample sizes.
 
     Example:
-        >>> hc = HeadClasses(1, 2, {"direct": torch.tensor([[0.5, 0.0]])}, {}, ("name_mover", ""), ClassThresholds(), {})
+        >>> measures = {"direct": torch.tensor([[0.5, 0.0]])}
+        >>> hc = HeadClasses(1, 2, measures, {}, ("name_mover", ""), ClassThresholds(), {})
         >>> hc.members("name_mover"), hc.rows()[0]["class"]
         (['a0.h0'], 'name_mover')
     """
@@ -243,16 +248,12 @@ def head_classes(
         >>> hc.members("name_mover")  # doctest: +SKIP
         ['a9.h6', 'a9.h9', 'a10.h0']
     """
-    from circuitfind.discovery import prepare_problem  # discovery sits above analysis: resolved at call time
-    from circuitfind.patching import resolve_model
-    from circuitfind.tasks import ioi_positions, resolve_task
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer).train()
     thresholds = ClassThresholds() if thresholds is None else thresholds
     positions = ioi_positions(task)
     measures = _signatures(pm, task, positions, copy_sample, seed)
-    problem, _ = prepare_problem(pm, task, metric="logit_diff", ablation=ablation)
+    problem = _problem(pm, task, ablation)
     bar = _bar(progress)
     try:
         settings = _path_steps(PathPatcher(problem, batch=batch, progress=bar), measures, thresholds)
@@ -263,6 +264,19 @@ def head_classes(
     settings.update({"n_prompts": len(task), "ablation": ablation, "copy_sample": copy_sample, "seed": seed})
     g = pm.graph
     return HeadClasses(g.n_layers, g.n_heads, measures, scores, _assign(scores), thresholds, settings)
+
+
+def _problem(pm, task, ablation: str) -> Problem:
+    """The task on the model for path patching: its ablation and the logit difference on the answer columns.
+
+    (:func:`circuitfind.discovery.prepare_problem` does the same, but discovery sits above this package.)"""
+    check_task_fits(task, pm.spec)
+    task = task.to(pm.device)
+    metric = make_metric("logit_diff", answers=task.answers, wrong_answers=task.wrong_answers)
+    return Problem(
+        pm, task.clean_ids, task.attention_mask, task.answer_pos, pm.ablation_for(task, ablation), metric.column_loss,
+        vocab=metric.columns.to(pm.device), separable=True,
+    )  # fmt: skip
 
 
 def _path_steps(pp: PathPatcher, measures: dict[str, Tensor], thresholds: ClassThresholds) -> dict[str, Any]:

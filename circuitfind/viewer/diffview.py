@@ -1,4 +1,4 @@
-"""The two-model explorer: both circuits of a :class:`~circuitfind.analysis.diff.ModelDiff` in one graph.
+"""The two-model explorer: both circuits of a :class:`~circuitfind.compare.ModelDiff` in one graph.
 
 The graph draws the union of the two circuits; edges only in A, only in B and in both have their own colours
 (scores: A's where A kept the edge, else B's). Hovering a node shows its weight and activation differences.
@@ -32,10 +32,10 @@ def _per_sender(graph, rows: list[dict[str, Any]], key: str) -> list[float | Non
 
 
 def diff_payload(d, *, max_edges: int = DEFAULT_MAX_EDGES) -> dict[str, Any]:
-    """The explorer's JSON for a :class:`~circuitfind.analysis.diff.ModelDiff` (see the module docstring).
+    """The explorer's JSON for a :class:`~circuitfind.compare.ModelDiff` (see the module docstring).
 
     Example:
-        >>> from circuitfind.analysis import diff
+        >>> from circuitfind.compare import diff
         >>> payload = diff_payload(diff(pm, pm, task, n_edges=5))
         >>> payload["diff"]["jaccard"], sorted(set(payload["diff"]["side"]) - {""})
         (1.0, ['ab'])
@@ -67,7 +67,7 @@ def diff_html(d, path: str | os.PathLike[str], *, max_edges: int = DEFAULT_MAX_E
     """Write the two-model explorer of ``d`` to ``path`` (one offline HTML file).
 
     Example:
-        >>> from circuitfind.analysis import diff
+        >>> from circuitfind.compare import diff
         >>> diff_html(diff(pm, pm, task, n_edges=5), tmp_path / "diff.html").name
         'diff.html'
     """

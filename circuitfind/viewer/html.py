@@ -110,7 +110,8 @@ def to_html(
         task = resolve_task(task, tokenizer, n=n, seed=seed)
         data = collect(pm, task, tokenizer, max_prompts=max_prompts, roles=roles)
     if head_classes is not None:
-        data = dataclasses.replace(empty(circuit.config.get("task", "")) if data is None else data, classes=head_classes)
+        base = empty(circuit.config.get("task", "")) if data is None else data
+        data = dataclasses.replace(base, classes=head_classes)
     payload = build_payload(circuit, data, max_edges=max_edges)
     title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
     return atomic_write(path, render_html(payload, title))

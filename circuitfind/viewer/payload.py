@@ -149,7 +149,8 @@ def _classes_part(hc: Any, n_layers: int, n_heads: int) -> dict[str, Any]:
     """IOI head classes: one class per head (layer-major, "" for none), the class scores and the thresholds."""
     if (hc.n_layers, hc.n_heads) != (n_layers, n_heads):
         raise ConfigError(
-            f"head classes are for {hc.n_layers} x {hc.n_heads} heads but the circuit's graph has {n_layers} x {n_heads}"
+            f"head classes are for {hc.n_layers} x {hc.n_heads} heads but the circuit's graph has "
+            f"{n_layers} x {n_heads}; classify the heads of the circuit's own model"
         )
     return {
         "class": list(hc.classes),

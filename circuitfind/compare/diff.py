@@ -283,8 +283,9 @@ def diff(
     sa, sb = (c.scores.detach().cpu().double() for c in circuits)
     union = int((ma | mb).sum())
     g = pm_a.graph
-    only_a = [{"edge": r["edge"], "score_a": r["score"], "score_b": r["score_other"]} for r in _edge_rows(g, ma & ~mb, sa, sb)]
-    only_b = [{"edge": r["edge"], "score_a": r["score_other"], "score_b": r["score"]} for r in _edge_rows(g, mb & ~ma, sb, sa)]
+    rows_a, rows_b = _edge_rows(g, ma & ~mb, sa, sb), _edge_rows(g, mb & ~ma, sb, sa)
+    only_a = [{"edge": r["edge"], "score_a": r["score"], "score_b": r["score_other"]} for r in rows_a]
+    only_b = [{"edge": r["edge"], "score_a": r["score_other"], "score_b": r["score"]} for r in rows_b]
     with torch.no_grad():
         weights = _node_rows(g.sender_names, weight_diffs(pm_a, pm_b))
         acts = _node_rows(g.sender_names, activation_diffs(pm_a, pm_b, task))
