@@ -725,7 +725,7 @@ def _run_diff(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from circuitfind.analysis import diff
+    from circuitfind.compare import diff
     from circuitfind.patching import resolve_model
 
     _check_task_arg(args.task)

@@ -148,3 +148,31 @@ def test_path_patcher_matches_a_plain_masked_forward():
         ]
         assert float(fx[s]) == pytest.approx(plain[0] - plain[1], abs=1e-5)
     assert math.isnan(float(fx[g.head_sender(1, 0)]))  # not asked for
+
+
+@pytest.mark.slow
+def test_gpt2_small_classes_match_the_ioi_paper():
+    """On GPT-2 small (where its weights are in the local Hugging Face cache) the classes meet the paper's lists."""
+    from circuitfind.errors import ModelLoadError
+    from circuitfind.models import load_model
+    from circuitfind.tasks import get_task
+    from circuitfind.tasks.ground_truth import IOI_HEADS
+
+    try:
+        model, tok = load_model("gpt2", progress=False)
+    except ModelLoadError as err:
+        pytest.skip(f"GPT-2 small is not in the local Hugging Face cache ({err})")
+    hc = head_classes(model, get_task("ioi", tok, n=40, seed=0), tokenizer=tok)
+
+    def ours(cls: str) -> set[str]:
+        return set(hc.members(cls))
+
+    def paper(cls: str) -> set[str]:
+        return {f"a{layer}.h{h}" for layer, h in IOI_HEADS[cls]}
+
+    assert len(ours("name_mover") & paper("name mover")) >= 2, hc.members("name_mover")
+    assert "a10.h7" in ours("negative_name_mover"), hc.members("negative_name_mover")
+    assert len(ours("s_inhibition") & paper("s-inhibition")) >= 2, hc.members("s_inhibition")
+    assert ours("backup_name_mover") & paper("backup name mover"), hc.members("backup_name_mover")
+    found = ours("induction") | ours("duplicate_token")
+    assert found & (paper("induction") | paper("duplicate token")), found
