@@ -44,7 +44,7 @@ def main() -> None:
     hc = head_classes(pm, task, tokenizer=tok, seed=args.seed, progress=True)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     rows = hc.rows()
-    print(f"\n| class | heads (score) |\n|---|---|")
+    print("\n| class | heads (score) |\n|---|---|")
     for cls in CLASSES:
         members = sorted((r for r in rows if r["class"] == cls), key=lambda r: -r[f"score_{cls}"])
         print(f"| {cls} | " + (", ".join(f"{r['head']} ({r[f'score_{cls}']:.2f})" for r in members) or "-") + " |")
