@@ -9,6 +9,7 @@ Subcommands::
     circuitfind view runs/ioi/circuit.json                               # the circuit's explorer, one HTML file
     circuitfind heads --task ioi                                         # every head's role scores
     circuitfind sweep spec.json [--table]                                # a grid of runs on Ray (circuitfind.sweeps)
+    circuitfind scrub runs/ioi/circuit.json --task ioi                   # causal scrubbing of a saved circuit
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
 --model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
@@ -670,6 +671,13 @@ def _roles_table(roles: Any) -> str:
     return "\n".join(lines)
 
 
+# --- scrub (causal scrubbing; the subcommand lives in circuitfind.scrubbing.command) ------------------------------
+def _add_scrub(subparsers: argparse._SubParsersAction) -> None:
+    from circuitfind.scrubbing.command import add_scrub_parser
+
+    add_scrub_parser(subparsers, common_options())
+
+
 # --- parser and entry point ---------------------------------------------------------------------------------------
 SubcommandBuilder = Callable[[argparse._SubParsersAction], None]
 
@@ -681,6 +689,7 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
         "view": _add_view,
         "heads": _add_heads,
         "sweep": add_sweep_parser,
+        "scrub": _add_scrub,
     }
 )
 """The subcommands: name -> ``add(subparsers)``."""

@@ -391,6 +391,45 @@ class PatchableModel:
                 logits = run.run(vocab)
                 return logits[0], run.diffs()
 
+    def forward_routed(
+        self,
+        input_ids: Tensor,
+        ablated: AblatedOutputs,
+        mask: Tensor,
+        sources: dict[int, Tensor],
+        *,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`forward` (no autograd) where sender ``s`` feeds batch row ``b`` its output of row ``sources[s][b]``.
+
+        For a routed sender every receiver of row ``b`` sees ``mask * (live_s[sources[s][b]] - ablated_s[b])``:
+        with the same ablated outputs in both rows (causal scrubbing's rows of one draw) that is the sender's
+        output computed in the other row. Rows must share positions (equal ``attention_mask`` rows) for the
+        value to line up. Senders not in ``sources`` are as in :meth:`forward`.
+
+        Args:
+            input_ids, ablated, mask, attention_mask, positions: as for :meth:`forward`.
+            sources: sender index -> ``(B,)`` long row index.
+
+        Returns:
+            logits ``([K,] B, V)`` as :meth:`forward`.
+        """
+        from circuitfind.receivers import RoutedDiffStore
+
+        with _frozen(self.module), torch.no_grad():
+            run, single = self._masked_forward(
+                input_ids, ablated, mask, attention_mask, positions, None, 0, None, False
+            )
+            src = {int(s): rows.to(self.device).long() for s, rows in sources.items()}
+            if self.graph.input_sender in src:
+                run.pre = run.pre[:, src[self.graph.input_sender]]
+                run.pre_total = run.pre.sum(0, keepdim=True)
+            shape = (run.B, run.T, self.spec.d_model)
+            run.post = RoutedDiffStore(src, run.s_pre, run.K, self.graph.n_senders - run.s_pre, shape, run.pre, False)
+            logits = run.run(None)
+        return logits[0] if single else logits
+
     def _masked_forward(
         self, input_ids, ablated, mask, attention_mask, positions, position_ids, start_layer, cache, keep_positions
     ) -> tuple[MaskedForward, bool]:

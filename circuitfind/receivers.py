@@ -12,7 +12,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-__all__ = ["DiffStore", "mix_rows", "mix_rows_by_position"]
+__all__ = ["DiffStore", "RoutedDiffStore", "mix_rows", "mix_rows_by_position"]
 
 
 class DiffStore:
@@ -109,3 +109,35 @@ def mix_rows_by_position(rows: Tensor, w: Tensor, dense: bool) -> Tensor:
             idx = active.nonzero().squeeze(1)
             rows, w = rows[:, idx], w[:, idx]
     return einsum(rows, w, "k s b t d, k s c t -> k c b t d")
+
+
+class RoutedDiffStore(DiffStore):
+    """A :class:`DiffStore` in which some senders' rows are read from other batch rows.
+
+    ``sources[s]`` is a ``(B,)`` long index: batch row ``b`` of sender ``s`` (absolute sender index) holds the
+    diff that ``s`` computed in row ``sources[s][b]``. Causal scrubbing uses it to feed a node's value computed
+    on another prompt (another batch row) to every receiver of this row; senders without a source are stored as
+    computed. ``offset`` is the absolute index of the store's first sender.
+    """
+
+    def __init__(self, sources: dict[int, Tensor], offset: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sources, self.offset = sources, offset
+
+    def _route(self, chunk: Tensor, senders: list[int]) -> Tensor:  # (K, c, B, T, D), absolute sender per column
+        if not any(s in self.sources for s in senders):
+            return chunk
+        chunk = chunk.clone()
+        for j, s in enumerate(senders):
+            if s in self.sources:
+                chunk[:, j] = chunk[:, j, self.sources[s]]
+        return chunk
+
+    def append(self, chunk: Tensor) -> None:
+        first = self.offset + self.n
+        super().append(self._route(chunk, list(range(first, first + chunk.shape[1]))))
+
+    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
+        if len(idx):
+            values = self._route(values, [self.offset + self.n + int(i) for i in idx])
+        super().append_some(c, idx, values)
