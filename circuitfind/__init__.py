@@ -24,6 +24,7 @@ __all__ = [
     "CircuitfindError",
     "Edge",
     "Graph",
+    "Hypothesis",
     "Node",
     "PatchableModel",
     "Task",
@@ -33,6 +34,7 @@ __all__ = [
     "errors",
     "evaluate",
     "load_model",
+    "scrub",
     "sweep",
 ]
 
@@ -55,4 +57,8 @@ def __getattr__(name: str):
         from circuitfind.sweeps import sweep
 
         return sweep
+    if name in ("Hypothesis", "scrub"):  # causal scrubbing, imported on first use
+        from circuitfind import scrubbing
+
+        return getattr(scrubbing, name)
     raise AttributeError(f"module 'circuitfind' has no attribute {name!r}")

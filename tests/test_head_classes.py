@@ -176,3 +176,17 @@ def test_gpt2_small_classes_match_the_ioi_paper():
     assert ours("backup_name_mover") & paper("backup name mover"), hc.members("backup_name_mover")
     found = ours("induction") | ours("duplicate_token")
     assert found & (paper("induction") | paper("duplicate token")), found
+
+
+def test_ioi_positions_from_labels_agree_with_the_ids(tok):
+    import dataclasses
+
+    from circuitfind.tasks import get_task
+
+    task = get_task("ioi", tok, n=12, seed=3)
+    assert task.position_labels  # make_ioi labels its prompts
+    from_labels = ioi_positions(task)
+    from_ids = ioi_positions(dataclasses.replace(task, position_labels=()))
+    for k in ("IO", "S1", "S2", "END"):
+        assert from_labels[k].tolist() == from_ids[k].tolist(), k
+    assert (from_labels["S1"] < from_labels["S2"]).all() and (from_labels["S2"] < from_labels["END"]).all()
