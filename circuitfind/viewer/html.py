@@ -65,6 +65,7 @@ def to_html(
     max_edges: int = DEFAULT_MAX_EDGES,
     max_prompts: int = DEFAULT_MAX_PROMPTS,
     roles: bool = True,
+    frequency: dict[str, float] | None = None,
 ) -> Path:
     """Write the circuit explorer for ``circuit`` to ``path`` (one self-contained HTML file; atomically).
 
@@ -84,6 +85,8 @@ def to_html(
         max_edges: top edges to embed, the slider's range (default 5,000).
         max_prompts: task prompts to embed (default 20).
         roles: compute the head-role table (a few seconds).
+        frequency: ``{edge name: inclusion frequency}`` (``report.json``'s ``stability.edge_frequency``): edges are
+            then coloured by how often the stability resamples kept them.
 
     Returns:
         the path written.
@@ -106,6 +109,6 @@ def to_html(
         seed = int(circuit.config.get("seed") or 0)
         task = resolve_task(task, tokenizer, n=n, seed=seed)
         data = collect(pm, task, tokenizer, max_prompts=max_prompts, roles=roles)
-    payload = build_payload(circuit, data, max_edges=max_edges)
+    payload = build_payload(circuit, data, max_edges=max_edges, frequency=frequency)
     title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
     return atomic_write(path, render_html(payload, title))
