@@ -722,6 +722,9 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--boot-seed", type=int, default=0, help="seed of the resamples and random subsets (default 0)")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="processes for the stability resamples (default 1)")  # fmt: skip
+    p.add_argument("--stability-cut", choices=["size", "same"], default="size",
+                   help="resamples keep the top-k of their own scores with k the run's cut (size, default: one scoring "
+                   "pass each) or rerun the run's own cut, size search included (same)")  # fmt: skip
     p.add_argument("--check-ablation", choices=[a.value for a in Ablation], default="mean",
                    help="ablation of completeness and minimality (default mean, as in the IOI paper)")  # fmt: skip
     p.add_argument("--classes", type=Path, default=None, metavar="JSON",
@@ -743,6 +746,7 @@ def _run_report(args: argparse.Namespace) -> int:
         opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
         rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
                            seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
+                           stability_cut=args.stability_cut,
                            classes=classes, tokenizer=tokenizer, progress=args.progress,
                            on_stage=lambda s: print(f"report: {s}", file=sys.stderr, flush=True), **opts)  # fmt: skip
         circuit = rep.circuit.replace(model=_model_label(args))

@@ -28,6 +28,11 @@ from circuitfind.validation.completeness import DEFAULT_PROBES
 __all__ = ["REPORT_VERSION", "Report", "build_report", "size_curves", "write_report"]
 
 REPORT_VERSION = 1
+CUT_OPTIONS = ("threshold", "n_edges", "target", "band", "select", "confidence")  # how a run cuts its ranking
+STABILITY_CUTS = ("size", "same")
+"""How the stability resamples cut their rankings: ``size`` (the top-k of each resample's own scores, k the main
+run's cut: the selected edges' stability at that size, one scoring pass per resample) or ``same`` (the main run's
+own cut options rerun on each resample, size search included: several times the cost)."""
 CURVE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)  # curve sizes, as multiples of the circuit's cut
 
 
@@ -49,6 +54,7 @@ def build_report(
     seed: int = 0,
     workers: int = 1,
     check_ablation: str = "mean",
+    stability_cut: str = "size",
     classes: Mapping[str, Sequence[str]] | None = None,
     tokenizer: Any = None,
     progress: bool = True,
@@ -65,6 +71,7 @@ def build_report(
         probes: the budget of completeness and of minimality (masks each may evaluate).
         workers: processes for the stability resamples.
         check_ablation: the ablation of completeness and minimality (``mean``, as in the IOI paper).
+        stability_cut: ``size`` or ``same`` (:data:`STABILITY_CUTS`).
         classes: ``{class: [node names]}`` for completeness (e.g. IOI head classes).
         tokenizer: for tasks given by name.
         progress: progress bars; on_stage: called with each stage's name as it starts.
@@ -102,7 +109,7 @@ def build_report(
         curves = size_curves(pm, circuit, task, metric=metric, ablation=ablation)
     with stage("stability"):
         stab = stability(pm, task, method=method, n_boot=n_boot, seed=seed, workers=workers, progress=progress,
-                         **opts)  # fmt: skip
+                         **_stability_options(opts, circuit, stability_cut))  # fmt: skip
     with stage("completeness"):
         comp = completeness(pm, circuit, task, ablation=check_ablation, metric=metric, classes=classes,
                             probes=probes, seed=seed)  # fmt: skip
@@ -118,7 +125,7 @@ def build_report(
         "task": task.name,
         "method": method,
         "options": _clean({"method": method, **opts, "n_boot": n_boot, "probes": probes, "seed": seed,
-                           "check_ablation": check_ablation}),  # fmt: skip
+                           "check_ablation": check_ablation, "stability_cut": stability_cut}),  # fmt: skip
         "circuit": _circuit_summary(circuit),
         "heldout": _heldout_summary(held),
         "curves": curves,
@@ -129,6 +136,18 @@ def build_report(
         "timings_s": times,
     }
     return Report(circuit, _clean(data))
+
+
+def _stability_options(opts: dict[str, Any], circuit: Circuit, cut: str) -> dict[str, Any]:
+    """The discovery options of the stability resamples (see :data:`STABILITY_CUTS`)."""
+    from circuitfind.errors import ConfigError
+
+    if cut not in STABILITY_CUTS:
+        raise ConfigError(f"stability_cut must be one of {STABILITY_CUTS}; got {cut!r}")
+    if cut == "same":
+        return dict(opts)
+    k = int(circuit.stats.get("k") or circuit.n_edges or 1)
+    return {**{key: v for key, v in opts.items() if key not in CUT_OPTIONS}, "n_edges": k}
 
 
 class _Stages:
