@@ -82,3 +82,22 @@ def test_report_refuses_a_task_without_held_out_prompts(model_dir, tmp_path, cap
             "--n-edges", "5", "--out", str(tmp_path / "r"), "--no-progress"]  # fmt: skip
     assert main(args) == 2
     assert "held-out prompts" in capsys.readouterr().err
+
+
+def test_a_ray_cell_computes_the_same_resample_as_the_local_run(model_dir):
+    # what each Ray worker runs (a sweep cell through ModelWorker, here without Ray) equals the local resample
+    from circuitfind.sweeps.cell import ModelWorker
+    from circuitfind.sweeps.spec import Cell
+    from circuitfind.validation.stability import stability
+    from circuitfind.validation.stability_runs import stability_cell
+
+    opts = {"method": "eap", "n_edges": 6, "metric": "logit_diff"}
+    local = stability(str(model_dir), "ioi", n_boot=2, seed=5, n_prompts=4, held_out=2, progress=False, **opts)
+    worker = ModelWorker(str(model_dir), "cpu", threads=1)
+    for b in range(2):
+        cell = Cell(model=str(model_dir), task="ioi", method="eap", n_prompts=4, held_out=2, seed=0, cpr_cmd=False,
+                    options={"n_boot": 2, "seed": 5, "resample": b, "discover": {"n_edges": 6,
+                                                                                 "metric": "logit_diff"}})  # fmt: skip
+        row = worker.run(cell, stability_cell)
+        assert row["status"] == "done", row.get("error")
+        assert row["metrics"]["edges"] == local.masks[b].flatten().nonzero().flatten().tolist()
