@@ -35,6 +35,7 @@ __all__ = [
     "evaluate",
     "load_model",
     "scrub",
+    "stability",
     "sweep",
 ]
 
@@ -57,6 +58,10 @@ def __getattr__(name: str):
         from circuitfind.sweeps import sweep
 
         return sweep
+    if name == "stability":  # validation: discovery rerun on bootstrap resamples of the prompts
+        from circuitfind.validation.stability import stability
+
+        return stability
     if name in ("Hypothesis", "scrub"):  # causal scrubbing, imported on first use
         from circuitfind import scrubbing
 

@@ -11,6 +11,7 @@ Subcommands::
     circuitfind heads --task ioi --classes                               # IOI head classes by path patching
     circuitfind diff --model A --model-b B --task ioi                    # two models' circuits and nodes compared
     circuitfind sweep spec.json [--table]                                # a grid of runs on Ray (circuitfind.sweeps)
+    circuitfind report --task ioi --n-boot 20 --out runs/ioi-report      # discover + validate: report.{json,html}
     circuitfind scrub runs/ioi/circuit.json --task ioi                   # causal scrubbing of a saved circuit
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
@@ -571,6 +572,9 @@ def _add_view(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="a built-in task or a .json/.jsonl task file (default: the circuit's)")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: next to the circuit, .html)")
     p.add_argument("--no-model", action="store_true", help="graph, slider, curve and run record only; no model run")
+    p.add_argument("--report", type=Path, default=None, metavar="JSON",
+                   help="a report.json of `circuitfind report`: colour edges by inclusion frequency (default: the "
+                   "report.json beside the circuit, when there is one)")  # fmt: skip
     p.add_argument(
         "--max-edges",
         type=_positive_int,
@@ -597,6 +601,7 @@ def _run_view(args: argparse.Namespace) -> int:
     circuit = Circuit.load(args.circuit)
     out = args.out or args.circuit.with_suffix(".html")
     kwargs: dict[str, Any] = {"max_edges": args.max_edges, "max_prompts": args.max_prompts}
+    kwargs["frequency"] = _report_frequency(args.report, args.circuit)
     if not args.no_model:
         task = args.task or circuit.config.get("task")
         if not task:
@@ -609,6 +614,23 @@ def _run_view(args: argparse.Namespace) -> int:
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({size:.2f} MB) in {time.perf_counter() - t0:.1f} s; open it in a browser (no server needed)")
     return EXIT_OK
+
+
+def _report_frequency(report: Path | None, circuit_path: Path) -> dict[str, float] | None:
+    """Edge inclusion frequencies from ``--report`` or a report.json beside the circuit (None without one)."""
+    import json
+
+    path = report if report is not None else circuit_path.with_name("report.json")
+    if not path.is_file():
+        if report is not None:
+            raise OutputError(f"--report {report}: no such file; pass the report.json `circuitfind report` wrote")
+        return None
+    try:
+        return dict(json.loads(path.read_text())["stability"]["edge_frequency"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(
+            f"{path} is not a report.json of `circuitfind report` (no stability.edge_frequency: {e})"
+        ) from None
 
 
 # --- heads --------------------------------------------------------------------------------------------------------
@@ -776,6 +798,70 @@ def _run_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- report -------------------------------------------------------------------------------------------------------
+REPORT_DISCOVER_ARGS = ("threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute", "sender_order",
+                        "batch_size", "chunk_size")  # fmt: skip
+"""The ``discover`` arguments ``report`` passes on to discovery (it takes every discover option)."""
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    from circuitfind.validation.completeness import DEFAULT_PROBES
+
+    spare = argparse.ArgumentParser(add_help=False).add_subparsers()
+    _add_discover(spare)  # report takes discover's task and method options, whatever discover adds
+    p = subparsers.add_parser(
+        "report",
+        parents=[spare.choices["discover"]],
+        conflict_handler="resolve",
+        help="discover a circuit and validate it: held-out CI, stability, completeness, minimality, ablations",
+        description="Discover a circuit (discover's options; --method defaults to eap-ig here) and run every check "
+        "of circuitfind.validation on it: held-out faithfulness with a bootstrap interval, faithfulness vs size, "
+        "stability over --n-boot resamples of the prompts, completeness and minimality (IOI paper; --probes masks "
+        "each), and the circuit under resample, mean and zero ablation. Prints a table and writes DIR/circuit.json, "
+        "DIR/report.json and DIR/report.html (one offline file). DIR is locked while the report runs.",
+    )
+    p.add_argument("--n-boot", type=_int_at_least(2, "an integer >= 2"), default=20, metavar="N",
+                   help="bootstrap resamples of the prompts for stability (default 20)")  # fmt: skip
+    p.add_argument("--probes", type=_int_at_least(4, "an integer >= 4"), default=DEFAULT_PROBES, metavar="N",
+                   help=f"masks completeness and minimality may each evaluate (default {DEFAULT_PROBES})")  # fmt: skip
+    p.add_argument("--boot-seed", type=int, default=0, help="seed of the resamples and random subsets (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="processes for the stability resamples (default 1)")  # fmt: skip
+    p.add_argument("--stability-cut", choices=["size", "same"], default="size",
+                   help="resamples keep the top-k of their own scores with k the run's cut (size, default: one scoring "
+                   "pass each) or rerun the run's own cut, size search included (same)")  # fmt: skip
+    p.add_argument("--check-ablation", choices=[a.value for a in Ablation], default="mean",
+                   help="ablation of completeness and minimality (default mean, as in the IOI paper)")  # fmt: skip
+    p.add_argument("--classes", type=Path, default=None, metavar="JSON",
+                   help="a JSON file {class: [node names]} (e.g. head classes) for completeness")  # fmt: skip
+    p.set_defaults(handler=_run_report, method="eap-ig")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from circuitfind.validation.report import Report, build_report, report_table, write_report
+
+    _check_task_arg(args.task)
+    classes = json.loads(args.classes.read_text()) if args.classes is not None else None
+    check_writable(args.out)
+    with lock_folder(args.out):
+        model, tokenizer = _load(args)
+        task = _task_with_held_out(args, tokenizer)
+        opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
+        rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
+                           seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
+                           stability_cut=args.stability_cut,
+                           classes=classes, tokenizer=tokenizer, progress=args.progress,
+                           on_stage=lambda s: print(f"report: {s}", file=sys.stderr, flush=True), **opts)  # fmt: skip
+        circuit = rep.circuit.replace(model=_model_label(args))
+        circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
+        written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)
+    print(report_table(rep.data))
+    print("wrote " + ", ".join(map(str, written)))
+    return EXIT_OK
+
+
 # --- scrub (causal scrubbing; the subcommand lives in circuitfind.scrubbing.command) ------------------------------
 def _add_scrub(subparsers: argparse._SubParsersAction) -> None:
     from circuitfind.scrubbing.command import add_scrub_parser
@@ -795,6 +881,7 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
         "heads": _add_heads,
         "diff": _add_diff,
         "sweep": add_sweep_parser,
+        "report": _add_report,
         "scrub": _add_scrub,
     }
 )

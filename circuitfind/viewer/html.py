@@ -67,6 +67,7 @@ def to_html(
     max_prompts: int = DEFAULT_MAX_PROMPTS,
     roles: bool = True,
     head_classes: Any = None,
+    frequency: dict[str, float] | None = None,
 ) -> Path:
     """Write the circuit explorer for ``circuit`` to ``path`` (one self-contained HTML file; atomically).
 
@@ -87,6 +88,8 @@ def to_html(
         max_prompts: task prompts to embed (default 20).
         roles: compute the head-role table (a few seconds).
         head_classes: a :class:`~circuitfind.analysis.HeadClasses` table: heads show their IOI class.
+        frequency: ``{edge name: inclusion frequency}`` (``report.json``'s ``stability.edge_frequency``): edges are
+            then coloured by how often the stability resamples kept them.
 
     Returns:
         the path written.
@@ -112,6 +115,6 @@ def to_html(
     if head_classes is not None:
         base = empty(circuit.config.get("task", "")) if data is None else data
         data = dataclasses.replace(base, classes=head_classes)
-    payload = build_payload(circuit, data, max_edges=max_edges)
+    payload = build_payload(circuit, data, max_edges=max_edges, frequency=frequency)
     title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
     return atomic_write(path, render_html(payload, title))

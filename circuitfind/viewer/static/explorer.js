@@ -113,6 +113,17 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
+  // with a stability report: edges coloured by the fraction of resamples that kept them (grey 0 -> green 1)
+  const FREQ = E.frequency || null;
+  function freqColour(f) {
+    const t = Math.max(0, Math.min(1, f || 0));
+    const mix = (a, b) => Math.round(a + (b - a) * t);
+    return "rgb(" + mix(200, 20) + "," + mix(200, 140) + "," + mix(200, 60) + ")";
+  }
+  if (FREQ) {
+    const note = el("span", { id: "freq-legend" }, "colour: inclusion frequency over the stability resamples (grey 0, green 1)");
+    document.getElementById("legend").appendChild(note);
+  }
   const metricName = D.circuit.metric;
   const higherBetter = metricName !== "kl";
   function effectText(score) {
@@ -217,6 +228,7 @@
         d: "M" + x1 + " " + y1 + "C" + x1 + " " + ym + "," + x2 + " " + ym + "," + x2 + " " + y2,
         class: "edge " + (sc !== null && sc < 0 ? "neg" : "pos") + (recvChan[e] ? " ch-" + recvChan[e] : "") + (D.diff && D.diff.side[e] ? " side-" + D.diff.side[e] : ""),
         "stroke-width": width.toFixed(2),
+        ...(FREQ ? { style: "stroke:" + freqColour(FREQ[e]) } : {}),
         "data-name": edgeNames[e],
         "data-i": e,
       });
@@ -237,7 +249,9 @@
     if (!t.dataset || t.dataset.i === undefined) return;
     const e = Number(t.dataset.i);
     const rank = e < NR ? "rank " + (e + 1) + " of " + D.ranking.n_scored.toLocaleString() : "kept, below the embedded ranking";
-    showTip(evt, [edgeNames[e], "score " + fmt(E.score[e]) + " (" + rank + ")", effectText(E.score[e])]);
+    const lines = [edgeNames[e], "score " + fmt(E.score[e]) + " (" + rank + ")", effectText(E.score[e])];
+    if (FREQ) lines.push("kept in " + Math.round(100 * (FREQ[e] || 0)) + "% of the stability resamples");
+    showTip(evt, lines);
   });
   edgeLayer.addEventListener("mouseleave", hideTip);
 
