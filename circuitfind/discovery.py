@@ -17,7 +17,7 @@ from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult,
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
-from circuitfind.algorithms.units import check_level, node_cut
+from circuitfind.algorithms.units import check_level, node_cut, position_cut
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
@@ -26,6 +26,7 @@ from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.tasks.templates import template_labels
 
 __all__ = ["discover", "prepare_problem"]
 
@@ -238,6 +239,7 @@ def discover(
         batch_size = 1 if pm.device.type == "cpu" else 8
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = resolve_task(task, tokenizer).train()
+    labels = template_labels(task) if by_position else None  # refuses prompts that do not align
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
@@ -256,6 +258,7 @@ def discover(
         level=level,
         n_nodes=n_nodes,
         by_position=by_position,
+        position_labels=labels,
     )
     try:
         mask, scores, stats, faith = _dispatch(
@@ -283,7 +286,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
     bound = run.bound
     return Circuit(
         graph=pm.graph,
-        mask=mask,
+        mask=mask.any(dim=-1) if mask.dim() == 3 else mask,  # a position mask's projection
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
@@ -332,6 +335,7 @@ class _Run:
     level: str = "edge"
     n_nodes: int | None = None
     by_position: bool = False
+    position_labels: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
@@ -372,6 +376,8 @@ def _discover_scores(run: _Run, method: str, opts):
     faith = Faithfulness(run.problem)
     if run.level == "node":
         mask, cut = _cut_nodes(run, method, result, faith)
+    elif run.by_position:
+        mask, cut = _cut_positions(run, method, result, faith)
     else:
         mask, cut = run.cut(result.scores, faith, run.threshold)
     return mask, result.scores, {**result.stats, **cut}, faith
@@ -443,6 +449,31 @@ def _cut_nodes(run: _Run, method: str, result: ScoreResult, faith: Faithfulness)
     )
     run.extra.update(node_mask=cut.units, node_scores=result.node_scores.float())
     return cut.mask, {**cut.info, "n_nodes": int(cut.units.sum())}
+
+
+def _cut_positions(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The position-aware circuit cut from the method's ``(S, R, T)`` scores: an ``(S, R, T)`` mask."""
+    if result.position_scores is None:
+        raise ConfigError(f"{method} returned no position scores with by_position=True")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest position-edges with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = position_cut(
+        run.problem.pm.graph,
+        result.position_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_edges,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(
+        position_mask=cut.mask, position_scores=result.position_scores.float(), position_labels=run.position_labels
+    )
+    return cut.mask, {**cut.info, "n_position_edges": int(cut.mask.sum())}
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:

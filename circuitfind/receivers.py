@@ -12,7 +12,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-__all__ = ["DiffStore", "RoutedDiffStore", "mix_rows"]
+__all__ = ["DiffStore", "RoutedDiffStore", "mix_rows", "mix_rows_by_position"]
 
 
 class DiffStore:
@@ -75,6 +75,8 @@ def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tens
     ``(w - 1)`` over the rows with some weight other than one -- whichever set is smaller. When no row
     differs from one, every column equals ``total`` and a single shared column is returned.
     """
+    if w.dim() == 4:
+        return mix_rows_by_position(rows, w, dense)
     if dense or total is None:
         return einsum(rows, w, "k s b t d, k s c -> k c b t d")
     nonzero = (w != 0).any(dim=2).any(dim=0)  # (n,)
@@ -93,6 +95,20 @@ def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tens
     if from_total:
         return total.unsqueeze(1) if mixed is None else total.unsqueeze(1) + mixed
     return rows.new_zeros((1, 1, *rows.shape[2:])) if mixed is None else mixed
+
+
+def mix_rows_by_position(rows: Tensor, w: Tensor, dense: bool) -> Tensor:
+    """``sum_s w[k, s, c, t] * rows[k, s, :, t]`` -> ``(K, C, B, T, D)``: a position mask's mixing.
+
+    ``rows`` is ``(K|1, n, B, T, D)``, ``w`` is ``(K, n, C, T)``; without autograd only the rows with some
+    non-zero weight are read.
+    """
+    if not dense:
+        active = (w != 0).flatten(2).any(dim=2).any(dim=0)  # (n,)
+        if int(active.sum()) < w.shape[1]:
+            idx = active.nonzero().squeeze(1)
+            rows, w = rows[:, idx], w[:, idx]
+    return einsum(rows, w, "k s b t d, k s c t -> k c b t d")
 
 
 class RoutedDiffStore(DiffStore):
