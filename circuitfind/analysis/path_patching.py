@@ -72,7 +72,10 @@ class PathPatcher:
                 logits.append(lg)
             ref = float(p.loss(torch.cat(logits).unsqueeze(0))[0])
             for start, items in sorted(plan.items()):
-                caches = [pm.prefix_cache(d, self._inputs(rows)[1], base_dev, start) for d, rows in zip(runs, chunks)]
+                caches = [
+                    pm.prefix_cache(d, self._inputs(rows)[1], base_dev, start)
+                    for d, rows in zip(runs, chunks, strict=True)
+                ]
                 for s, rs in items:
                     out[s] = self._candidate(base_dev, start, caches, chunks, s, rs) - ref
                     if self.progress is not None:
