@@ -113,6 +113,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + [""] + stages)
 
 
+def compare_workers(k: int, n_boot: int = 4) -> list[dict]:
+    """Stability's resamples in one process (torch on 2 threads) vs two forked processes (1 thread each): IOI,
+    EAP-IG, the top ``k`` edges of each resample, ``n_boot`` resamples; wall seconds and whether both agree."""
+    import torch
+
+    import circuitfind as cf
+
+    model, tok = cf.load_model()
+    task = cf.tasks.get_task("ioi", tok, n=40, seed=0, n_train=20)
+    out, masks = [], []
+    for workers in (1, 2):
+        torch.set_num_threads(2)
+        t0 = time.perf_counter()
+        st = cf.stability(model, task, method="eap-ig", n_edges=k, metric="logit_diff", n_boot=n_boot, seed=0,
+                          workers=workers, progress=False)  # fmt: skip
+        out.append({"workers": workers, "n_boot": n_boot, "wall_s": time.perf_counter() - t0,
+                    "s_per_resample": (time.perf_counter() - t0) / n_boot})  # fmt: skip
+        masks.append(st.masks)
+    out[1]["same_circuits"] = bool(torch.equal(masks[0], masks[1]))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="ioi")
@@ -129,6 +151,11 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "table": text}, indent=1) + "\n")
+    if args.model is None and "ioi" in args.tasks.split(","):
+        k = json.loads((args.out.parent / "report_ioi" / "report.json").read_text())["circuit"]["k"]
+        workers = compare_workers(int(k or rows[0]["edges"]))
+        print("stability workers:", json.dumps(workers))
+        args.out.write_text(json.dumps({"rows": rows, "table": text, "workers": workers}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

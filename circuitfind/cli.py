@@ -695,7 +695,7 @@ def _roles_table(roles: Any) -> str:
 
 # --- report -------------------------------------------------------------------------------------------------------
 REPORT_DISCOVER_ARGS = ("threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute", "sender_order",
-                        "batch_size", "chunk_size")  # fmt: skip
+                        "batch_size", "chunk_size", "select", "confidence", "band", "level", "n_nodes")  # fmt: skip
 """The ``discover`` arguments ``report`` passes on to discovery (it takes every discover option)."""
 
 
@@ -744,6 +744,8 @@ def _run_report(args: argparse.Namespace) -> int:
         model, tokenizer = _load(args)
         task = _task_with_held_out(args, tokenizer)
         opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
+        if opts.get("band") is not None:
+            opts["band"] = tuple(opts["band"])
         rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
                            seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
                            stability_cut=args.stability_cut,
