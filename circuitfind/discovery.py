@@ -108,7 +108,7 @@ def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, t
     cut_by_target = METHODS[method].kind is not MethodKind.CIRCUIT and tau is None and n_edges is None
     if target is not None or cut_by_target:
         config["target"] = DEFAULT_TARGET if target is None else float(target)
-    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+    if method in {"eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid"}:
         config["steps"] = steps
     return config
 

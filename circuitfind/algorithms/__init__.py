@@ -26,6 +26,7 @@ from circuitfind.algorithms.acdc import (
 )
 from circuitfind.algorithms.eap import EapOptions, run_eap
 from circuitfind.algorithms.eap_ig import run_eap_ig, run_eap_ig_mask
+from circuitfind.algorithms.eap_ig_act import run_eap_ig_act
 from circuitfind.algorithms.exact import ExactOptions, run_exact
 from circuitfind.algorithms.hybrid import HybridOptions, run_hybrid
 
@@ -44,6 +45,7 @@ __all__ = [
     "run_acdc_plain",
     "run_eap",
     "run_eap_ig",
+    "run_eap_ig_act",
     "run_eap_ig_mask",
     "run_exact",
     "run_hybrid",
@@ -81,6 +83,9 @@ METHODS: MappingProxyType[str, Method] = MappingProxyType(
             Method("eap", MethodKind.SCORES, run_eap, "edge attribution patching: one gradient"),
             Method("eap-ig", MethodKind.SCORES, run_eap_ig, "EAP-IG: gradients along the inputs, `steps` points"),
             Method("eap-ig-mask", MethodKind.SCORES, run_eap_ig_mask, "integrated gradients along the edge mask"),
+            Method(
+                "eap-ig-act", MethodKind.SCORES, run_eap_ig_act, "EAP-IG along each sender layer's outputs, `steps` each"
+            ),
             Method("exact", MethodKind.SCORES, run_exact, "each edge's exact loss change when removed alone"),
             Method("hybrid", MethodKind.HYBRID, run_hybrid, "EAP-IG candidates, exact pruning, target guaranteed"),
         )
