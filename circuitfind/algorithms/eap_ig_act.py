@@ -112,7 +112,11 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
     groups = sender_groups(g)
     alphas = [k / steps for k in range(1, steps + 1)]
     whole = chunk >= B or problem.separable
-    cots = None if whole else {(i, a): _whole_batch_cot(problem, gr, a, chunk) for i, gr in enumerate(groups) for a in alphas}
+    cots = (
+        None
+        if whole
+        else {(i, a): _whole_batch_cot(problem, gr, a, chunk) for i, gr in enumerate(groups) for a in alphas}
+    )
     grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64, device=pm.device)
     for start in range(0, B, chunk):
         rows = slice(start, min(start + chunk, B))
