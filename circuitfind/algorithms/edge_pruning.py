@@ -35,6 +35,8 @@ from torch import Tensor
 from circuitfind.algorithms.acdc import Problem
 from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.gated_forward import gated_forward
+from circuitfind.algorithms.nodes import node_scores_of_edges
+from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.errors import ConfigError
 from circuitfind.patching import Ablation
 from circuitfind.selection import prune_dangling, top_n
@@ -71,6 +73,8 @@ class EdgePruningOptions:
         lambda_lr: the Lagrange multipliers' ascent rate.
         eval_every: steps between exact evaluations of the top-``n_edges`` mask.
         init_logit: the gate logit of an edge at the start; a warm start's closed edges start at ``-3 * init_logit``.
+        level: ``"edge"``, or ``"node"``: one gate per sender node, applied to its whole outgoing row; the budget
+            ``n_edges`` then counts nodes and the result carries ``node_scores`` (the node gate logits).
     """
 
     n_edges: int | None = None
@@ -86,8 +90,10 @@ class EdgePruningOptions:
     lambda_lr: float = 0.01
     eval_every: int = 10
     init_logit: float = 3.0
+    level: str = "edge"
 
     def __post_init__(self) -> None:
+        check_level(self.level)
         for name in ("steps", "warm_steps", "eval_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
@@ -141,9 +147,10 @@ def run_edge_pruning(
     """
     opts = opts or EdgePruningOptions()
     g = problem.pm.graph
-    budget = opts.n_edges if opts.n_edges is not None else max(1, round(opts.density * g.n_edges))
-    if budget > g.n_edges:
-        raise ConfigError(f"n_edges must be at most {g.n_edges:,} (this graph's edges); got {budget:,}")
+    units, what = (g.n_senders, "nodes") if opts.level == "node" else (g.n_edges, "edges")
+    budget = opts.n_edges if opts.n_edges is not None else max(1, round(opts.density * units))
+    if budget > units:
+        raise ConfigError(f"the budget must be at most {units:,} (this graph's {what}); got {budget:,}")
     progress = progress or NullProgress()
     trainer = _Trainer(problem, opts, budget, progress)
     interrupted = False
@@ -176,10 +183,11 @@ class _Trainer:
 
     def __post_init__(self) -> None:
         p, g = self.problem, self.problem.pm.graph
+        self.node = self.opts.level == "node"
         self.edges = g.edge_mask.flatten().nonzero().squeeze(1).to(p.pm.device)  # (E,) flat edge indices
         self.from_input = getattr(p.ablated, "kind", None) is Ablation.RESAMPLE
         self.faith = Faithfulness(p)
-        self.log_alpha = self._initial_logits().requires_grad_(True)  # (E,) float64
+        self.log_alpha = self._initial_logits().requires_grad_(True)  # (E,) or (S,) nodes, float64
         self.lambdas = torch.zeros(2, dtype=torch.float64)
         self.optimizer = torch.optim.Adam([self.log_alpha], lr=self.opts.lr)
         self.generator = torch.Generator(device=p.pm.device).manual_seed(self.opts.seed)
@@ -191,13 +199,15 @@ class _Trainer:
             self.full_logprobs = F.log_softmax(full.double(), dim=-1)
 
     def _initial_logits(self) -> Tensor:
-        o, E = self.opts, int(self.edges.numel())
+        o, g = self.opts, self.problem.pm.graph
+        E = g.n_senders if self.node else int(self.edges.numel())
         if not o.warm_start:
             return torch.full((E,), o.init_logit, dtype=torch.float64, device=self.edges.device)
         from circuitfind.algorithms.eap import EapOptions
         from circuitfind.algorithms.eap_ig import run_eap_ig
 
-        scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores.flatten()[self.edges.cpu()]
+        edge_scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores
+        scores = node_scores_of_edges(g, edge_scores) if self.node else edge_scores.flatten()[self.edges.cpu()]
         rank = torch.empty(E, dtype=torch.float64)
         rank[torch.argsort(scores.double(), descending=True, stable=True)] = torch.arange(E, dtype=torch.float64)
         pool = min(E, max(1, round(o.pool * self.budget)))
@@ -206,8 +216,10 @@ class _Trainer:
         return logits.to(self.edges.device)
 
     def gates(self, z: Tensor) -> Tensor:
-        """``(S, R)`` gates from one value per edge (zero off the edges)."""
+        """``(S, R)`` gates from one value per edge, or per node for its whole row (zero off the edges)."""
         g = self.problem.pm.graph
+        if self.node:
+            return z[:, None] * g.edge_mask.to(z.device, z.dtype)
         return z.new_zeros(g.n_senders * g.n_receivers).index_copy(0, self.edges, z).view(g.n_senders, g.n_receivers)
 
     def objective(self, gates: Tensor) -> Tensor:
@@ -248,6 +260,9 @@ class _Trainer:
 
     def mask(self, log_alpha: Tensor) -> Tensor:
         """The circuit of gate logits: their top ``budget``, dangling edges pruned (``(S, R)`` bool, CPU)."""
+        if self.node:
+            graph = self.problem.pm.graph
+            return node_cut(graph, log_alpha.detach().cpu(), None, n=self.budget, from_input=self.from_input).mask
         kept = top_n(self.problem.pm.graph, self.gates(log_alpha.detach()).cpu(), self.budget)
         return prune_dangling(self.problem.pm.graph, kept, from_input=self.from_input)
 
@@ -273,7 +288,9 @@ class _Trainer:
         logits = self.gates(self.best.logits).cpu()
         scores = torch.where(g.edge_mask, logits, torch.zeros_like(logits))
         mask = self.mask(self.best.logits)
+        node_scores = self.best.logits.cpu() if self.node else None
         stats = {
+            "level": self.opts.level,
             "budget": self.budget,
             "steps": self.opts.steps,
             "steps_run": self.step,
@@ -287,4 +304,4 @@ class _Trainer:
             "seed": self.opts.seed,
             "warm_start": self.opts.warm_start,
         }
-        return ScoreResult(scores, stats)
+        return ScoreResult(scores, stats, node_scores=node_scores)
