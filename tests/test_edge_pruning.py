@@ -172,3 +172,23 @@ def test_options_and_discover_refuse_bad_training_arguments(proportion):
     for kw in ({"lr": 0.1}, {"seed": 1}, {"warm_start": True}):
         with pytest.raises(ConfigError, match="edge-pruning"):
             cf.discover(setup.pm, setup.task, method="eap", n_edges=3, metric=setup.metric, progress=False, **kw)
+
+
+def test_node_level_gates_recover_the_circuit_nodes(proportion):
+    """One gate per sender node (its whole row): the top nodes are the senders of the tracr circuit."""
+    setup, truth = proportion
+    nodes = truth.any(dim=1)
+    circuit = cf.discover(
+        setup.pm,
+        setup.task,
+        method="edge-pruning",
+        level="node",
+        n_nodes=int(nodes.sum()),
+        metric=setup.metric,
+        ablation="zero",
+        progress=False,
+    )
+    assert torch.equal(circuit.node_mask, nodes)
+    assert circuit.stats["level"] == "node" and circuit.stats["trained_faithfulness"] == pytest.approx(1.0, abs=1e-6)
+    # a node's gate covers its whole row: the circuit holds only edges out of the kept nodes
+    assert not bool(circuit.mask[~nodes].any())
