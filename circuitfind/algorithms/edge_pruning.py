@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +238,7 @@ class _Trainer:
 
     def train(self) -> None:
         o = self.opts
+        self.t0 = time.perf_counter()
         self.progress.set_description(f"edge pruning ({self.budget:,} edges)")
         self.progress.reset(total=o.steps)
         while self.step < o.steps:
@@ -297,6 +299,7 @@ class _Trainer:
             "best_step": self.best.step,
             "interrupted": interrupted,
             "mask_edges": int(mask.sum()),
+            "train_s": time.perf_counter() - getattr(self, "t0", time.perf_counter()),
             "trained_faithfulness": self.faith(mask),  # exact, of the mask returned
             "objective": self.best.objective,
             "lambdas": self.lambdas.tolist(),
