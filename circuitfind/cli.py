@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuitfind.algorithms import METHODS, MethodKind, SenderOrder
-from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, RenderError, TaskError
+from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, OutputError, RenderError, TaskError
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
@@ -169,10 +169,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
         type=_positive_int,
-        default=5,
+        default=None,
         metavar="N",
-        help="integration steps of eap-ig, eap-ig-mask and hybrid (default: 5)",
+        help="integration steps of eap-ig, eap-ig-mask, eap-ig-act and hybrid (default: 5); training steps of "
+        "edge-pruning (default: 200)",
     )
+    p.add_argument("--lr", type=float, default=None, help="edge-pruning: learning rate of the gate logits (0.1)")
+    p.add_argument("--warm-start", action="store_true", help="edge-pruning: start the gates from EAP-IG scores")
 
 
 def _add_unit_options(p: argparse.ArgumentParser) -> None:
@@ -416,6 +419,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         level=args.level,
         n_nodes=args.n_nodes,
         by_position=args.by_position,
+        **_training_options(args),
     )
     circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):
@@ -770,3 +774,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _training_options(args: argparse.Namespace) -> dict:
+    """edge-pruning's lr / seed / warm_start (its gates' noise is seeded by --seed); other methods take none."""
+    lr, warm = getattr(args, "lr", None), getattr(args, "warm_start", False)
+    if args.method != "edge-pruning":
+        if lr is not None or warm:
+            raise ConfigError("--lr and --warm-start apply to --method edge-pruning only")
+        return {}
+    return {"lr": lr, "seed": getattr(args, "seed", None), "warm_start": warm or None}
