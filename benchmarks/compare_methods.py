@@ -66,7 +66,7 @@ BASE_METHODS = ("eap", "eap-ig", "eap-ig-mask", "exact", "hybrid", "acdc")
 # the methods frontier (issue 22): rows that are a library method with options (discover's public API)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "eap-ig-act": ("eap-ig-act", {"steps": 5}),  # EAP-IG along the activations
-    "edge-pruning": ("edge-pruning", {}),  # learned edge masks, cut at EDGE_PRUNING_FRACTION of the edges
+    "edge-pruning": ("edge-pruning", {"steps": 100, "warm_start": True}),  # learned gates, EDGE_PRUNING_FRACTION
     "eap-ig-node": ("eap-ig", {"steps": 5, "level": "node"}),  # nodes as units, first-order node scores
     "exact-node": ("exact", {"level": "node"}),  # one patched forward per node
     "eap-ig-pos": ("eap-ig", {"steps": 5, "by_position": True}),  # (sender, receiver, position) edges
