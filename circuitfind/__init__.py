@@ -28,6 +28,8 @@ __all__ = [
     "Node",
     "PatchableModel",
     "Task",
+    "analysis",
+    "diff",
     "discover",
     "errors",
     "evaluate",
@@ -44,6 +46,14 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("circuitfind.evaluate")
+    if name == "analysis":  # head roles and classes, two-model diffs
+        import importlib
+
+        return importlib.import_module("circuitfind.analysis")
+    if name == "diff":
+        from circuitfind.compare import diff
+
+        return diff
     if name == "sweep":
         from circuitfind.sweeps import sweep
 

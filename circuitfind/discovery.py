@@ -15,6 +15,7 @@ from torch import nn
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
 from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.edge_pruning import EdgePruningOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
 from circuitfind.algorithms.units import check_level, node_cut, position_cut
@@ -93,7 +94,9 @@ DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach w
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
 
 
-def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
+def _config(
+    method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train
+) -> dict[str, Any]:
     """The run's options as recorded in the circuit (and fingerprinted for ACDC's checkpoints)."""
     config = {
         "method": method,
@@ -111,9 +114,24 @@ def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, t
     cut_by_target = METHODS[method].kind is not MethodKind.CIRCUIT and tau is None and n_edges is None
     if target is not None or cut_by_target:
         config["target"] = DEFAULT_TARGET if target is None else float(target)
-    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+    if method in {"eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid", "edge-pruning"}:
         config["steps"] = steps
+    config.update({k: v for k, v in train.items() if v is not None})
     return config
+
+
+TRAINING_OPTIONS = {"lr": "lr", "seed": "seed", "warm_start": "warm_start"}  # discover's name -> options field
+DEFAULT_STEPS = {"edge-pruning": EdgePruningOptions.steps}  # training steps; integration steps default to 5
+
+
+def _check_training(method: str, train: dict[str, Any]) -> None:
+    """Refuse training options (``lr``, ``seed``, ``warm_start``) for a method that does not train."""
+    given = sorted(k for k, v in train.items() if v is not None)
+    if given and method != "edge-pruning":
+        raise ConfigError(
+            f"{', '.join(given)} only apply to the learned-mask method edge-pruning; {method} does not train. "
+            "Drop them or pass method='edge-pruning'"
+        )
 
 
 def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
@@ -128,7 +146,8 @@ def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, ste
         raise ConfigError(f"n_edges must be an integer >= 1 (the number of edges to keep); got {n_edges!r}")
     if target is not None:
         check_target(target)
-    check_steps(steps)
+    if steps is not None:
+        check_steps(steps)
     given = [name for name, v in (("threshold", threshold), ("n_edges", n_edges), ("target", target)) if v is not None]
     if method in SCORING_METHODS and len(given) > 1:
         raise ConfigError(
@@ -149,7 +168,7 @@ def discover(
     threshold: float | None = None,
     n_edges: int | None = None,
     target: float | None = None,
-    steps: int = 5,
+    steps: int | None = None,
     metric: Any = "kl",
     ablation: Ablation | str = "resample",
     tokenizer: Any = None,
@@ -165,13 +184,17 @@ def discover(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    lr: float | None = None,
+    seed: int | None = None,
+    warm_start: bool | None = None,
 ) -> Circuit:
     """Find the circuit of ``model`` on ``task``, with any method, as one :class:`Circuit`.
 
     Methods (see ``circuitfind.algorithms``):
 
     * ``acdc`` -- ACDC, fast and exact (``acdc-plain``: one full forward per edge, for checking);
-    * ``eap``, ``eap-ig``, ``eap-ig-mask`` -- attribution scores for every edge from gradients;
+    * ``eap``, ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` -- attribution scores for every edge from gradients;
+    * ``edge-pruning`` -- learned hard-concrete edge masks; ``n_edges`` is its budget (scores: gate logits);
     * ``exact`` -- each edge's exact loss change when it alone is removed (``candidates`` restricts it);
     * ``hybrid`` -- EAP-IG picks faithful candidates, exact ACDC-style tests prune them, the result provably
       reaches ``target`` on the discovery prompts.
@@ -192,7 +215,8 @@ def discover(
         threshold: see above; ``math.inf`` with ACDC removes every edge.
         n_edges: keep the top ``n_edges`` edges by score.
         target: faithfulness in (0, 1] the circuit must reach on the discovery prompts.
-        steps: integration steps of ``eap-ig``, ``eap-ig-mask`` and ``hybrid`` (1 step of ``eap-ig`` is EAP).
+        steps: integration steps of ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` and ``hybrid`` (default 5; 1 step of
+            ``eap-ig`` or ``eap-ig-act`` is EAP); training steps of ``edge-pruning`` (default 200).
         metric: ``kl`` (KL of the circuit from the full model at the answer position; default), ``logit_diff``,
             ``prob_diff``, or a callable on logits ``(B, V)`` returning a loss to minimise.
         ablation: ``resample`` (the paired corrupted prompts; default), ``mean`` (over ``reference`` or the
@@ -214,6 +238,9 @@ def discover(
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
+        lr, seed, warm_start: ``edge-pruning`` only (refused for other methods): Adam's learning rate on the gate
+            logits (default 0.1), the seed of the gates' noise (default 0), and whether to start the gates from
+            EAP-IG scores (default False). See :mod:`circuitfind.algorithms.edge_pruning`.
 
     Returns:
         the :class:`Circuit` with per-edge scores, metric values and per-method statistics.
@@ -225,6 +252,9 @@ def discover(
     """
     _check_selection(method, threshold, n_edges, target, steps)
     _check_units(method, level, n_nodes, n_edges, by_position, threshold, target)
+    train = {"lr": lr, "seed": seed, "warm_start": warm_start}
+    _check_training(method, train)
+    steps = DEFAULT_STEPS.get(method, 5) if steps is None else steps
     check_chunk_size(chunk_size)
     order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
@@ -243,7 +273,7 @@ def discover(
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
-    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
+    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train)
     _unit_config(config, level, n_nodes, by_position, target)
     run = _Run(
         problem=problem,
@@ -304,6 +334,11 @@ def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candid
     if kind_of is MethodKind.CIRCUIT:
         opts = AcdcOptions(threshold=float(run.threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
         return _discover_acdc(run, method, opts, task, metric, ckpt, resume)
+    if method == "edge-pruning":
+        given = {TRAINING_OPTIONS[k]: v for k, v in run.config.items() if k in TRAINING_OPTIONS}
+        budget = run.n_nodes if run.level == "node" else run.n_edges  # at node level the budget counts nodes
+        opts = EdgePruningOptions(n_edges=budget, steps=steps, **given)
+        return _discover_scores(run, method, _unit_options(opts, run))
     if kind_of is MethodKind.HYBRID:
         opts = HybridOptions(
             target=run.target,

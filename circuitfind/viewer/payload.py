@@ -141,7 +141,23 @@ def _data_part(data: ExplorerData, n_layers: int, n_heads: int) -> dict[str, Any
             "scores": {c: [_round(x) for x in t.flatten().tolist()] for c, t in data.roles.scores.items()},
             "settings": _jsonable(data.roles.settings),
         }
+    if data.classes is not None:
+        out["classes"] = _classes_part(data.classes, n_layers, n_heads)
     return out
+
+
+def _classes_part(hc: Any, n_layers: int, n_heads: int) -> dict[str, Any]:
+    """IOI head classes: one class per head (layer-major, "" for none), the class scores and the thresholds."""
+    if (hc.n_layers, hc.n_heads) != (n_layers, n_heads):
+        raise ConfigError(
+            f"head classes are for {hc.n_layers} x {hc.n_heads} heads but the circuit's graph has "
+            f"{n_layers} x {n_heads}; classify the heads of the circuit's own model"
+        )
+    return {
+        "class": list(hc.classes),
+        "scores": {c: [_round(x) for x in t.flatten().tolist()] for c, t in hc.scores.items()},
+        "thresholds": _jsonable(hc.to_dict()["thresholds"]),
+    }
 
 
 def build_payload(
