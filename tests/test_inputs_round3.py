@@ -1,0 +1,156 @@
+"""Reliability, round 3 (issue 19, items 8-15): bad inputs that gave a wrong answer, a raw traceback or a
+misleading message now get the right result or a clear error. Tiny models and fakes only (no real model)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from circuitfind.cli import main
+from circuitfind.errors import TaskError
+from circuitfind.tasks import Task, from_json
+from tests.models_tiny import VOCAB, tiny_gpt2
+
+
+class _CountingTokenizer:
+    """One token per character, counting the texts it tokenises (no download)."""
+
+    bos_token_id = None
+    pad_token_id = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        self.calls += 1
+        return {"input_ids": [1 + ord(c) % (VOCAB - 1) for c in text]}
+
+    def __len__(self) -> int:
+        return VOCAB
+
+
+def _item(i: int) -> dict:
+    return {"clean": f"ab{i % 10}", "corrupted": f"cd{i % 10}", "answers": "e", "wrong_answers": "f"}
+
+
+@pytest.fixture(scope="module")
+def bare_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bare-gpt2")
+    tiny_gpt2(n_layer=2, n_head=2, n_embd=16).save_pretrained(path)
+    return path
+
+
+def _cli(model_dir, task, out, *extra) -> int:
+    argv = ["discover", "--model", str(model_dir), "--task", str(task), "--out", str(out), "--no-progress"]
+    return main([*argv, "--threshold", "0.01", *extra])
+
+
+# --- item 10: an answer equal to its wrong answer ----------------------------------------------------------------
+def test_an_answer_equal_to_its_wrong_answer_is_refused_naming_the_item(tmp_path):
+    tok = _CountingTokenizer()
+    with pytest.raises(TaskError, match=r"pair 1: token id \d+ is both a correct and a wrong answer.*0 whatever"):
+        Task.from_strings(tok, ["ab", "ab"], ["cd", "cd"], ["e", "e"], ["f", "e"])
+    path = tmp_path / "same.json"
+    path.write_text(json.dumps([_item(0), _item(1), {**_item(2), "wrong_answers": ["f", "e"]}]))
+    with pytest.raises(TaskError, match=r"^same\.json: item 2: token id \d+ is both a correct and a wrong answer"):
+        from_json(path, tok)
+    ids = {"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5], "wrong_answer_ids": [5]}
+    path.write_text(json.dumps([ids]))
+    with pytest.raises(TaskError, match=r"^same\.json: item 0: token id 5 is both"):
+        from_json(path, None)
+    one = torch.tensor([[1, 2]])
+    with pytest.raises(TaskError, match=r"prompt 0: token id 5 is both"):
+        Task("t", one, one, torch.ones_like(one), torch.tensor([1]), torch.tensor([[5]]), torch.tensor([[5]]))
+    # different answers still make a task, and the metric sees them
+    assert Task.from_strings(tok, ["ab"], ["cd"], ["e"], ["f"]).wrong_answers.tolist() == [[1 + ord("f") % 60]]
+
+
+# --- item 11: token ids outside int64 or the vocabulary ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("clean_ids", [1, 10**20], r"field 'clean_ids' holds token id 100000000000000000000 at position 1, outside"),
+        ("answer_ids", [2**63], r"field 'answer_ids' holds token id 9223372036854775808 at position 0, outside"),
+        ("corrupted_ids", [1, VOCAB], rf"field 'corrupted_ids' holds token id {VOCAB} .*vocabulary \({VOCAB} tokens"),
+    ],
+)
+def test_token_ids_outside_int64_or_the_vocabulary_are_task_errors(tmp_path, field, value, message):
+    item = {"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5], "wrong_answer_ids": [6], field: value}
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps([{"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5]}, item]))
+    tokenizer = _CountingTokenizer() if "vocabulary" in message else None
+    with pytest.raises(TaskError, match=rf"^ids\.json: item 1: {message}"):
+        from_json(path, tokenizer)
+
+
+def test_cli_with_a_huge_token_id_exits_with_a_message(bare_model_dir, tmp_path, capsys):
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps([{"clean_ids": [1, 10**20], "corrupted_ids": [1, 3], "answer_ids": [5]}]))
+    assert _cli(bare_model_dir, path, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "ids.json: item 0: field 'clean_ids' holds token id" in err and "Traceback" not in err
+
+
+# --- item 15: directories, symlink loops, deep nesting, big files -------------------------------------------------
+def test_a_directory_or_a_symlink_loop_as_task_file_says_what_it_is(bare_model_dir, tmp_path, capsys):
+    folder = tmp_path / "tasks.json"
+    folder.mkdir()
+    loop = tmp_path / "loop.json"
+    os.symlink(loop, loop)
+    dangling = tmp_path / "dangling.jsonl"
+    os.symlink(tmp_path / "gone.jsonl", dangling)
+    cases = [(folder, "it is a directory, not a file"), (loop, "symbolic link loop"), (dangling, "link to a file")]
+    for path, message in cases:
+        with pytest.raises(TaskError, match=message):
+            from_json(path, None)
+        assert _cli(bare_model_dir, path, tmp_path / "run") == 2
+        err = capsys.readouterr().err
+        assert message in err and "does not exist;" not in err.replace("file that does not exist", ""), err
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_nested_100000_deep_is_a_task_error(tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(TaskError, match=r"nested too deeply"):
+        from_json(path, None)
+    with pytest.raises(TaskError, match=r"nested too deeply"):
+        from_json(path, None, max_prompts=3)
+
+
+def test_max_prompts_stops_reading_and_tokenising(tmp_path):
+    items = [_item(i) for i in range(6)]
+    as_list = tmp_path / "big.json"
+    as_list.write_text("[" + ",\n".join(json.dumps(it) for it in items) + ",\n{broken json")
+    lines = tmp_path / "big.jsonl"
+    lines.write_bytes(b"\n".join(json.dumps(it).encode() for it in items) + b"\n\xff\xfe not json at all\n")
+    for path in (as_list, lines):
+        tok = _CountingTokenizer()
+        task = from_json(path, tok, max_prompts=4)
+        assert len(task) == 4 and task.prompts == tuple(it["clean"] for it in items[:4])
+        assert tok.calls == 4 * 4  # clean, corrupted, answer, wrong answer of 4 prompts: nothing after them
+    with pytest.raises(TaskError, match=r"big\.json: not valid JSON \(line 7"):
+        from_json(as_list, _CountingTokenizer())  # without a limit the whole file is read, and it is broken
+    with pytest.raises(TaskError, match=r"big\.jsonl: a task file must be UTF-8 text; found byte 0xff"):
+        from_json(lines, _CountingTokenizer())
+    with pytest.raises(TaskError, match="max_prompts must be an integer >= 1"):
+        from_json(lines, None, max_prompts=0)
+
+
+def test_cli_reads_only_n_prompts_plus_held_out_of_a_task_file(bare_model_dir, tmp_path, capsys):
+    from circuitfind.tasks import to_json
+
+    tok = _CountingTokenizer()
+    task = Task.from_strings(tok, [f"ab{i}" for i in range(5)], [f"cd{i}" for i in range(5)], ["e"] * 5, ["f"] * 5)
+    ids = tmp_path / "ids.json"
+    to_json(task, ids)
+    lines = json.loads(ids.read_text())["prompts"]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in lines) + "\n{this line is never read\n")
+    assert _cli(bare_model_dir, path, tmp_path / "run", "--n-prompts", "3", "--held-out", "2") == 0
+    out = capsys.readouterr().out
+    assert "held-out faithfulness" in out and "on 2 prompts" in out
