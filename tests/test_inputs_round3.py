@@ -154,3 +154,96 @@ def test_cli_reads_only_n_prompts_plus_held_out_of_a_task_file(bare_model_dir, t
     assert _cli(bare_model_dir, path, tmp_path / "run", "--n-prompts", "3", "--held-out", "2") == 0
     out = capsys.readouterr().out
     assert "held-out faithfulness" in out and "on 2 prompts" in out
+
+
+# --- item 12: binary sweep specs and huge grids -----------------------------------------------------------------
+def test_a_binary_sweep_spec_is_a_spec_error(tmp_path, capsys):
+    from circuitfind.sweeps import SpecError, load_spec
+
+    path = tmp_path / "spec.json"
+    path.write_bytes(b"SQLite format 3\x00\xff\xfe\x80\x81" + bytes(range(256)))
+    with pytest.raises(SpecError, match=r"is not UTF-8 text \(byte 0xff at offset 16\)"):
+        load_spec(path)
+    assert main(["sweep", str(path), "--table"]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_a_grid_of_a_million_cells_is_refused_with_its_count_before_expanding(tmp_path, capsys):
+    from circuitfind.sweeps import SpecError, load_spec, parse_spec
+
+    huge = {"out": str(tmp_path / "o"), "grid": {"model": "m", "task": "ioi", "seed": list(range(1000))}}
+    huge["grid"]["n_prompts"] = list(range(1, 1001))
+    with pytest.raises(SpecError, match=r"expand to 1,000,000 cells, more than max_cells = 10,000"):
+        parse_spec(huge)
+    two_grids = {**huge, "grid": [{"model": "m", "task": "ioi", "seed": [0, 1, 2]}, {"model": "m", "task": "ioi", "seed": 7}]}
+    with pytest.raises(SpecError, match=r"expand to 4 cells \(3 \+ 1 over 2 grids\), more than max_cells = 3"):
+        parse_spec({**two_grids, "max_cells": 3})
+    assert len(parse_spec({**two_grids, "max_cells": 4}).cells) == 4
+    with pytest.raises(SpecError, match=r"'max_cells' must be an integer >= 1"):
+        parse_spec({**two_grids, "max_cells": 0})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({**two_grids, "max_cells": 3}))
+    assert len(load_spec(path, max_cells=4).cells) == 4  # --max-cells overrides the spec's field
+    assert main(["sweep", str(path), "--table", "--max-cells", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "expand to 4 cells" in err and "--max-cells N" in err and "Traceback" not in err
+    assert main(["sweep", str(path), "--table", "--max-cells", "4"]) == 0
+    assert "no results yet" in capsys.readouterr().out
+
+
+# --- item 13: read-only and locked results stores ---------------------------------------------------------------
+def _a_store(tmp_path):
+    from circuitfind.sweeps import ResultsStore
+
+    path = tmp_path / "out" / "results.sqlite"
+    with ResultsStore(path) as store:
+        store.put({"cell_id": "c1", "status": "done", "spec": "{}"})
+    return path
+
+
+def test_a_read_only_results_store_says_it_is_read_only(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    from circuitfind.errors import OutputError
+    from circuitfind.sweeps import ResultsStore
+
+    path = _a_store(tmp_path)
+    real_connect = sqlite3.connect
+
+    def read_only(database, **kwargs):  # what a read-only mount or file gives (root ignores file modes)
+        return real_connect(f"file:{database}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    with pytest.raises(OutputError, match=r"is read-only .*attempt to write a readonly database.*chmod u\+w") as e:
+        ResultsStore(path)
+    assert "not a circuitfind results store" not in str(e.value)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"out": str(path.parent), "grid": {"model": "m", "task": "ioi"}}))
+    assert main(["sweep", str(spec), "--table"]) == 2
+    err = capsys.readouterr().err
+    assert "is read-only" in err and "Traceback" not in err
+
+
+def test_a_locked_results_store_says_who_may_hold_it(tmp_path):
+    import sqlite3
+
+    from circuitfind.errors import OutputError
+    from circuitfind.sweeps import ResultsStore
+
+    path = _a_store(tmp_path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # an SQL client (or another sweep) in the middle of a write
+    try:
+        with pytest.raises(OutputError, match=r"is locked: another process holds a write transaction.*0\.2 s") as e:
+            ResultsStore(path, busy_timeout=0.2)
+        assert "not a circuitfind results store" not in str(e.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with ResultsStore(path) as store:  # once released, the same store opens with its row
+        assert store.finished_ids() == {"c1"}
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all, just text" * 100)
+    with pytest.raises(OutputError, match=r"is not a circuitfind results store"):
+        ResultsStore(junk)
