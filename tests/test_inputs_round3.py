@@ -247,3 +247,120 @@ def test_a_locked_results_store_says_who_may_hold_it(tmp_path):
     junk.write_bytes(b"this is not a database at all, just text" * 100)
     with pytest.raises(OutputError, match=r"is not a circuitfind results store"):
         ResultsStore(junk)
+
+
+# --- item 11: a NaN metric under exact names the edge and the prompt chunk ----------------------------------------
+def _exact_case():
+    from circuitfind.patching import PatchableModel
+
+    pm = PatchableModel(tiny_gpt2(n_layer=2, n_head=2, n_embd=16))
+    clean = torch.tensor([[1, 2, 3, 4]] * 4)
+    corrupted = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 7, 10], [5, 6, 7, 13]])
+    task = Task("t", clean, corrupted, torch.ones_like(clean), torch.full((4,), 3), torch.tensor([[11]] * 4),
+                torch.tensor([[12]] * 4))  # fmt: skip
+    return pm, task
+
+
+def test_a_nan_metric_under_exact_names_the_edge_and_the_prompt_chunk():
+    import circuitfind as cf
+    from circuitfind.algorithms.exact import exact_plan
+    from circuitfind.errors import MetricError
+
+    pm, task = _exact_case()
+    with torch.no_grad():
+        full = pm.module(task.clean_ids).logits[3, -1].clone()
+
+    def metric(logits):  # (B, V): NaN as soon as prompt 3's logits move away from the full model's
+        return (logits[:, 11] - logits[:, 12]).mean() + torch.sqrt(1e-3 - (logits[3] - full).abs().max())
+
+    first = exact_plan(pm.graph)[0]  # the first edge exact scoring removes: it moves every prompt's logits
+    edge = pm.graph.edge(first.senders[0], first.receiver).name
+    with pytest.raises(MetricError) as e:
+        cf.discover(pm, task, method="exact", chunk_size=2, metric=metric, n_edges=3, progress=False)
+    assert f"during exact scoring, removing edge {edge} (receiver logits): prompt chunk 2 of 2 (prompts 2..3)" in str(
+        e.value
+    )
+    assert "its logits are finite but the metric is not" in str(e.value)
+
+
+def test_nan_logits_under_exact_name_the_prompt(monkeypatch):
+    import circuitfind as cf
+    from circuitfind.algorithms.acdc import FastEvaluator
+    from circuitfind.errors import MetricError
+
+    pm, task = _exact_case()
+    g = pm.graph
+    real = FastEvaluator.chunk_logits
+
+    def nan_on_prompt_3(self, masks):  # a model whose logits on prompt 3 go NaN when input->logits is removed
+        out = real(self, masks)
+        hit = ~masks[:, g.sender_index("input"), g.logits_receiver]
+        out[1][hit, 1] = float("nan")
+        return out
+
+    monkeypatch.setattr(FastEvaluator, "chunk_logits", nan_on_prompt_3)
+    with pytest.raises(MetricError, match=r"removing edge input->logits \(receiver logits\): prompt chunk 2 of 2 "
+                       r"\(prompts 2\.\.3\) has NaN or infinite logits, on prompt\(s\) 3"):  # fmt: skip
+        cf.discover(pm, task, method="exact", chunk_size=2, metric="logit_diff", n_edges=3, progress=False)
+
+
+# --- item 9: the explorer of a circuit cut with --n-edges opens on that circuit -----------------------------------
+@pytest.fixture(scope="module")
+def n_edges_circuits():
+    import circuitfind as cf
+    from circuitfind.patching import PatchableModel
+    from tests.toy_problems import natural_task
+
+    pm = PatchableModel(tiny_gpt2(init=0.2))
+    task = natural_task(pm)
+    runs = {n: cf.discover(pm, task, method="eap", n_edges=n, metric="logit_diff", progress=False) for n in (3, 10, 40)}
+    runs["threshold"] = cf.discover(pm, task, method="eap", threshold=0.05, metric="logit_diff", progress=False)
+    return runs
+
+
+def test_the_explorer_of_an_n_edges_cut_opens_on_the_circuit_as_cut(n_edges_circuits):
+    from circuitfind.viewer import build_payload
+    from tests.viewer_cases import ranked_names
+
+    for n, circuit in n_edges_circuits.items():
+        c = build_payload(circuit)["circuit"]
+        # the explorer opens on the top k (dangling edges hidden): the cut's own k, which gives the circuit back
+        assert c["k"] == circuit.stats["selected_before_pruning"] and (n == "threshold" or c["k"] == n)
+        assert circuit.n_edges > 0 and sorted(ranked_names(circuit, c["k"], prune=True)) == sorted(circuit.edge_names)
+    assert n_edges_circuits[10].n_edges < 10  # pruning dropped edges: opening on top-n_edges would show fewer
+
+
+def test_the_explorer_page_of_an_n_edges_cut_draws_the_circuit(n_edges_circuits, tmp_path):
+    from tests.test_viewer_browser import _browser_paths
+
+    browser, chromedriver = _browser_paths()
+    if browser is None or chromedriver is None or not _has_selenium():
+        if os.environ.get("CI") == "true":  # CI installs them (scripts/setup.sh): missing there is a failure
+            pytest.fail("Chromium, chromedriver or selenium is missing")
+        pytest.skip("Chromium, chromedriver or selenium is missing (the payload test above covers the opening size)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from circuitfind.viewer import to_html
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    try:
+        for n in (10, 40):
+            circuit = n_edges_circuits[n]
+            path = to_html(circuit, tmp_path / f"cut{n}.html")
+            driver.get(path.resolve().as_uri())
+            assert driver.execute_script("return document.body.dataset.ready") == "1"
+            drawn = driver.execute_script("return window.circuitExplorer.drawnEdgeNames()")
+            assert sorted(drawn) == sorted(circuit.edge_names) and len(drawn) == circuit.n_edges > 0
+    finally:
+        driver.quit()
+
+
+def _has_selenium() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("selenium") is not None

@@ -10,6 +10,7 @@ subset (the hybrid method scores only its attribution-chosen candidates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,9 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import FastEvaluator, Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, MetricError
 from circuitfind.graph import Graph
+from circuitfind.metrics import metric_site
 
 __all__ = [
     "ExactBatch",
@@ -118,9 +120,53 @@ def score_batches(
             ev.start_layer(b.layer, full)
         masks = full.unsqueeze(0).repeat(len(b.senders), 1, 1)  # (K, S, R)
         masks[torch.arange(len(b.senders)), torch.tensor(b.senders), b.receiver] = False
-        out.append(ev.losses(masks).double() - ev.loss_full)  # (K,)
+        logits = ev.chunk_logits(masks)  # [(K, b, V')] per prompt chunk
+        with metric_site(_exact_site(g, b, ev, logits)):
+            losses = problem.loss(torch.cat(logits, dim=1)).cpu()  # (K,)
+        out.append(losses.double() - ev.loss_full)  # (K,)
         progress.update(len(b.senders) * layer_cost(g.n_layers, b.layer))
     return out
+
+
+def _exact_site(graph: Graph, batch: ExactBatch, ev: FastEvaluator, logits: list[Tensor]) -> Callable:
+    """Names the edge whose removal gave a bad metric (``index`` of the batch's candidates) and the prompt chunk
+    that produced it (see :func:`_bad_chunk`)."""
+
+    def label(err) -> str:
+        k = err.index if err.index is not None and err.index < len(batch.senders) else 0
+        edge = graph.edge(batch.senders[k], batch.receiver).name
+        where = _bad_chunk(ev, [chunk[k] for chunk in logits])
+        return f"during exact scoring, removing edge {edge} (receiver {graph.receivers[batch.receiver].name}): {where}"
+
+    return label
+
+
+def _bad_chunk(ev: FastEvaluator, logits: list[Tensor]) -> str:
+    """Which prompt chunk of one candidate's ``logits`` (``[(b, V')]`` per chunk) made its metric non-finite: the
+    first holding NaN or infinite logits; else the first whose logits, put among the full model's logits of the
+    other prompts, give a non-finite metric (the metric itself, e.g. the log of a probability of 0)."""
+    chunks = ev.chunks
+
+    def span(i: int) -> str:
+        return f"prompt chunk {i + 1} of {len(chunks)} (prompts {chunks[i].start}..{chunks[i].stop - 1})"
+
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        bad = (~torch.isfinite(chunk)).flatten(1).any(dim=1)  # (b,)
+        if bool(bad.any()):
+            prompts = [rows.start + int(j) for j in bad.nonzero().flatten()]
+            shown = ", ".join(map(str, prompts[:10])) + (", ..." if len(prompts) > 10 else "")
+            return f"{span(i)} has NaN or infinite logits, on prompt(s) {shown}"
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        mixed = ev.full_logits.clone()
+        mixed[rows] = chunk.to(mixed.device, mixed.dtype)
+        try:
+            ev.p.loss(mixed.unsqueeze(0))
+        except MetricError:
+            return (
+                f"{span(i)} gives it: its logits are finite but the metric is not (with the full model's logits on "
+                "the other prompts)"
+            )
+    return "the logits of every prompt are finite and no single prompt chunk makes the metric non-finite"
 
 
 def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: Progress | None = None) -> ScoreResult:
