@@ -176,7 +176,8 @@ def test_a_grid_of_a_million_cells_is_refused_with_its_count_before_expanding(tm
     huge["grid"]["n_prompts"] = list(range(1, 1001))
     with pytest.raises(SpecError, match=r"expand to 1,000,000 cells, more than max_cells = 10,000"):
         parse_spec(huge)
-    two_grids = {**huge, "grid": [{"model": "m", "task": "ioi", "seed": [0, 1, 2]}, {"model": "m", "task": "ioi", "seed": 7}]}
+    grids = [{"model": "m", "task": "ioi", "seed": [0, 1, 2]}, {"model": "m", "task": "ioi", "seed": 7}]
+    two_grids = {**huge, "grid": grids}
     with pytest.raises(SpecError, match=r"expand to 4 cells \(3 \+ 1 over 2 grids\), more than max_cells = 3"):
         parse_spec({**two_grids, "max_cells": 3})
     assert len(parse_spec({**two_grids, "max_cells": 4}).cells) == 4
