@@ -484,8 +484,6 @@ def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_
     first, _ = loading.load_model(cache_dir=cache, progress=False)
     (cached,) = cache.iterdir()
     weights = cached / "model.safetensors"
-    record = json.loads((cached / "circuitfind_cache.json").read_text())
-    assert set(record["weights_sha256"]) == {"model.safetensors"}
 
     def corrupt() -> None:  # NaN bytes over the end of the last tensor; the file keeps its size and header
         data = bytearray(weights.read_bytes())
@@ -498,7 +496,8 @@ def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_
     for why, drop_record in ((r"model\.safetensors does not match its checksum", False), (r"holds NaN", True)):
         corrupt()
         if drop_record:  # a cache written before checksums were recorded: the finite-weights check finds it
-            record.pop("weights_sha256")
+            record = json.loads((cached / "circuitfind_cache.json").read_text())
+            assert set(record.pop("weights_sha256")) == {"model.safetensors"}
             (cached / "circuitfind_cache.json").write_text(json.dumps(record))
         with pytest.warns(UserWarning, match=rf"ignoring the damaged model cache .*{why}.*converting again"):
             model, tok = loading.load_model(cache_dir=cache, progress=False)
