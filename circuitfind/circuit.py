@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from circuitfind import export
+from circuitfind.errors import ShapeError
 from circuitfind.graph import Edge, Graph
 
 __all__ = ["Circuit"]
@@ -38,6 +39,11 @@ class Circuit:
         config: the options of the run (method, threshold, metric, ablation...); a read-only mapping.
         stats: wall time, forward passes, edges tested, ...; a read-only mapping.
         model: a name for the model it was found on.
+        node_mask: ``(S,)`` bool, or None: a node-level circuit (``level="node"``) keeps these senders (heads,
+            MLPs, the input) as units; ``mask`` holds its induced edges (between kept nodes, ``logits`` always
+            kept) after dangling ones are dropped.
+        node_scores: ``(S,)`` float, or None: the loss change when each node is removed (its outgoing edges at
+            once); a node-level circuit's edge ``scores`` are NaN where the method scored no edge.
 
     The tensors are the circuit's own copies on the CPU; do not change them in place.
 
@@ -59,15 +65,40 @@ class Circuit:
     config: Mapping[str, Any] = field(default_factory=dict)
     stats: Mapping[str, Any] = field(default_factory=dict)
     model: str = ""
+    node_mask: torch.Tensor | None = None
+    node_scores: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.graph.check_mask(self.mask)
         self.graph.check_mask(self.scores)
+        self._normalise_nodes()
         # A frozen dataclass normalises its fields once, here, through object.__setattr__.
         object.__setattr__(self, "mask", self.mask.detach().cpu().bool() & self.graph.edge_mask)
         object.__setattr__(self, "scores", self.scores.detach().cpu().float())
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+
+    def _normalise_nodes(self) -> None:
+        """Check and copy the node-level fields (``(S,)`` each) to the CPU."""
+        for name, dtype in (("node_mask", torch.bool), ("node_scores", torch.float)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (self.graph.n_senders,):
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ShapeError(f"{name} must have shape (senders,) = ({self.graph.n_senders},); got {found}")
+            object.__setattr__(self, name, value.detach().cpu().to(dtype))
+
+    @property
+    def level(self) -> str:
+        """``"node"`` for a node-level circuit, else ``"edge"``."""
+        return "edge" if self.node_mask is None else "node"
+
+    @property
+    def n_nodes(self) -> int:
+        """Kept nodes of a node-level circuit (senders; ``logits`` not counted); else senders with a kept edge."""
+        kept = self.node_mask if self.node_mask is not None else self.mask.any(dim=1)
+        return int(kept.sum())
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickle and copy.deepcopy cannot copy a MappingProxyType: rebuild from plain dicts.
@@ -138,8 +169,9 @@ class Circuit:
     def summary(self) -> str:
         m = self.config.get("metric", "metric")
         rec = self.recovered
+        nodes = "" if self.node_mask is None else f"{self.n_nodes} of {self.graph.n_senders} nodes, "
         return (
-            f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
+            nodes + f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
             f"{m}: full {self.metric_full:.4g}, circuit {self.metric_circuit:.4g}, empty {self.metric_empty:.4g}"
             + ("" if rec != rec else f" (recovers {round(100 * rec)}%)")
         )

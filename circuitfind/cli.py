@@ -178,6 +178,22 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_unit_options(p: argparse.ArgumentParser) -> None:
+    """--level, --n-nodes and --by-position: what a scoring method scores and cuts."""
+    p.add_argument(
+        "--level",
+        choices=["edge", "node"],
+        default="edge",
+        help="eap/eap-ig/eap-ig-mask/exact: score and cut single edges (default) or nodes (heads, MLPs, input)",
+    )
+    p.add_argument("--n-nodes", type=_positive_int, default=None, metavar="N", help="--level node: keep N nodes")
+    p.add_argument(
+        "--by-position",
+        action="store_true",
+        help="eap/eap-ig/eap-ig-mask: score and cut (sender, receiver, position) edges; prompts of one template",
+    )
+
+
 def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "discover",
@@ -201,6 +217,7 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
     )
     _add_method_options(p)
+    _add_unit_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
     p.add_argument("--ablation", choices=[a.value for a in Ablation], default="resample", help="default: resample")
@@ -402,6 +419,9 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         checkpoint=ckpt,
         resume=args.resume,
         progress=args.progress,
+        level=args.level,
+        n_nodes=args.n_nodes,
+        by_position=args.by_position,
     )
     circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):

@@ -92,6 +92,7 @@ class CircuitData(Protocol):
     config: Mapping[str, Any]
     stats: Mapping[str, Any]
     model: str
+    # node-level circuits also carry node_mask / node_scores ((S,) each, read with getattr: optional)
 
     @property
     def n_edges(self) -> int: ...
@@ -182,10 +183,9 @@ def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
         name: {"score": s if s - s == 0 else (None if s != s else _number(s)), "in_graph": k}
         for name, s, k in zip(graph.edge_names, scores, kept, strict=True)
     }
-    on = graph.nodes_touched(circuit.mask).tolist()
     return {
         "cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel},
-        "nodes": dict(zip(graph.node_names, on, strict=True)),
+        "nodes": _nodes_json(circuit),
         "edges": edges,
         "circuitfind": {
             "version": FORMAT_VERSION,
@@ -197,6 +197,43 @@ def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
             "metric_circuit": _float_or_none(circuit.metric_circuit),
         },
     }
+
+
+def _nodes_json(circuit: CircuitData) -> dict[str, Any]:
+    """The 'nodes' entry: ``{name: in_graph}``; for a node-level circuit ``{name: {"in_graph", "score"}}`` (the
+    EAP-IG node layout), the kept nodes being its units and ``logits`` always in."""
+    graph = circuit.graph
+    node_mask = getattr(circuit, "node_mask", None)
+    if node_mask is None:
+        return dict(zip(graph.node_names, graph.nodes_touched(circuit.mask).tolist(), strict=True))
+    scores = getattr(circuit, "node_scores", None)
+    values = [math.nan] * graph.n_senders if scores is None else scores.tolist()
+    out = {
+        name: {"in_graph": bool(k), "score": _float_or_none(v)}
+        for name, k, v in zip(graph.sender_names, node_mask.tolist(), values, strict=True)
+    }
+    out[graph.node_names[-1]] = {"in_graph": True, "score": None}
+    return out
+
+
+def _node_fields(graph: Graph, data: dict[str, Any], nodes_on: torch.Tensor | None) -> dict[str, Any]:
+    """``node_mask`` / ``node_scores`` of a node-level circuit file (nodes but no edges, or written at
+    ``level="node"``); empty for an edge-level one."""
+    meta = data.get("circuitfind") or {}
+    config = meta.get("config") if isinstance(meta, dict) else None
+    node_level = "edges" not in data or (isinstance(config, dict) and config.get("level") == "node")
+    if nodes_on is None or not node_level:
+        return {}
+    nodes = data["nodes"]
+    scores = torch.full((graph.n_senders,), math.nan)
+    if isinstance(nodes, dict):
+        for i, name in enumerate(graph.sender_names):
+            entry = nodes.get(name)
+            value = _score(entry.get("score")) if isinstance(entry, dict) else None
+            if value is not None:
+                scores[i] = value
+    has_scores = bool(scores.isfinite().any())
+    return {"node_mask": nodes_on[: graph.n_senders].clone(), "node_scores": scores if has_scores else None}
 
 
 def _graph_from_cfg(cfg: Any) -> Graph:
@@ -279,12 +316,12 @@ def fields_from_json_dict(data: dict[str, Any]) -> dict[str, Any]:
         mask, scores = _edges_from_json(graph, data["edges"])
     elif nodes_on is not None:
         # EAP-IG's node level: every outgoing edge of a kept node whose receiving node is kept too.
-        nodes_on[graph.n_senders] = True  # logits are always in the graph
-        mask = nodes_on[: graph.n_senders, None] & nodes_on[graph.receiver_nodes][None, :] & graph.edge_mask
+        mask = graph.induced_by_nodes(nodes_on[: graph.n_senders])  # logits are always in the graph
         scores = torch.full(mask.shape, float("nan"))
     else:
         raise ConfigError("a circuit file needs 'edges' (or, for a node-level circuit, 'nodes'); found neither")
-    return {"graph": graph, "mask": mask, "scores": scores, **_metadata_from_json(data.get("circuitfind") or {})}
+    fields = {"graph": graph, "mask": mask, "scores": scores, **_metadata_from_json(data.get("circuitfind") or {})}
+    return {**fields, **_node_fields(graph, data, nodes_on)}
 
 
 def _edges_from_json(graph: Graph, edges: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -283,6 +283,8 @@ def test_a_nan_metric_under_exact_names_the_edge_and_the_prompt_chunk():
         e.value
     )
     assert "its logits are finite but the metric is not" in str(e.value)
+    with pytest.raises(MetricError, match=r"during exact node scoring, removing node (input|[am]\d+(\.h\d+)?):"):
+        cf.discover(pm, task, method="exact", level="node", chunk_size=2, metric=metric, n_nodes=2, progress=False)
 
 
 def test_nan_logits_under_exact_name_the_prompt(monkeypatch):
