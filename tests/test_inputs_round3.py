@@ -138,6 +138,10 @@ def test_max_prompts_stops_reading_and_tokenising(tmp_path):
         from_json(as_list, _CountingTokenizer())  # without a limit the whole file is read, and it is broken
     with pytest.raises(TaskError, match=r"big\.jsonl: a task file must be UTF-8 text; found byte 0xff"):
         from_json(lines, _CountingTokenizer())
+    with_options = tmp_path / "opts.json"
+    with_options.write_text(json.dumps({"n_train": 5, "prompts": items}))
+    assert from_json(with_options, _CountingTokenizer(), max_prompts=3).n_train == 3  # the split is cut with them
+    assert from_json(with_options, _CountingTokenizer(), max_prompts=6).n_train == 5
     with pytest.raises(TaskError, match="max_prompts must be an integer >= 1"):
         from_json(lines, None, max_prompts=0)
 

@@ -121,6 +121,8 @@ def from_json(
         "n_train": n_train if n_train is not _UNSET else options.get("n_train"),
     }
     _check_option_types(opts, label)
+    if max_prompts is not None and len(items) == max_prompts and (opts["n_train"] or 0) > max_prompts:
+        opts["n_train"] = max_prompts  # the file's split reaches past the prompts read: all of them are train
     bos = prepend_bos if prepend_bos is not _UNSET else options.get("prepend_bos")
     if bos is not None and not isinstance(bos, bool):
         raise TaskError(f"{label}: option 'prepend_bos' must be true, false or null; got {bos!r}")
