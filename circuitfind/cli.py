@@ -401,6 +401,10 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
+    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+        from circuitfind.tasks import check_task_fits
+
+        check_task_fits(task, model.spec, label=f"task file {args.task}")
     circuit = discover(
         model,
         task,

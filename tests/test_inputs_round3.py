@@ -93,6 +93,11 @@ def test_cli_with_a_huge_token_id_exits_with_a_message(bare_model_dir, tmp_path,
     assert _cli(bare_model_dir, path, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert "ids.json: item 0: field 'clean_ids' holds token id" in err and "Traceback" not in err
+    path.write_text(json.dumps([{"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5]}] * 2
+                               + [{"clean_ids": [1, VOCAB], "corrupted_ids": [1, 3], "answer_ids": [5]}]))  # fmt: skip
+    assert _cli(bare_model_dir, path, tmp_path / "run") == 2  # no tokenizer: the model's vocabulary is the limit
+    err = capsys.readouterr().err
+    assert f"task file {path}: prompt 2 holds token id {VOCAB} in clean_ids" in err and "Traceback" not in err
 
 
 # --- item 15: directories, symlink loops, deep nesting, big files -------------------------------------------------
