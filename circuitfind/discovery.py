@@ -15,9 +15,10 @@ from torch import nn
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
 from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.edge_pruning import EdgePruningOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
-from circuitfind.algorithms.units import check_level, node_cut
+from circuitfind.algorithms.units import check_level, node_cut, position_cut
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
@@ -26,6 +27,7 @@ from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.tasks.templates import template_labels
 
 __all__ = ["discover", "prepare_problem"]
 
@@ -92,7 +94,9 @@ DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach w
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
 
 
-def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
+def _config(
+    method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train
+) -> dict[str, Any]:
     """The run's options as recorded in the circuit (and fingerprinted for ACDC's checkpoints)."""
     config = {
         "method": method,
@@ -110,9 +114,24 @@ def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, t
     cut_by_target = METHODS[method].kind is not MethodKind.CIRCUIT and tau is None and n_edges is None
     if target is not None or cut_by_target:
         config["target"] = DEFAULT_TARGET if target is None else float(target)
-    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+    if method in {"eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid", "edge-pruning"}:
         config["steps"] = steps
+    config.update({k: v for k, v in train.items() if v is not None})
     return config
+
+
+TRAINING_OPTIONS = {"lr": "lr", "seed": "seed", "warm_start": "warm_start"}  # discover's name -> options field
+DEFAULT_STEPS = {"edge-pruning": EdgePruningOptions.steps}  # training steps; integration steps default to 5
+
+
+def _check_training(method: str, train: dict[str, Any]) -> None:
+    """Refuse training options (``lr``, ``seed``, ``warm_start``) for a method that does not train."""
+    given = sorted(k for k, v in train.items() if v is not None)
+    if given and method != "edge-pruning":
+        raise ConfigError(
+            f"{', '.join(given)} only apply to the learned-mask method edge-pruning; {method} does not train. "
+            "Drop them or pass method='edge-pruning'"
+        )
 
 
 def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
@@ -127,7 +146,8 @@ def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, ste
         raise ConfigError(f"n_edges must be an integer >= 1 (the number of edges to keep); got {n_edges!r}")
     if target is not None:
         check_target(target)
-    check_steps(steps)
+    if steps is not None:
+        check_steps(steps)
     given = [name for name, v in (("threshold", threshold), ("n_edges", n_edges), ("target", target)) if v is not None]
     if method in SCORING_METHODS and len(given) > 1:
         raise ConfigError(
@@ -148,7 +168,7 @@ def discover(
     threshold: float | None = None,
     n_edges: int | None = None,
     target: float | None = None,
-    steps: int = 5,
+    steps: int | None = None,
     metric: Any = "kl",
     ablation: Ablation | str = "resample",
     tokenizer: Any = None,
@@ -164,13 +184,17 @@ def discover(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    lr: float | None = None,
+    seed: int | None = None,
+    warm_start: bool | None = None,
 ) -> Circuit:
     """Find the circuit of ``model`` on ``task``, with any method, as one :class:`Circuit`.
 
     Methods (see ``circuitfind.algorithms``):
 
     * ``acdc`` -- ACDC, fast and exact (``acdc-plain``: one full forward per edge, for checking);
-    * ``eap``, ``eap-ig``, ``eap-ig-mask`` -- attribution scores for every edge from gradients;
+    * ``eap``, ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` -- attribution scores for every edge from gradients;
+    * ``edge-pruning`` -- learned hard-concrete edge masks; ``n_edges`` is its budget (scores: gate logits);
     * ``exact`` -- each edge's exact loss change when it alone is removed (``candidates`` restricts it);
     * ``hybrid`` -- EAP-IG picks faithful candidates, exact ACDC-style tests prune them, the result provably
       reaches ``target`` on the discovery prompts.
@@ -191,7 +215,8 @@ def discover(
         threshold: see above; ``math.inf`` with ACDC removes every edge.
         n_edges: keep the top ``n_edges`` edges by score.
         target: faithfulness in (0, 1] the circuit must reach on the discovery prompts.
-        steps: integration steps of ``eap-ig``, ``eap-ig-mask`` and ``hybrid`` (1 step of ``eap-ig`` is EAP).
+        steps: integration steps of ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` and ``hybrid`` (default 5; 1 step of
+            ``eap-ig`` or ``eap-ig-act`` is EAP); training steps of ``edge-pruning`` (default 200).
         metric: ``kl`` (KL of the circuit from the full model at the answer position; default), ``logit_diff``,
             ``prob_diff``, or a callable on logits ``(B, V)`` returning a loss to minimise.
         ablation: ``resample`` (the paired corrupted prompts; default), ``mean`` (over ``reference`` or the
@@ -213,6 +238,9 @@ def discover(
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
+        lr, seed, warm_start: ``edge-pruning`` only (refused for other methods): Adam's learning rate on the gate
+            logits (default 0.1), the seed of the gates' noise (default 0), and whether to start the gates from
+            EAP-IG scores (default False). See :mod:`circuitfind.algorithms.edge_pruning`.
 
     Returns:
         the :class:`Circuit` with per-edge scores, metric values and per-method statistics.
@@ -224,6 +252,9 @@ def discover(
     """
     _check_selection(method, threshold, n_edges, target, steps)
     _check_units(method, level, n_nodes, n_edges, by_position, threshold, target)
+    train = {"lr": lr, "seed": seed, "warm_start": warm_start}
+    _check_training(method, train)
+    steps = DEFAULT_STEPS.get(method, 5) if steps is None else steps
     check_chunk_size(chunk_size)
     order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
@@ -238,10 +269,11 @@ def discover(
         batch_size = 1 if pm.device.type == "cpu" else 8
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = resolve_task(task, tokenizer).train()
+    labels = template_labels(task) if by_position else None  # refuses prompts that do not align
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
-    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
+    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train)
     _unit_config(config, level, n_nodes, by_position, target)
     run = _Run(
         problem=problem,
@@ -256,6 +288,7 @@ def discover(
         level=level,
         n_nodes=n_nodes,
         by_position=by_position,
+        position_labels=labels,
     )
     try:
         mask, scores, stats, faith = _dispatch(
@@ -283,7 +316,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
     bound = run.bound
     return Circuit(
         graph=pm.graph,
-        mask=mask,
+        mask=mask.any(dim=-1) if mask.dim() == 3 else mask,  # a position mask's projection
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
@@ -301,6 +334,11 @@ def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candid
     if kind_of is MethodKind.CIRCUIT:
         opts = AcdcOptions(threshold=float(run.threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
         return _discover_acdc(run, method, opts, task, metric, ckpt, resume)
+    if method == "edge-pruning":
+        given = {TRAINING_OPTIONS[k]: v for k, v in run.config.items() if k in TRAINING_OPTIONS}
+        budget = run.n_nodes if run.level == "node" else run.n_edges  # at node level the budget counts nodes
+        opts = EdgePruningOptions(n_edges=budget, steps=steps, **given)
+        return _discover_scores(run, method, _unit_options(opts, run))
     if kind_of is MethodKind.HYBRID:
         opts = HybridOptions(
             target=run.target,
@@ -332,6 +370,7 @@ class _Run:
     level: str = "edge"
     n_nodes: int | None = None
     by_position: bool = False
+    position_labels: tuple[str, ...] | None = None
     extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
@@ -372,6 +411,8 @@ def _discover_scores(run: _Run, method: str, opts):
     faith = Faithfulness(run.problem)
     if run.level == "node":
         mask, cut = _cut_nodes(run, method, result, faith)
+    elif run.by_position:
+        mask, cut = _cut_positions(run, method, result, faith)
     else:
         mask, cut = run.cut(result.scores, faith, run.threshold)
     return mask, result.scores, {**result.stats, **cut}, faith
@@ -443,6 +484,31 @@ def _cut_nodes(run: _Run, method: str, result: ScoreResult, faith: Faithfulness)
     )
     run.extra.update(node_mask=cut.units, node_scores=result.node_scores.float())
     return cut.mask, {**cut.info, "n_nodes": int(cut.units.sum())}
+
+
+def _cut_positions(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The position-aware circuit cut from the method's ``(S, R, T)`` scores: an ``(S, R, T)`` mask."""
+    if result.position_scores is None:
+        raise ConfigError(f"{method} returned no position scores with by_position=True")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest position-edges with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = position_cut(
+        run.problem.pm.graph,
+        result.position_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_edges,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(
+        position_mask=cut.mask, position_scores=result.position_scores.float(), position_labels=run.position_labels
+    )
+    return cut.mask, {**cut.info, "n_position_edges": int(cut.mask.sum())}
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:

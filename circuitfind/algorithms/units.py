@@ -21,7 +21,7 @@ from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
 from circuitfind.selection import edge_ranking, prune_dangling
 
-__all__ = ["LEVELS", "UnitCut", "check_level", "node_circuit", "node_cut", "smallest_k"]
+__all__ = ["LEVELS", "UnitCut", "check_level", "node_circuit", "node_cut", "position_cut", "smallest_k"]
 
 LEVELS = ("edge", "node")
 """What a scoring method scores and cuts: single edges, or nodes (heads, MLPs and the input) as units."""
@@ -101,6 +101,56 @@ def node_cut(
     else:
         above = (key.abs() if absolute else key) > threshold
         k = int(above.sum())
+    mask, units = circuit_of(k)
+    return UnitCut(mask, units, {"k": k, "selected_before_pruning": k})
+
+
+def position_cut(
+    graph: Graph,
+    position_scores: Tensor,
+    faithfulness: Callable[[Tensor], float],
+    *,
+    threshold: float | None = None,
+    n: int | None = None,
+    target: float | None = None,
+    absolute: bool = False,
+    from_input: bool = True,
+    on_probe: Callable[[dict[str, Any]], None] | None = None,
+) -> UnitCut:
+    """A position-aware circuit cut from ``(S, R, T)`` scores over (sender, receiver, position) edges, by one of
+    ``threshold``, ``n`` (the top n position-edges) or ``target``. Dangling edges are dropped on the projection
+    (an edge is kept at its positions only while ``s -> r`` survives :func:`prune_dangling` of the edges kept at
+    any position: exact, as a node whose output reaches nothing at any position changes nothing).
+
+    Example:
+        >>> g = Graph(1, 1)
+        >>> scores = torch.zeros(g.n_senders, g.n_receivers, 3)
+        >>> scores[g.edge_index("input->logits")][2] = 1.0  # input -> logits at the last position
+        >>> cut = position_cut(g, scores, None, n=1)
+        >>> cut.mask.nonzero().tolist() == [[0, g.logits_receiver, 2]]
+        True
+    """
+    S, R, T = position_scores.shape
+    exists = graph.edge_mask[..., None].expand(S, R, T).contiguous()  # (S, R, T)
+    key = position_scores.double().cpu().nan_to_num(nan=-math.inf)
+    order = edge_ranking(exists, key, absolute=absolute)  # (E * T,) flat indices
+
+    def circuit_of(k: int) -> tuple[Tensor, Tensor]:
+        flat = torch.zeros(S * R * T, dtype=torch.bool)
+        flat[order[:k]] = True
+        mask = flat.view(S, R, T)
+        mask = mask & prune_dangling(graph, mask.any(dim=-1), from_input=from_input)[..., None]
+        return mask, mask.flatten()
+
+    n_units = int(exists.sum())
+    if target is not None:
+        return smallest_k(n_units, circuit_of, faithfulness, target, on_probe=on_probe)
+    if n is not None:
+        if not 1 <= n <= n_units:
+            raise ConfigError(f"n_edges must be between 1 and {n_units:,} (position-edges of this task); got {n}")
+        k = n
+    else:
+        k = int(((key.abs() if absolute else key) > threshold)[exists].sum())
     mask, units = circuit_of(k)
     return UnitCut(mask, units, {"k": k, "selected_before_pruning": k})
 
