@@ -130,8 +130,12 @@ def _is_task_file(task: str) -> bool:
 def _check_task_arg(task: str) -> None:
     """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
     if _is_task_file(task):
-        if not Path(task).expanduser().is_file():
-            raise TaskError(f"task file {task!r} does not exist; pass a JSON/JSONL task file or one of {_builtins()}")
+        from circuitfind.tasks.jsonio import check_task_file
+
+        try:
+            check_task_file(task)
+        except TaskError as e:
+            raise TaskError(f"{e} (or one of the built-in tasks {_builtins()})") from None
     elif task.strip().lower().replace("_", "-") not in BUILTIN:
         raise TaskError(
             f"unknown task {task!r}; built-in tasks are {_builtins()}, or pass a .json/.jsonl file of prompts "
@@ -384,7 +388,10 @@ def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     if not _is_task_file(args.task):
         n = args.n_prompts or DEFAULT_N_PROMPTS
         return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    task = resolve_task(args.task, tokenizer)
+    from circuitfind.tasks import from_json
+
+    # a big file is read and tokenised only as far as the run uses it
+    task = from_json(args.task, tokenizer, max_prompts=args.n_prompts + held if args.n_prompts else None)
     n = min(args.n_prompts or len(task), len(task) - held)
     if n < 1:
         raise TaskError(
@@ -401,6 +408,10 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
+    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+        from circuitfind.tasks import check_task_fits
+
+        check_task_fits(task, model.spec, label=f"task file {args.task}")
     circuit = discover(
         model,
         task,
