@@ -22,8 +22,18 @@ from circuitfind.errors import ConfigError, TaskError
 from circuitfind.memory import check_chunk_size, forward_slices, peak_memory, prompt_slices, prompts_per_pass
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
-from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
+from circuitfind.selection import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.validation.bootstrap import faithfulness_interval
+from circuitfind.validation.select import (
+    Fold,
+    PromptValues,
+    SelectOptions,
+    band_on_train,
+    check_band,
+    fold_indices,
+    validated_cut,
+)
 
 __all__ = ["discover", "prepare_problem"]
 
@@ -88,6 +98,7 @@ def prepare_problem(
 
 DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach when no cut is given
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
+SELECT_RULES = ("validate", "train")  # how a target cut chooses its size (circuitfind.validation.select)
 
 
 def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
@@ -138,6 +149,19 @@ def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, ste
         raise ConfigError("the hybrid method finds the smallest circuit that reaches target; n_edges does not apply")
 
 
+def _check_select(select: Any, confidence: Any, band: Any, target: Any, threshold: Any, n_edges: Any) -> Any:
+    """Refuse a bad ``select`` / ``confidence`` / ``band``; returns ``target`` (``band[0]`` when only a band)."""
+    if select not in SELECT_RULES:
+        raise ConfigError(f"select must be one of {list(SELECT_RULES)}; got {select!r}")
+    if confidence is not None and select != "validate":
+        raise ConfigError("confidence= is the lower bound of the validated cut; it needs select='validate'")
+    checked = check_band(band, target)
+    if checked is not None and (threshold is not None or n_edges is not None):
+        raise ConfigError("band= bounds a target cut; it does not apply with threshold or n_edges")
+    SelectOptions(target=0.5, confidence=confidence)  # raises on a bad confidence
+    return checked[0] if checked is not None and target is None else target
+
+
 def discover(
     model: nn.Module | PatchableModel | str,
     task: Any,
@@ -159,6 +183,9 @@ def discover(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    select: str = "validate",
+    confidence: float | None = None,
+    band: tuple[float, float] | None = None,
 ) -> Circuit:
     """Find the circuit of ``model`` on ``task``, with any method, as one :class:`Circuit`.
 
@@ -172,11 +199,19 @@ def discover(
 
     How the circuit is cut from the scores (every score is the loss change when the edge alone is removed, so
     higher is more important): ``threshold`` (score above it; for ACDC its tau, default 0.01), ``n_edges`` (the
-    top n) or ``target`` (the smallest top-k whose exact faithfulness on the discovery prompts reaches it, by
-    bisection; every probe is in ``circuit.stats["probes"]``). Scoring methods take one of the three (default:
-    ``target=0.8``); ACDC's effects can be cut by ``n_edges`` or ``target`` too. Edges with no kept path from the
-    input (under resample ablation) or to the logits are dropped from every cut circuit; they cannot change the
-    logits.
+    top n) or ``target``. Scoring methods take one of the three (default: ``target=0.8``); ACDC's effects can be
+    cut by ``n_edges`` or ``target`` too. Edges with no kept path from the input (under resample ablation) or to
+    the logits are dropped from every cut circuit; they cannot change the logits.
+
+    How a ``target`` cut of a scoring method chooses its size (``select``): ``"validate"`` (default) never checks
+    a size on the prompts that scored it: the discovery prompts are split into two folds (prompt i in fold i % 2),
+    each fold's scores cut circuits checked on the other fold, and the size is the smallest probed k whose pooled
+    validation faithfulness reaches ``target`` at k and at every larger size probed (``confidence=c``: its
+    bootstrap lower bound must); the circuit is the top k of the scores on all discovery prompts. See
+    :mod:`circuitfind.validation.select`. ``"train"``: the smallest top-k whose faithfulness on the discovery
+    prompts reaches it, by bisection (the rule before validation). ACDC keeps its threshold (and its target cut
+    the train rule). Every probe is in ``circuit.stats["probes"]``; the validation figure, its interval and
+    its probes in ``circuit.stats["validation"]``.
 
     Args:
         model: a transformers causal LM, a :class:`PatchableModel`, or a name for :func:`load_model`.
@@ -202,6 +237,13 @@ def discover(
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
+        select: ``"validate"`` (default) or ``"train"``, see above.
+        confidence: with ``select="validate"``, choose the size by the bootstrap lower bound of the validation
+            faithfulness at this confidence (e.g. 0.9) instead of its point estimate.
+        band: ``(lo, hi)``, e.g. ``(0.8, 1.25)``: ``lo`` is the target; when the circuit over-recovers past
+            ``hi`` (f > hi, it leaves out edges that work against the behaviour), the most negative excluded edges
+            are added back until f <= hi (on the validation prompts, or the discovery prompts with
+            ``select="train"``); ``circuit.stats["in_band"]`` says whether it got there.
 
     Returns:
         the :class:`Circuit` with per-edge scores, metric values and per-method statistics.
@@ -212,6 +254,7 @@ def discover(
         >>> print(circuit.summary())  # doctest: +SKIP
     """
     _check_selection(method, threshold, n_edges, target, steps)
+    target = _check_select(select, confidence, band, target, threshold, n_edges)
     check_chunk_size(chunk_size)
     order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
@@ -230,6 +273,13 @@ def discover(
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
     config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
+    validated = "target" in config and METHODS[method].kind is not MethodKind.CIRCUIT and select == "validate"
+    if validated and len(task) < 4:  # two folds of two: too few prompts to validate on
+        validated, select = False, "train"
+        config["select_note"] = f"{len(task)} discovery prompts: too few for two folds of 2; size chosen on them"
+    if "target" in config and METHODS[method].kind is not MethodKind.CIRCUIT:
+        config.update(select=select, confidence=confidence, band=list(check_band(band, None) or []) or None)
+    fold_ref = task if reference is None and kind is Ablation.MEAN else reference  # the folds' means: all prompts'
     run = _Run(
         problem=problem,
         bound=bound,
@@ -240,6 +290,17 @@ def discover(
         absolute=absolute,
         from_input=kind is Ablation.RESAMPLE,  # a node with no input edge outputs its ablated value only then
         bar=_progress_bar(progress),
+        upper=None if band is None else float(band[1]),
+        confidence=confidence if validated else None,
+        fold_problem=(
+            (
+                lambda idx: prepare_problem(
+                    pm, task.subset(idx), metric=metric, ablation=kind, reference=fold_ref, chunk_size=chunk_size
+                )
+            )
+            if validated
+            else None
+        ),
     )
     try:
         mask, scores, stats, faith = _dispatch(
@@ -312,6 +373,9 @@ class _Run:
     absolute: bool
     from_input: bool
     bar: Any
+    upper: float | None = None  # the band's upper end
+    confidence: float | None = None
+    fold_problem: Any = None  # prompt indices -> (Problem, Metric) of those prompts; set: the validated cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
         ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
@@ -343,14 +407,80 @@ def _discover_hybrid(run: _Run, opts: HybridOptions):
     faith = Faithfulness(run.problem)
     result = run_hybrid(run.problem, opts, faith, run.bar)
     stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness, "reached": result.reached}
+    if run.fold_problem is not None:  # the guarantee holds on the discovery prompts; the validation figure beside it
+        stats["validation"] = _hybrid_validation(run, opts)
     return result.mask, result.scores, stats, faith
+
+
+def _hybrid_validation(run: _Run, opts: HybridOptions) -> dict[str, Any]:
+    """The hybrid rerun on each fold of the discovery prompts, its circuit checked on the other fold (pooled)."""
+    prepared = [run.fold_problem(idx) for idx in fold_indices(run.problem.clean_ids.shape[0])]
+    values = [PromptValues(problem, metric) for problem, metric in prepared]
+    masks = [run_hybrid(problem, opts, Faithfulness(problem), run.bar).mask for problem, _ in prepared]
+    circuit = torch.cat([v(m) for v, m in zip(values, reversed(masks), strict=True)])  # the other fold's circuit
+    full, empty = torch.cat([v.full for v in values]), torch.cat([v.empty for v in values])
+    ci = faithfulness_interval(circuit, full, empty)
+    return {
+        "faithfulness": float((circuit.mean() - empty.mean()) / (full.mean() - empty.mean())),
+        "ci": [ci.lo, ci.hi],
+        "ci_level": ci.level,
+        "n_prompts": int(full.numel()),
+        "folds": len(prepared),
+        "fold_edges": [int(m.sum()) for m in masks],
+        "rule": "the hybrid rerun on each fold, its circuit checked on the other fold's prompts",
+    }
 
 
 def _discover_scores(run: _Run, method: str, opts):
     result: ScoreResult = METHODS[method].run(run.problem, opts, run.bar)
     faith = Faithfulness(run.problem)
-    mask, cut = run.cut(result.scores, faith, run.threshold)
+    if run.fold_problem is not None:
+        mask, cut = _validated(run, method, opts, result.scores, faith)
+    else:
+        mask, cut = run.cut(result.scores, faith, run.threshold)
+        if run.upper is not None and run.target is not None:
+            mask, cut = _train_band(run, result.scores, faith, mask, cut)
     return mask, result.scores, {**result.stats, **cut}, faith
+
+
+def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The validated cut: the method rerun on each fold, each fold's ranking checked on the other fold's prompts."""
+    g = run.problem.pm.graph
+    folds_at = fold_indices(run.problem.clean_ids.shape[0])
+    prepared = [run.fold_problem(idx) for idx in folds_at]
+    fold_scores = []
+    for j, (problem, _) in enumerate(prepared):
+        if run.bar is not None:
+            run.bar.set_description(f"{method} on fold {j + 1} of {len(prepared)}")
+        fold_scores.append(torch.nan_to_num(METHODS[method].run(problem, opts, run.bar).scores.double(), nan=-math.inf))
+    folds = [
+        Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(problem, metric))
+        for (problem, metric), other in zip(prepared, reversed(fold_scores), strict=True)
+    ]
+    sel = SelectOptions(target=run.target, confidence=run.confidence, upper=run.upper)
+    desc = f"smallest circuit with validation faithfulness >= {run.target}"
+    on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    return validated_cut(
+        g, scores, faith, folds, sel, absolute=run.absolute, from_input=run.from_input, on_probe=on_probe
+    )
+
+
+def _train_band(run: _Run, scores, faith: Faithfulness, mask: torch.Tensor, cut: dict) -> tuple[torch.Tensor, dict]:
+    """``select="train"`` with a band: negative edges added back until f on the discovery prompts is <= hi."""
+    ranked = torch.nan_to_num(scores.double(), nan=-math.inf)
+    probes = cut.setdefault("probes", [])
+    grown, m, ok = band_on_train(
+        run.problem.pm.graph,
+        ranked,
+        mask,
+        faith,
+        run.upper,
+        lower=run.target,
+        from_input=run.from_input,
+        probes=probes,
+    )
+    f = float(faith(grown)) if m else cut["faithfulness"]
+    return grown, {**cut, "m": m, "faithfulness": f, "band": [run.target, run.upper], "in_band": ok and f >= run.target}
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:
