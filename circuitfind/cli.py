@@ -167,8 +167,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         choices=("validate", "train"),
         default="validate",
         help="how --target chooses the size of a scoring method's circuit: validate (default; cross-fitted over "
-        "two folds of the discovery prompts, never checked on the prompts that scored it) or train (checked on the "
-        "discovery prompts themselves, the rule before validation)",
+        "up to 4 folds of the discovery prompts, never checked on the prompts that scored it) or train (checked on "
+        "the discovery prompts themselves, the rule before validation)",
     )
     p.add_argument(
         "--confidence",
@@ -415,7 +415,7 @@ def _validation_line(stats: dict[str, Any]) -> str | None:
     return (
         f"validation faithfulness (size chosen by cross-fitting over {val['folds']} folds): {val['faithfulness']:.3f} "
         f"[{100 * val['ci_level']:.0f}% CI {lo:.3f}, {hi:.3f}] on {val['n_prompts']} discovery prompts, each "
-        "checked with scores from the other fold"
+        "checked with scores computed without its fold"
     )
 
 

@@ -31,6 +31,7 @@ from circuitfind.validation.select import (
     SelectOptions,
     band_on_train,
     check_band,
+    complement,
     fold_indices,
     validated_cut,
 )
@@ -204,14 +205,16 @@ def discover(
     the logits are dropped from every cut circuit; they cannot change the logits.
 
     How a ``target`` cut of a scoring method chooses its size (``select``): ``"validate"`` (default) never checks
-    a size on the prompts that scored it: the discovery prompts are split into two folds (prompt i in fold i % 2),
-    each fold's scores cut circuits checked on the other fold, and the size is the smallest probed k whose pooled
-    validation faithfulness reaches ``target`` at k and at every larger size probed (``confidence=c``: its
-    bootstrap lower bound must); the circuit is the top k of the scores on all discovery prompts. See
-    :mod:`circuitfind.validation.select`. ``"train"``: the smallest top-k whose faithfulness on the discovery
-    prompts reaches it, by bisection (the rule before validation). ACDC keeps its threshold (and its target cut
-    the train rule). Every probe is in ``circuit.stats["probes"]``; the validation figure, its interval and
-    its probes in ``circuit.stats["validation"]``.
+    a size on the prompts that scored it: the discovery prompts are dealt into up to 4 folds (seeded shuffle), the
+    method scores without each fold and cuts circuits that are checked on that fold, and the size is the smallest
+    probed k whose pooled validation faithfulness reaches ``target`` at k and at every larger size probed
+    (``confidence=c``: its bootstrap lower bound must); the circuit is the top k of the scores on all discovery
+    prompts. See :mod:`circuitfind.validation.select`. ``"train"``: the smallest top-k whose faithfulness on the
+    discovery prompts reaches it, by bisection (the rule before validation). ACDC keeps its threshold (and its
+    target cut the train rule); the hybrid keeps its guarantee on the discovery prompts and reports the
+    cross-fitted figure beside it. Every probe is in ``circuit.stats["probes"]``; the validation figure, its
+    interval and its probes in ``circuit.stats["validation"]``. Fewer than 4 discovery prompts fall back to
+    ``"train"`` (``circuit.config["select_note"]`` says so).
 
     Args:
         model: a transformers causal LM, a :class:`PatchableModel`, or a name for :func:`load_model`.
@@ -413,11 +416,15 @@ def _discover_hybrid(run: _Run, opts: HybridOptions):
 
 
 def _hybrid_validation(run: _Run, opts: HybridOptions) -> dict[str, Any]:
-    """The hybrid rerun on each fold of the discovery prompts, its circuit checked on the other fold (pooled)."""
-    prepared = [run.fold_problem(idx) for idx in fold_indices(run.problem.clean_ids.shape[0])]
-    values = [PromptValues(problem, metric) for problem, metric in prepared]
-    masks = [run_hybrid(problem, opts, Faithfulness(problem), run.bar).mask for problem, _ in prepared]
-    circuit = torch.cat([v(m) for v, m in zip(values, reversed(masks), strict=True)])  # the other fold's circuit
+    """The hybrid rerun without each fold of the discovery prompts, its circuit checked on that fold (pooled)."""
+    n = run.problem.clean_ids.shape[0]
+    folds = fold_indices(n)
+    values = [PromptValues(*run.fold_problem(idx)) for idx in folds]
+    masks = []
+    for idx in folds:
+        scoring, _ = run.fold_problem(complement(n, idx))
+        masks.append(run_hybrid(scoring, opts, Faithfulness(scoring), run.bar).mask)
+    circuit = torch.cat([v(m) for v, m in zip(values, masks, strict=True)])
     full, empty = torch.cat([v.full for v in values]), torch.cat([v.empty for v in values])
     ci = faithfulness_interval(circuit, full, empty)
     return {
@@ -425,9 +432,9 @@ def _hybrid_validation(run: _Run, opts: HybridOptions) -> dict[str, Any]:
         "ci": [ci.lo, ci.hi],
         "ci_level": ci.level,
         "n_prompts": int(full.numel()),
-        "folds": len(prepared),
+        "folds": len(folds),
         "fold_edges": [int(m.sum()) for m in masks],
-        "rule": "the hybrid rerun on each fold, its circuit checked on the other fold's prompts",
+        "rule": "the hybrid rerun without each fold, its circuit checked on that fold's prompts",
     }
 
 
@@ -444,19 +451,15 @@ def _discover_scores(run: _Run, method: str, opts):
 
 
 def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
-    """The validated cut: the method rerun on each fold, each fold's ranking checked on the other fold's prompts."""
-    g = run.problem.pm.graph
-    folds_at = fold_indices(run.problem.clean_ids.shape[0])
-    prepared = [run.fold_problem(idx) for idx in folds_at]
-    fold_scores = []
-    for j, (problem, _) in enumerate(prepared):
+    """The validated cut: the method rerun without each fold, its ranking checked on that fold's prompts."""
+    g, n = run.problem.pm.graph, run.problem.clean_ids.shape[0]
+    folds = []
+    for j, idx in enumerate(fold_indices(n)):
         if run.bar is not None:
-            run.bar.set_description(f"{method} on fold {j + 1} of {len(prepared)}")
-        fold_scores.append(torch.nan_to_num(METHODS[method].run(problem, opts, run.bar).scores.double(), nan=-math.inf))
-    folds = [
-        Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(problem, metric))
-        for (problem, metric), other in zip(prepared, reversed(fold_scores), strict=True)
-    ]
+            run.bar.set_description(f"{method} without fold {j + 1}")
+        scoring, _ = run.fold_problem(complement(n, idx))
+        other = torch.nan_to_num(METHODS[method].run(scoring, opts, run.bar).scores.double(), nan=-math.inf)
+        folds.append(Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(*run.fold_problem(idx))))
     sel = SelectOptions(target=run.target, confidence=run.confidence, upper=run.upper)
     desc = f"smallest circuit with validation faithfulness >= {run.target}"
     on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)

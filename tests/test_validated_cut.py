@@ -54,17 +54,18 @@ def _discover(task: Task, **kwargs) -> cf.Circuit:
 @pytest.fixture(scope="module")
 def cross_fit():
     """The validation faithfulness of size k, recomputed from the folds' own scores: f(k) pooled over prompts."""
-    g = PM.graph
-    folds = [TASK.subset(idx) for idx in ([0, 2, 4, 6, 8], [1, 3, 5, 7, 9])]
-    scores = [_discover(t, n_edges=1).scores for t in folds]
-    full = torch.cat([_per_prompt(t, g.full_mask()) for t in folds])
-    empty = torch.cat([_per_prompt(t, torch.zeros_like(g.edge_mask)) for t in folds])
+    g, n = PM.graph, len(TASK)
+    folds = fold_indices(n)
+    assert len(folds) == 4 and sorted(torch.cat(folds).tolist()) == list(range(n))  # a partition, 4 folds
+    checks = [TASK.subset(idx) for idx in folds]
+    # each fold's ranking is scored on every prompt outside it
+    rest = [TASK.subset([i for i in range(n) if i not in idx.tolist()]) for idx in folds]
+    scores = [_discover(t, n_edges=1).scores for t in rest]
+    full = torch.cat([_per_prompt(t, g.full_mask()) for t in checks])
+    empty = torch.cat([_per_prompt(t, torch.zeros_like(g.edge_mask)) for t in checks])
 
     def f(k: int) -> float:
-        # fold 0's prompts are checked with fold 1's ranking and the reverse
-        c = torch.cat(
-            [_per_prompt(t, prune_dangling(g, top_n(g, s, k))) for t, s in zip(folds, scores[::-1], strict=True)]
-        )
+        c = torch.cat([_per_prompt(t, prune_dangling(g, top_n(g, s, k))) for t, s in zip(checks, scores, strict=True)])
         return float((c.mean() - empty.mean()) / (full.mean() - empty.mean()))
 
     return f
@@ -124,11 +125,13 @@ def test_hybrid_keeps_its_guarantee_and_reports_the_cross_fitted_figure():
         _per_prompt(TASK, m).mean() for m in (g.full_mask(), torch.zeros_like(g.edge_mask), circuit.mask)
     )
     assert float((mine - empty) / (full - empty)) >= TARGET  # the guarantee, on the discovery prompts
-    folds = [TASK.subset(idx) for idx in ([0, 2, 4, 6, 8], [1, 3, 5, 7, 9])]
-    masks = [_discover(t, method="hybrid", target=TARGET, select="train").mask for t in folds]
-    c = torch.cat([_per_prompt(t, m) for t, m in zip(folds, masks[::-1], strict=True)])
-    n = torch.cat([_per_prompt(t, g.full_mask()) for t in folds])
-    e = torch.cat([_per_prompt(t, torch.zeros_like(g.edge_mask)) for t in folds])
+    folds = fold_indices(len(TASK))
+    checks = [TASK.subset(idx) for idx in folds]
+    rest = [TASK.subset([i for i in range(len(TASK)) if i not in idx.tolist()]) for idx in folds]
+    masks = [_discover(t, method="hybrid", target=TARGET, select="train").mask for t in rest]
+    c = torch.cat([_per_prompt(t, m) for t, m in zip(checks, masks, strict=True)])
+    n = torch.cat([_per_prompt(t, g.full_mask()) for t in checks])
+    e = torch.cat([_per_prompt(t, torch.zeros_like(g.edge_mask)) for t in checks])
     val = circuit.stats["validation"]
     assert val["faithfulness"] == pytest.approx(float((c.mean() - e.mean()) / (n.mean() - e.mean())), abs=1e-9)
     assert val["fold_edges"] == [int(m.sum()) for m in masks]

@@ -4,12 +4,14 @@ A cut chosen as "the smallest top-k whose faithfulness reaches the target" on th
 scores is optimistic exactly at that k (REFERENCE §8). The rule here, the default of ``discover(..., target=)``
 for every method of kind ``SCORES``:
 
-1. **Two folds.** Discovery prompt ``i`` goes to fold ``i % 2`` (each fold needs at least 2 prompts).
-2. **Cross-fitting.** The method scores every edge on each fold alone. Fold A's ranking cuts circuits that are
-   checked on fold B's prompts, and the reverse, so every prompt's metric in the check comes from a ranking that
-   did not see it.
+1. **Folds.** The discovery prompts are shuffled with a fixed seed and dealt round-robin into ``K = min(4, n // 2)``
+   folds (at least 2 prompts each; ``n >= 4``). Shuffling matters: built-in tasks alternate their templates (IOI's
+   ABBA / BABA), and folds by position would give each ranking only one of them.
+2. **Cross-fitting.** For each fold, the method scores every edge on all the *other* folds' prompts; that ranking
+   cuts circuits that are checked on this fold's prompts, so every prompt's metric in the check comes from a ranking
+   that did not see it (each ranking sees ``(K - 1) / K`` of the prompts, close to the final one).
 3. **Validation faithfulness** of a size ``k``: pooled over all prompts, ``(mean C - mean empty) / (mean N -
-   mean empty)``, where ``C`` on a prompt is the top-``k`` circuit (pruned) of the *other* fold's ranking;
+   mean empty)``, where ``C`` on a prompt is the top-``k`` circuit (pruned) of the ranking that left its fold out;
    with its bootstrap interval (:mod:`circuitfind.validation.bootstrap`).
 4. **The size.** ``k`` is the smallest probed size whose statistic reaches the target **and stays at or above it
    at every larger size probed**: galloping doubles ``k`` from ``first`` until ``confirm`` (2) consecutive sizes
@@ -53,13 +55,15 @@ __all__ = [
     "band_on_train",
     "check_band",
     "circuit_at",
+    "complement",
     "fold_indices",
     "nearest_to_band",
     "smallest_stable",
     "validated_cut",
 ]
 
-N_FOLDS = 2
+MAX_FOLDS = 4
+FOLD_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -117,21 +121,37 @@ def check_band(band: Any, target: float | None) -> tuple[float, float] | None:
 
 
 def fold_indices(n: int) -> list[Tensor]:
-    """The two folds of ``n`` discovery prompts: prompt ``i`` in fold ``i % 2``.
+    """The folds of ``n`` discovery prompts: a seeded shuffle dealt round-robin into ``min(4, n // 2)`` folds.
 
     Raises:
-        ConfigError: fewer than 4 prompts (each fold must score on 2 and check on 2).
+        ConfigError: fewer than 4 prompts (at least two folds of 2).
 
     Example:
-        >>> [f.tolist() for f in fold_indices(5)]
-        [[0, 2, 4], [1, 3]]
+        >>> folds = fold_indices(10)
+        >>> [len(f) for f in folds], sorted(torch.cat(folds).tolist()) == list(range(10))
+        ([3, 3, 2, 2], True)
     """
-    if n < 2 * N_FOLDS:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 4:
         raise ConfigError(
-            f"the validated cut splits the discovery prompts into {N_FOLDS} folds of at least 2; got {n} prompts. "
-            "Give at least 4 discovery prompts, or pass select='train' (the size chosen on the scoring prompts)."
+            f"the validated cut splits the discovery prompts into folds of at least 2 (two folds at least); got {n} "
+            "prompts. Give at least 4 discovery prompts, or pass select='train' (the size chosen on the scoring "
+            "prompts)."
         )
-    return [torch.arange(j, n, N_FOLDS) for j in range(N_FOLDS)]
+    k = min(MAX_FOLDS, n // 2)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(FOLD_SEED))
+    return [perm[j::k].sort().values for j in range(k)]
+
+
+def complement(n: int, fold: Tensor) -> Tensor:
+    """The prompts of ``0..n-1`` outside ``fold`` (what scores the ranking checked on ``fold``).
+
+    Example:
+        >>> complement(5, torch.tensor([1, 3])).tolist()
+        [0, 2, 4]
+    """
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[fold] = False
+    return keep.nonzero().squeeze(1)
 
 
 class PromptValues:
@@ -282,9 +302,9 @@ def smallest_stable(passes: Callable[[int], bool], *, lo: int, hi: int, first: i
 
 @dataclass(frozen=True)
 class Fold:
-    """One side of the cross-fit: a ranking scored on the other fold's prompts, checked on this fold's."""
+    """One fold of the cross-fit: a ranking scored on the other folds' prompts, checked on this fold's."""
 
-    scores: Tensor  # (S, R), from the other fold
+    scores: Tensor  # (S, R), from the other folds
     order: Tensor  # (E,) its ranking
     values: PromptValues  # on this fold's prompts
 
