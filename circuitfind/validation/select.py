@@ -342,6 +342,8 @@ class _CrossFit:
             "ci": [ci.lo, ci.hi],
             "ci_level": ci.level,
             "decision": f if o.confidence is None else ci.lo,
+            "validation_faithfulness": f,  # the same figures under the names the report reads
+            "validation_ci": [ci.lo, ci.hi],
         }
         self.probes.append(record)
         self.seen[(k, m)] = record
