@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from torch import nn
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
 from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.edge_pruning import EdgePruningOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
+from circuitfind.algorithms.units import check_level, node_cut, position_cut
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
@@ -24,6 +27,7 @@ from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.tasks.templates import template_labels
 from circuitfind.validation.bootstrap import faithfulness_interval
 from circuitfind.validation.select import (
     Fold,
@@ -102,7 +106,9 @@ SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.S
 SELECT_RULES = ("validate", "train")  # how a target cut chooses its size (circuitfind.validation.select)
 
 
-def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size) -> dict[str, Any]:
+def _config(
+    method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train
+) -> dict[str, Any]:
     """The run's options as recorded in the circuit (and fingerprinted for ACDC's checkpoints)."""
     config = {
         "method": method,
@@ -120,9 +126,24 @@ def _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, t
     cut_by_target = METHODS[method].kind is not MethodKind.CIRCUIT and tau is None and n_edges is None
     if target is not None or cut_by_target:
         config["target"] = DEFAULT_TARGET if target is None else float(target)
-    if method in {"eap-ig", "eap-ig-mask", "hybrid"}:
+    if method in {"eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid", "edge-pruning"}:
         config["steps"] = steps
+    config.update({k: v for k, v in train.items() if v is not None})
     return config
+
+
+TRAINING_OPTIONS = {"lr": "lr", "seed": "seed", "warm_start": "warm_start"}  # discover's name -> options field
+DEFAULT_STEPS = {"edge-pruning": EdgePruningOptions.steps}  # training steps; integration steps default to 5
+
+
+def _check_training(method: str, train: dict[str, Any]) -> None:
+    """Refuse training options (``lr``, ``seed``, ``warm_start``) for a method that does not train."""
+    given = sorted(k for k, v in train.items() if v is not None)
+    if given and method != "edge-pruning":
+        raise ConfigError(
+            f"{', '.join(given)} only apply to the learned-mask method edge-pruning; {method} does not train. "
+            "Drop them or pass method='edge-pruning'"
+        )
 
 
 def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, steps: Any) -> None:
@@ -137,7 +158,8 @@ def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, ste
         raise ConfigError(f"n_edges must be an integer >= 1 (the number of edges to keep); got {n_edges!r}")
     if target is not None:
         check_target(target)
-    check_steps(steps)
+    if steps is not None:
+        check_steps(steps)
     given = [name for name, v in (("threshold", threshold), ("n_edges", n_edges), ("target", target)) if v is not None]
     if method in SCORING_METHODS and len(given) > 1:
         raise ConfigError(
@@ -171,7 +193,7 @@ def discover(
     threshold: float | None = None,
     n_edges: int | None = None,
     target: float | None = None,
-    steps: int = 5,
+    steps: int | None = None,
     metric: Any = "kl",
     ablation: Ablation | str = "resample",
     tokenizer: Any = None,
@@ -181,19 +203,26 @@ def discover(
     chunk_size: int | None = None,
     reference: Task | None = None,
     candidates: torch.Tensor | None = None,
+    level: str = "edge",
+    n_nodes: int | None = None,
+    by_position: bool = False,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
     select: str = "validate",
     confidence: float | None = None,
     band: tuple[float, float] | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    warm_start: bool | None = None,
 ) -> Circuit:
     """Find the circuit of ``model`` on ``task``, with any method, as one :class:`Circuit`.
 
     Methods (see ``circuitfind.algorithms``):
 
     * ``acdc`` -- ACDC, fast and exact (``acdc-plain``: one full forward per edge, for checking);
-    * ``eap``, ``eap-ig``, ``eap-ig-mask`` -- attribution scores for every edge from gradients;
+    * ``eap``, ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` -- attribution scores for every edge from gradients;
+    * ``edge-pruning`` -- learned hard-concrete edge masks; ``n_edges`` is its budget (scores: gate logits);
     * ``exact`` -- each edge's exact loss change when it alone is removed (``candidates`` restricts it);
     * ``hybrid`` -- EAP-IG picks faithful candidates, exact ACDC-style tests prune them, the result provably
       reaches ``target`` on the discovery prompts.
@@ -224,7 +253,8 @@ def discover(
         threshold: see above; ``math.inf`` with ACDC removes every edge.
         n_edges: keep the top ``n_edges`` edges by score.
         target: faithfulness in (0, 1] the circuit must reach on the discovery prompts.
-        steps: integration steps of ``eap-ig``, ``eap-ig-mask`` and ``hybrid`` (1 step of ``eap-ig`` is EAP).
+        steps: integration steps of ``eap-ig``, ``eap-ig-mask``, ``eap-ig-act`` and ``hybrid`` (default 5; 1 step of
+            ``eap-ig`` or ``eap-ig-act`` is EAP); training steps of ``edge-pruning`` (default 200).
         metric: ``kl`` (KL of the circuit from the full model at the answer position; default), ``logit_diff``,
             ``prob_diff``, or a callable on logits ``(B, V)`` returning a loss to minimise.
         ablation: ``resample`` (the paired corrupted prompts; default), ``mean`` (over ``reference`` or the
@@ -237,6 +267,12 @@ def discover(
             :mod:`circuitfind.memory` for what is held per pass and what for all prompts). Results do not depend
             on it beyond float rounding. ``circuit.stats["peak_memory"]`` records the peak reached.
         candidates: ``(S, R)`` bool, the edges ``exact`` scores (default all).
+        level: ``"edge"`` (default) or ``"node"`` (scoring methods): score and cut heads, MLPs and the input as
+            units, removing a node removing all its outgoing edges; the cut is over nodes (``n_nodes`` instead
+            of ``n_edges``) and the circuit records ``node_mask`` and ``node_scores`` and holds the induced edges.
+        n_nodes: at ``level="node"``, keep the top ``n_nodes`` nodes by score.
+        by_position: attribution methods: score every edge at every position of the prompts (which must share
+            one template), cut over (sender, receiver, position) edges; see :mod:`circuitfind.algorithms.positions`.
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
@@ -247,6 +283,9 @@ def discover(
             ``hi`` (f > hi, it leaves out edges that work against the behaviour), the most negative excluded edges
             are added back until f <= hi (on the validation prompts, or the discovery prompts with
             ``select="train"``); ``circuit.stats["in_band"]`` says whether it got there.
+        lr, seed, warm_start: ``edge-pruning`` only (refused for other methods): Adam's learning rate on the gate
+            logits (default 0.1), the seed of the gates' noise (default 0), and whether to start the gates from
+            EAP-IG scores (default False). See :mod:`circuitfind.algorithms.edge_pruning`.
 
     Returns:
         the :class:`Circuit` with per-edge scores, metric values and per-method statistics.
@@ -258,6 +297,10 @@ def discover(
     """
     _check_selection(method, threshold, n_edges, target, steps)
     target = _check_select(select, confidence, band, target, threshold, n_edges)
+    _check_units(method, level, n_nodes, n_edges, by_position, threshold, target)
+    train = {"lr": lr, "seed": seed, "warm_start": warm_start}
+    _check_training(method, train)
+    steps = DEFAULT_STEPS.get(method, 5) if steps is None else steps
     check_chunk_size(chunk_size)
     order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
@@ -272,17 +315,13 @@ def discover(
         batch_size = 1 if pm.device.type == "cpu" else 8
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = resolve_task(task, tokenizer).train()
+    labels = template_labels(task) if by_position else None  # refuses prompts that do not align
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
-    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
-    validated = "target" in config and METHODS[method].kind is not MethodKind.CIRCUIT and select == "validate"
-    if validated and len(task) < 4:  # two folds of two: too few prompts to validate on
-        validated, select = False, "train"
-        config["select_note"] = f"{len(task)} discovery prompts: too few for two folds of 2; size chosen on them"
-    if "target" in config and METHODS[method].kind is not MethodKind.CIRCUIT:
-        config.update(select=select, confidence=confidence, band=list(check_band(band, None) or []) or None)
-    fold_ref = task if reference is None and kind is Ablation.MEAN else reference  # the folds' means: all prompts'
+    config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train)
+    _unit_config(config, level, n_nodes, by_position, target)
+    validated = _select_config(config, method, select, confidence, band, level == "edge" and not by_position)
     run = _Run(
         problem=problem,
         bound=bound,
@@ -295,15 +334,11 @@ def discover(
         bar=_progress_bar(progress),
         upper=None if band is None else float(band[1]),
         confidence=confidence if validated else None,
-        fold_problem=(
-            (
-                lambda idx: prepare_problem(
-                    pm, task.subset(idx), metric=metric, ablation=kind, reference=fold_ref, chunk_size=chunk_size
-                )
-            )
-            if validated
-            else None
-        ),
+        fold_problem=_fold_problems(pm, task, metric, kind, reference, chunk_size) if validated else None,
+        level=level,
+        n_nodes=n_nodes,
+        by_position=by_position,
+        position_labels=labels,
     )
     try:
         mask, scores, stats, faith = _dispatch(
@@ -314,6 +349,31 @@ def discover(
             run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
     return _circuit_of(pm, run, mask, scores, stats, faith, model_name)
+
+
+def _select_config(config: dict[str, Any], method: str, select: str, confidence, band, edge_cut: bool) -> bool:
+    """Record how a target cut chooses its size; returns whether the validated cut runs.
+
+    Node and position cuts keep their own target search; fewer than 4 discovery prompts fall back to the train rule.
+    """
+    if "target" not in config or METHODS[method].kind is MethodKind.CIRCUIT or not edge_cut:
+        return False
+    n = config["n_prompts"]
+    if select == "validate" and n < 4:  # two folds of two: too few prompts to validate on
+        select = "train"
+        config["select_note"] = f"{n} discovery prompts: too few for two folds of 2; size chosen on them"
+    config.update(select=select, confidence=confidence, band=list(check_band(band, None) or []) or None)
+    return select == "validate"
+
+
+def _fold_problems(pm, task: Task, metric, kind: Ablation, reference: Task | None, chunk_size):
+    """Prompt indices -> ``(Problem, Metric)`` of those discovery prompts (mean ablation: all prompts' means)."""
+    ref = task if reference is None and kind is Ablation.MEAN else reference
+
+    def make(idx: torch.Tensor) -> tuple[Problem, Metric]:
+        return prepare_problem(pm, task.subset(idx), metric=metric, ablation=kind, reference=ref, chunk_size=chunk_size)
+
+    return make
 
 
 def _sender_order(value: SenderOrder | str) -> SenderOrder:
@@ -331,7 +391,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
     bound = run.bound
     return Circuit(
         graph=pm.graph,
-        mask=mask,
+        mask=mask.any(dim=-1) if mask.dim() == 3 else mask,  # a position mask's projection
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
@@ -339,6 +399,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
         config=run.config,
         stats=stats,
         model=str(model_name),
+        **run.extra,
     )
 
 
@@ -348,6 +409,11 @@ def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candid
     if kind_of is MethodKind.CIRCUIT:
         opts = AcdcOptions(threshold=float(run.threshold), absolute=absolute, sender_order=order, batch_size=batch_size)
         return _discover_acdc(run, method, opts, task, metric, ckpt, resume)
+    if method == "edge-pruning":
+        given = {TRAINING_OPTIONS[k]: v for k, v in run.config.items() if k in TRAINING_OPTIONS}
+        budget = run.n_nodes if run.level == "node" else run.n_edges  # at node level the budget counts nodes
+        opts = EdgePruningOptions(n_edges=budget, steps=steps, **given)
+        return _discover_scores(run, method, _unit_options(opts, run))
     if kind_of is MethodKind.HYBRID:
         opts = HybridOptions(
             target=run.target,
@@ -360,7 +426,7 @@ def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candid
         )
         return _discover_hybrid(run, opts)
     opts = ExactOptions(batch_size, candidates) if method == "exact" else EapOptions(steps=steps)
-    return _discover_scores(run, method, opts)
+    return _discover_scores(run, method, _unit_options(opts, run))
 
 
 @dataclass(frozen=True)
@@ -379,6 +445,11 @@ class _Run:
     upper: float | None = None  # the band's upper end
     confidence: float | None = None
     fold_problem: Any = None  # prompt indices -> (Problem, Metric) of those prompts; set: the validated cut
+    level: str = "edge"
+    n_nodes: int | None = None
+    by_position: bool = False
+    position_labels: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
         ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
@@ -441,7 +512,11 @@ def _hybrid_validation(run: _Run, opts: HybridOptions) -> dict[str, Any]:
 def _discover_scores(run: _Run, method: str, opts):
     result: ScoreResult = METHODS[method].run(run.problem, opts, run.bar)
     faith = Faithfulness(run.problem)
-    if run.fold_problem is not None:
+    if run.level == "node":
+        mask, cut = _cut_nodes(run, method, result, faith)
+    elif run.by_position:
+        mask, cut = _cut_positions(run, method, result, faith)
+    elif run.fold_problem is not None:
         mask, cut = _validated(run, method, opts, result.scores, faith)
     else:
         mask, cut = run.cut(result.scores, faith, run.threshold)
@@ -484,6 +559,99 @@ def _train_band(run: _Run, scores, faith: Faithfulness, mask: torch.Tensor, cut:
     )
     f = float(faith(grown)) if m else cut["faithfulness"]
     return grown, {**cut, "m": m, "faithfulness": f, "band": [run.target, run.upper], "in_band": ok and f >= run.target}
+
+
+# --- node-level and position-aware circuits (level="node", by_position=True) ---------------------------------
+def _check_units(method, level, n_nodes, n_edges, by_position, threshold, target) -> None:
+    """Refuse a bad ``level`` / ``n_nodes`` / ``by_position`` before any model is loaded."""
+    check_level(level)
+    if not isinstance(by_position, bool):
+        raise ConfigError(f"by_position must be True or False; got {by_position!r}")
+    if (level == "node" or by_position) and method not in SCORING_METHODS:
+        what = "level='node'" if level == "node" else "by_position=True"
+        raise ConfigError(f"{what} needs a scoring method ({', '.join(sorted(SCORING_METHODS))}); got {method!r}")
+    if level == "node" and by_position:
+        raise ConfigError("level='node' and by_position=True do not combine: choose nodes or position-edges")
+    if n_nodes is not None:
+        if level != "node":
+            raise ConfigError("n_nodes cuts a node-level circuit: pass level='node' with it (or n_edges for edges)")
+        if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
+            raise ConfigError(f"n_nodes must be an integer >= 1 (the number of nodes to keep); got {n_nodes!r}")
+        if threshold is not None or target is not None:
+            raise ConfigError("pass one of threshold, n_nodes or target; got more than one")
+    if level == "node" and n_edges is not None:
+        raise ConfigError("at level='node' the cut counts nodes: pass n_nodes (or threshold / target), not n_edges")
+
+
+def _unit_config(config: dict[str, Any], level: str, n_nodes: int | None, by_position: bool, target) -> None:
+    """Record the unit options in the run's config (a top-``n_nodes`` cut is not a target cut)."""
+    if level != "edge":
+        config["level"] = level
+    if n_nodes is not None:
+        config["n_nodes"] = n_nodes
+        if target is None:
+            config.pop("target", None)
+    if by_position:
+        config["by_position"] = True
+
+
+def _unit_options(opts, run: _Run):
+    """The method's options with ``level`` / ``by_position`` set; a method without them refuses clearly."""
+    changes = {"level": run.level} if run.level != "edge" else {}
+    if run.by_position:
+        changes["by_position"] = True
+    missing = [k for k in changes if k not in {f.name for f in dataclasses.fields(opts)}]
+    if missing:
+        raise ConfigError(f"{run.config['method']} does not support {missing[0]}={changes[missing[0]]!r}")
+    return dataclasses.replace(opts, **changes) if changes else opts
+
+
+def _cut_nodes(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The node-level circuit cut from the method's node scores; its nodes go into the circuit."""
+    if result.node_scores is None:
+        raise ConfigError(f"{method} returned no node scores at level='node'")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest nodes with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = node_cut(
+        run.problem.pm.graph,
+        result.node_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_nodes,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(node_mask=cut.units, node_scores=result.node_scores.float())
+    return cut.mask, {**cut.info, "n_nodes": int(cut.units.sum())}
+
+
+def _cut_positions(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The position-aware circuit cut from the method's ``(S, R, T)`` scores: an ``(S, R, T)`` mask."""
+    if result.position_scores is None:
+        raise ConfigError(f"{method} returned no position scores with by_position=True")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest position-edges with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = position_cut(
+        run.problem.pm.graph,
+        result.position_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_edges,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(
+        position_mask=cut.mask, position_scores=result.position_scores.float(), position_labels=run.position_labels
+    )
+    return cut.mask, {**cut.info, "n_position_edges": int(cut.mask.sum())}
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:

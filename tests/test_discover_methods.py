@@ -165,13 +165,18 @@ def test_n_edges_beyond_the_graph_is_refused():
         _discover("gpt2", method="eap", n_edges=n + 1)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5", None])
-@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-mask", "hybrid"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5"])
+@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid"])
 def test_steps_must_be_a_positive_int(bad, method):
     with pytest.raises(ConfigError, match="steps"):
         _discover("gpt2", method=method, steps=bad)
     with pytest.raises(ConfigError, match="steps"):
         run_eap_ig(problem_of("gpt2"), EapOptions(steps=bad))
+
+
+def test_steps_none_is_the_methods_default():
+    assert _discover("gpt2", method="eap-ig", n_edges=5).config["steps"] == 5  # integration steps
+    assert _discover("gpt2", method="edge-pruning", n_edges=5, steps=None).config["steps"] == 200  # training steps
 
 
 def test_unknown_method_is_refused():

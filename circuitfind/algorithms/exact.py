@@ -10,6 +10,7 @@ subset (the hybrid method scores only its attribution-chosen candidates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,11 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import FastEvaluator, Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
-from circuitfind.errors import ConfigError
+from circuitfind.algorithms.nodes import node_layers
+from circuitfind.algorithms.units import check_level
+from circuitfind.errors import ConfigError, MetricError
 from circuitfind.graph import Graph
+from circuitfind.metrics import metric_site
 
 __all__ = [
     "ExactBatch",
@@ -28,6 +32,7 @@ __all__ = [
     "layer_cost",
     "plan_cost",
     "run_exact",
+    "run_exact_nodes",
     "score_batches",
 ]
 
@@ -39,12 +44,18 @@ class ExactOptions:
     Attributes:
         batch_size: edges evaluated per forward pass (1 is fastest on CPU; 8 or more on a GPU).
         candidates: ``(S, R)`` bool: score only these edges (the rest are NaN); None: every edge.
+        level: ``"edge"``, or ``"node"``: score every node instead, one patched forward per node (its outgoing
+            edges removed at once); edge scores are then NaN.
     """
 
     batch_size: int = 1
     candidates: Tensor | None = None
+    level: str = "edge"
 
     def __post_init__(self) -> None:
+        check_level(self.level)
+        if self.level == "node" and self.candidates is not None:
+            raise ConfigError("candidates restricts edge scoring; at level='node' every node is scored")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
 
@@ -118,9 +129,53 @@ def score_batches(
             ev.start_layer(b.layer, full)
         masks = full.unsqueeze(0).repeat(len(b.senders), 1, 1)  # (K, S, R)
         masks[torch.arange(len(b.senders)), torch.tensor(b.senders), b.receiver] = False
-        out.append(ev.losses(masks).double() - ev.loss_full)  # (K,)
+        logits = ev.chunk_logits(masks)  # [(K, b, V')] per prompt chunk
+        with metric_site(_exact_site(g, b, ev, logits)):
+            losses = problem.loss(torch.cat(logits, dim=1)).cpu()  # (K,)
+        out.append(losses.double() - ev.loss_full)  # (K,)
         progress.update(len(b.senders) * layer_cost(g.n_layers, b.layer))
     return out
+
+
+def _exact_site(graph: Graph, batch: ExactBatch, ev: FastEvaluator, logits: list[Tensor]) -> Callable:
+    """Names the edge whose removal gave a bad metric (``index`` of the batch's candidates) and the prompt chunk
+    that produced it (see :func:`_bad_chunk`)."""
+
+    def label(err) -> str:
+        k = err.index if err.index is not None and err.index < len(batch.senders) else 0
+        edge = graph.edge(batch.senders[k], batch.receiver).name
+        where = _bad_chunk(ev, [chunk[k] for chunk in logits])
+        return f"during exact scoring, removing edge {edge} (receiver {graph.receivers[batch.receiver].name}): {where}"
+
+    return label
+
+
+def _bad_chunk(ev: FastEvaluator, logits: list[Tensor]) -> str:
+    """Which prompt chunk of one candidate's ``logits`` (``[(b, V')]`` per chunk) made its metric non-finite: the
+    first holding NaN or infinite logits; else the first whose logits, put among the full model's logits of the
+    other prompts, give a non-finite metric (the metric itself, e.g. the log of a probability of 0)."""
+    chunks = ev.chunks
+
+    def span(i: int) -> str:
+        return f"prompt chunk {i + 1} of {len(chunks)} (prompts {chunks[i].start}..{chunks[i].stop - 1})"
+
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        bad = (~torch.isfinite(chunk)).flatten(1).any(dim=1)  # (b,)
+        if bool(bad.any()):
+            prompts = [rows.start + int(j) for j in bad.nonzero().flatten()]
+            shown = ", ".join(map(str, prompts[:10])) + (", ..." if len(prompts) > 10 else "")
+            return f"{span(i)} has NaN or infinite logits, on prompt(s) {shown}"
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        mixed = ev.full_logits.clone()
+        mixed[rows] = chunk.to(mixed.device, mixed.dtype)
+        try:
+            ev.p.loss(mixed.unsqueeze(0))
+        except MetricError:
+            return (
+                f"{span(i)} gives it: its logits are finite but the metric is not (with the full model's logits on "
+                "the other prompts)"
+            )
+    return "the logits of every prompt are finite and no single prompt chunk makes the metric non-finite"
 
 
 def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: Progress | None = None) -> ScoreResult:
@@ -134,6 +189,8 @@ def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: P
         >>> int(result.scores[problem.pm.graph.edge_mask].isfinite().sum())  # the other edges are NaN: not scored
         2
     """
+    if opts.level == "node":
+        return run_exact_nodes(problem, opts.batch_size, progress)
     progress = progress or NullProgress()
     g = problem.pm.graph
     plan = exact_plan(g, opts.candidates, opts.batch_size)
@@ -153,3 +210,64 @@ def assemble_scores(graph: Graph, plan: list[ExactBatch], deltas: list[Tensor]) 
     for b, d in zip(plan, deltas, strict=True):
         scores[list(b.senders), b.receiver] = d
     return scores
+
+
+def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | None = None) -> ScoreResult:
+    """Exact node scores: ``loss(full without node s) - loss(full)`` for every sender ``s``.
+
+    Edge scores are not computed (NaN on the graph's edges); ``node_scores`` holds the result.
+
+    Example:
+        >>> result = run_exact_nodes(problem)
+        >>> result.node_scores.shape, bool(result.scores[problem.pm.graph.edge_mask].isnan().all())
+        (torch.Size([4]), True)
+    """
+    progress = progress or NullProgress()
+    g = problem.pm.graph
+    groups = node_layers(g)
+    progress.set_description("exact node scores")
+    progress.reset(total=sum(len(s) * layer_cost(g.n_layers, max(layer, 0)) for layer, s in groups))
+    ev = FastEvaluator(problem, masks=batch_size)
+    full = g.full_mask()
+    node_scores = torch.full((g.n_senders,), float("nan"), dtype=torch.float64)
+    passes = 0
+    for layer, senders in groups:
+        if layer >= 0:
+            ev.start_layer(layer, full)
+        for i in range(0, len(senders), batch_size):
+            batch = senders[i : i + batch_size]
+            masks = torch.stack([g.without_nodes(full, [s]) for s in batch])  # (K, S, R)
+            with metric_site(
+                lambda err, batch=batch: f"during exact node scoring, removing node {_node(g, batch, err)}"
+            ):
+                losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
+            node_scores[batch] = losses.double() - ev.loss_full
+            passes += 1
+            progress.update(len(batch) * layer_cost(g.n_layers, max(layer, 0)))
+    scores = torch.full((g.n_senders, g.n_receivers), float("nan"), dtype=torch.float64)
+    scores[~g.edge_mask] = 0.0
+    stats = {"forward_passes": passes, "nodes_scored": g.n_senders, "loss_full": ev.loss_full, "level": "node"}
+    return ScoreResult(scores, stats, node_scores=node_scores)
+
+
+def _node(graph: Graph, batch: list[int], err) -> str:
+    k = err.index if err.index is not None and err.index < len(batch) else 0
+    return graph.senders[batch[k]].name
+
+
+def _full_losses(problem: Problem, masks: Tensor) -> Tensor:
+    """``(K,)`` losses of stacked masks from full forwards (every layer computed), prompts in chunks."""
+    B = problem.clean_ids.shape[0]
+    with torch.no_grad():
+        logits = [
+            problem.pm.forward(
+                problem.clean_ids[rows],
+                problem.ablated.select(rows, B),
+                masks,
+                attention_mask=problem.attention_mask[rows],
+                positions=problem.positions[rows],
+                vocab=problem.vocab,
+            )
+            for rows in problem.prompt_chunks(masks.shape[0])
+        ]
+    return problem.loss(torch.cat(logits, dim=1)).cpu()

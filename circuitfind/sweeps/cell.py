@@ -49,7 +49,7 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
                 "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
             )
         return get_task(cell.task, tokenizer, n=n + held, seed=cell.seed, n_train=n)
-    task = from_json(cell.task, tokenizer)
+    task = from_json(cell.task, tokenizer, max_prompts=n + held)  # never tokenises past what the cell uses
     if len(task) < n + held:
         raise TaskError(
             f"{cell.task} has {len(task)} prompts; the cell needs n_prompts + held_out = {n} + {held}. Lower "

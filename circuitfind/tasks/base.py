@@ -57,6 +57,8 @@ class Task:
         n_train: the first ``n_train`` prompts are the train split; ``None`` = all of them.
         prompts: clean prompt strings for display (empty, or one per prompt).
         corrupted_prompts: corrupted prompt strings for display (empty, or one per prompt).
+        position_labels: per prompt, one label per position (``T`` each; empty: none): what each position is in
+            the prompt's template (IOI: ``IO``, ``S1``, ``S2``, ``END`` ...; see :mod:`circuitfind.tasks.templates`).
 
     Example:
         >>> t = Task(
@@ -84,12 +86,15 @@ class Task:
     n_train: int | None = None
     prompts: tuple[str, ...] = ()
     corrupted_prompts: tuple[str, ...] = ()
+    position_labels: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         # Tuples keep the dataclass frozen in spirit; accept lists from callers.
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "corrupted_prompts", tuple(self.corrupted_prompts))
+        object.__setattr__(self, "position_labels", tuple(tuple(str(x) for x in row) for row in self.position_labels))
         _validate(self)
+        _check_position_labels(self)
 
     # --- sizes -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -141,6 +146,7 @@ class Task:
             n_train=None,
             prompts=tuple(self.prompts[i] for i in pick) if self.prompts else (),
             corrupted_prompts=tuple(self.corrupted_prompts[i] for i in pick) if self.corrupted_prompts else (),
+            position_labels=tuple(self.position_labels[i] for i in pick) if self.position_labels else (),
         )
 
     def tensors(self) -> dict[str, Tensor]:
@@ -356,6 +362,7 @@ def build_from_strings(
         n_train=n_train,
         prompts=tuple(clean),
         corrupted_prompts=tuple(corrupted),
+        where=where,
     )
 
 
@@ -374,6 +381,7 @@ def build_from_ids(
     corrupted_prompts: Sequence[str] = (),
     answer_pos: Sequence[int] | None = None,
     seq_len: int | None = None,
+    where: Callable[[int], str] = _default_where,
 ) -> Task:
     """Pad per-prompt id lists into a :class:`Task` (answers as last real token unless ``answer_pos``)."""
     n = len(clean_rows)
@@ -382,6 +390,8 @@ def build_from_ids(
     for label, rows in (("corrupted", corrupted_rows), ("answer", answer_rows), ("wrong answer", wrong_rows)):
         if len(rows) != n:
             raise TaskError(f"{n} clean prompts but {len(rows)} {label} rows; give one per prompt")
+    for i, (right, wrong) in enumerate(zip(answer_rows, wrong_rows, strict=True)):
+        _check_answers_differ(right, wrong, where(i))
     lengths = [len(r) for r in clean_rows]
     width = max(lengths) if seq_len is None else seq_len
     clean_ids = torch.full((n, width), pad_id, dtype=torch.long)  # (N, T)
@@ -449,6 +459,19 @@ def _answer_rows(
             row.append(ids[0])
         rows.append(row)
     return rows
+
+
+def _check_answers_differ(right: Sequence[int], wrong: Sequence[int], where: str) -> None:
+    """An id that is both a correct and a wrong answer of one prompt makes its metric meaningless (a single answer
+    equal to its wrong answer: identically 0 whatever the circuit)."""
+    both = sorted(set(right) & set(wrong) - {PAD_ANSWER})
+    if both:
+        raise TaskError(
+            f"{where}: token id {both[0]} is both a correct and a wrong answer, so the metric (correct minus wrong) "
+            "cannot tell the circuits apart on this prompt"
+            + (" (it is 0 whatever the circuit)" if set(right) - {PAD_ANSWER} == set(wrong) - {PAD_ANSWER} else "")
+            + "; remove it from the wrong answers, or give a different correct answer"
+        )
 
 
 def pad_rows(rows: Sequence[Sequence[int]], n: int, *, min_width: int) -> Tensor:
@@ -596,6 +619,16 @@ def _check_metric(metric: str) -> None:
         raise TaskError(f"unknown task metric {metric!r}; expected one of {', '.join(TASK_METRICS)}")
 
 
+def _check_position_labels(task: Task) -> None:
+    rows = task.position_labels
+    if rows and (len(rows) != len(task) or any(len(r) != task.seq_len for r in rows)):
+        found = f"{len(rows)} rows of lengths {sorted({len(r) for r in rows})}"
+        raise TaskError(
+            f"position_labels needs one row per prompt ({len(task)}) of one label per position ({task.seq_len}); "
+            f"got {found}"
+        )
+
+
 def _validate(task: Task) -> None:
     """Check shapes, dtypes and ranges of a task's tensors; raise :class:`TaskError` on the first problem."""
     _check_metric(task.metric)
@@ -621,6 +654,8 @@ def _validate(task: Task) -> None:
             raise TaskError(f"Task.{field} must be (N={n}, K); got shape {tuple(value.shape)}")
         if value.numel() and bool((value < PAD_ANSWER).any()):
             raise TaskError(f"Task.{field} holds token ids >= 0, padded with {PAD_ANSWER}; found {value.min()}")
+    for i, (right, wrong) in enumerate(zip(task.answers.tolist(), task.wrong_answers.tolist(), strict=True)):
+        _check_answers_differ(right, wrong, f"prompt {i}")
     for field, label in (("answers", "answer id"), ("wrong_answers", "wrong answer")):
         has = (named[field] != PAD_ANSWER).any(dim=1)  # (N,)
         if bool(has.any()) and not bool(has.all()):
