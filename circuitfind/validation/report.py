@@ -124,8 +124,17 @@ def build_report(
         "model": circuit.model,
         "task": task.name,
         "method": method,
-        "options": _clean({"method": method, **opts, "n_boot": n_boot, "probes": probes, "seed": seed,
-                           "check_ablation": check_ablation, "stability_cut": stability_cut}),  # fmt: skip
+        "options": _clean(
+            {
+                "method": method,
+                **opts,
+                "n_boot": n_boot,
+                "probes": probes,
+                "seed": seed,
+                "check_ablation": check_ablation,
+                "stability_cut": stability_cut,
+            }
+        ),  # fmt: skip
         "circuit": _circuit_summary(circuit),
         "heldout": _heldout_summary(held),
         "curves": curves,
