@@ -86,9 +86,12 @@ def _circuit_part(circuit) -> dict[str, Any]:
     trace = stats.pop("trace", None) or []
     stats.pop("losses_at_points", None)
     rec = circuit.recovered
+    # the explorer opens on the top k, dangling edges hidden: the run's own k, else the edges a top-n or threshold
+    # cut selected before pruning (the top k of the same ranking), so that it opens on the circuit as cut
+    k = stats.get("k", stats.get("selected_before_pruning"))
     return {
         "n_edges": circuit.n_edges,
-        "k": stats.get("k"),
+        "k": k,
         "metric": circuit.config.get("metric", "metric"),
         "metric_full": _round(circuit.metric_full),
         "metric_empty": _round(circuit.metric_empty),
