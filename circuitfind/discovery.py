@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,10 +313,9 @@ class _Run:
     bar: Any
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
-        ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
-        return _cut(
+        return _cut(  # untested (NaN) edges rank last: circuitfind.selection.edge_ranking owns the rule
             self.problem.pm.graph,
-            ranked,
+            scores,
             faith,
             threshold=threshold,
             n_edges=self.n_edges,
