@@ -24,6 +24,7 @@ __all__ = [
     "CircuitfindError",
     "Edge",
     "Graph",
+    "Hypothesis",
     "Node",
     "PatchableModel",
     "Task",
@@ -31,6 +32,7 @@ __all__ = [
     "errors",
     "evaluate",
     "load_model",
+    "scrub",
     "sweep",
 ]
 
@@ -45,4 +47,8 @@ def __getattr__(name: str):
         from circuitfind.sweeps import sweep
 
         return sweep
+    if name in ("Hypothesis", "scrub"):  # causal scrubbing, imported on first use
+        from circuitfind import scrubbing
+
+        return getattr(scrubbing, name)
     raise AttributeError(f"module 'circuitfind' has no attribute {name!r}")

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from circuitfind import export
-from circuitfind.errors import MetricError
-from circuitfind.graph import Edge, Graph
+from circuitfind.errors import MetricError, ShapeError
+from circuitfind.graph import Edge, Graph, position_edge_name
 from circuitfind.metrics import check_gap
 
 __all__ = ["Circuit"]
@@ -40,6 +40,15 @@ class Circuit:
         config: the options of the run (method, threshold, metric, ablation...); a read-only mapping.
         stats: wall time, forward passes, edges tested, ...; a read-only mapping.
         model: a name for the model it was found on.
+        node_mask: ``(S,)`` bool, or None: a node-level circuit (``level="node"``) keeps these senders (heads,
+            MLPs, the input) as units; ``mask`` holds its induced edges (between kept nodes, ``logits`` always
+            kept) after dangling ones are dropped.
+        node_scores: ``(S,)`` float, or None: the loss change when each node is removed (its outgoing edges at
+            once); a node-level circuit's edge ``scores`` are NaN where the method scored no edge.
+        position_mask: ``(S, R, T)`` bool, or None: a position-aware circuit (``by_position=True``) keeps edge
+            ``s -> r`` at position ``t`` only; ``mask`` is then its projection (kept at some position).
+        position_scores: ``(S, R, T)`` float, or None: the per-position scores (``scores`` is their sum).
+        position_labels: ``T`` labels of the positions (the template's: ``IO``, ``S2``, ``END`` ...), or None.
 
     The tensors are the circuit's own copies on the CPU; do not change them in place.
 
@@ -61,15 +70,74 @@ class Circuit:
     config: Mapping[str, Any] = field(default_factory=dict)
     stats: Mapping[str, Any] = field(default_factory=dict)
     model: str = ""
+    node_mask: torch.Tensor | None = None
+    node_scores: torch.Tensor | None = None
+    position_mask: torch.Tensor | None = None
+    position_scores: torch.Tensor | None = None
+    position_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.graph.check_mask(self.mask)
         self.graph.check_mask(self.scores)
+        self._normalise_nodes()
+        self._normalise_positions()
         # A frozen dataclass normalises its fields once, here, through object.__setattr__.
         object.__setattr__(self, "mask", self.mask.detach().cpu().bool() & self.graph.edge_mask)
         object.__setattr__(self, "scores", self.scores.detach().cpu().float())
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+
+    def _normalise_nodes(self) -> None:
+        """Check and copy the node-level fields (``(S,)`` each) to the CPU."""
+        for name, dtype in (("node_mask", torch.bool), ("node_scores", torch.float)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (self.graph.n_senders,):
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ShapeError(f"{name} must have shape (senders,) = ({self.graph.n_senders},); got {found}")
+            object.__setattr__(self, name, value.detach().cpu().to(dtype))
+
+    def _normalise_positions(self) -> None:
+        """Check and copy the position fields: ``(S, R, T)`` tensors and ``T`` labels, all or none."""
+        fields = (self.position_mask, self.position_scores, self.position_labels)
+        if all(f is None for f in fields):
+            return
+        S, R = self.graph.n_senders, self.graph.n_receivers
+        labels = tuple(str(x) for x in self.position_labels or ())
+        want = (S, R, len(labels))
+        for name in ("position_mask", "position_scores"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ShapeError(f"{name} must have shape (senders, receivers, positions) = {want}; got {found}")
+        mask = self.position_mask.detach().cpu().bool() & self.graph.edge_mask[..., None]
+        object.__setattr__(self, "position_mask", mask)
+        object.__setattr__(self, "position_scores", self.position_scores.detach().cpu().float())
+        object.__setattr__(self, "position_labels", labels)
+
+    @property
+    def position_edge_names(self) -> list[str]:
+        """Names of the kept position-edges (``a0.h1->a3.h7<q>@END``), sender-major; empty for other circuits."""
+        if self.position_mask is None:
+            return []
+        s_idx, r_idx, t_idx = self.position_mask.nonzero(as_tuple=True)
+        labels = self.position_labels
+        return [
+            position_edge_name(self.graph.edge_name(s, r), labels[t])
+            for s, r, t in zip(s_idx.tolist(), r_idx.tolist(), t_idx.tolist(), strict=True)
+        ]
+
+    @property
+    def level(self) -> str:
+        """``"node"`` for a node-level circuit, else ``"edge"``."""
+        return "edge" if self.node_mask is None else "node"
+
+    @property
+    def n_nodes(self) -> int:
+        """Kept nodes of a node-level circuit (senders; ``logits`` not counted); else senders with a kept edge."""
+        kept = self.node_mask if self.node_mask is not None else self.mask.any(dim=1)
+        return int(kept.sum())
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickle and copy.deepcopy cannot copy a MappingProxyType: rebuild from plain dicts.
@@ -144,8 +212,11 @@ class Circuit:
     def summary(self) -> str:
         m = self.config.get("metric", "metric")
         rec = self.recovered
+        nodes = "" if self.node_mask is None else f"{self.n_nodes} of {self.graph.n_senders} nodes, "
+        if self.position_mask is not None:
+            nodes = f"{int(self.position_mask.sum()):,} position-edges over {len(self.position_labels)} positions, "
         return (
-            f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
+            nodes + f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
             f"{m}: full {self.metric_full:.4g}, circuit {self.metric_circuit:.4g}, empty {self.metric_empty:.4g}"
             + ("" if rec != rec else f" (recovers {round(100 * rec)}%)")
         )

@@ -9,6 +9,7 @@ Subcommands::
     circuitfind view runs/ioi/circuit.json                               # the circuit's explorer, one HTML file
     circuitfind heads --task ioi                                         # every head's role scores
     circuitfind sweep spec.json [--table]                                # a grid of runs on Ray (circuitfind.sweeps)
+    circuitfind scrub runs/ioi/circuit.json --task ioi                   # causal scrubbing of a saved circuit
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
 --model, --device and --no-progress) and sets ``handler=fn`` with ``set_defaults``, where ``fn(args) -> int``
@@ -174,6 +175,22 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_unit_options(p: argparse.ArgumentParser) -> None:
+    """--level, --n-nodes and --by-position: what a scoring method scores and cuts."""
+    p.add_argument(
+        "--level",
+        choices=["edge", "node"],
+        default="edge",
+        help="eap/eap-ig/eap-ig-mask/exact: score and cut single edges (default) or nodes (heads, MLPs, input)",
+    )
+    p.add_argument("--n-nodes", type=_positive_int, default=None, metavar="N", help="--level node: keep N nodes")
+    p.add_argument(
+        "--by-position",
+        action="store_true",
+        help="eap/eap-ig/eap-ig-mask: score and cut (sender, receiver, position) edges; prompts of one template",
+    )
+
+
 def _add_discover(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "discover",
@@ -197,6 +214,7 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         help="a tokenizer folder or Hugging Face id, for a --model folder saved without one (default: the model's)",
     )
     _add_method_options(p)
+    _add_unit_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
     p.add_argument("--ablation", choices=[a.value for a in Ablation], default="resample", help="default: resample")
@@ -395,6 +413,9 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         checkpoint=ckpt,
         resume=args.resume,
         progress=args.progress,
+        level=args.level,
+        n_nodes=args.n_nodes,
+        by_position=args.by_position,
     )
     circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):
@@ -650,6 +671,13 @@ def _roles_table(roles: Any) -> str:
     return "\n".join(lines)
 
 
+# --- scrub (causal scrubbing; the subcommand lives in circuitfind.scrubbing.command) ------------------------------
+def _add_scrub(subparsers: argparse._SubParsersAction) -> None:
+    from circuitfind.scrubbing.command import add_scrub_parser
+
+    add_scrub_parser(subparsers, common_options())
+
+
 # --- parser and entry point ---------------------------------------------------------------------------------------
 SubcommandBuilder = Callable[[argparse._SubParsersAction], None]
 
@@ -661,6 +689,7 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
         "view": _add_view,
         "heads": _add_heads,
         "sweep": add_sweep_parser,
+        "scrub": _add_scrub,
     }
 )
 """The subcommands: name -> ``add(subparsers)``."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult,
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
+from circuitfind.algorithms.units import check_level, node_cut, position_cut
 from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, TaskError
@@ -23,6 +25,7 @@ from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.tasks.templates import template_labels
 
 __all__ = ["discover", "prepare_problem"]
 
@@ -155,6 +158,9 @@ def discover(
     chunk_size: int | None = None,
     reference: Task | None = None,
     candidates: torch.Tensor | None = None,
+    level: str = "edge",
+    n_nodes: int | None = None,
+    by_position: bool = False,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -198,6 +204,12 @@ def discover(
             :mod:`circuitfind.memory` for what is held per pass and what for all prompts). Results do not depend
             on it beyond float rounding. ``circuit.stats["peak_memory"]`` records the peak reached.
         candidates: ``(S, R)`` bool, the edges ``exact`` scores (default all).
+        level: ``"edge"`` (default) or ``"node"`` (scoring methods): score and cut heads, MLPs and the input as
+            units, removing a node removing all its outgoing edges; the cut is over nodes (``n_nodes`` instead
+            of ``n_edges``) and the circuit records ``node_mask`` and ``node_scores`` and holds the induced edges.
+        n_nodes: at ``level="node"``, keep the top ``n_nodes`` nodes by score.
+        by_position: attribution methods: score every edge at every position of the prompts (which must share
+            one template), cut over (sender, receiver, position) edges; see :mod:`circuitfind.algorithms.positions`.
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
@@ -211,6 +223,7 @@ def discover(
         >>> print(circuit.summary())  # doctest: +SKIP
     """
     _check_selection(method, threshold, n_edges, target, steps)
+    _check_units(method, level, n_nodes, n_edges, by_position, threshold, target)
     check_chunk_size(chunk_size)
     order = _sender_order(sender_order)
     tau = 0.01 if threshold is None and method.startswith("acdc") else threshold
@@ -225,10 +238,12 @@ def discover(
         batch_size = 1 if pm.device.type == "cpu" else 8
     model_name = model_name or getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
     task = resolve_task(task, tokenizer).train()
+    labels = template_labels(task) if by_position else None  # refuses prompts that do not align
 
     t0 = time.perf_counter()
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
     config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size)
+    _unit_config(config, level, n_nodes, by_position, target)
     run = _Run(
         problem=problem,
         bound=bound,
@@ -239,6 +254,10 @@ def discover(
         absolute=absolute,
         from_input=kind is Ablation.RESAMPLE,  # a node with no input edge outputs its ablated value only then
         bar=_progress_bar(progress),
+        level=level,
+        n_nodes=n_nodes,
+        by_position=by_position,
+        position_labels=labels,
     )
     try:
         mask, scores, stats, faith = _dispatch(
@@ -266,7 +285,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
     bound = run.bound
     return Circuit(
         graph=pm.graph,
-        mask=mask,
+        mask=mask.any(dim=-1) if mask.dim() == 3 else mask,  # a position mask's projection
         scores=scores.float(),
         metric_full=_value_of(bound, faith.loss_full),
         metric_empty=_value_of(bound, faith.loss_empty),
@@ -274,6 +293,7 @@ def _circuit_of(pm: PatchableModel, run: _Run, mask, scores, stats: dict[str, An
         config=run.config,
         stats=stats,
         model=str(model_name),
+        **run.extra,
     )
 
 
@@ -295,7 +315,7 @@ def _dispatch(run, method, threshold, steps, batch_size, absolute, order, candid
         )
         return _discover_hybrid(run, opts)
     opts = ExactOptions(batch_size, candidates) if method == "exact" else EapOptions(steps=steps)
-    return _discover_scores(run, method, opts)
+    return _discover_scores(run, method, _unit_options(opts, run))
 
 
 @dataclass(frozen=True)
@@ -311,6 +331,11 @@ class _Run:
     absolute: bool
     from_input: bool
     bar: Any
+    level: str = "edge"
+    n_nodes: int | None = None
+    by_position: bool = False
+    position_labels: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
         return _cut(  # untested (NaN) edges rank last: circuitfind.selection.edge_ranking owns the rule
@@ -347,8 +372,106 @@ def _discover_hybrid(run: _Run, opts: HybridOptions):
 def _discover_scores(run: _Run, method: str, opts):
     result: ScoreResult = METHODS[method].run(run.problem, opts, run.bar)
     faith = Faithfulness(run.problem)
-    mask, cut = run.cut(result.scores, faith, run.threshold)
+    if run.level == "node":
+        mask, cut = _cut_nodes(run, method, result, faith)
+    elif run.by_position:
+        mask, cut = _cut_positions(run, method, result, faith)
+    else:
+        mask, cut = run.cut(result.scores, faith, run.threshold)
     return mask, result.scores, {**result.stats, **cut}, faith
+
+
+# --- node-level and position-aware circuits (level="node", by_position=True) ---------------------------------
+def _check_units(method, level, n_nodes, n_edges, by_position, threshold, target) -> None:
+    """Refuse a bad ``level`` / ``n_nodes`` / ``by_position`` before any model is loaded."""
+    check_level(level)
+    if not isinstance(by_position, bool):
+        raise ConfigError(f"by_position must be True or False; got {by_position!r}")
+    if (level == "node" or by_position) and method not in SCORING_METHODS:
+        what = "level='node'" if level == "node" else "by_position=True"
+        raise ConfigError(f"{what} needs a scoring method ({', '.join(sorted(SCORING_METHODS))}); got {method!r}")
+    if level == "node" and by_position:
+        raise ConfigError("level='node' and by_position=True do not combine: choose nodes or position-edges")
+    if n_nodes is not None:
+        if level != "node":
+            raise ConfigError("n_nodes cuts a node-level circuit: pass level='node' with it (or n_edges for edges)")
+        if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 1:
+            raise ConfigError(f"n_nodes must be an integer >= 1 (the number of nodes to keep); got {n_nodes!r}")
+        if threshold is not None or target is not None:
+            raise ConfigError("pass one of threshold, n_nodes or target; got more than one")
+    if level == "node" and n_edges is not None:
+        raise ConfigError("at level='node' the cut counts nodes: pass n_nodes (or threshold / target), not n_edges")
+
+
+def _unit_config(config: dict[str, Any], level: str, n_nodes: int | None, by_position: bool, target) -> None:
+    """Record the unit options in the run's config (a top-``n_nodes`` cut is not a target cut)."""
+    if level != "edge":
+        config["level"] = level
+    if n_nodes is not None:
+        config["n_nodes"] = n_nodes
+        if target is None:
+            config.pop("target", None)
+    if by_position:
+        config["by_position"] = True
+
+
+def _unit_options(opts, run: _Run):
+    """The method's options with ``level`` / ``by_position`` set; a method without them refuses clearly."""
+    changes = {"level": run.level} if run.level != "edge" else {}
+    if run.by_position:
+        changes["by_position"] = True
+    missing = [k for k in changes if k not in {f.name for f in dataclasses.fields(opts)}]
+    if missing:
+        raise ConfigError(f"{run.config['method']} does not support {missing[0]}={changes[missing[0]]!r}")
+    return dataclasses.replace(opts, **changes) if changes else opts
+
+
+def _cut_nodes(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The node-level circuit cut from the method's node scores; its nodes go into the circuit."""
+    if result.node_scores is None:
+        raise ConfigError(f"{method} returned no node scores at level='node'")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest nodes with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = node_cut(
+        run.problem.pm.graph,
+        result.node_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_nodes,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(node_mask=cut.units, node_scores=result.node_scores.float())
+    return cut.mask, {**cut.info, "n_nodes": int(cut.units.sum())}
+
+
+def _cut_positions(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The position-aware circuit cut from the method's ``(S, R, T)`` scores: an ``(S, R, T)`` mask."""
+    if result.position_scores is None:
+        raise ConfigError(f"{method} returned no position scores with by_position=True")
+    on_probe = None
+    if run.target is not None:
+        desc = f"fewest position-edges with faithfulness >= {run.target}"
+        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    cut = position_cut(
+        run.problem.pm.graph,
+        result.position_scores,
+        faith,
+        threshold=run.threshold,
+        n=run.n_edges,
+        target=run.target,
+        absolute=run.absolute,
+        from_input=run.from_input,
+        on_probe=on_probe,
+    )
+    run.extra.update(
+        position_mask=cut.mask, position_scores=result.position_scores.float(), position_labels=run.position_labels
+    )
+    return cut.mask, {**cut.info, "n_position_edges": int(cut.mask.sum())}
 
 
 def _cut(graph, scores, faith, *, threshold, n_edges, target, absolute, from_input, bar) -> tuple[torch.Tensor, dict]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
-from circuitfind.graph import Graph
+from circuitfind.graph import Graph, is_position_mask
 from circuitfind.memory import check_chunk_size, prompt_slices
 from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
@@ -70,6 +70,10 @@ def _default_metric(task: Task, metric: Any) -> Any:
 
 def _mask_of(graph: Graph, circuit_or_mask: Circuit | Tensor) -> Tensor:
     mask = circuit_or_mask.mask if isinstance(circuit_or_mask, Circuit) else circuit_or_mask
+    if isinstance(circuit_or_mask, Circuit) and circuit_or_mask.position_mask is not None:
+        return circuit_or_mask.position_mask  # (S, R, T): a position-aware circuit is evaluated as such
+    if is_position_mask(graph, mask) and mask.dim() == 3:
+        return mask
     if not isinstance(mask, Tensor):
         raise ShapeError(f"expected a Circuit or an (S, R) mask tensor; got {type(circuit_or_mask).__name__}")
     graph.check_mask(mask)
@@ -149,6 +153,10 @@ class _Evaluator:
     def run(self, masks: Sequence[Tensor]) -> list[dict[str, Any]]:
         g = self.pm.graph
         full = g.full_mask().float()
+        if any(m.dim() == 3 for m in masks):  # position masks: every mask (S, R, T), full and empty too
+            T = next(m.shape[-1] for m in masks if m.dim() == 3)
+            full = full[..., None].expand(-1, -1, T)
+            masks = [m if m.dim() == 3 else m[..., None].expand(-1, -1, T) for m in masks]
         stack = [full, torch.zeros_like(full), *(m.detach().cpu().float() for m in masks)]  # floats interpolate
         values: list[float] = []
         kls: list[float] = []
@@ -173,7 +181,8 @@ class _Evaluator:
 
     def _row(self, mask: Tensor, value: float, kl: float) -> dict[str, Any]:
         g = self.pm.graph
-        n_edges = int((mask.detach().cpu() != 0)[g.edge_mask].sum())
+        kept = mask.detach().cpu() != 0
+        n_edges = int((kept.any(dim=-1) if kept.dim() == 3 else kept)[g.edge_mask].sum())  # position: projected
         row = {
             "faithfulness": (value - self.m_empty) / (self.m_full - self.m_empty),  # run() checked the gap
             "metric": self.metric.name,

@@ -41,7 +41,7 @@ import torch
 
 from circuitfind.errors import ConfigError, RenderError
 from circuitfind.fileio import atomic_write
-from circuitfind.graph import Channel, Graph, NodeKind
+from circuitfind.graph import Channel, Graph, NodeKind, position_edge_name
 
 if TYPE_CHECKING:
     import networkx
@@ -92,6 +92,7 @@ class CircuitData(Protocol):
     config: Mapping[str, Any]
     stats: Mapping[str, Any]
     model: str
+    # node-level circuits also carry node_mask / node_scores ((S,) each, read with getattr: optional)
 
     @property
     def n_edges(self) -> int: ...
@@ -182,11 +183,12 @@ def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
         name: {"score": s if s - s == 0 else (None if s != s else _number(s)), "in_graph": k}
         for name, s, k in zip(graph.edge_names, scores, kept, strict=True)
     }
-    on = graph.nodes_touched(circuit.mask).tolist()
+    positions = _positions_json(circuit)
     return {
         "cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel},
-        "nodes": dict(zip(graph.node_names, on, strict=True)),
+        "nodes": _nodes_json(circuit),
         "edges": edges,
+        **({"positions": positions} if positions else {}),
         "circuitfind": {
             "version": FORMAT_VERSION,
             "model": circuit.model,
@@ -197,6 +199,87 @@ def to_json_dict(circuit: CircuitData) -> dict[str, Any]:
             "metric_circuit": _float_or_none(circuit.metric_circuit),
         },
     }
+
+
+def _nodes_json(circuit: CircuitData) -> dict[str, Any]:
+    """The 'nodes' entry: ``{name: in_graph}``; for a node-level circuit ``{name: {"in_graph", "score"}}`` (the
+    EAP-IG node layout), the kept nodes being its units and ``logits`` always in."""
+    graph = circuit.graph
+    node_mask = getattr(circuit, "node_mask", None)
+    if node_mask is None:
+        return dict(zip(graph.node_names, graph.nodes_touched(circuit.mask).tolist(), strict=True))
+    scores = getattr(circuit, "node_scores", None)
+    values = [math.nan] * graph.n_senders if scores is None else scores.tolist()
+    out = {
+        name: {"in_graph": bool(k), "score": _float_or_none(v)}
+        for name, k, v in zip(graph.sender_names, node_mask.tolist(), values, strict=True)
+    }
+    out[graph.node_names[-1]] = {"in_graph": True, "score": None}
+    return out
+
+
+def _positions_json(circuit: CircuitData) -> dict[str, Any] | None:
+    """The 'positions' entry of a position-aware circuit: ``{"labels": [T labels], "edges": {edge name:
+    {"scores": [T scores], "in_graph": [labels of the positions it is kept at]}}}`` for every edge; else None."""
+    mask = getattr(circuit, "position_mask", None)
+    if mask is None:
+        return None
+    graph, labels = circuit.graph, list(circuit.position_labels)
+    edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,) sender-major, as graph.edge_names
+    scores = circuit.position_scores[edge_s, edge_r].tolist()  # (E, T)
+    kept = mask[edge_s, edge_r].tolist()  # (E, T)
+    edges = {
+        name: {
+            "scores": [x if x - x == 0 else (None if x != x else _number(x)) for x in row],
+            "in_graph": [label for label, k in zip(labels, on, strict=True) if k],
+        }
+        for name, row, on in zip(graph.edge_names, scores, kept, strict=True)
+    }
+    return {"labels": labels, "edges": edges}
+
+
+def _position_fields(graph: Graph, positions: Any) -> dict[str, Any]:
+    """``position_mask``, ``position_scores`` and ``position_labels`` from a 'positions' entry (or none)."""
+    if positions is None:
+        return {}
+    labels = positions.get("labels") if isinstance(positions, dict) else None
+    edges = positions.get("edges") if isinstance(positions, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or not isinstance(edges, dict):
+        raise ConfigError("'positions' must be {'labels': [str, ...], 'edges': {name: {'scores', 'in_graph'}}}")
+    T, at = len(labels), {label: t for t, label in enumerate(labels)}
+    mask = torch.zeros(graph.n_senders, graph.n_receivers, T, dtype=torch.bool)
+    scores = torch.full((graph.n_senders, graph.n_receivers, T), math.nan)
+    for name, entry in edges.items():
+        s, r = graph.edge_index(name) if name in _flat_index(graph) else (None, None)
+        values = entry.get("scores") if isinstance(entry, dict) else None
+        if s is None or not isinstance(values, list) or len(values) != T:
+            raise ConfigError(f"'positions.edges' entry {name!r} must be an edge with {T} scores; got {entry!r}")
+        scores[s, r] = torch.tensor([math.nan if _score(v) is None else _score(v) for v in values])
+        for label in entry.get("in_graph", []):
+            if label not in at:
+                raise ConfigError(f"'positions.edges.{name}.in_graph' names {label!r}, not one of {labels}")
+            mask[s, r, at[label]] = True
+    return {"position_mask": mask, "position_scores": scores, "position_labels": tuple(labels)}
+
+
+def _node_fields(graph: Graph, data: dict[str, Any], nodes_on: torch.Tensor | None) -> dict[str, Any]:
+    """``node_mask`` / ``node_scores`` of a node-level circuit file (nodes but no edges, or written at
+    ``level="node"``); empty for an edge-level one."""
+    meta = data.get("circuitfind") or {}
+    config = meta.get("config") if isinstance(meta, dict) else None
+    node_level = "edges" not in data or (isinstance(config, dict) and config.get("level") == "node")
+    if nodes_on is None or not node_level:
+        return {}
+    nodes = data["nodes"]
+    scores = torch.full((graph.n_senders,), math.nan)
+    if isinstance(nodes, dict):
+        for i, name in enumerate(graph.sender_names):
+            entry = nodes.get(name)
+            value = _score(entry.get("score")) if isinstance(entry, dict) else None
+            if value is not None:
+                scores[i] = value
+    has_scores = bool(scores.isfinite().any())
+    return {"node_mask": nodes_on[: graph.n_senders].clone(), "node_scores": scores if has_scores else None}
 
 
 def _graph_from_cfg(cfg: Any) -> Graph:
@@ -279,12 +362,12 @@ def fields_from_json_dict(data: dict[str, Any]) -> dict[str, Any]:
         mask, scores = _edges_from_json(graph, data["edges"])
     elif nodes_on is not None:
         # EAP-IG's node level: every outgoing edge of a kept node whose receiving node is kept too.
-        nodes_on[graph.n_senders] = True  # logits are always in the graph
-        mask = nodes_on[: graph.n_senders, None] & nodes_on[graph.receiver_nodes][None, :] & graph.edge_mask
+        mask = graph.induced_by_nodes(nodes_on[: graph.n_senders])  # logits are always in the graph
         scores = torch.full(mask.shape, float("nan"))
     else:
         raise ConfigError("a circuit file needs 'edges' (or, for a node-level circuit, 'nodes'); found neither")
-    return {"graph": graph, "mask": mask, "scores": scores, **_metadata_from_json(data.get("circuitfind") or {})}
+    fields = {"graph": graph, "mask": mask, "scores": scores, **_metadata_from_json(data.get("circuitfind") or {})}
+    return {**fields, **_node_fields(graph, data, nodes_on), **_position_fields(graph, data.get("positions"))}
 
 
 def _edges_from_json(graph: Graph, edges: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,7 +496,8 @@ def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") ->
 
     Only nodes that touch a kept edge appear: ``input`` (gray box), heads (ellipses filled by layer), MLPs
     (red boxes), ``logits`` (double octagon). Edges into a head's query, key and value are red, green and blue
-    and labelled ``q``/``k``/``v``; edges into MLPs and the logits are gray. With ``scores``, labels carry the
+    and labelled ``q``/``k``/``v``; edges into MLPs and the logits are gray. A position-aware circuit draws one
+    edge per kept position, labelled with the position (``q @S2``). With ``scores``, labels carry the
     edge's score and pen width grows with ``|score|`` (edges with a NaN score get neither). The heads of one
     layer share a rank.
 
@@ -452,25 +536,38 @@ def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") ->
         if len(members) > 1:
             lines.append("  { rank=same; " + " ".join(f"{_q(m)};" for m in members) + " }")
 
-    s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,) sender-major
-    kept_scores = circuit.scores[s_idx, r_idx].tolist()
-    finite = [abs(x) for x in kept_scores if math.isfinite(x)]
+    drawn = _drawn_edges(circuit)
+    finite = [abs(x) for *_, x in drawn if math.isfinite(x)]
     top = max(finite, default=0.0)
-    for s, r, score in zip(s_idx.tolist(), r_idx.tolist(), kept_scores, strict=True):
+    for s, r, at, score in drawn:
         receiver = graph.receivers[r]
         channel = receiver.channel
         color = _CHANNEL_COLORS[channel]
-        label = channel.value if channel is not None else ""
+        label = (channel.value if channel is not None else "") + ("" if at is None else f" @{at}")
         attrs: dict[str, str | float] = {"color": color, "fontcolor": color}
         if scores and math.isfinite(score):
             label = f"{label} {score:.3g}".strip()
             attrs["penwidth"] = f"{0.5 + 4.5 * abs(score) / top:.2f}" if top > 0 else "1"
         if label:
             attrs["label"] = label
-        attrs["tooltip"] = graph.edge_name(s, r)
+        attrs["tooltip"] = graph.edge_name(s, r) if at is None else position_edge_name(graph.edge_name(s, r), at)
         lines.append(f"  {_q(names[s])} -> {_q(receiver.node.name)} [{_attrs(attrs)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _drawn_edges(circuit: CircuitData) -> list[tuple[int, int, str | None, float]]:
+    """``(sender, receiver, position label or None, score)`` of every kept edge (position-edge), sender-major."""
+    mask = getattr(circuit, "position_mask", None)
+    if mask is None:
+        s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,) sender-major
+        scores = circuit.scores[s_idx, r_idx].tolist()
+        return [(s, r, None, x) for s, r, x in zip(s_idx.tolist(), r_idx.tolist(), scores, strict=True)]
+    s_idx, r_idx, t_idx = mask.nonzero(as_tuple=True)
+    scores = circuit.position_scores[s_idx, r_idx, t_idx].tolist()
+    labels = circuit.position_labels
+    rows = zip(s_idx.tolist(), r_idx.tolist(), t_idx.tolist(), scores, strict=True)
+    return [(s, r, labels[t], x) for s, r, t, x in rows]
 
 
 def to_networkx(circuit: CircuitData) -> networkx.MultiDiGraph:

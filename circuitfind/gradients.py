@@ -104,6 +104,7 @@ def edge_gradients(
     clean_diffs: bool = False,
     chunk_size: int | None = None,
     on_pass: Callable[[int], None] | None = None,
+    by_position: bool = False,
 ) -> GradientPass:
     """``sum_k weights[k] * d loss / d mask`` at uniform masks ``points``, for every edge at once.
 
@@ -117,6 +118,8 @@ def edge_gradients(
         chunk_size: prompts per pass (default ``problem.chunk_size``, else :func:`default_chunk_size`); the result
             does not depend on it.
         on_pass: called with the number of prompts after each forward-backward pass.
+        by_position: keep the position axis: ``grad`` is ``(S, R, T)``, the gradient with respect to a per-position
+            mask ``mask[s, r, t]`` (summed over prompts only; its sum over ``t`` is the ``(S, R)`` gradient).
 
     Returns:
         a :class:`GradientPass`.
@@ -146,7 +149,9 @@ def edge_gradients(
         raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     pm = problem.pm
     g = pm.graph
-    grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64, device=pm.device)
+    shape = (g.n_senders, g.n_receivers, *((problem.clean_ids.shape[1],) if by_position else ()))
+    grad = torch.zeros(shape, dtype=torch.float64, device=pm.device)
+    contract = _contract_by_position if by_position else _contract
     # d loss / d logits of one chunk: exact per chunk for a mean over prompts; otherwise from the whole batch
     whole = chunk >= B or getattr(problem, "separable", False)
     cots = None if whole else [_loss_grad(problem, p, chunk) for p in points]
@@ -162,7 +167,7 @@ def edge_gradients(
                 diffs = own  # the clean pass is one of the points (EAP-IG's last): its diffs come for free
             receiver_grads = _receiver_grads(pm, dict(zip(taps, grads, strict=True)), taps, weight, receiver_grads)
             if not clean_diffs:
-                _contract(pm, grad, own, receiver_grads)
+                contract(pm, grad, own, receiver_grads)
                 receiver_grads = None
             if on_pass is not None:
                 on_pass(b)
@@ -170,8 +175,8 @@ def edge_gradients(
             if diffs is None:
                 with torch.no_grad():
                     diffs = _forward(problem, Point(), rows, False)[2]
-            _contract(pm, grad, diffs, receiver_grads)
-    grad *= g.edge_mask.to(grad.device)
+            contract(pm, grad, diffs, receiver_grads)
+    grad *= g.edge_mask.to(grad.device).view(*g.edge_mask.shape, *((1,) if by_position else ()))
     with torch.no_grad():
         losses = [float(problem.loss(torch.cat(lg).unsqueeze(0))[0]) for lg in logits_at]
     return GradientPass(grad, losses)
@@ -287,3 +292,13 @@ def _contract(pm, grad: Tensor, diffs: Tensor, receiver_grads: Tensor) -> None:
     wide = torch.promote_types(receiver_grads.dtype, torch.float32)  # a bfloat16 product rounds every score
     d = diffs.to(wide).reshape(S, -1)  # (S, b*T*D)
     grad += (d @ receiver_grads.to(wide).reshape(R, -1).T).double()
+
+
+def _contract_by_position(pm, grad: Tensor, diffs: Tensor, receiver_grads: Tensor) -> None:
+    """``grad[s, r, t] += sum over prompts of diffs[s, :, t] . receiver_grads[r, :, t]``: one batched matrix
+    product over positions."""
+    S, b, T, D = diffs.shape
+    wide = torch.promote_types(receiver_grads.dtype, torch.float32)
+    d = diffs.to(wide).permute(2, 0, 1, 3).reshape(T, S, b * D)  # (T, S, b*D)
+    g = receiver_grads.to(wide).permute(2, 1, 3, 0).reshape(T, b * D, -1)  # (T, b*D, R)
+    grad += torch.bmm(d, g).permute(1, 2, 0).double()  # (S, R, T)

@@ -26,7 +26,7 @@ import torch
 
 from circuitfind.errors import ConfigError, ShapeError
 
-__all__ = ["Edge", "Graph", "Node", "NodeKind", "Receiver"]
+__all__ = ["Edge", "Graph", "Node", "NodeKind", "Receiver", "is_position_mask", "position_edge_name"]
 
 
 class NodeKind(enum.Enum):
@@ -97,6 +97,31 @@ class Receiver:
 def _edge_name(sender: str, receiver: str) -> str:
     """The one place an edge name is spelled: ``{sender}->{receiver}``."""
     return f"{sender}->{receiver}"
+
+
+def position_edge_name(edge: str, label: str) -> str:
+    """The name of an edge at one position: ``a0.h1->a3.h7<q>@END`` (``label``: the template's position label).
+
+    Example:
+        >>> position_edge_name("a0.h1->logits", "S2")
+        'a0.h1->logits@S2'
+    """
+    return f"{edge}@{label}"
+
+
+def is_position_mask(graph: Graph, mask: object) -> bool:
+    """Whether ``mask`` is a position-aware mask ``(S, R, T)`` or ``(K, S, R, T)`` of ``graph`` (a plain mask is
+    ``(S, R)`` or ``(K, S, R)``; the two never share a shape, as ``S < R``).
+
+    Example:
+        >>> g = Graph(1, 1)
+        >>> is_position_mask(g, torch.ones(g.n_senders, g.n_receivers, 4)), is_position_mask(g, g.full_mask())
+        (True, False)
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (3, 4):
+        return False
+    lead = tuple(mask.shape[-3:-1])
+    return lead == (graph.n_senders, graph.n_receivers)
 
 
 @dataclass(frozen=True)
@@ -387,6 +412,52 @@ class Graph:
             s, r = self.edge_index(e.name if isinstance(e, Edge) else e)
             mask[s, r] = True
         return mask
+
+    def without_nodes(self, mask: torch.Tensor, nodes: torch.Tensor | list[int]) -> torch.Tensor:
+        """``mask`` with the given senders removed as nodes: every outgoing edge of each is dropped.
+
+        Removing a node ablates its output to every receiver (the IOI paper's and MIB's node removal), so the
+        node's row of the ``(S, R)`` mask is cleared. ``nodes`` are sender indices (a list, a long tensor, or an
+        ``(S,)`` bool tensor); ``mask`` may be ``(S, R)`` or ``(K, S, R)``. A new mask is returned.
+
+        Example:
+            >>> g = Graph(2, 2)
+            >>> m = g.without_nodes(g.full_mask(), [g.head_sender(0, 1)])
+            >>> int(g.full_mask().sum() - m.sum()) == int(g.full_mask()[g.head_sender(0, 1)].sum())
+            True
+        """
+        self.check_mask(mask)
+        index = torch.as_tensor(nodes)
+        if index.dtype == torch.bool:
+            if tuple(index.shape) != (self.n_senders,):
+                raise ShapeError(f"a bool node selection must have shape ({self.n_senders},); got {tuple(index.shape)}")
+            index = index.nonzero().flatten()
+        index = index.long().flatten()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n_senders):
+            raise ShapeError(f"node indices must be sender indices in [0, {self.n_senders}); got {index.tolist()}")
+        out = mask.clone()
+        out[..., index.to(mask.device), :] = False
+        return out
+
+    def induced_by_nodes(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``(S, R)`` bool: the edges of a node-level circuit, from sender ``s`` to receiver ``r`` where both ``s``
+        and ``r``'s node are kept (``logits`` always is). ``nodes``: ``(S,)`` bool over the senders.
+
+        Every other edge is removed, so each removed node's output reaches no receiver: exactly
+        :meth:`without_nodes` of the removed nodes (edges into a removed node change nothing, as its output is
+        ablated everywhere).
+
+        Example:
+            >>> g = Graph(1, 1)
+            >>> on = torch.tensor([True, False, True])  # input, a0.h0, m0
+            >>> [e.name for e in g.edges_of(g.induced_by_nodes(on))]
+            ['input->m0', 'input->logits', 'm0->logits']
+        """
+        nodes = torch.as_tensor(nodes).bool().cpu()
+        if tuple(nodes.shape) != (self.n_senders,):
+            raise ShapeError(f"a node selection must have shape ({self.n_senders},) bool; got {tuple(nodes.shape)}")
+        on = torch.cat([nodes, torch.ones(1, dtype=torch.bool)])  # (S + 1,): the logits are always kept
+        return nodes[:, None] & on[self.receiver_nodes][None, :] & self.edge_mask
 
     def full_mask(self) -> torch.Tensor:
         """``(S, R)`` bool mask with every edge present."""

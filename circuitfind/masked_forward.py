@@ -46,7 +46,7 @@ class MaskedForward:
         pm: the :class:`~circuitfind.patching.PatchableModel`.
         inputs: validated token inputs.
         ablated: the ablated sender outputs.
-        M: ``(K, S, R)`` float mask (non-edges already zeroed).
+        M: ``(K, S, R)`` float mask (non-edges already zeroed), or ``(K, S, R, T)``: one per position.
         start_layer: first block computed; below it everything comes from ``cache``.
         cache: a :class:`~circuitfind.patching.PrefixCache` (required when ``start_layer > 0``).
         grad: build the autograd graph (mask or ablated outputs need gradients).
@@ -99,8 +99,8 @@ class MaskedForward:
     def _top_mixing_layer(self, keep_positions: bool) -> int:
         """The highest block with a live head: above it nothing mixes positions, so from there on only the
         answer positions are computed (exact; only without autograd and when positions are given)."""
-        if self.grad or self.inputs.positions is None or keep_positions:
-            return self.spec.n_layers
+        if self.grad or self.inputs.positions is None or keep_positions or self.M.dim() == 4:
+            return self.spec.n_layers  # (a position mask weighs every position: none is dropped)
         top = self.start_layer - 1
         row_live = self.M.any(dim=2).any(dim=0)  # (S,)
         for layer in range(self.start_layer, self.spec.n_layers):
@@ -162,7 +162,7 @@ class MaskedForward:
         first, r0 = g.head_sender(layer, 0), g.receivers_from(layer)
         # Without autograd, a sender whose outgoing edges are all removed cannot affect anything: it is not
         # computed and its diff is 0 (exact, since every receiver weighs it by 0).
-        live = None if self.grad else self.M[:, first : first + H].any(dim=2).any(dim=0)  # (H,)
+        live = None if self.grad else self.M[:, first : first + H].flatten(2).any(dim=2).any(dim=0)  # (H,)
         # a norm on the attention output couples the heads: then every head is computed
         if live is None or bool(live.all()) or self.spec.layers[layer].attn_out_scale is not None:
             self.post.append(self._heads(layer, slice(r0, r0 + 3 * H), None) - self.ablated.outputs[first : first + H])

@@ -31,7 +31,7 @@ from einops import einsum
 from torch import Tensor, nn
 
 from circuitfind.errors import ConfigError, ShapeError, TaskError
-from circuitfind.graph import Graph
+from circuitfind.graph import Graph, is_position_mask
 from circuitfind.masked_forward import MaskedForward, PassInputs
 from circuitfind.models import spec_for
 from circuitfind.models.spec import ArchSpec, RotaryStyle, rotate_every_two, rotate_half
@@ -310,6 +310,20 @@ class PatchableModel:
         edge = self.graph.edge_mask.to(self.device)
         return mask.to(self.device, self.dtype) * edge
 
+    def _position_masks(self, mask: Tensor, input_ids: Tensor, start_layer: int) -> Tensor:
+        """A position mask as ``(K, S, R, T)`` floats (non-edges zeroed), checked against the prompts' length."""
+        T = input_ids.shape[-1] if isinstance(input_ids, Tensor) else None
+        if mask.shape[-1] != T:
+            raise ShapeError(
+                f"a position mask (senders, receivers, positions) must have one position per token: the prompts "
+                f"have {T}, the mask {mask.shape[-1]} (shape {tuple(mask.shape)})"
+            )
+        if start_layer > 0:
+            raise ConfigError("position masks run from layer 0 (no prefix cache); pass start_layer=0")
+        edge = self.graph.edge_mask.to(self.device)[..., None]  # (S, R, 1)
+        M = mask.to(self.device, self.dtype) * edge
+        return M.unsqueeze(0) if mask.dim() == 3 else M
+
     def forward(
         self,
         input_ids: Tensor,
@@ -329,7 +343,9 @@ class PatchableModel:
             input_ids: ``(B, T)`` clean token ids.
             ablated: from :meth:`ablation`; batch and length must broadcast against ``input_ids``.
             mask: ``(S, R)`` or ``(K, S, R)``, bool or float (1 = edge kept; floats interpolate and may carry
-                gradients). Entries that are not edges are ignored.
+                gradients). Entries that are not edges are ignored. Position-aware: ``(S, R, T)`` or
+                ``(K, S, R, T)``, the edge kept at position ``t`` of every prompt (``T`` = the prompts' length;
+                no ``start_layer``); every position is then computed to the top.
             attention_mask: ``(B, T)``, 1 for real tokens; left or right padding.
             positions: ``(B,)`` positions to return logits at (one per prompt); None for all positions.
             position_ids: ``(B, T)``; default: count of real tokens before each position.
@@ -375,15 +391,57 @@ class PatchableModel:
                 logits = run.run(vocab)
                 return logits[0], run.diffs()
 
+    def forward_routed(
+        self,
+        input_ids: Tensor,
+        ablated: AblatedOutputs,
+        mask: Tensor,
+        sources: dict[int, Tensor],
+        *,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`forward` (no autograd) where sender ``s`` feeds batch row ``b`` its output of row ``sources[s][b]``.
+
+        For a routed sender every receiver of row ``b`` sees ``mask * (live_s[sources[s][b]] - ablated_s[b])``:
+        with the same ablated outputs in both rows (causal scrubbing's rows of one draw) that is the sender's
+        output computed in the other row. Rows must share positions (equal ``attention_mask`` rows) for the
+        value to line up. Senders not in ``sources`` are as in :meth:`forward`.
+
+        Args:
+            input_ids, ablated, mask, attention_mask, positions: as for :meth:`forward`.
+            sources: sender index -> ``(B,)`` long row index.
+
+        Returns:
+            logits ``([K,] B, V)`` as :meth:`forward`.
+        """
+        from circuitfind.receivers import RoutedDiffStore
+
+        with _frozen(self.module), torch.no_grad():
+            run, single = self._masked_forward(
+                input_ids, ablated, mask, attention_mask, positions, None, 0, None, False
+            )
+            src = {int(s): rows.to(self.device).long() for s, rows in sources.items()}
+            if self.graph.input_sender in src:
+                run.pre = run.pre[:, src[self.graph.input_sender]]
+                run.pre_total = run.pre.sum(0, keepdim=True)
+            shape = (run.B, run.T, self.spec.d_model)
+            run.post = RoutedDiffStore(src, run.s_pre, run.K, self.graph.n_senders - run.s_pre, shape, run.pre, False)
+            logits = run.run(None)
+        return logits[0] if single else logits
+
     def _masked_forward(
         self, input_ids, ablated, mask, attention_mask, positions, position_ids, start_layer, cache, keep_positions
     ) -> tuple[MaskedForward, bool]:
         """Validate a forward's arguments and set up its :class:`MaskedForward` (and whether the mask was 2-D).
 
         Called inside ``_frozen(self.module)``: the embedding runs here."""
-        single = mask.dim() == 2 if isinstance(mask, Tensor) else True
-        M = self._float_mask(mask)
-        M = M.unsqueeze(0) if single else M  # (K, S, R)
+        if is_position_mask(self.graph, mask):  # (S, R, T) or (K, S, R, T): one mask per position
+            single, M = mask.dim() == 3, self._position_masks(mask, input_ids, start_layer)
+        else:
+            single = mask.dim() == 2 if isinstance(mask, Tensor) else True
+            M = self._float_mask(mask)
+            M = M.unsqueeze(0) if single else M  # (K, S, R)
         inputs = self._check_inputs(input_ids, attention_mask, position_ids, positions, ablated)
         if start_layer > 0:
             self._check_cache(cache, start_layer, M, *inputs.ids.shape)

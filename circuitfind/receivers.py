@@ -12,7 +12,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-__all__ = ["DiffStore", "mix_rows"]
+__all__ = ["DiffStore", "RoutedDiffStore", "mix_rows", "mix_rows_by_position"]
 
 
 class DiffStore:
@@ -75,6 +75,8 @@ def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tens
     ``(w - 1)`` over the rows with some weight other than one -- whichever set is smaller. When no row
     differs from one, every column equals ``total`` and a single shared column is returned.
     """
+    if w.dim() == 4:
+        return mix_rows_by_position(rows, w, dense)
     if dense or total is None:
         return einsum(rows, w, "k s b t d, k s c -> k c b t d")
     nonzero = (w != 0).any(dim=2).any(dim=0)  # (n,)
@@ -93,3 +95,49 @@ def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tens
     if from_total:
         return total.unsqueeze(1) if mixed is None else total.unsqueeze(1) + mixed
     return rows.new_zeros((1, 1, *rows.shape[2:])) if mixed is None else mixed
+
+
+def mix_rows_by_position(rows: Tensor, w: Tensor, dense: bool) -> Tensor:
+    """``sum_s w[k, s, c, t] * rows[k, s, :, t]`` -> ``(K, C, B, T, D)``: a position mask's mixing.
+
+    ``rows`` is ``(K|1, n, B, T, D)``, ``w`` is ``(K, n, C, T)``; without autograd only the rows with some
+    non-zero weight are read.
+    """
+    if not dense:
+        active = (w != 0).flatten(2).any(dim=2).any(dim=0)  # (n,)
+        if int(active.sum()) < w.shape[1]:
+            idx = active.nonzero().squeeze(1)
+            rows, w = rows[:, idx], w[:, idx]
+    return einsum(rows, w, "k s b t d, k s c t -> k c b t d")
+
+
+class RoutedDiffStore(DiffStore):
+    """A :class:`DiffStore` in which some senders' rows are read from other batch rows.
+
+    ``sources[s]`` is a ``(B,)`` long index: batch row ``b`` of sender ``s`` (absolute sender index) holds the
+    diff that ``s`` computed in row ``sources[s][b]``. Causal scrubbing uses it to feed a node's value computed
+    on another prompt (another batch row) to every receiver of this row; senders without a source are stored as
+    computed. ``offset`` is the absolute index of the store's first sender.
+    """
+
+    def __init__(self, sources: dict[int, Tensor], offset: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sources, self.offset = sources, offset
+
+    def _route(self, chunk: Tensor, senders: list[int]) -> Tensor:  # (K, c, B, T, D), absolute sender per column
+        if not any(s in self.sources for s in senders):
+            return chunk
+        chunk = chunk.clone()
+        for j, s in enumerate(senders):
+            if s in self.sources:
+                chunk[:, j] = chunk[:, j, self.sources[s]]
+        return chunk
+
+    def append(self, chunk: Tensor) -> None:
+        first = self.offset + self.n
+        super().append(self._route(chunk, list(range(first, first + chunk.shape[1]))))
+
+    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
+        if len(idx):
+            values = self._route(values, [self.offset + self.n + int(i) for i in idx])
+        super().append_some(c, idx, values)

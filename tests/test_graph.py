@@ -94,3 +94,20 @@ def test_nodes_touched_marks_both_ends_of_kept_edges_only():
     assert not g.nodes_touched(~g.edge_mask).any()  # non-edges are ignored
     with pytest.raises(ShapeError):
         g.nodes_touched(g.full_mask().unsqueeze(0))
+
+
+def test_without_nodes_clears_exactly_the_nodes_outgoing_edges():
+    g = Graph(2, 2)
+    full = g.full_mask()
+    h = g.head_sender(0, 1)
+    m = g.without_nodes(full, [h, g.mlp_sender(0)])
+    # by hand: a0.h1 and m0 send nothing; every other kept edge is untouched; the input is untouched
+    assert not m[h].any() and not m[g.mlp_sender(0)].any()
+    others = [s for s in range(g.n_senders) if s not in (h, g.mlp_sender(0))]
+    assert torch.equal(m[others], full[others])
+    assert int(full.sum() - m.sum()) == int(full[h].sum() + full[g.mlp_sender(0)].sum())
+    stacked = g.without_nodes(torch.stack([full, full]), torch.tensor([h]))
+    assert torch.equal(stacked[0], g.without_nodes(full, [h]))
+    by_bool = torch.zeros(g.n_senders, dtype=torch.bool)
+    by_bool[h] = True
+    assert torch.equal(g.without_nodes(full, by_bool), g.without_nodes(full, [h]))

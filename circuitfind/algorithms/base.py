@@ -83,10 +83,16 @@ class ScoreResult:
             as is) when the edge alone is removed, exactly or to the method's approximation. Higher means more
             important; entries off the graph's edges are 0, edges a method did not score are NaN.
         stats: the method's own numbers (passes, steps, ...).
+        node_scores: ``(S,)`` float64 on the CPU, or None: at ``level="node"``, the loss change when the sender
+            node is removed (all its outgoing edges at once; :meth:`Graph.without_nodes`). Higher = more important.
+        position_scores: ``(S, R, T)`` float64 on the CPU, or None: with ``by_position=True``, the loss change
+            when the edge is removed at one position only; summed over positions it is ``scores``.
     """
 
     scores: Tensor
     stats: dict[str, Any] = field(default_factory=dict)
+    node_scores: Tensor | None = None
+    position_scores: Tensor | None = None
 
 
 def check_steps(steps: Any) -> int:

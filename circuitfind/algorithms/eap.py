@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from circuitfind.algorithms.acdc import Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.nodes import node_scores_of_edges
+from circuitfind.algorithms.units import check_level
 from circuitfind.gradients import Point, edge_gradients
 
 __all__ = ["EapOptions", "run_eap"]
@@ -24,10 +26,18 @@ class EapOptions:
     Attributes:
         steps: points on the integration path (EAP ignores it: one gradient at "all kept").
         chunk_size: prompts per forward-backward pass (None: sized to about 1.5 GB of activations).
+        level: ``"edge"``, or ``"node"``: also score every node (the sum of its outgoing edge scores, exactly the
+            gradient with respect to a gate on the node's output; see :mod:`circuitfind.algorithms.nodes`).
+        by_position: also score every edge at every position, ``(S, R, T)`` (prompts of one template).
     """
 
     steps: int = 5
     chunk_size: int | None = None
+    level: str = "edge"
+    by_position: bool = False
+
+    def __post_init__(self) -> None:
+        check_level(self.level)
 
 
 def run_eap(problem: Problem, opts: EapOptions = EapOptions(), progress: Progress | None = None) -> ScoreResult:
@@ -47,9 +57,21 @@ def gradient_scores(problem, points, weights, *, clean_diffs, opts, progress, na
     B = problem.clean_ids.shape[0]
     progress.set_description(name)
     progress.reset(total=B * len(points))
+    by_position = getattr(opts, "by_position", False)
     result = edge_gradients(
-        problem, points, weights, clean_diffs=clean_diffs, chunk_size=opts.chunk_size, on_pass=progress.update
+        problem,
+        points,
+        weights,
+        clean_diffs=clean_diffs,
+        chunk_size=opts.chunk_size,
+        on_pass=progress.update,
+        by_position=by_position,
     )
+    g = problem.pm.graph
     scores = (-result.grad).cpu()
-    scores[~problem.pm.graph.edge_mask] = 0.0
-    return ScoreResult(scores, {"passes": len(points), "losses_at_points": result.losses})
+    scores[~g.edge_mask] = 0.0
+    position_scores = scores if by_position else None
+    scores = scores.sum(dim=-1) if by_position else scores  # summed over positions: the position-free score
+    node_scores = node_scores_of_edges(g, scores) if getattr(opts, "level", "edge") == "node" else None
+    stats = {"passes": len(points), "losses_at_points": result.losses}
+    return ScoreResult(scores, stats, node_scores=node_scores, position_scores=position_scores)

@@ -17,6 +17,8 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import FastEvaluator, Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.nodes import node_layers
+from circuitfind.algorithms.units import check_level
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
 
@@ -28,6 +30,7 @@ __all__ = [
     "layer_cost",
     "plan_cost",
     "run_exact",
+    "run_exact_nodes",
     "score_batches",
 ]
 
@@ -39,12 +42,18 @@ class ExactOptions:
     Attributes:
         batch_size: edges evaluated per forward pass (1 is fastest on CPU; 8 or more on a GPU).
         candidates: ``(S, R)`` bool: score only these edges (the rest are NaN); None: every edge.
+        level: ``"edge"``, or ``"node"``: score every node instead, one patched forward per node (its outgoing
+            edges removed at once); edge scores are then NaN.
     """
 
     batch_size: int = 1
     candidates: Tensor | None = None
+    level: str = "edge"
 
     def __post_init__(self) -> None:
+        check_level(self.level)
+        if self.level == "node" and self.candidates is not None:
+            raise ConfigError("candidates restricts edge scoring; at level='node' every node is scored")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
 
@@ -134,6 +143,8 @@ def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: P
         >>> int(result.scores[problem.pm.graph.edge_mask].isfinite().sum())  # the other edges are NaN: not scored
         2
     """
+    if opts.level == "node":
+        return run_exact_nodes(problem, opts.batch_size, progress)
     progress = progress or NullProgress()
     g = problem.pm.graph
     plan = exact_plan(g, opts.candidates, opts.batch_size)
@@ -153,3 +164,56 @@ def assemble_scores(graph: Graph, plan: list[ExactBatch], deltas: list[Tensor]) 
     for b, d in zip(plan, deltas, strict=True):
         scores[list(b.senders), b.receiver] = d
     return scores
+
+
+def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | None = None) -> ScoreResult:
+    """Exact node scores: ``loss(full without node s) - loss(full)`` for every sender ``s``.
+
+    Edge scores are not computed (NaN on the graph's edges); ``node_scores`` holds the result.
+
+    Example:
+        >>> result = run_exact_nodes(problem)
+        >>> result.node_scores.shape, bool(result.scores[problem.pm.graph.edge_mask].isnan().all())
+        (torch.Size([4]), True)
+    """
+    progress = progress or NullProgress()
+    g = problem.pm.graph
+    groups = node_layers(g)
+    progress.set_description("exact node scores")
+    progress.reset(total=sum(len(s) * layer_cost(g.n_layers, max(layer, 0)) for layer, s in groups))
+    ev = FastEvaluator(problem, masks=batch_size)
+    full = g.full_mask()
+    node_scores = torch.full((g.n_senders,), float("nan"), dtype=torch.float64)
+    passes = 0
+    for layer, senders in groups:
+        if layer >= 0:
+            ev.start_layer(layer, full)
+        for i in range(0, len(senders), batch_size):
+            batch = senders[i : i + batch_size]
+            masks = torch.stack([g.without_nodes(full, [s]) for s in batch])  # (K, S, R)
+            losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
+            node_scores[batch] = losses.double() - ev.loss_full
+            passes += 1
+            progress.update(len(batch) * layer_cost(g.n_layers, max(layer, 0)))
+    scores = torch.full((g.n_senders, g.n_receivers), float("nan"), dtype=torch.float64)
+    scores[~g.edge_mask] = 0.0
+    stats = {"forward_passes": passes, "nodes_scored": g.n_senders, "loss_full": ev.loss_full, "level": "node"}
+    return ScoreResult(scores, stats, node_scores=node_scores)
+
+
+def _full_losses(problem: Problem, masks: Tensor) -> Tensor:
+    """``(K,)`` losses of stacked masks from full forwards (every layer computed), prompts in chunks."""
+    B = problem.clean_ids.shape[0]
+    with torch.no_grad():
+        logits = [
+            problem.pm.forward(
+                problem.clean_ids[rows],
+                problem.ablated.select(rows, B),
+                masks,
+                attention_mask=problem.attention_mask[rows],
+                positions=problem.positions[rows],
+                vocab=problem.vocab,
+            )
+            for rows in problem.prompt_chunks(masks.shape[0])
+        ]
+    return problem.loss(torch.cat(logits, dim=1)).cpu()

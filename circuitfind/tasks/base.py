@@ -57,6 +57,8 @@ class Task:
         n_train: the first ``n_train`` prompts are the train split; ``None`` = all of them.
         prompts: clean prompt strings for display (empty, or one per prompt).
         corrupted_prompts: corrupted prompt strings for display (empty, or one per prompt).
+        position_labels: per prompt, one label per position (``T`` each; empty: none): what each position is in
+            the prompt's template (IOI: ``IO``, ``S1``, ``S2``, ``END`` ...; see :mod:`circuitfind.tasks.templates`).
 
     Example:
         >>> t = Task(
@@ -84,12 +86,15 @@ class Task:
     n_train: int | None = None
     prompts: tuple[str, ...] = ()
     corrupted_prompts: tuple[str, ...] = ()
+    position_labels: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         # Tuples keep the dataclass frozen in spirit; accept lists from callers.
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "corrupted_prompts", tuple(self.corrupted_prompts))
+        object.__setattr__(self, "position_labels", tuple(tuple(str(x) for x in row) for row in self.position_labels))
         _validate(self)
+        _check_position_labels(self)
 
     # --- sizes -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -141,6 +146,7 @@ class Task:
             n_train=None,
             prompts=tuple(self.prompts[i] for i in pick) if self.prompts else (),
             corrupted_prompts=tuple(self.corrupted_prompts[i] for i in pick) if self.corrupted_prompts else (),
+            position_labels=tuple(self.position_labels[i] for i in pick) if self.position_labels else (),
         )
 
     def tensors(self) -> dict[str, Tensor]:
@@ -594,6 +600,16 @@ def check_task_fits(task: Task, spec: ArchSpec, *, label: str = "the task") -> N
 def _check_metric(metric: str) -> None:
     if metric not in TASK_METRICS:
         raise TaskError(f"unknown task metric {metric!r}; expected one of {', '.join(TASK_METRICS)}")
+
+
+def _check_position_labels(task: Task) -> None:
+    rows = task.position_labels
+    if rows and (len(rows) != len(task) or any(len(r) != task.seq_len for r in rows)):
+        found = f"{len(rows)} rows of lengths {sorted({len(r) for r in rows})}"
+        raise TaskError(
+            f"position_labels needs one row per prompt ({len(task)}) of one label per position ({task.seq_len}); "
+            f"got {found}"
+        )
 
 
 def _validate(task: Task) -> None:

@@ -20,7 +20,9 @@ BUILTIN: MappingProxyType[str, Callable[..., Task]] = MappingProxyType(
 """The built-in task generators by name."""
 
 
-def get_task(name: str, tokenizer: Any, n: int = 100, seed: int = 0, n_train: int | None = None) -> Task:
+def get_task(
+    name: str, tokenizer: Any, n: int = 100, seed: int = 0, n_train: int | None = None, **options: Any
+) -> Task:
     """Generate the built-in task ``name`` for ``tokenizer``.
 
     Args:
@@ -29,6 +31,7 @@ def get_task(name: str, tokenizer: Any, n: int = 100, seed: int = 0, n_train: in
         n: number of prompt pairs.
         seed: the data depends on this seed only.
         n_train: size of the train split (the first prompts); ``None`` = all.
+        options: passed to the generator (IOI: ``template=``, ``order=`` for one template group).
 
     Raises:
         TaskError: unknown name (the message lists the known ones), or the generator's own errors.
@@ -44,4 +47,4 @@ def get_task(name: str, tokenizer: Any, n: int = 100, seed: int = 0, n_train: in
             f"unknown task {name!r}; built-in tasks are {', '.join(sorted(BUILTIN))}. "
             "For your own prompts use from_json(path, tokenizer) or Task.from_strings(...)"
         )
-    return BUILTIN[key](tokenizer, n=n, seed=seed, n_train=n_train)
+    return BUILTIN[key](tokenizer, n=n, seed=seed, n_train=n_train, **options)

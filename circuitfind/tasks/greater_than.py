@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from typing import Any
 
 from circuitfind.errors import TaskError
-from circuitfind.tasks.base import Task, encode, pad_rows
+from circuitfind.tasks.base import Task, bos_prefix, encode, pad_rows
+from circuitfind.tasks.templates import slot_labels, with_labels
 
 __all__ = ["GREATER_THAN_NOUNS", "make_greater_than", "year_style"]
 
@@ -128,7 +130,7 @@ def make_greater_than(
     kw: dict[str, Any] = dict(name="greater-than", metric="prob_diff", seed=seed, n_train=n_train)
     kw["prepend_bos"] = prepend_bos
     if style == "per_digit":
-        return _per_digit_task(tokenizer, rng, nouns, n, **kw)
+        return _labelled(tokenizer, _per_digit_task(tokenizer, rng, nouns, n, **kw), prepend_bos)
     if style != "two_digit":
         raise TaskError(
             "greater-than needs a tokenizer that writes years as two-digit tokens (' 17', '32') or as "
@@ -137,7 +139,23 @@ def make_greater_than(
         )
     samples = _two_digit_samples(tokenizer, rng, nouns, n)
     clean, corrupted, answers, wrong = (list(x) for x in zip(*samples, strict=True))
-    return Task.from_strings(tokenizer, clean, corrupted, answers, wrong, **kw)
+    return _labelled(tokenizer, Task.from_strings(tokenizer, clean, corrupted, answers, wrong, **kw), prepend_bos)
+
+
+_LABELS = "The {NOUN} lasted from the year {XX}{YY} to the year {XX2}"  # _TEMPLATE with the years split
+_PARTS = re.compile(r"The (?P<NOUN>.+) lasted from the year (?P<XX>\d\d)(?P<YY>\d\d) to the year (?P<XX2>\d\d)")
+
+
+def _labelled(tokenizer: Any, task: Task, prepend_bos: bool | None) -> Task:
+    """The task with per-position labels (``NOUN``, ``XX``, ``YY``, ``XX2``, ``END``, the template's words)."""
+    bos = len(bos_prefix(tokenizer, prepend_bos))
+    rows = []
+    for prompt in task.prompts:
+        parts = _PARTS.fullmatch(prompt)
+        if parts is None:  # unreachable for the prompts built here
+            return task
+        rows.append(slot_labels(tokenizer, _LABELS, parts.groupdict(), bos=bos))
+    return with_labels(task, rows)
 
 
 def _two_digit_samples(

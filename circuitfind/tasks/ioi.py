@@ -18,7 +18,8 @@ import random
 from typing import Any
 
 from circuitfind.errors import TaskError
-from circuitfind.tasks.base import Task, encode
+from circuitfind.tasks.base import Task, bos_prefix, encode
+from circuitfind.tasks.templates import slot_labels, with_labels
 
 __all__ = ["IOI_TEMPLATES", "NAMES", "OBJECTS", "PLACES", "make_ioi", "single_token_words"]
 
@@ -80,8 +81,14 @@ def make_ioi(
     n_train: int | None = None,
     *,
     prepend_bos: bool | None = None,
+    template: int | None = None,
+    order: str | None = None,
 ) -> Task:
     """Generate ``n`` IOI prompt pairs (ABBA and BABA alternating, ABC corruption) for ``tokenizer``.
+
+    Every prompt carries per-position labels (``task.position_labels``: ``IO``, ``S1``, ``S2``, ``PLACE``,
+    ``OBJECT``, ``END``, the template's words); prompts of one template and one order share them, so
+    ``template=`` and ``order=`` give a task for position-aware circuits.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -89,12 +96,15 @@ def make_ioi(
         seed: the data depends on this seed only (``random.Random(seed)``).
         n_train: size of the train split (the first prompts); ``None`` = all.
         prepend_bos: as in :meth:`Task.from_strings`.
+        template: use only ``IOI_TEMPLATES[template]`` (default: a random template per prompt).
+        order: ``"ABBA"`` or ``"BABA"`` only (default: alternating).
 
     Returns:
         a task with metric ``"logit_diff"``, answers ``" IO"`` and wrong answers ``" S"``.
 
     Raises:
-        TaskError: fewer than 5 names, or no place or object, are single tokens for this tokenizer.
+        TaskError: fewer than 5 names, or no place or object, are single tokens for this tokenizer; a bad
+            ``template`` or ``order``.
 
     Example:
         >>> task = make_ioi(tok, n=8, seed=1)  # doctest: +SKIP
@@ -111,18 +121,26 @@ def make_ioi(
             "IOI needs at least 5 single-token names and one single-token place and object for this "
             f"tokenizer; found {len(names)} names, {len(places)} places, {len(objects)} objects"
         )
+    templates = _templates(template)
+    if order not in (None, "ABBA", "BABA"):
+        raise TaskError(f"order must be 'ABBA', 'BABA' or None (alternating); got {order!r}")
     rng = random.Random(seed)
-    clean, corrupted, answers, wrong = [], [], [], []
+    clean, corrupted, answers, wrong, labels = [], [], [], [], []
+    bos = len(bos_prefix(tokenizer, prepend_bos))
     for i in range(n):
-        template = rng.choice(IOI_TEMPLATES)
+        chosen = rng.choice(templates)
         io, s, c1, c2, c3 = rng.sample(names, 5)  # ABC names: fresh, distinct, not IO or S
         place, obj = rng.choice(places), rng.choice(objects)
-        n1, n2 = (io, s) if i % 2 == 0 else (s, io)  # ABBA, then BABA
-        clean.append(template.format(N1=n1, N2=n2, S=s, PLACE=place, OBJECT=obj))
-        corrupted.append(template.format(N1=c1, N2=c2, S=c3, PLACE=place, OBJECT=obj))
+        abba = order == "ABBA" or (order is None and i % 2 == 0)  # ABBA, then BABA
+        n1, n2 = (io, s) if abba else (s, io)
+        values = {"N1": n1, "N2": n2, "S": s, "PLACE": place, "OBJECT": obj}
+        clean.append(chosen.format(**values))
+        corrupted.append(chosen.format(N1=c1, N2=c2, S=c3, PLACE=place, OBJECT=obj))
         answers.append(" " + io)
         wrong.append(" " + s)
-    return Task.from_strings(
+        roles = {"N1": "IO", "N2": "S1"} if abba else {"N1": "S1", "N2": "IO"}
+        labels.append(slot_labels(tokenizer, chosen, values, {**roles, "S": "S2"}, bos=bos))
+    task = Task.from_strings(
         tokenizer,
         clean,
         corrupted,
@@ -134,3 +152,12 @@ def make_ioi(
         n_train=n_train,
         prepend_bos=prepend_bos,
     )
+    return with_labels(task, labels)
+
+
+def _templates(template: int | None) -> tuple[str, ...]:
+    if template is None:
+        return IOI_TEMPLATES
+    if isinstance(template, bool) or not isinstance(template, int) or not 0 <= template < len(IOI_TEMPLATES):
+        raise TaskError(f"template must be an index in 0..{len(IOI_TEMPLATES) - 1} of IOI_TEMPLATES; got {template!r}")
+    return (IOI_TEMPLATES[template],)

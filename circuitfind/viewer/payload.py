@@ -5,6 +5,7 @@ Layout (``version`` 1)::
     {"version": 1, "model": str,
      "graph": {"n_layers", "n_heads", "parallel", "n_edges"},
      "edges": {"s": [...], "r": [...], "score": [...], "n_ranked": m},   # sender / receiver indices
+               # a position-aware circuit adds "at": [labels of each edge's kept positions, "S2,END"]
      "kept": [...],                      # indices into "edges" of the saved circuit's edges
      "ranking": {"absolute", "from_input", "cap", "n_scored"},
      "circuit": {"n_edges", "k", "metric", "metric_full", "metric_empty", "metric_circuit", "recovered",
@@ -186,6 +187,23 @@ def build_payload(circuit, data: ExplorerData | None = None, *, max_edges: int =
         },
         "circuit": _circuit_part(circuit),
     }
+    if circuit.position_mask is not None:
+        payload["edges"]["at"] = _position_labels_of(circuit, all_flat)
     if data is not None:
         payload.update(_data_part(data, g.n_layers, g.n_heads))
     return payload
+
+
+def _position_labels_of(circuit, flat: list[int]) -> list[str]:
+    """Per embedded edge of a position-aware circuit, the labels of the positions it is kept at (else the one
+    it scores highest at), joined by commas: the explorer shows them after the edge's name."""
+    R = circuit.graph.n_receivers
+    labels = circuit.position_labels
+    out = []
+    for f in flat:
+        s, r = divmod(f, R)
+        kept = circuit.position_mask[s, r].nonzero().flatten().tolist()
+        if not kept:
+            kept = [int(circuit.position_scores[s, r].nan_to_num(nan=float("-inf")).argmax())]
+        out.append(",".join(labels[t] for t in kept))
+    return out

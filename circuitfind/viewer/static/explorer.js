@@ -39,7 +39,8 @@
     const info = receiverInfo(E.r[e]);
     recvNode[e] = info.node;
     recvChan.push(info.channel);
-    edgeNames.push(nodeNames[E.s[e]] + "->" + nodeNames[info.node] + (info.channel ? "<" + info.channel + ">" : ""));
+    edgeNames.push(nodeNames[E.s[e]] + "->" + nodeNames[info.node] + (info.channel ? "<" + info.channel + ">" : "") +
+      (E.at ? "@" + E.at[e] : ""));  // a position-aware circuit: the positions it acts at
   }
 
   const W = 1000, ROW = 46, PAD = 40, MLPW = 70;
