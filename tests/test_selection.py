@@ -403,3 +403,16 @@ def test_exact_with_candidates_and_absolute_cuts_tested_edges_and_the_viewer_sho
     senders, receivers, n_scored = ranked_edges(circuit)
     assert n_scored == int(candidates.sum()) and bool(candidates[senders, receivers].all())
     assert (senders * g.n_receivers + receivers).tolist() == by_hand
+
+
+def test_node_cuts_rank_untested_nodes_last_by_absolute_score_too():
+    from circuitfind.algorithms.units import node_cut
+
+    g = Graph(1, 1)  # nodes input, a0.h0, m0
+    scores = torch.tensor([math.nan, 1.0, -2.0])  # input never scored
+    assert node_cut(g, scores, None, n=1, absolute=True, from_input=False).units.tolist() == [False, False, True]
+    assert node_cut(g, scores, None, threshold=0.5, absolute=True, from_input=False).units.tolist() == [
+        False,
+        True,
+        True,
+    ]
