@@ -63,15 +63,17 @@ def main() -> None:
     t0 = time.perf_counter()
     res = cf.scrub(pm, cf.Hypothesis(circuit), held, metric="logit_diff", n_samples=args.draws, seed=0)
     rows.append(_row("circuit, no labels", res, time.perf_counter() - t0, circuit.n_edges))
-    heads = [n for n in circuit.nodes if n.startswith("a") and circuit.mask[pm.graph.sender_index(n), -1]]
+    g = pm.graph
+    print(f"discovery (EAP-IG, target 0.95): {circuit.n_edges} edges in {discover_s:.1f} s", flush=True)
+    print(rows[0], flush=True)
+    heads = [s for s in range(g.n_senders) if g.sender_names[s].startswith("a") and circuit.mask[s, g.logits_receiver]]
     if heads:
-        head = max(heads, key=lambda n: float(circuit.scores[pm.graph.sender_index(n), -1]))
+        head = g.sender_names[max(heads, key=lambda s: float(circuit.scores[s, g.logits_receiver]))]
         for which in ("io", "s"):
             hyp = cf.Hypothesis(circuit, {head: _labels(held, tok, which)})
             t0 = time.perf_counter()
             res = cf.scrub(pm, hyp, held, metric="logit_diff", n_samples=args.draws, seed=0)
             rows.append(_row(f"{head} labelled by {which}", res, time.perf_counter() - t0, circuit.n_edges))
-    print(f"discovery (EAP-IG, target 0.95): {circuit.n_edges} edges in {discover_s:.1f} s")
     cols = ["hypothesis", "edges", "draws", "contexts", "metric", "full", "random", "recovered", "ci95", "seconds"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

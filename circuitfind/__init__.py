@@ -28,11 +28,14 @@ __all__ = [
     "Node",
     "PatchableModel",
     "Task",
+    "analysis",
+    "diff",
     "discover",
     "errors",
     "evaluate",
     "load_model",
     "scrub",
+    "stability",
     "sweep",
 ]
 
@@ -43,10 +46,22 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("circuitfind.evaluate")
+    if name == "analysis":  # head roles and classes, two-model diffs
+        import importlib
+
+        return importlib.import_module("circuitfind.analysis")
+    if name == "diff":
+        from circuitfind.compare import diff
+
+        return diff
     if name == "sweep":
         from circuitfind.sweeps import sweep
 
         return sweep
+    if name == "stability":  # validation: discovery rerun on bootstrap resamples of the prompts
+        from circuitfind.validation.stability import stability
+
+        return stability
     if name in ("Hypothesis", "scrub"):  # causal scrubbing, imported on first use
         from circuitfind import scrubbing
 

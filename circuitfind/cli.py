@@ -8,7 +8,10 @@ Subcommands::
     circuitfind reproduce tracr-reverse                                  # the ACDC paper's sweep, JSON + PNG
     circuitfind view runs/ioi/circuit.json                               # the circuit's explorer, one HTML file
     circuitfind heads --task ioi                                         # every head's role scores
+    circuitfind heads --task ioi --classes                               # IOI head classes by path patching
+    circuitfind diff --model A --model-b B --task ioi                    # two models' circuits and nodes compared
     circuitfind sweep spec.json [--table]                                # a grid of runs on Ray (circuitfind.sweeps)
+    circuitfind report --task ioi --n-boot 20 --out runs/ioi-report      # discover + validate: report.{json,html}
     circuitfind scrub runs/ioi/circuit.json --task ioi                   # causal scrubbing of a saved circuit
 
 Each subcommand is a builder ``add(subparsers)`` that adds its parser (``parents=[common_options()]`` gives it
@@ -39,7 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuitfind.algorithms import METHODS, MethodKind, SenderOrder
-from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, RenderError, TaskError
+from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, OutputError, RenderError, TaskError
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.patching import Ablation
@@ -127,8 +130,12 @@ def _is_task_file(task: str) -> bool:
 def _check_task_arg(task: str) -> None:
     """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
     if _is_task_file(task):
-        if not Path(task).expanduser().is_file():
-            raise TaskError(f"task file {task!r} does not exist; pass a JSON/JSONL task file or one of {_builtins()}")
+        from circuitfind.tasks.jsonio import check_task_file
+
+        try:
+            check_task_file(task)
+        except TaskError as e:
+            raise TaskError(f"{e} (or one of the built-in tasks {_builtins()})") from None
     elif task.strip().lower().replace("_", "-") not in BUILTIN:
         raise TaskError(
             f"unknown task {task!r}; built-in tasks are {_builtins()}, or pass a .json/.jsonl file of prompts "
@@ -160,8 +167,33 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         type=_fraction,
         default=None,
         metavar="F",
-        help="faithfulness in (0, 1] the circuit must reach on the discovery prompts: the smallest top-k by score "
-        "that does (default 0.8 for eap, eap-ig, eap-ig-mask, exact and hybrid)",
+        help="faithfulness in (0, 1] the circuit must reach: the smallest top-k by score that does (default 0.8 "
+        "for the scoring methods and hybrid); checked on prompts the scores never saw, see --select",
+    )
+    p.add_argument(
+        "--select",
+        choices=("validate", "train"),
+        default="validate",
+        help="how --target chooses the size of a scoring method's circuit: validate (default; cross-fitted over "
+        "up to 4 folds of the discovery prompts, never checked on the prompts that scored it) or train (checked on "
+        "the discovery prompts themselves, the rule before validation)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        metavar="C",
+        help="with --select validate: the bootstrap lower bound of the validation faithfulness at confidence C "
+        "(e.g. 0.9) must reach --target, instead of its point estimate",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="two-sided target, e.g. 0.8 1.25: LO is the target; a circuit that over-recovers past HI gets the most "
+        "negative excluded edges added back until it does not",
     )
     p.add_argument(
         "--n-edges", type=_positive_int, default=None, metavar="N", help="keep the N top-scoring edges instead"
@@ -169,10 +201,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
         type=_positive_int,
-        default=5,
+        default=None,
         metavar="N",
-        help="integration steps of eap-ig, eap-ig-mask and hybrid (default: 5)",
+        help="integration steps of eap-ig, eap-ig-mask, eap-ig-act and hybrid (default: 5); training steps of "
+        "edge-pruning (default: 200)",
     )
+    p.add_argument("--lr", type=float, default=None, help="edge-pruning: learning rate of the gate logits (0.1)")
+    p.add_argument("--warm-start", action="store_true", help="edge-pruning: start the gates from EAP-IG scores")
 
 
 def _add_unit_options(p: argparse.ArgumentParser) -> None:
@@ -324,6 +359,9 @@ def _run_discover(args: argparse.Namespace) -> int:
 
     print(circuit.summary())
     print(_run_line(circuit.stats))
+    validation = _validation_line(circuit.stats)
+    if validation is not None:
+        print(validation)
     if held_out is not None:
         print(held_out)
     if circuit.recovered < LOW_RECOVERY and args.method.startswith("acdc"):
@@ -366,9 +404,46 @@ def _held_out_line(circuit: Any, model: Any, task: Any, args: argparse.Namespace
     from circuitfind.evaluate import faithfulness
 
     result = faithfulness(model, circuit, task, metric=args.metric, ablation=args.ablation)
+    return "\n".join(faithfulness_lines("held-out faithfulness", result, "prompts not used for discovery"))
+
+
+def faithfulness_lines(label: str, result: dict[str, Any], where: str) -> list[str]:
+    """A faithfulness with its interval and its two-sided reading, as printed lines.
+
+    Example:
+        >>> row = {"faithfulness": 1.3, "ci": {"lo": 1.1, "hi": 1.5, "level": 0.95}, "deviation": 0.3,
+        ...        "over_recovery": True, "n_prompts": 20, "metric": "logit_diff",
+        ...        "excluded_negative": [{"edge": "a9.h1->logits", "score": -0.4}]}
+        >>> for line in faithfulness_lines("held-out faithfulness", row, "held-out prompts"):
+        ...     print(line)
+        held-out faithfulness: 1.300 [95% CI 1.100, 1.500] on 20 held-out prompts (logit_diff); |1 - f| = 0.300
+        over-recovers (f > 1): edges it excludes work against the behaviour; most negative: a9.h1->logits (-0.4)
+    """
+    ci = result.get("ci") or {}
+    interval = f" [{100 * ci['level']:.0f}% CI {ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
+    lines = [
+        f"{label}: {result['faithfulness']:.3f}{interval} on {result['n_prompts']} {where} ({result['metric']}); "
+        f"|1 - f| = {abs(1 - result['faithfulness']):.3f}"
+    ]
+    if result.get("over_recovery"):
+        worst = ", ".join(f"{e['edge']} ({e['score']:.3g})" for e in result.get("excluded_negative", [])[:5])
+        lines.append(
+            "over-recovers (f > 1): edges it excludes work against the behaviour"
+            + (f"; most negative: {worst}" if worst else "")
+        )
+    return lines
+
+
+def _validation_line(stats: dict[str, Any]) -> str | None:
+    """The validated cut's figure: the size's faithfulness on prompts its scores never saw."""
+    val = stats.get("validation")
+    if not val:
+        return None
+    lo, hi = val["ci"]
     return (
-        f"held-out faithfulness: {result['faithfulness']:.3f} on {result['n_prompts']} prompts not used for "
-        f"discovery ({result['metric']})"
+        f"validation faithfulness (size chosen by cross-fitting over {val['folds']} folds): {val['faithfulness']:.3f} "
+        f"[{100 * val['ci_level']:.0f}% CI {lo:.3f}, {hi:.3f}] on {val['n_prompts']} discovery prompts, each "
+        "checked with scores computed without its fold"
     )
 
 
@@ -378,7 +453,10 @@ def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     if not _is_task_file(args.task):
         n = args.n_prompts or DEFAULT_N_PROMPTS
         return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    task = resolve_task(args.task, tokenizer)
+    from circuitfind.tasks import from_json
+
+    # a big file is read and tokenised only as far as the run uses it
+    task = from_json(args.task, tokenizer, max_prompts=args.n_prompts + held if args.n_prompts else None)
     n = min(args.n_prompts or len(task), len(task) - held)
     if n < 1:
         raise TaskError(
@@ -395,6 +473,10 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
+    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+        from circuitfind.tasks import check_task_fits
+
+        check_task_fits(task, model.spec, label=f"task file {args.task}")
     circuit = discover(
         model,
         task,
@@ -413,9 +495,13 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         checkpoint=ckpt,
         resume=args.resume,
         progress=args.progress,
+        select=args.select,
+        confidence=args.confidence,
+        band=None if args.band is None else tuple(args.band),
         level=args.level,
         n_nodes=args.n_nodes,
         by_position=args.by_position,
+        **_training_options(args),
     )
     circuit = circuit.replace(model=_model_label(args))
     if not _is_task_file(args.task):
@@ -569,6 +655,9 @@ def _add_view(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="a built-in task or a .json/.jsonl task file (default: the circuit's)")
     p.add_argument("--out", type=Path, default=None, help="the HTML file (default: next to the circuit, .html)")
     p.add_argument("--no-model", action="store_true", help="graph, slider, curve and run record only; no model run")
+    p.add_argument("--report", type=Path, default=None, metavar="JSON",
+                   help="a report.json of `circuitfind report`: colour edges by inclusion frequency (default: the "
+                   "report.json beside the circuit, when there is one)")  # fmt: skip
     p.add_argument(
         "--max-edges",
         type=_positive_int,
@@ -595,6 +684,7 @@ def _run_view(args: argparse.Namespace) -> int:
     circuit = Circuit.load(args.circuit)
     out = args.out or args.circuit.with_suffix(".html")
     kwargs: dict[str, Any] = {"max_edges": args.max_edges, "max_prompts": args.max_prompts}
+    kwargs["frequency"] = _report_frequency(args.report, args.circuit)
     if not args.no_model:
         task = args.task or circuit.config.get("task")
         if not task:
@@ -607,6 +697,23 @@ def _run_view(args: argparse.Namespace) -> int:
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({size:.2f} MB) in {time.perf_counter() - t0:.1f} s; open it in a browser (no server needed)")
     return EXIT_OK
+
+
+def _report_frequency(report: Path | None, circuit_path: Path) -> dict[str, float] | None:
+    """Edge inclusion frequencies from ``--report`` or a report.json beside the circuit (None without one)."""
+    import json
+
+    path = report if report is not None else circuit_path.with_name("report.json")
+    if not path.is_file():
+        if report is not None:
+            raise OutputError(f"--report {report}: no such file; pass the report.json `circuitfind report` wrote")
+        return None
+    try:
+        return dict(json.loads(path.read_text())["stability"]["edge_frequency"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(
+            f"{path} is not a report.json of `circuitfind report` (no stability.edge_frequency: {e})"
+        ) from None
 
 
 # --- heads --------------------------------------------------------------------------------------------------------
@@ -625,6 +732,15 @@ def _add_heads(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=_positive_int, default=5, metavar="N", help="heads shown per role (default 5)")
     p.add_argument("--all", action="store_true", help="print the full table, one row per head")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the table as JSON")
+    p.add_argument(
+        "--classes",
+        action="store_true",
+        help="classify the heads on an IOI --task by path patching (name movers, S-inhibition, induction, ...)",
+    )
+    p.add_argument("--csv", type=Path, default=None, metavar="PATH", help="--classes: also write the table as CSV")
+    for name, doc in (("effect", "path effect, fraction of the logit difference"), ("attention", "attention"),
+                      ("copying", "OV copying score")):  # fmt: skip
+        p.add_argument(f"--{name}-threshold", type=float, default=None, help=f"--classes: {doc} threshold")
     p.set_defaults(handler=_run_heads)
 
 
@@ -640,6 +756,8 @@ def _run_heads(args: argparse.Namespace) -> int:
     pm, tokenizer = _load(args)
     t_load = time.perf_counter() - t0
     task = None if args.task is None else resolve_task(args.task, tokenizer, n=args.n_prompts, seed=args.seed)
+    if args.classes:
+        return _run_head_classes(args, pm, task, t_load)
     bos = getattr(tokenizer, "bos_token_id", None)
     roles = head_roles(pm, task, bos=bos if isinstance(bos, int) else None, seed=args.seed)
     print(_roles_table(roles) if args.all else _top_heads(roles, args.top))
@@ -650,6 +768,40 @@ def _run_heads(args: argparse.Namespace) -> int:
     print(f"model load {t_load:.1f} s, head roles {time.perf_counter() - t0 - t_load:.1f} s ({n_heads} heads)")
     if args.json is not None:
         print(f"wrote {atomic_write(args.json, json.dumps(roles.to_dict(), indent=1))}")
+    return EXIT_OK
+
+
+def _run_head_classes(args: argparse.Namespace, pm: Any, task: Any, t_load: float) -> int:
+    import json
+    import time
+
+    from circuitfind.analysis import CLASSES, ClassThresholds, head_classes
+
+    if task is None:
+        raise TaskError("--classes needs an IOI task: pass --task ioi (or an IOI task file)")
+    given = {k: getattr(args, f"{k}_threshold") for k in ("effect", "attention", "copying")}
+    thresholds = ClassThresholds(**{k: v for k, v in given.items() if v is not None})
+    t0 = time.perf_counter()
+    hc = head_classes(pm, task, thresholds=thresholds, seed=args.seed, progress=args.progress)
+    rows = hc.rows()
+    for cls, doc in CLASSES.items():
+        members = [r for r in rows if r["class"] == cls]
+        cells = ", ".join(f"{r['head']} ({r[f'score_{cls}']:.2f})" for r in members) or "-"
+        print(f"{cls:<20} {cells}\n{'':<20} ({doc})")
+    if args.all:
+        cols = [c for c in rows[0] if c not in ("layer", "index")]
+        print("\n" + "  ".join(f"{c:>10.10}" for c in cols))
+        for r in rows:
+            print("  ".join(f"{r[c]:>10.4f}" if isinstance(r[c], float) else f"{r[c]!s:>10.10}" for c in cols))
+    t = hc.thresholds
+    print(f"\nthresholds: effect {t.effect}, attention {t.attention}, copying {t.copying}; class score = weakest "
+          f"condition / its threshold, >= 1 assigns")  # fmt: skip
+    print(f"model load {t_load:.1f} s, head classes {time.perf_counter() - t0:.1f} s ({len(rows)} heads, "
+          f"{hc.settings['n_prompts']} prompts)")  # fmt: skip
+    if args.json is not None:
+        print(f"wrote {atomic_write(args.json, json.dumps(hc.to_dict(), indent=1))}")
+    if args.csv is not None:
+        print(f"wrote {atomic_write(args.csv, hc.to_csv())}")
     return EXIT_OK
 
 
@@ -671,6 +823,130 @@ def _roles_table(roles: Any) -> str:
     return "\n".join(lines)
 
 
+# --- diff ---------------------------------------------------------------------------------------------------------
+def _add_diff(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "diff",
+        parents=[common_options()],
+        help="compare two models of the same structure on a task: circuits, weights, activations, log-probs",
+        description="Find both models' circuits on a task with one method and compare them (Jaccard, edges only in "
+        "A / only in B), and compare the models node by node: weight difference norms, output differences on the "
+        "task's prompts, and the largest per-token log-prob differences. --model is A, --model-b is B; they must "
+        "share the graph, tokenizer and vocabulary.",
+    )
+    p.add_argument("--model-b", required=True, metavar="NAME", help="model B (a Hugging Face id or a folder)")
+    p.add_argument("--task", required=True, help="a built-in task or a .json/.jsonl task file")
+    _add_method_options(p)
+    p.set_defaults(method="eap")
+    p.add_argument("--metric", choices=[m.value for m in MetricKind], default="kl", help="default: kl")
+    p.add_argument("--n-prompts", type=_positive_int, default=DEFAULT_N_PROMPTS, metavar="N", help="task prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of a built-in task's prompts (default 0)")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="N", help="rows shown per table (default 10)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the whole diff as JSON")
+    p.add_argument("--html", type=Path, default=None, metavar="PATH", help="write the two-model explorer")
+    p.set_defaults(handler=_run_diff)
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from circuitfind.compare import diff
+    from circuitfind.patching import resolve_model
+
+    _check_task_arg(args.task)
+    t0 = time.perf_counter()
+    pm_a, tok_a = _load(args)
+    pm_b, tok_b = resolve_model(args.model_b, device=args.device, dtype=args.dtype, progress=args.progress)
+    task = resolve_task(args.task, tok_a, n=args.n_prompts, seed=args.seed)
+    cut = {k: getattr(args, k) for k in ("threshold", "target", "n_edges") if getattr(args, k) is not None}
+    d = diff(pm_a, pm_b, task, tokenizer=tok_a, tokenizer_b=tok_b, method=args.method, metric=args.metric,
+             steps=args.steps, top=max(args.top, 20), progress=args.progress, **cut)  # fmt: skip
+    d = dataclasses.replace(d, model_a=_model_label(args), model_b=args.model_b)
+    n = args.top
+    print(f"circuits ({args.method}): A {d.circuit_a.n_edges} edges, B {d.circuit_b.n_edges}, Jaccard {d.jaccard:.3f}")
+    for label, rows, key in (("only in A", d.only_a, "score_a"), ("only in B", d.only_b, "score_b")):
+        print(f"{label} ({len(rows)}): " + (", ".join(f"{r['edge']} ({r[key]:+.3g})" for r in rows[:n]) or "-"))
+    for label, rows in (("weights ||A-B||", d.weights), ("outputs ||A-B|| per token", d.activations)):
+        print(f"{label}: " + ", ".join(f"{r['node']} {r['diff']:.3g} ({r['relative']:.1%})" for r in rows[:n]))
+    print("largest log-prob differences (A - B):")
+    for r in d.logprobs[:n]:
+        print(f"  prompt {r['prompt']} position {r['position']} {r['token']!r}: {r['logprob_a']:.3f} vs "
+              f"{r['logprob_b']:.3f} ({r['diff']:+.3f})")  # fmt: skip
+    print(f"diff in {time.perf_counter() - t0:.1f} s")
+    if args.json is not None:
+        print(f"wrote {atomic_write(args.json, json.dumps(d.to_dict(), indent=1))}")
+    if args.html is not None:
+        print(f"wrote {d.to_html(args.html)}")
+    return EXIT_OK
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+REPORT_DISCOVER_ARGS = ("threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute", "sender_order",
+                        "batch_size", "chunk_size", "select", "confidence", "band", "level", "n_nodes")  # fmt: skip
+"""The ``discover`` arguments ``report`` passes on to discovery (it takes every discover option)."""
+
+
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
+    from circuitfind.validation.completeness import DEFAULT_PROBES
+
+    spare = argparse.ArgumentParser(add_help=False).add_subparsers()
+    _add_discover(spare)  # report takes discover's task and method options, whatever discover adds
+    p = subparsers.add_parser(
+        "report",
+        parents=[spare.choices["discover"]],
+        conflict_handler="resolve",
+        help="discover a circuit and validate it: held-out CI, stability, completeness, minimality, ablations",
+        description="Discover a circuit (discover's options; --method defaults to eap-ig here) and run every check "
+        "of circuitfind.validation on it: held-out faithfulness with a bootstrap interval, faithfulness vs size, "
+        "stability over --n-boot resamples of the prompts, completeness and minimality (IOI paper; --probes masks "
+        "each), and the circuit under resample, mean and zero ablation. Prints a table and writes DIR/circuit.json, "
+        "DIR/report.json and DIR/report.html (one offline file). DIR is locked while the report runs.",
+    )
+    p.add_argument("--n-boot", type=_int_at_least(2, "an integer >= 2"), default=20, metavar="N",
+                   help="bootstrap resamples of the prompts for stability (default 20)")  # fmt: skip
+    p.add_argument("--probes", type=_int_at_least(4, "an integer >= 4"), default=DEFAULT_PROBES, metavar="N",
+                   help=f"masks completeness and minimality may each evaluate (default {DEFAULT_PROBES})")  # fmt: skip
+    p.add_argument("--boot-seed", type=int, default=0, help="seed of the resamples and random subsets (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="processes for the stability resamples (default 1)")  # fmt: skip
+    p.add_argument("--stability-cut", choices=["size", "same"], default="size",
+                   help="resamples keep the top-k of their own scores with k the run's cut (size, default: one scoring "
+                   "pass each) or rerun the run's own cut, size search included (same)")  # fmt: skip
+    p.add_argument("--check-ablation", choices=[a.value for a in Ablation], default="mean",
+                   help="ablation of completeness and minimality (default mean, as in the IOI paper)")  # fmt: skip
+    p.add_argument("--classes", type=Path, default=None, metavar="JSON",
+                   help="a JSON file {class: [node names]} (e.g. head classes) for completeness")  # fmt: skip
+    p.set_defaults(handler=_run_report, method="eap-ig")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from circuitfind.validation.report import Report, build_report, report_table, write_report
+
+    _check_task_arg(args.task)
+    classes = json.loads(args.classes.read_text()) if args.classes is not None else None
+    check_writable(args.out)
+    with lock_folder(args.out):
+        model, tokenizer = _load(args)
+        task = _task_with_held_out(args, tokenizer)
+        opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
+        if opts.get("band") is not None:
+            opts["band"] = tuple(opts["band"])
+        rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
+                           seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
+                           stability_cut=args.stability_cut,
+                           classes=classes, tokenizer=tokenizer, progress=args.progress,
+                           on_stage=lambda s: print(f"report: {s}", file=sys.stderr, flush=True), **opts)  # fmt: skip
+        circuit = rep.circuit.replace(model=_model_label(args))
+        circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
+        written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)
+    print(report_table(rep.data))
+    print("wrote " + ", ".join(map(str, written)))
+    return EXIT_OK
+
+
 # --- scrub (causal scrubbing; the subcommand lives in circuitfind.scrubbing.command) ------------------------------
 def _add_scrub(subparsers: argparse._SubParsersAction) -> None:
     from circuitfind.scrubbing.command import add_scrub_parser
@@ -688,7 +964,9 @@ SUBCOMMANDS: MappingProxyType[str, SubcommandBuilder] = MappingProxyType(
         "reproduce": _add_reproduce,
         "view": _add_view,
         "heads": _add_heads,
+        "diff": _add_diff,
         "sweep": add_sweep_parser,
+        "report": _add_report,
         "scrub": _add_scrub,
     }
 )
@@ -770,3 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _training_options(args: argparse.Namespace) -> dict:
+    """edge-pruning's lr / seed / warm_start (its gates' noise is seeded by --seed); other methods take none."""
+    lr, warm = getattr(args, "lr", None), getattr(args, "warm_start", False)
+    if args.method != "edge-pruning":
+        if lr is not None or warm:
+            raise ConfigError("--lr and --warm-start apply to --method edge-pruning only")
+        return {}
+    return {"lr": lr, "seed": getattr(args, "seed", None), "warm_start": warm or None}

@@ -63,20 +63,33 @@ def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
 
 def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
     """``KL(reference || circuit)`` per circuit: ``(K, B, V), (B, V) -> (K,)``, mean over prompts."""
-    logp = F.log_softmax(_wide(logits), dim=-1)
-    ref = reference_logprobs.to(logp.dtype)
-    return (ref.exp() * (ref - logp)).sum(-1).mean(-1)
+    return _kl_rows(logits, reference_logprobs).mean(-1)
 
 
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of mean correct logit minus mean wrong logit."""
-    return (_gather_mean(_wide(logits), answers) - _gather_mean(_wide(logits), wrong)).mean(-1)
+    return _logit_diff_rows(logits, answers, wrong).mean(-1)
 
 
 def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of P(correct answers) minus P(wrong answers)."""
+    return _prob_diff_rows(logits, answers, wrong).mean(-1)
+
+
+# the same three, one value per prompt ``(K, B, V) -> (K, B)`` (what bootstrap intervals resample)
+def _kl_rows(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
+    logp = F.log_softmax(_wide(logits), dim=-1)
+    ref = reference_logprobs.to(logp.dtype)
+    return (ref.exp() * (ref - logp)).sum(-1)
+
+
+def _logit_diff_rows(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
+    return _gather_mean(_wide(logits), answers) - _gather_mean(_wide(logits), wrong)
+
+
+def _prob_diff_rows(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     probs = F.softmax(_wide(logits), dim=-1)
-    return (_gather_sum(probs, answers) - _gather_sum(probs, wrong)).mean(-1)
+    return _gather_sum(probs, answers) - _gather_sum(probs, wrong)
 
 
 def output_mse(reference: Tensor) -> Callable[[Tensor], Tensor]:
@@ -118,6 +131,8 @@ class Metric:
         separable: the value is a mean over prompts of a function of each prompt's own logits, so its gradient
             on a batch's rows does not depend on the other rows (True for the built-in metrics; a callable is
             not assumed to be).
+        rows: logits ``(K, B, V)`` -> one value per prompt ``(K, B)`` whose mean over prompts is the value (the
+            built-in metrics); None: :meth:`per_prompt` calls ``fn`` on each prompt alone.
     """
 
     name: str
@@ -126,6 +141,7 @@ class Metric:
     columns: Tensor | None = None
     on_columns: Callable[[Tensor], Tensor] | None = None
     separable: bool = False
+    rows: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``.
@@ -136,6 +152,26 @@ class Metric:
         if logits.dim() == 2:
             return _finite(self.name, self.fn(logits.unsqueeze(0)))[0]
         return _finite(self.name, self.fn(logits))
+
+    def per_prompt(self, logits: Tensor) -> Tensor:
+        """The metric on each prompt alone: logits ``(K, B, V)`` -> ``(K, B)`` (what bootstrap intervals
+        resample). For the built-in metrics the mean over prompts is :meth:`__call__`'s value; a custom callable
+        is called on each prompt's logits ``(1, V)``, which equals its value on the batch when it averages over
+        prompts.
+
+        Raises:
+            MetricError: a value is NaN or infinite.
+
+        Example:
+            >>> m = make_metric("logit_diff", answers=torch.tensor([[1], [2]]), wrong_answers=torch.tensor([[2], [1]]))
+            >>> m.per_prompt(torch.tensor([[[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]]])).tolist()
+            [[2.0, -2.0]]
+        """
+        if self.rows is not None:
+            values = self.rows(logits)  # (K, B)
+        else:
+            values = torch.stack([self.fn(logits[:, b : b + 1]) for b in range(logits.shape[1])], dim=-1)
+        return _finite(self.name, values.flatten()).view(values.shape)
 
     def loss(self, logits: Tensor) -> Tensor:
         """What ACDC minimises: the value, negated when higher is better."""
@@ -305,10 +341,18 @@ def make_metric(
         if clean_logits is None:
             raise ConfigError("the KL metric needs the full model's logits at the answer positions")
         ref = F.log_softmax(_wide(clean_logits.detach()), dim=-1)
-        return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True)
+        return Metric(
+            kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True, rows=lambda lg: _kl_rows(lg, ref)
+        )
     _check_answer_rows(kind.value, answers, wrong_answers)
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
-        return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True, separable=True)
+        return Metric(
+            kind.value,
+            lambda lg: prob_diff(lg, answers, wrong_answers),
+            True,
+            separable=True,
+            rows=lambda lg: _prob_diff_rows(lg, answers, wrong_answers),
+        )
     columns, (ans, wrong) = _as_columns(answers, wrong_answers)
     return Metric(
         kind.value,
@@ -317,6 +361,7 @@ def make_metric(
         columns=columns,
         on_columns=lambda lg: logit_diff(lg, ans, wrong),
         separable=True,
+        rows=lambda lg: _logit_diff_rows(lg, answers, wrong_answers),
     )
 
 

@@ -135,11 +135,13 @@ def _attention_roles(patterns: Tensor, length: int, first: int) -> dict[str, Ten
     }
 
 
-def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0) -> Tensor:
+def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0, negative: bool = False) -> Tensor:
     """``(L, H)``: the fraction of ``sample`` random tokens that each head's OV circuit maps to themselves.
 
     See the module docstring for the path; "maps to itself" means the token's own logit is among the top 5 of
-    the sampled tokens' logits.
+    the sampled tokens' logits. With ``negative`` the OV circuit's logits are negated: the score is then the
+    fraction of tokens whose own logit is among the *lowest* 5 (a head that suppresses what it attends to, as
+    the IOI paper's negative name movers do).
 
     Example:
         >>> copying_scores(pm, sample=16).shape
@@ -168,6 +170,7 @@ def copying_scores(pm: PatchableModel, *, sample: int = 256, seed: int = 0) -> T
                 v = v + lay.attn.b_V[:, None]
             o = einsum(v, lay.attn.W_O, "h n e, h e d -> h n d")  # (H, N, D)
             logits = spec.logits(spec.final_norm(o), ids) - zero  # (H, N, N): row = input token, column = output
+            logits = -logits if negative else logits
             own = logits.diagonal(dim1=-2, dim2=-1)  # (H, N)
             rivals = (logits >= own[..., None]).sum(-1) - 1  # (H, N): other tokens at least as high (ties count)
             out[layer] = (rivals < k).float().mean(-1).cpu()

@@ -196,6 +196,11 @@ def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> dict
         seed=cell.seed,
         spec=cell.as_dict(),
         **{k: metrics.get(k) for k in ("faithfulness", "kl", "cpr", "cmd", "n_edges", "fraction")},
+        **{
+            f"{k}_{end}": (metrics.get(f"{k}_ci") or {}).get(end)
+            for k in ("faithfulness", "cpr", "cmd")
+            for end in ("lo", "hi")
+        },
     )
     store.put(row)
     return row

@@ -16,7 +16,7 @@ from circuitfind.tasks.base import TASK_METRICS, Task, check_task_fits, task_fro
 from circuitfind.tasks.builtin import BUILTIN, get_task
 from circuitfind.tasks.greater_than import make_greater_than
 from circuitfind.tasks.induction import make_induction
-from circuitfind.tasks.ioi import make_ioi
+from circuitfind.tasks.ioi import ioi_positions, make_ioi
 from circuitfind.tasks.jsonio import from_json, to_json
 from circuitfind.tasks.resolve import resolve_task
 
@@ -27,6 +27,7 @@ __all__ = [
     "check_task_fits",
     "from_json",
     "get_task",
+    "ioi_positions",
     "make_greater_than",
     "make_induction",
     "make_ioi",

@@ -9,7 +9,9 @@ name slots filled by three fresh names, distinct from each other and from IO and
 (with their leading space), so every pair tokenises to the same length; prompts of different templates differ
 in length and are right-padded.
 
-Answers: ``" IO"``; wrong answers: ``" S"``; metric: logit difference.
+Answers: ``" IO"``; wrong answers: ``" S"``; metric: logit difference. :func:`ioi_positions` gives each
+prompt's token positions of IO, S1, S2 and END (read back from the ids and the answers, so any subset or IOI
+task built elsewhere with single-token names has them too).
 """
 
 from __future__ import annotations
@@ -17,11 +19,27 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from circuitfind.errors import TaskError
 from circuitfind.tasks.base import Task, bos_prefix, encode
 from circuitfind.tasks.templates import slot_labels, with_labels
 
-__all__ = ["IOI_TEMPLATES", "NAMES", "OBJECTS", "PLACES", "make_ioi", "single_token_words"]
+__all__ = [
+    "IOI_POSITIONS",
+    "IOI_TEMPLATES",
+    "NAMES",
+    "OBJECTS",
+    "PLACES",
+    "ioi_positions",
+    "make_ioi",
+    "single_token_words",
+]
+
+IOI_POSITIONS: tuple[str, ...] = ("IO", "S1", "S2", "END")
+"""The labelled positions of an IOI prompt: the indirect object, the subject's first and second mention, and
+the last token (where the answer is read)."""
 
 IOI_TEMPLATES: tuple[str, ...] = (
     "When {N1} and {N2} went to the {PLACE}, {S} gave a {OBJECT} to",
@@ -161,3 +179,60 @@ def _templates(template: int | None) -> tuple[str, ...]:
     if isinstance(template, bool) or not isinstance(template, int) or not 0 <= template < len(IOI_TEMPLATES):
         raise TaskError(f"template must be an index in 0..{len(IOI_TEMPLATES) - 1} of IOI_TEMPLATES; got {template!r}")
     return (IOI_TEMPLATES[template],)
+
+
+def ioi_positions(task: Task) -> dict[str, Tensor]:
+    """Each prompt's token positions of IO, S1, S2 and END (:data:`IOI_POSITIONS`).
+
+    From the task's ``position_labels`` when it has them (:func:`make_ioi` labels its prompts), else from its ids
+    and answers: IO is the first occurrence of the answer token (``" IO"``), S1 and S2 the first and last
+    occurrences of the wrong answer token (``" S"``) before END, END the answer position. The second way works
+    for any IOI-shaped task whose names are single tokens (a task file, a hand-built one).
+
+    Args:
+        task: an IOI task: one answer and one wrong answer per prompt.
+
+    Returns:
+        ``{"IO", "S1", "S2", "END"}`` -> ``(N,)`` long positions.
+
+    Raises:
+        TaskError: a prompt whose IO token does not occur, or whose S token occurs fewer than twice.
+
+    Example:
+        >>> ids = torch.tensor([[0, 5, 1, 6, 2, 6, 3]])  # bos, IO, and, S1, went, S2, to
+        >>> one = torch.ones_like(ids)
+        >>> t = Task("ioi", ids, ids, one, torch.tensor([6]), torch.tensor([[5]]), torch.tensor([[6]]))
+        >>> {k: v.tolist() for k, v in ioi_positions(t).items()}
+        {'IO': [1], 'S1': [3], 'S2': [5], 'END': [6]}
+    """
+    labelled = _from_labels(task)
+    if labelled is not None:
+        return labelled
+    if task.answers.shape[1] < 1 or task.wrong_answers.shape[1] < 1:
+        raise TaskError("IOI positions need one answer (IO) and one wrong answer (S) per prompt; the task has none")
+    ids, end = task.clean_ids.cpu(), task.answer_pos.cpu()
+    T = ids.shape[1]
+    before_end = torch.arange(T)[None, :] <= end[:, None]  # (N, T)
+    io_at = (ids == task.answers[:, :1].cpu()) & before_end
+    s_at = (ids == task.wrong_answers[:, :1].cpu()) & before_end
+    bad = (~io_at.any(1)) | (s_at.sum(1) < 2)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise TaskError(
+            f"prompt {i} of task {task.name!r} is not IOI-shaped: its answer token (IO) must occur in the prompt "
+            "and its wrong answer token (S) twice; found IO "
+            f"{int(io_at[i].sum())} times and S {int(s_at[i].sum())} times. Build the task with make_ioi"
+        )
+    pos = torch.arange(T).expand_as(ids)
+    first = torch.where(io_at, pos, T).min(1).values
+    s1 = torch.where(s_at, pos, T).min(1).values
+    s2 = torch.where(s_at, pos, -1).max(1).values
+    return {"IO": first, "S1": s1, "S2": s2, "END": end.clone()}
+
+
+def _from_labels(task: Task) -> dict[str, Tensor] | None:
+    """The positions labelled IO, S1, S2 and END in every prompt's ``position_labels``; None without them."""
+    rows = task.position_labels
+    if not rows or any(any(k not in row for k in IOI_POSITIONS) for row in rows):
+        return None
+    return {k: torch.tensor([row.index(k) for row in rows], dtype=torch.long) for k in IOI_POSITIONS}

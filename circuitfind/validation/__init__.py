@@ -2,6 +2,16 @@
 
 * :mod:`circuitfind.validation.bootstrap`: percentile bootstrap intervals from stored per-prompt metric values
   (faithfulness, CPR/CMD, any statistic of a resampled prompt set).
+* :mod:`~circuitfind.validation.stability` (``cf.stability``): discovery rerun on bootstrap resamples of the
+  prompts: edge inclusion frequencies, mean pairwise Jaccard, the stable core and its held-out faithfulness
+  (runs: :mod:`~circuitfind.validation.stability_runs`, here, forked or on Ray).
+* :mod:`~circuitfind.validation.completeness`: the IOI paper's completeness and minimality, by node removal
+  (:mod:`~circuitfind.validation.probes`), within a probe budget.
+* :mod:`~circuitfind.validation.ablations`: one circuit under resample, mean and zero ablation, and the circuit
+  each ablation finds.
+* :mod:`~circuitfind.validation.report` / :mod:`~circuitfind.validation.report_html`: all of the above for one
+  run (``circuitfind report``): ``report.json`` and one offline ``report.html``;
+  :mod:`~circuitfind.validation.heldout`: faithfulness rows with their intervals.
 
 Example:
     >>> from circuitfind.validation import faithfulness_interval

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from circuitfind.analysis import HeadRoles, attention_patterns, direct_effects, head_roles
+from circuitfind.analysis import HeadClasses, HeadRoles, attention_patterns, direct_effects, head_roles
 from circuitfind.errors import TaskError
 from circuitfind.patching import PatchableModel
 
@@ -53,6 +53,7 @@ class ExplorerData:
         patterns: per prompt, ``(L, H, n, n)`` attention probabilities on its ``n`` real tokens.
         direct: ``(S, N)`` every sender's direct effect on the logit difference, per prompt (or None).
         roles: the head-role table (or None).
+        classes: IOI head classes (:class:`~circuitfind.analysis.HeadClasses`) to show on the heads, or None.
     """
 
     task: str
@@ -60,6 +61,7 @@ class ExplorerData:
     patterns: tuple[Tensor, ...]
     direct: Tensor | None
     roles: HeadRoles | None
+    classes: HeadClasses | None = None
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

@@ -6,6 +6,7 @@ The file needs no network and no server: open it from ``file://``. The script an
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 from circuitfind.errors import ConfigError
 from circuitfind.fileio import atomic_write
-from circuitfind.viewer.data import DEFAULT_MAX_PROMPTS, ExplorerData, collect
+from circuitfind.viewer.data import DEFAULT_MAX_PROMPTS, ExplorerData, collect, empty
 from circuitfind.viewer.payload import DEFAULT_MAX_EDGES, build_payload
 
 __all__ = ["render_html", "to_html"]
@@ -78,6 +79,8 @@ def to_html(
     max_edges: int = DEFAULT_MAX_EDGES,
     max_prompts: int = DEFAULT_MAX_PROMPTS,
     roles: bool = True,
+    head_classes: Any = None,
+    frequency: dict[str, float] | None = None,
 ) -> Path:
     """Write the circuit explorer for ``circuit`` to ``path`` (one self-contained HTML file; atomically).
 
@@ -97,6 +100,9 @@ def to_html(
         max_edges: top edges to embed, the slider's range (default 5,000).
         max_prompts: task prompts to embed (default 20).
         roles: compute the head-role table (a few seconds).
+        head_classes: a :class:`~circuitfind.analysis.HeadClasses` table: heads show their IOI class.
+        frequency: ``{edge name: inclusion frequency}`` (``report.json``'s ``stability.edge_frequency``): edges are
+            then coloured by how often the stability resamples kept them.
 
     Returns:
         the path written.
@@ -119,6 +125,9 @@ def to_html(
         seed = int(circuit.config.get("seed") or 0)
         task = resolve_task(task, tokenizer, n=n, seed=seed)
         data = collect(pm, task, tokenizer, max_prompts=max_prompts, roles=roles)
-    payload = build_payload(circuit, data, max_edges=max_edges)
+    if head_classes is not None:
+        base = empty(circuit.config.get("task", "")) if data is None else data
+        data = dataclasses.replace(base, classes=head_classes)
+    payload = build_payload(circuit, data, max_edges=max_edges, frequency=frequency)
     title = f"{circuit.model or 'circuit'}: {circuit.config.get('task', '')} circuit".strip()
     return atomic_write(path, render_html(payload, title))

@@ -85,9 +85,12 @@ def _circuit_part(circuit) -> dict[str, Any]:
     trace = stats.pop("trace", None) or []
     stats.pop("losses_at_points", None)
     rec = circuit.recovered
+    # the explorer opens on the top k, dangling edges hidden: the run's own k, else the edges a top-n or threshold
+    # cut selected before pruning (the top k of the same ranking), so that it opens on the circuit as cut
+    k = stats.get("k", stats.get("selected_before_pruning"))
     return {
         "n_edges": circuit.n_edges,
-        "k": stats.get("k"),
+        "k": k,
         "metric": circuit.config.get("metric", "metric"),
         "metric_full": _round(circuit.metric_full),
         "metric_empty": _round(circuit.metric_empty),
@@ -140,16 +143,40 @@ def _data_part(data: ExplorerData, n_layers: int, n_heads: int) -> dict[str, Any
             "scores": {c: [_round(x) for x in t.flatten().tolist()] for c, t in data.roles.scores.items()},
             "settings": _jsonable(data.roles.settings),
         }
+    if data.classes is not None:
+        out["classes"] = _classes_part(data.classes, n_layers, n_heads)
     return out
 
 
-def build_payload(circuit, data: ExplorerData | None = None, *, max_edges: int = DEFAULT_MAX_EDGES) -> dict[str, Any]:
+def _classes_part(hc: Any, n_layers: int, n_heads: int) -> dict[str, Any]:
+    """IOI head classes: one class per head (layer-major, "" for none), the class scores and the thresholds."""
+    if (hc.n_layers, hc.n_heads) != (n_layers, n_heads):
+        raise ConfigError(
+            f"head classes are for {hc.n_layers} x {hc.n_heads} heads but the circuit's graph has "
+            f"{n_layers} x {n_heads}; classify the heads of the circuit's own model"
+        )
+    return {
+        "class": list(hc.classes),
+        "scores": {c: [_round(x) for x in t.flatten().tolist()] for c, t in hc.scores.items()},
+        "thresholds": _jsonable(hc.to_dict()["thresholds"]),
+    }
+
+
+def build_payload(
+    circuit,
+    data: ExplorerData | None = None,
+    *,
+    max_edges: int = DEFAULT_MAX_EDGES,
+    frequency: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The explorer's JSON dict for ``circuit`` (see the module docstring for the layout).
 
     Args:
         circuit: a :class:`~circuitfind.circuit.Circuit`.
         data: model data from :func:`~circuitfind.viewer.data.collect`, or None (graph and run record only).
         max_edges: ranked edges to embed.
+        frequency: ``{edge name: inclusion frequency}`` from a stability run (``report.json``); when given, the
+            explorer colours edges by it (``edges.frequency``, 0 for edges never kept).
 
     Example:
         >>> payload = build_payload(circuit)
@@ -187,6 +214,9 @@ def build_payload(circuit, data: ExplorerData | None = None, *, max_edges: int =
         },
         "circuit": _circuit_part(circuit),
     }
+    if frequency is not None:
+        names = [g.edge_name(f // g.n_receivers, f % g.n_receivers) for f in all_flat]
+        payload["edges"]["frequency"] = [_round(float(frequency.get(n, 0.0))) for n in names]
     if circuit.position_mask is not None:
         payload["edges"]["at"] = _position_labels_of(circuit, all_flat)
     if data is not None:

@@ -113,6 +113,17 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
+  // with a stability report: edges coloured by the fraction of resamples that kept them (grey 0 -> green 1)
+  const FREQ = E.frequency || null;
+  function freqColour(f) {
+    const t = Math.max(0, Math.min(1, f || 0));
+    const mix = (a, b) => Math.round(a + (b - a) * t);
+    return "rgb(" + mix(200, 20) + "," + mix(200, 140) + "," + mix(200, 60) + ")";
+  }
+  if (FREQ) {
+    const note = el("span", { id: "freq-legend" }, "colour: inclusion frequency over the stability resamples (grey 0, green 1)");
+    document.getElementById("legend").appendChild(note);
+  }
   const metricName = D.circuit.metric;
   const higherBetter = metricName !== "kl";
   function effectText(score) {
@@ -147,7 +158,8 @@
   const nodeEls = [];
   for (let i = 0; i <= S; i++) {
     const kind = nodeKind(i), p = pos[i];
-    const grp = svg("g", { class: "node off " + kind, "data-name": nodeNames[i], transform: "translate(" + p.x + "," + p.y + ")" });
+    const cls = kind === "head" && D.classes ? D.classes["class"][headIndex(i)] : "";
+    const grp = svg("g", { class: "node off " + kind + (cls ? " cls-" + cls : ""), "data-name": nodeNames[i], transform: "translate(" + p.x + "," + p.y + ")" });
     let label = nodeNames[i];
     if (kind === "head") {
       grp.appendChild(svg("circle", { r: HR, class: "shape" }));
@@ -165,10 +177,32 @@
     nodeEls.push(grp);
   }
   g.addEventListener("click", () => selectNode(null));
+  (function extraLegend() { // the two-model view and the IOI head classes add their own keys
+    const lg = $("legend");
+    const key = (cls, text, shape) => {
+      const sw = shape === "dot" ? '<svg width="12" height="12"><circle cx="6" cy="6" r="5" class="lgdot ' + cls + '"/></svg>'
+        : '<svg width="34" height="10"><line x1="1" y1="5" x2="33" y2="5" class="lg pos ' + cls + '"/></svg>';
+      const span = document.createElement("span");
+      span.innerHTML = sw + " ";
+      span.appendChild(document.createTextNode(text));
+      lg.appendChild(span);
+    };
+    if (D.diff) {
+      key("side-a", "only in A (" + D.diff.model_a + ")");
+      key("side-b", "only in B (" + D.diff.model_b + ")");
+      key("side-ab", "in both (Jaccard " + fmt(D.diff.jaccard, 3) + ")");
+    }
+    if (D.classes) for (const c of new Set(D.classes["class"])) if (c) key("cls-" + c, c.replace(/_/g, " "), "dot");
+  })();
 
   function nodeTip(i) {
     const lines = [nodeNames[i]];
     if (D.direct && i < S) lines.push("direct effect on logit diff: " + fmt(D.direct.mean[i]));
+    if (D.classes && nodeKind(i) === "head") lines.push("IOI class: " + (D.classes["class"][headIndex(i)] || "none").replace(/_/g, " "));
+    if (D.diff && i < S) {
+      lines.push("weights ||A - B||: " + fmt(D.diff.weight[i], 3) + " (relative " + fmt(D.diff.weight_rel[i], 3) + ")");
+      lines.push("output ||A - B|| per token: " + fmt(D.diff.activation[i], 3) + " (relative " + fmt(D.diff.activation_rel[i], 3) + ")");
+    }
     if (D.roles && nodeKind(i) === "head") {
       const h = headIndex(i);
       for (const c of Object.keys(D.roles.scores)) lines.push(c.replace("_", " ") + ": " + fmt(D.roles.scores[c][h], 3));
@@ -192,8 +226,9 @@
       const width = top > 0 && sc !== null ? 0.7 + 4.3 * Math.abs(sc) / top : 0.7;
       const path = svg("path", {
         d: "M" + x1 + " " + y1 + "C" + x1 + " " + ym + "," + x2 + " " + ym + "," + x2 + " " + y2,
-        class: "edge " + (sc !== null && sc < 0 ? "neg" : "pos") + (recvChan[e] ? " ch-" + recvChan[e] : ""),
+        class: "edge " + (sc !== null && sc < 0 ? "neg" : "pos") + (recvChan[e] ? " ch-" + recvChan[e] : "") + (D.diff && D.diff.side[e] ? " side-" + D.diff.side[e] : ""),
         "stroke-width": width.toFixed(2),
+        ...(FREQ ? { style: "stroke:" + freqColour(FREQ[e]) } : {}),
         "data-name": edgeNames[e],
         "data-i": e,
       });
@@ -214,7 +249,9 @@
     if (!t.dataset || t.dataset.i === undefined) return;
     const e = Number(t.dataset.i);
     const rank = e < NR ? "rank " + (e + 1) + " of " + D.ranking.n_scored.toLocaleString() : "kept, below the embedded ranking";
-    showTip(evt, [edgeNames[e], "score " + fmt(E.score[e]) + " (" + rank + ")", effectText(E.score[e])]);
+    const lines = [edgeNames[e], "score " + fmt(E.score[e]) + " (" + rank + ")", effectText(E.score[e])];
+    if (FREQ) lines.push("kept in " + Math.round(100 * (FREQ[e] || 0)) + "% of the stability resamples");
+    showTip(evt, lines);
   });
   edgeLayer.addEventListener("mouseleave", hideTip);
 
