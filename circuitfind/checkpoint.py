@@ -271,8 +271,6 @@ def _check_counters(path: Path, fields: dict[str, Any], shape: tuple[int, int]) 
 
     if not 0 <= fields["next_receiver"] <= n_receivers:
         refuse("next_receiver", f"a receiver position in 0 .. {n_receivers} (this graph's receivers)")
-    if fields["done"] and fields["next_receiver"] != n_receivers:
-        refuse("done", f"False while next_receiver ({fields['next_receiver']}) < {n_receivers} receivers")
     if not math.isfinite(fields["current"]):
         refuse("current", "a finite loss (the loss of the saved circuit)")
     if not (math.isfinite(fields["elapsed_s"]) and fields["elapsed_s"] >= 0):
