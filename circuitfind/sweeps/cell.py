@@ -95,6 +95,7 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
     held = faithfulness(pm, circuit, task, metric=cell.eval_metric, ablation=cell.ablation)
     metrics: dict[str, Any] = {
         "faithfulness": held["faithfulness"],
+        "faithfulness_ci": held["ci"],
         "kl": held["kl_full_circuit"],
         "n_edges": circuit.n_edges,
         "fraction": circuit.fraction,
@@ -111,6 +112,8 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         metrics.update(
             cpr=curve["cpr"],
             cmd=curve["cmd"],
+            cpr_ci=curve["cpr_ci"],
+            cmd_ci=curve["cmd_ci"],
             curve={k: curve[k] for k in ("fractions", "faithfulness_signed", "faithfulness_abs", "n_edges")},
         )
     return {

@@ -41,6 +41,12 @@ COLUMNS: dict[str, str] = {
     "kl": "REAL",  # held-out KL(full || circuit)
     "cpr": "REAL",
     "cmd": "REAL",
+    "faithfulness_lo": "REAL",  # 95% bootstrap interval over the held-out prompts (circuitfind.validation)
+    "faithfulness_hi": "REAL",
+    "cpr_lo": "REAL",
+    "cpr_hi": "REAL",
+    "cmd_lo": "REAL",
+    "cmd_hi": "REAL",
     "n_edges": "INTEGER",
     "fraction": "REAL",
     "metrics": "TEXT",  # every measured number, JSON
@@ -97,6 +103,7 @@ class ResultsStore:
                 self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
                 self.conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({cols})")
+                self._add_missing_columns()
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
             (version,) = self.conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
         except sqlite3.DatabaseError as e:
@@ -107,6 +114,13 @@ class ResultsStore:
             raise OutputError(
                 f"{str(self.path)!r} has store format {version}; this circuitfind reads format {FORMAT_VERSION}"
             )
+
+    def _add_missing_columns(self) -> None:
+        """A store written before a column was added gets it (NULL in its old rows); columns are only added."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
+        for name, kind in COLUMNS.items():
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
 
     def __enter__(self) -> ResultsStore:
         return self
