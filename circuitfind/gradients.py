@@ -270,6 +270,11 @@ def _receiver_grads(
         return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
 
     for layer, lay in enumerate(spec.layers):
+        # a pass that starts above a receiver (EAP-IG along the activations) has no tap there: its gradient is 0
+        if f"m{layer}" in taps:
+            out[g.mlp_receiver(layer)].add_(grad_of(f"m{layer}"), alpha=weight)
+        if f"x{layer}" not in taps:
+            continue
         # per receiver, its own copy of the group's input: each head's q, k, v reads only its own copy, so one
         # vector-Jacobian product through the norm and the projections (q/k norms included) splits the gradient
         x = taps[f"x{layer}"].detach()
@@ -280,7 +285,6 @@ def _receiver_grads(
             (per_receiver,) = torch.autograd.grad(qkv, xs, grad_outputs=cots)  # (3H, b, T, D)
         r0 = g.receivers_from(layer)
         out[r0 : r0 + 3 * H].add_(per_receiver, alpha=weight)
-        out[g.mlp_receiver(layer)].add_(grad_of(f"m{layer}"), alpha=weight)
     out[g.logits_receiver].add_(grad_of("final"), alpha=weight)
     return out
 

@@ -379,3 +379,14 @@ def test_every_file_written_follows_the_umask(model_dir, tmp_path, monkeypatch):
         assert mode(tmp_path / "stopped" / CHECKPOINT_NAME) == 0o644
     finally:
         os.umask(old)
+
+
+def test_discover_edge_pruning_takes_lr_seed_and_warm_start(model_dir, tmp_path, capsys):
+    base = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--no-progress"]
+    extra = ["--method", "edge-pruning", "--n-edges", "8", "--steps", "6", "--lr", "0.2", "--warm-start"]
+    assert main([*base, *extra, "--seed", "1", "--out", str(tmp_path / "a")]) == 0
+    circuit = Circuit.load(tmp_path / "a" / "circuit.json")
+    assert circuit.config["lr"] == 0.2 and circuit.config["warm_start"] is True and circuit.config["steps"] == 6
+    assert circuit.n_edges <= 8
+    assert main([*base, "--method", "eap", "--n-edges", "8", "--lr", "0.2", "--out", str(tmp_path / "b")]) == 2
+    assert "edge-pruning" in capsys.readouterr().err

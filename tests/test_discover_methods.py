@@ -36,7 +36,7 @@ def _logits(problem, mask: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("target", [0.6, 0.9])
 def test_target_gives_the_smallest_faithful_cut(name, target):
-    circuit = _discover(name, method="eap-ig", target=target)
+    circuit = _discover(name, method="eap-ig", target=target, select="train")  # the rule before validation
     g = PMS[name].graph
     k, probes = circuit.stats["k"], circuit.stats["probes"]
     assert circuit.stats["reached"]
@@ -165,13 +165,18 @@ def test_n_edges_beyond_the_graph_is_refused():
         _discover("gpt2", method="eap", n_edges=n + 1)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5", None])
-@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-mask", "hybrid"])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "5"])
+@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-mask", "eap-ig-act", "hybrid"])
 def test_steps_must_be_a_positive_int(bad, method):
     with pytest.raises(ConfigError, match="steps"):
         _discover("gpt2", method=method, steps=bad)
     with pytest.raises(ConfigError, match="steps"):
         run_eap_ig(problem_of("gpt2"), EapOptions(steps=bad))
+
+
+def test_steps_none_is_the_methods_default():
+    assert _discover("gpt2", method="eap-ig", n_edges=5).config["steps"] == 5  # integration steps
+    assert _discover("gpt2", method="edge-pruning", n_edges=5, steps=None).config["steps"] == 200  # training steps
 
 
 def test_unknown_method_is_refused():

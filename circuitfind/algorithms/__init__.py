@@ -6,7 +6,8 @@ Three kinds, by what a method returns:
 * ``scores`` (EAP, EAP-IG, exact): a score for every edge, cut into a circuit by ``discover``;
 * ``hybrid``: attribution scores, then exact tests and a faithfulness guarantee.
 
-Every score and effect is in the same unit: the loss change when the edge is removed (higher = more important).
+Every score and effect is in the same unit: the loss change when the edge is removed (higher = more important);
+``edge-pruning``'s scores are its learned gate logits (higher = more important too).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from circuitfind.algorithms.acdc import (
 )
 from circuitfind.algorithms.eap import EapOptions, run_eap
 from circuitfind.algorithms.eap_ig import run_eap_ig, run_eap_ig_mask
+from circuitfind.algorithms.eap_ig_act import run_eap_ig_act
+from circuitfind.algorithms.edge_pruning import EdgePruningOptions, run_edge_pruning
 from circuitfind.algorithms.exact import ExactOptions, run_exact
 from circuitfind.algorithms.hybrid import HybridOptions, run_hybrid
 
@@ -34,6 +37,7 @@ __all__ = [
     "AcdcOptions",
     "AcdcState",
     "EapOptions",
+    "EdgePruningOptions",
     "ExactOptions",
     "HybridOptions",
     "Method",
@@ -44,6 +48,8 @@ __all__ = [
     "run_acdc_plain",
     "run_eap",
     "run_eap_ig",
+    "run_eap_ig_act",
+    "run_edge_pruning",
     "run_eap_ig_mask",
     "run_exact",
     "run_hybrid",
@@ -81,6 +87,15 @@ METHODS: MappingProxyType[str, Method] = MappingProxyType(
             Method("eap", MethodKind.SCORES, run_eap, "edge attribution patching: one gradient"),
             Method("eap-ig", MethodKind.SCORES, run_eap_ig, "EAP-IG: gradients along the inputs, `steps` points"),
             Method("eap-ig-mask", MethodKind.SCORES, run_eap_ig_mask, "integrated gradients along the edge mask"),
+            Method(
+                "eap-ig-act",
+                MethodKind.SCORES,
+                run_eap_ig_act,
+                "EAP-IG along each sender layer's outputs, `steps` each",
+            ),
+            Method(
+                "edge-pruning", MethodKind.SCORES, run_edge_pruning, "learned hard-concrete edge masks (L0, Lagrangian)"
+            ),
             Method("exact", MethodKind.SCORES, run_exact, "each edge's exact loss change when removed alone"),
             Method("hybrid", MethodKind.HYBRID, run_hybrid, "EAP-IG candidates, exact pruning, target guaranteed"),
         )
