@@ -75,6 +75,7 @@ METHODS = (*BASE_METHODS, *VARIANTS)
 NODE_ROWS = ("eap-ig-node", "exact-node")
 POSITION_ROWS = ("eap-ig-pos",)
 EDGE_PRUNING_FRACTION = 0.001  # the goal: 120 edges (0.1%) on IOI
+EDGE_PRUNING_TASKS = ("ioi", "tracr-reverse", "tracr-proportion")  # minutes per LM task here: the goal task only
 BUDGETS = (0.001, 0.01)  # f at 0.1% / 1% of the edges
 N_BOOT = 1000  # bootstrap resamples of the held-out prompts for the intervals (when evaluate stores per-prompt values)
 TARGET = 0.8
@@ -401,7 +402,11 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
         cut = _target_cut_of_acdc(pm, task, circuit, kw)
         mask, f_train, reached = cut.mask, cut.faithfulness, cut.reached
     else:
-        mask, f_train, reached = circuit.mask, stats.get("faithfulness"), stats.get("reached")
+        mask, f_train, reached = (
+            circuit.mask,
+            stats.get("faithfulness", stats.get("trained_faithfulness")),
+            stats.get("reached"),
+        )
     row = faithfulness_many(pm, [mask], task, memory_budget=MEMORY_BUDGET)[0]
     out["target_circuit"] = _target_record(pm, mask, row, f_train, reached, stats)
     if method == "hybrid":
@@ -824,11 +829,16 @@ def _units(args: argparse.Namespace) -> list[tuple[str, str]]:
         for m in args.method:
             if m in VARIANTS and VARIANTS[m][0] not in REGISTERED:
                 print(f"[{task}] {m}: method {VARIANTS[m][0]!r} is not in this circuitfind; skipped", flush=True)
+            elif m == "edge-pruning" and task not in EDGE_PRUNING_TASKS:
+                print(f"[{task}] {m}: run on {', '.join(EDGE_PRUNING_TASKS)} only (minutes per task); skipped")
             elif m in POSITION_ROWS and task not in ("ioi", "greater-than"):
-                print(f"[{task}] {m}: prompts of {task} share no template (lengths differ); skipped", flush=True)
+                why = "its prompts differ in length"
+                if task in TRACR:
+                    why = "the AUC of position-summed scores is eap-ig's"
+                print(f"[{task}] {m}: {why}; skipped", flush=True)
             else:
                 units.append((task, m))
-    return units
+    return sorted(units, key=lambda u: (u == ("ioi", "edge-pruning"), u[1] == "exact"))  # the longest ones last
 
 
 def main(argv: list[str] | None = None) -> int:
