@@ -81,10 +81,11 @@ def test_validated_cut_checks_sizes_only_on_prompts_the_scores_never_saw(cross_f
         assert p["faithfulness"] == pytest.approx(cross_fit(p["k"]), abs=1e-9), p["k"]
     # the planted disagreement: the train rule's size fails on the validation prompts, so the answers differ
     assert cross_fit(train.stats["k"]) < TARGET <= cross_fit(k) and k != train.stats["k"]
-    # k is the smallest probed size that passes with every larger probe passing too; k - 1 was probed and failed
+    # k is the smallest probed size that passes with every larger probe passing too; a size within 5% below it
+    # (bisection's tolerance) was probed and failed
     by_k = {p["k"]: p["faithfulness"] for p in probes}
     assert all(f >= TARGET for kk, f in by_k.items() if kk >= k)
-    assert by_k[k - 1] < TARGET
+    assert max(kk for kk, f in by_k.items() if kk < k and f < TARGET) >= min(k - 1, 0.95 * k)
     # the circuit is the top k of the scores on all discovery prompts, pruned; its f on them is reported
     g = PM.graph
     assert torch.equal(val.mask, prune_dangling(g, top_n(g, val.scores.double(), k)))
@@ -161,6 +162,9 @@ def test_smallest_stable_on_a_monotone_curve_is_the_first_passing_size():
     for answer in (1, 7, 8, 9, 100, 1000):
         assert smallest_stable(lambda k, a=answer: k >= a, lo=1, hi=1000, first=8, confirm=2) == (answer, True)
     assert smallest_stable(lambda k: False, lo=1, hi=50, first=8, confirm=2) == (50, False)
+    # with a tolerance bisection stops within 5% of the answer, on a passing size
+    k, found = smallest_stable(lambda k: k >= 700, lo=1, hi=5000, first=16, confirm=2, tol=0.05)
+    assert found and 700 <= k <= 700 / 0.95
 
 
 # --- two-sided: adding back negative edges -------------------------------------------------------------------

@@ -77,6 +77,7 @@ class SelectOptions:
         upper: the band's upper end (None: no upper bound).
         first: the first size probed.
         confirm: consecutive passing sizes that end the galloping.
+        tol: bisection stops once the failing and passing sizes are within this fraction of the passing one.
         max_add: most edges the band adds back.
         n_boot: bootstrap resamples of every probe's interval.
         seed: their seed.
@@ -87,6 +88,7 @@ class SelectOptions:
     upper: float | None = None
     first: int = 16
     confirm: int = 2
+    tol: float = 0.05
     max_add: int = 1024
     n_boot: int = 1000
     seed: int = 0
@@ -267,12 +269,15 @@ def add_back(graph: Graph, mask: Tensor, scores: Tensor, m: int, *, from_input: 
 
 
 # --- the search ----------------------------------------------------------------------------------------------
-def smallest_stable(passes: Callable[[int], bool], *, lo: int, hi: int, first: int, confirm: int) -> tuple[int, bool]:
+def smallest_stable(
+    passes: Callable[[int], bool], *, lo: int, hi: int, first: int, confirm: int, tol: float = 0.0
+) -> tuple[int, bool]:
     """The smallest probed size that passes while every larger probed size passes too.
 
     Galloping doubles the size from ``first`` until ``confirm`` consecutive sizes pass (or ``hi`` is reached);
     bisection then searches below the first of that run, keeping the invariant that every probe at or above the
-    answer passed. Returns ``(size, found)``; ``(hi, False)`` when not even ``hi`` passes.
+    answer passed, until the failing and passing sizes are adjacent or, with ``tol``, within ``tol`` times the passing
+    size of each other. Returns ``(size, found)``; ``(hi, False)`` when not even ``hi`` passes.
 
     Example:
         >>> curve = {8: 0.5, 16: 0.9, 32: 0.7, 64: 0.85, 128: 0.9}  # a spike at 16 that does not hold
@@ -291,7 +296,7 @@ def smallest_stable(passes: Callable[[int], bool], *, lo: int, hi: int, first: i
     if start is None:
         return hi, False
     passing = start
-    while passing - failing > 1:
+    while passing - failing > max(1.0, tol * passing):
         mid = (failing + passing) // 2
         if passes(mid):
             passing = mid
@@ -360,7 +365,7 @@ def _choose(cf: _CrossFit, on_probe: Callable[[dict], None] | None) -> tuple[int
             on_probe(rec)
         return rec["decision"] >= o.target
 
-    k, reached = smallest_stable(passes_k, lo=1, hi=g.n_edges, first=o.first, confirm=o.confirm)
+    k, reached = smallest_stable(passes_k, lo=1, hi=g.n_edges, first=o.first, confirm=o.confirm, tol=o.tol)
     if o.upper is None or cf.probe(k)["faithfulness"] <= o.upper:
         return k, 0, reached, None if o.upper is None else True
     n_neg = min(
@@ -385,7 +390,7 @@ def _rule(opts: SelectOptions) -> str:
     stat = "faithfulness" if opts.confidence is None else f"{opts.confidence:g}-confidence lower bound"
     return (
         f"smallest k whose cross-fitted validation {stat} is >= {opts.target:g} at k and at every larger probed "
-        f"size (galloping x2 from {opts.first} to {opts.confirm} passing sizes, then bisection)"
+        f"size (galloping x2 from {opts.first} to {opts.confirm} passing sizes, then bisection to {opts.tol:.0%})"
     )
 
 
