@@ -90,6 +90,19 @@ def _row(task: str, d: dict, wall: float, peak_mb: float, load0: float, load1: f
     }
 
 
+def projected(row: dict, n_boot: int, probes: int) -> dict:
+    """The wall time of the same command at ``n_boot`` resamples and ``probes`` probes, from this run's stages: the
+    stability stage scaled by resamples, completeness and minimality by probes used (each resample and each probe
+    is the same work again; their fixed setup is scaled too, so the projection errs high)."""
+    st = row["stages_s"]
+    stab = st["stability"] * n_boot / row["n_boot"]
+    comp = st["completeness"] * probes / max(1, row["completeness_probes"])
+    mini = st["minimality"] * probes / max(1, row["minimality_probes"])
+    total = row["wall_s"] - st["stability"] - st["completeness"] - st["minimality"] + stab + comp + mini
+    return {"n_boot": n_boot, "probes": probes, "stability_s": stab, "completeness_s": comp, "minimality_s": mini,
+            "wall_s": total, "goal_met": total < GOAL_S}  # fmt: skip
+
+
 def _f(x, ci=None) -> str:
     if x is None:
         return "-"
@@ -142,16 +155,27 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--stability-cut", default="size", choices=["size", "same"])
+    p.add_argument("--project-boot", type=int, default=20, help="project the wall time to this many resamples")
+    p.add_argument("--project-probes", type=int, default=None, help="... and this many probes (default: the CLI's)")
+    p.add_argument("--compare-workers", action="store_true", help="also time stability in 1 vs 2 processes")
     p.add_argument("--model", default=None, help="another model folder (a smoke run; default: the default model)")
     p.add_argument("--n-prompts", type=int, default=20, help="with --model: discovery and held-out prompts")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_report.json"))
     args = p.parse_args()
+    from circuitfind.validation.completeness import DEFAULT_PROBES
+
     rows = [_run(t, args, args.out.parent / f"report_{t}") for t in args.tasks.split(",")]
-    text = table(rows)
+    for r in rows:
+        r["projected"] = projected(r, args.project_boot, args.project_probes or DEFAULT_PROBES)
+    text = table(rows) + "\n" + "\n".join(
+        f"{r['task']}: projected to {r['projected']['n_boot']} resamples and {r['projected']['probes']} probes: "
+        f"{r['projected']['wall_s']:.0f} s ({'under' if r['projected']['goal_met'] else 'over'} the 15 min goal)"
+        for r in rows
+    )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "table": text}, indent=1) + "\n")
-    if args.model is None and "ioi" in args.tasks.split(","):
+    if args.compare_workers and args.model is None and "ioi" in args.tasks.split(","):
         k = json.loads((args.out.parent / "report_ioi" / "report.json").read_text())["circuit"]["k"]
         workers = compare_workers(int(k or rows[0]["edges"]))
         print("stability workers:", json.dumps(workers))

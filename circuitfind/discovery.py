@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,10 +452,9 @@ class _Run:
     extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
-        ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
-        return _cut(
+        return _cut(  # untested (NaN) edges rank last: circuitfind.selection.edge_ranking owns the rule
             self.problem.pm.graph,
-            ranked,
+            scores,
             faith,
             threshold=threshold,
             n_edges=self.n_edges,
@@ -534,7 +532,7 @@ def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithf
         if run.bar is not None:
             run.bar.set_description(f"{method} without fold {j + 1}")
         scoring, _ = run.fold_problem(complement(n, idx))
-        other = torch.nan_to_num(METHODS[method].run(scoring, opts, run.bar).scores.double(), nan=-math.inf)
+        other = METHODS[method].run(scoring, opts, run.bar).scores.double()  # NaN: untested, ranked last
         folds.append(Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(*run.fold_problem(idx))))
     sel = SelectOptions(target=run.target, confidence=run.confidence, upper=run.upper)
     desc = f"smallest circuit with validation faithfulness >= {run.target}"
@@ -546,7 +544,7 @@ def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithf
 
 def _train_band(run: _Run, scores, faith: Faithfulness, mask: torch.Tensor, cut: dict) -> tuple[torch.Tensor, dict]:
     """``select="train"`` with a band: negative edges added back until f on the discovery prompts is <= hi."""
-    ranked = torch.nan_to_num(scores.double(), nan=-math.inf)
+    ranked = scores.double()  # NaN (untested) ranks last and is never a negative edge to add back
     probes = cut.setdefault("probes", [])
     grown, m, ok = band_on_train(
         run.problem.pm.graph,

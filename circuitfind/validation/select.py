@@ -443,7 +443,7 @@ def validated_cut(
     """
     cf = _CrossFit(graph, folds, opts, from_input)
     k, m, reached, in_band = _choose(cf, on_probe)
-    ranked = torch.nan_to_num(scores.detach().cpu().double(), nan=-math.inf)
+    ranked = scores.detach().cpu().double()  # NaN: last in edge_ranking, skipped by negative_excluded
     mask = circuit_at(graph, ranked, edge_ranking(graph, ranked, absolute=absolute), k, m, from_input=from_input)
     chosen = cf.probe(k, m)
     stats: dict[str, Any] = {
