@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,11 +234,12 @@ def discover(
 
     How a ``target`` cut of a scoring method chooses its size (``select``): ``"validate"`` (default) never checks
     a size on the prompts that scored it: the discovery prompts are dealt into up to 4 folds (seeded shuffle), the
-    method scores without each fold and cuts circuits that are checked on that fold, and the size is the smallest
-    probed k whose pooled validation faithfulness reaches ``target`` at k and at every larger size probed
-    (``confidence=c``: its bootstrap lower bound must); the circuit is the top k of the scores on all discovery
-    prompts. See :mod:`circuitfind.validation.select`. ``"train"``: the smallest top-k whose faithfulness on the
-    discovery prompts reaches it, by bisection (the rule before validation). ACDC keeps its threshold (and its
+    method scores without each fold and cuts circuits that are checked on that fold, and the size is twice the
+    smallest probed k0 whose pooled validation faithfulness reaches ``target`` at k0 and at every larger size
+    probed (``confidence=c``: its bootstrap lower bound must; twice: off the steep part of the curve); the circuit
+    is the top 2 k0 of the scores on all discovery prompts. See :mod:`circuitfind.validation.select`.
+    ``"train"``: the smallest top-k whose faithfulness on the discovery prompts reaches it, by bisection (the rule
+    before validation). ACDC keeps its threshold (and its
     target cut the train rule); the hybrid keeps its guarantee on the discovery prompts and reports the
     cross-fitted figure beside it. Every probe is in ``circuit.stats["probes"]``; the validation figure, its
     interval and its probes in ``circuit.stats["validation"]``. Fewer than 4 discovery prompts fall back to
@@ -452,10 +452,9 @@ class _Run:
     extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
-        ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
-        return _cut(
+        return _cut(  # untested (NaN) edges rank last: circuitfind.selection.edge_ranking owns the rule
             self.problem.pm.graph,
-            ranked,
+            scores,
             faith,
             threshold=threshold,
             n_edges=self.n_edges,
@@ -533,7 +532,7 @@ def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithf
         if run.bar is not None:
             run.bar.set_description(f"{method} without fold {j + 1}")
         scoring, _ = run.fold_problem(complement(n, idx))
-        other = torch.nan_to_num(METHODS[method].run(scoring, opts, run.bar).scores.double(), nan=-math.inf)
+        other = METHODS[method].run(scoring, opts, run.bar).scores.double()  # NaN: untested, ranked last
         folds.append(Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(*run.fold_problem(idx))))
     sel = SelectOptions(target=run.target, confidence=run.confidence, upper=run.upper)
     desc = f"smallest circuit with validation faithfulness >= {run.target}"
@@ -545,7 +544,7 @@ def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithf
 
 def _train_band(run: _Run, scores, faith: Faithfulness, mask: torch.Tensor, cut: dict) -> tuple[torch.Tensor, dict]:
     """``select="train"`` with a band: negative edges added back until f on the discovery prompts is <= hi."""
-    ranked = torch.nan_to_num(scores.double(), nan=-math.inf)
+    ranked = scores.double()  # NaN (untested) ranks last and is never a negative edge to add back
     probes = cut.setdefault("probes", [])
     grown, m, ok = band_on_train(
         run.problem.pm.graph,

@@ -29,7 +29,7 @@ from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.memory import check_chunk_size, prompt_slices
-from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
+from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.tasks import Task, check_task_fits, resolve_task
 
@@ -180,6 +180,8 @@ class _Evaluator:
                 per_prompt += list(self.metric.per_prompt(logits).detach().double().cpu())
             kls += [float(v) for v in kl_divergence(logits, self.full_logprobs)]
         self.m_full, self.m_empty = values[0], values[1]
+        with metric_site(f"on the {len(self.task)} prompts evaluated ({self.split.replace('_', '-')} split)"):
+            check_gap(self.m_full, self.m_empty, self.pm.dtype, name=self.metric.name)  # every ratio divides by it
         self.per_full, self.per_empty = per_prompt[0], per_prompt[1]
         rows = [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]
         if rows:
@@ -190,8 +192,7 @@ class _Evaluator:
         g = self.pm.graph
         kept = mask.detach().cpu() != 0
         n_edges = int((kept.any(dim=-1) if kept.dim() == 3 else kept)[g.edge_mask].sum())  # position: projected
-        span = self.m_full - self.m_empty
-        f = (value - self.m_empty) / span if span != 0 else math.nan
+        f = (value - self.m_empty) / (self.m_full - self.m_empty)  # run() checked the gap (check_gap)
         row = {
             "faithfulness": f,
             "deviation": abs(1 - f),  # two-sided: |1 - f|, MIB's CMD integrand
@@ -207,11 +208,8 @@ class _Evaluator:
             "split": self.split,
             "n_prompts": len(self.task),
         }
-        notes = [self.note] if self.note else []
-        if span == 0:
-            notes.append("m(full) == m(empty): faithfulness is undefined (NaN)")
-        if notes:
-            row["note"] = "; ".join(notes)
+        if self.note:
+            row["note"] = self.note
         return row
 
 
@@ -512,8 +510,8 @@ def cpr_cmd_of_scores(
     if scores.dim() != 2:
         raise ShapeError(f"scores must be one (S, R) map; got shape {tuple(scores.shape)}")
     s = scores.detach().cpu().double()
-    signed = top_k_masks(s.nan_to_num(nan=-math.inf), pm.graph.edge_mask, fractions)
-    absolute = top_k_masks(s.abs().nan_to_num(nan=-1.0), pm.graph.edge_mask, fractions)
+    signed = top_k_masks(s, pm.graph.edge_mask, fractions)  # untested (NaN) edges last: edge_ranking's rule
+    absolute = top_k_masks(s, pm.graph.edge_mask, fractions, absolute=True)
     rows = faithfulness_many(
         pm, signed + absolute, task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
     )

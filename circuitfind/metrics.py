@@ -19,8 +19,10 @@ from torch import Tensor
 from circuitfind.errors import ConfigError, MetricError, TaskError
 
 __all__ = [
+    "GAP_NOISE_FACTOR",
     "MetricKind",
     "Metric",
+    "check_gap",
     "make_metric",
     "metric_site",
     "kl_divergence",
@@ -202,6 +204,56 @@ def _finite(name: str, values: Tensor) -> Tensor:
         "model's logits (e.g. a float16 overflow: load the model in float32), or a custom metric that divides "
         "by zero or takes the log of 0.",
         index=k,
+    )
+
+
+GAP_NOISE_FACTOR = 64
+"""A metric gap ``|m(N) - m(empty)|`` at most this many ``eps`` of the metric's dtype (relative to the larger value,
+with an absolute floor of 1) is rounding noise, not a difference: :func:`check_gap` refuses it."""
+
+
+def check_gap(full: float, empty: float, dtype: torch.dtype = torch.float32, *, name: str = "metric") -> float:
+    """The gap ``full - empty`` that faithfulness divides by, or a :class:`MetricError` when it is noise.
+
+    The one check of every faithfulness ratio ``(m(C) - m(empty)) / (m(N) - m(empty))``: a gap with
+    ``|m(N) - m(empty)| <= 64 * eps(dtype) * max(|m(N)|, |m(empty)|, 1)`` is refused, since any circuit would then
+    score a ratio of noise over noise (identical clean and corrupted prompts report faithfulness 1.0). The floor
+    of 1 covers KL, whose full value is 0. Metrics are computed in at least float32 (half precision logits are
+    widened first), so ``eps`` is that of ``dtype`` promoted to float32.
+
+    Args:
+        full: the metric (or loss) of the full model, ``m(N)``.
+        empty: the metric (or loss) of the empty circuit, ``m(empty)``.
+        dtype: the model's dtype (``pm.dtype``); float32 when unknown.
+        name: what the two values are, for the message (``"metric"``, ``"logit_diff"``, ``"loss"``).
+
+    Returns:
+        ``full - empty``, a float whose size is above the noise floor.
+
+    Raises:
+        MetricError: the gap is within the noise floor, or NaN.
+
+    Example:
+        >>> check_gap(2.5, 0.5)
+        2.0
+        >>> check_gap(3.0, 3.0 + 1e-8)
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.MetricError: the metric gap metric(full) - metric(empty) = -1e-08 (metric(full) = 3, ...
+    """
+    wide = torch.promote_types(dtype, torch.float32)
+    full, empty = float(full), float(empty)
+    gap = full - empty
+    floor = GAP_NOISE_FACTOR * torch.finfo(wide).eps * max(abs(full), abs(empty), 1.0)
+    if abs(gap) > floor:  # False for NaN too
+        return gap
+    raise MetricError(
+        f"the {name} gap {name}(full) - {name}(empty) = {gap:.3g} ({name}(full) = {full:.10g}, {name}(empty) = "
+        f"{empty:.10g}) is within rounding noise of zero (|gap| <= {floor:.3g} = {GAP_NOISE_FACTOR} "
+        f"eps({str(wide).removeprefix('torch.')}) x max(|full|, |empty|, 1)), so faithfulness, a ratio over this "
+        "gap, would be noise over noise. The "
+        "ablation does not change the metric: use corrupted prompts that differ from the clean ones where the "
+        "answer is decided, another ablation, or a metric that separates them."
     )
 
 

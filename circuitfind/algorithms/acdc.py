@@ -258,8 +258,8 @@ def run_acdc_plain(
 
     if state is None:
         state = _initial_state(graph, 0.0)
-        with metric_site(_FULL):
-            state.current = loss(state.mask)
+    with metric_site(_FULL):  # a resumed subgraph too: its loss recomputed, not the value a checkpoint claims
+        state.current = loss(state.mask)
 
     def visit(r: int) -> None:
         for s in sender_order(graph, r, opts.sender_order, state.mask):
@@ -358,8 +358,8 @@ def run_acdc_fast(
     ev = FastEvaluator(problem, None if state is None else state.mask, masks=opts.batch_size)
     if state is None:
         state = _initial_state(graph, ev.loss_full)
-    elif math.isnan(state.current):  # a run started from a given subgraph: its loss is the evaluator's first pass
-        state.current = ev.loss_full
+    else:  # a given subgraph (the hybrid's) or a resumed one: its loss is the evaluator's first pass, not the
+        state.current = ev.loss_full  # value a checkpoint claims
     depth = opts.batch_size
 
     def visit(r: int) -> None:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -247,7 +248,7 @@ def _read_cache(cached: Path, progress: bool, dtype: torch.dtype) -> tuple[nn.Mo
     def ignore(why: str, kind: str = "damaged") -> None:
         warnings.warn(f"ignoring the {kind} model cache {cached} ({why}); converting again", stacklevel=4)
 
-    changed = _checksum_mismatch(cached)
+    verified, changed = _check_sums(cached)
     if changed is not None:
         ignore(changed)
         return None
@@ -261,31 +262,40 @@ def _read_cache(cached: Path, progress: bool, dtype: torch.dtype) -> tuple[nn.Mo
         what = f"{broken.name} is unreadable: " if broken is not None else ""
         ignore(f"{what}{type(err).__name__}: {err}", "unreadable")
         return None
-    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    bad = None if verified else next((name for name, p in model.named_parameters() if not _finite(p)), None)
     if bad is not None:
         ignore(f"the weight {bad} holds NaN or infinite values")
         return None
     return model, tok
 
 
-def _checksum_mismatch(cached: Path) -> str | None:
-    """What differs between the cache's weights files and the SHA-256 sums recorded when it was written (None:
-    nothing, or no sums recorded)."""
+def _check_sums(cached: Path) -> tuple[bool, str | None]:
+    """``(verified, problem)``: whether the cache's weights files match the SHA-256 sums recorded when it was
+    written, and what differs when they do not (``(False, None)``: no sums recorded, a cache from before them)."""
     try:
         info = json.loads((cached / "circuitfind_cache.json").read_text())
         sums = info.get("weights_sha256") if isinstance(info, dict) else None
     except (OSError, ValueError):
-        return None  # a cache without its record: the finite-weights check still runs
-    if not isinstance(sums, dict):
-        return None
+        return False, None  # a cache without its record: the finite-weights check runs instead
+    if not isinstance(sums, dict) or not sums:
+        return False, None
     for name, expected in sorted(sums.items()):
         try:
             found = _sha256(cached / name)
         except OSError as err:
-            return f"{name} cannot be read: {err.strerror or err}"
+            return False, f"{name} cannot be read: {err.strerror or err}"
         if found != expected:
-            return f"{name} does not match its checksum (SHA-256 {found[:12]}... instead of {str(expected)[:12]}...)"
-    return None
+            return (
+                False,
+                f"{name} does not match its checksum (SHA-256 {found[:12]}... instead of {str(expected)[:12]}...)",
+            )
+    return True, None
+
+
+def _finite(p: torch.Tensor) -> bool:
+    # a sum is NaN or infinite when any value is; only then is every value checked (a sum can overflow)
+    with torch.no_grad():
+        return math.isfinite(float(p.sum())) or bool(torch.isfinite(p).all())
 
 
 def _sha256(path: Path) -> str:

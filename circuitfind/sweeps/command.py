@@ -53,6 +53,11 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="cells at once (default: the spec's)")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another sweep holds OUT, wait for it to finish, then run only the cells it left (default: stop)",
+    )
     p.add_argument("--table", action="store_true", help="print the results in the store and exit (runs nothing)")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw faithfulness vs size per method")
     p.add_argument(
@@ -75,7 +80,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if not args.table:
         try:
             res = sweep(
-                spec, address=args.address, workers=args.workers, progress=args.progress, retry_failed=args.retry_failed
+                spec,
+                address=args.address,
+                workers=args.workers,
+                progress=args.progress,
+                retry_failed=args.retry_failed,
+                wait=args.wait,
             )
         except KeyboardInterrupt:
             print(

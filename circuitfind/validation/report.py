@@ -81,10 +81,10 @@ def build_report(
 
     Example:
         >>> import dataclasses
-        >>> split = dataclasses.replace(task, n_train=2)  # 2 prompts for discovery, 1 held out
+        >>> split = dataclasses.replace(task, n_train=1)  # 1 for discovery, 2 held out
         >>> rep = build_report(pm, split, method="eap", n_edges=4, n_boot=2, probes=12, progress=False)
         >>> rep.data["heldout"]["n_prompts"], rep.data["stability"]["n_boot"], rep.circuit.n_edges <= 4
-        (1, 2, True)
+        (2, 2, True)
     """
     from circuitfind.discovery import discover
     from circuitfind.patching import resolve_model
@@ -240,7 +240,7 @@ def size_curves(pm: Any, circuit: Circuit, task: Any, *, metric: Any, ablation: 
     g = pm.graph
     cut = int(circuit.stats.get("k") or circuit.n_edges or 1)
     ks = sorted({min(g.n_edges, max(1, round(cut * s))) for s in CURVE_SCALES})
-    scores = torch.nan_to_num(circuit.scores.double(), nan=-math.inf)
+    scores = circuit.scores.double()  # NaN (untested) ranks last (edge_ranking)
     absolute = bool(circuit.config.get("absolute", False))
     from_input = str(circuit.config.get("ablation", "resample")) == "resample"
     masks = [prune_dangling(g, top_n(g, scores, k, absolute=absolute), from_input=from_input) for k in ks]
@@ -291,7 +291,7 @@ def report_table(data: dict[str, Any]) -> str:
 
     Example:
         >>> import dataclasses
-        >>> rep = build_report(pm, dataclasses.replace(task, n_train=2), method="eap", n_edges=4, n_boot=2, probes=12,
+        >>> rep = build_report(pm, dataclasses.replace(task, n_train=1), method="eap", n_edges=4, n_boot=2, probes=12,
         ...                    metric="logit_diff", progress=False)
         >>> report_table(rep.data).splitlines()[0].startswith("check")
         True
@@ -319,7 +319,7 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
 
     Example:
         >>> import dataclasses
-        >>> rep = build_report(pm, dataclasses.replace(task, n_train=2), method="eap", n_edges=4, n_boot=2, probes=12,
+        >>> rep = build_report(pm, dataclasses.replace(task, n_train=1), method="eap", n_edges=4, n_boot=2, probes=12,
         ...                    metric="logit_diff", progress=False)
         >>> [p.name for p in write_report(rep, tmp_path)]
         ['circuit.json', 'report.json', 'report.html']

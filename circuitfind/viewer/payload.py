@@ -62,9 +62,8 @@ def ranked_edges(circuit, cap: int = DEFAULT_MAX_EDGES) -> tuple[torch.Tensor, t
     """
     g = circuit.graph
     absolute = bool(circuit.config.get("absolute", False))
-    scores = torch.nan_to_num(circuit.scores.double(), nan=-math.inf)  # as discovery ranks them
     scored = ~torch.isnan(circuit.scores) & g.edge_mask  # NaN: never tested or scored, ranked last, not embedded
-    order = edge_ranking(g, scores, absolute=absolute)  # (E,) flat indices
+    order = edge_ranking(g, circuit.scores, absolute=absolute)  # (E,) flat indices, as discovery ranks them
     n_scored = int(scored.sum())
     order = order[: min(cap, n_scored)]
     R = g.n_receivers
