@@ -117,6 +117,8 @@ def run_one(pm: Any, tok: Any, task: Any, label: str, select: str, target: float
         "held_out_ci": [held["ci"]["lo"], held["ci"]["hi"]],
         "over_recovery": held["over_recovery"],
         "k": st.get("k"),
+        "k_crossing": st.get("k_crossing"),
+        "margin": st.get("margin"),
         "m": st.get("m", 0),
         "probes": len(st.get("probes", [])),
         "wall_s": wall,
@@ -147,6 +149,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         h = f"{r['held_out_f']:.2f} [{r['held_out_ci'][0]:.2f}, {r['held_out_ci'][1]:.2f}]"
         tgt = f"{r['target']:g}" + (f" band {r['band']:g}" if r.get("band") else "")
         tgt += f" conf {r['confidence']:g}" if r.get("confidence") else ""
+        tgt += f" margin {r['margin']:g}" if r.get("margin") else ""
         lines.append(
             f"| {r['task']} | {r['select']} | {tgt} | {r['edges']:,} | {100 * r['fraction']:.3f} | "
             f"{r['discovery_f']:.2f} | {v} | {h} | {r['wall_s']:.0f} | {'yes' if r['goal'] else 'no'} |"

@@ -234,11 +234,12 @@ def discover(
 
     How a ``target`` cut of a scoring method chooses its size (``select``): ``"validate"`` (default) never checks
     a size on the prompts that scored it: the discovery prompts are dealt into up to 4 folds (seeded shuffle), the
-    method scores without each fold and cuts circuits that are checked on that fold, and the size is the smallest
-    probed k whose pooled validation faithfulness reaches ``target`` at k and at every larger size probed
-    (``confidence=c``: its bootstrap lower bound must); the circuit is the top k of the scores on all discovery
-    prompts. See :mod:`circuitfind.validation.select`. ``"train"``: the smallest top-k whose faithfulness on the
-    discovery prompts reaches it, by bisection (the rule before validation). ACDC keeps its threshold (and its
+    method scores without each fold and cuts circuits that are checked on that fold, and the size is twice the
+    smallest probed k0 whose pooled validation faithfulness reaches ``target`` at k0 and at every larger size
+    probed (``confidence=c``: its bootstrap lower bound must; twice: off the steep part of the curve); the circuit
+    is the top 2 k0 of the scores on all discovery prompts. See :mod:`circuitfind.validation.select`.
+    ``"train"``: the smallest top-k whose faithfulness on the discovery prompts reaches it, by bisection (the rule
+    before validation). ACDC keeps its threshold (and its
     target cut the train rule); the hybrid keeps its guarantee on the discovery prompts and reports the
     cross-fitted figure beside it. Every probe is in ``circuit.stats["probes"]``; the validation figure, its
     interval and its probes in ``circuit.stats["validation"]``. Fewer than 4 discovery prompts fall back to

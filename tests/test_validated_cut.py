@@ -74,17 +74,21 @@ def cross_fit():
 def test_validated_cut_checks_sizes_only_on_prompts_the_scores_never_saw(cross_fit):
     train = _discover(TASK, target=TARGET, select="train")
     val = _discover(TASK, target=TARGET)  # select="validate" is the default
-    k, probes = val.stats["k"], val.stats["validation"]["probes"]
+    k0, probes = val.stats["k_crossing"], val.stats["validation"]["probes"]
+    k = val.stats["k"]
+    assert k == min(PM.graph.n_edges, 2 * k0)  # the margin: twice the crossing
     assert val.stats["select"] == "validate" and val.config["select"] == "validate"
     # every probe's validation figure is the cross-fit recomputed by hand (none used a fold's own prompts)
     for p in probes:
         assert p["faithfulness"] == pytest.approx(cross_fit(p["k"]), abs=1e-9), p["k"]
     # the planted disagreement: the train rule's size fails on the validation prompts, so the answers differ
-    assert cross_fit(train.stats["k"]) < TARGET <= cross_fit(k) and k != train.stats["k"]
-    # k is the smallest probed size that passes with every larger probe passing too; k - 1 was probed and failed
+    assert cross_fit(train.stats["k"]) < TARGET <= cross_fit(k0) and k0 != train.stats["k"]
+    # k0 is the smallest probed size that passes with every larger probe passing too; a size within 5% below it
+    # (bisection's tolerance) was probed and failed
     by_k = {p["k"]: p["faithfulness"] for p in probes}
-    assert all(f >= TARGET for kk, f in by_k.items() if kk >= k)
-    assert by_k[k - 1] < TARGET
+    assert all(f >= TARGET for kk, f in by_k.items() if kk >= k0)
+    assert max(kk for kk, f in by_k.items() if kk < k0 and f < TARGET) >= min(k0 - 1, 0.95 * k0)
+    assert val.stats["validation"]["faithfulness"] == pytest.approx(cross_fit(k), abs=1e-9)
     # the circuit is the top k of the scores on all discovery prompts, pruned; its f on them is reported
     g = PM.graph
     assert torch.equal(val.mask, prune_dangling(g, top_n(g, val.scores.double(), k)))
@@ -97,10 +101,11 @@ def test_validated_cut_checks_sizes_only_on_prompts_the_scores_never_saw(cross_f
 def test_confidence_chooses_by_the_lower_bound(cross_fit):
     point = _discover(TASK, target=TARGET)
     sure = _discover(TASK, target=TARGET, confidence=0.75)
-    chosen = next(p for p in sure.stats["validation"]["probes"] if p["k"] == sure.stats["k"])
+    k0 = sure.stats["k_crossing"]
+    chosen = next(p for p in sure.stats["validation"]["probes"] if p["k"] == k0)
     assert chosen["ci_level"] == pytest.approx(0.5) and chosen["decision"] == chosen["ci"][0] >= TARGET
-    assert sure.stats["k"] >= point.stats["k"]
-    assert all(p["decision"] >= TARGET for p in sure.stats["validation"]["probes"] if p["k"] >= sure.stats["k"])
+    assert k0 >= point.stats["k_crossing"]
+    assert all(p["decision"] >= TARGET for p in sure.stats["validation"]["probes"] if p["k"] >= k0)
 
 
 def test_select_train_reproduces_the_cut_on_the_scoring_prompts():
@@ -161,6 +166,9 @@ def test_smallest_stable_on_a_monotone_curve_is_the_first_passing_size():
     for answer in (1, 7, 8, 9, 100, 1000):
         assert smallest_stable(lambda k, a=answer: k >= a, lo=1, hi=1000, first=8, confirm=2) == (answer, True)
     assert smallest_stable(lambda k: False, lo=1, hi=50, first=8, confirm=2) == (50, False)
+    # with a tolerance bisection stops within 5% of the answer, on a passing size
+    k, found = smallest_stable(lambda k: k >= 700, lo=1, hi=5000, first=16, confirm=2, tol=0.05)
+    assert found and 700 <= k <= 700 / 0.95
 
 
 # --- two-sided: adding back negative edges -------------------------------------------------------------------
