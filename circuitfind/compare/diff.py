@@ -124,6 +124,7 @@ def check_comparable(pm_a, pm_b, tokenizer_a: Any = None, tokenizer_b: Any = Non
                 f"the two models differ in {what}: A has {a}, B has {b}. A diff compares models of the same "
                 "structure (a base model and its fine-tune); pick two with the same graph, tokenizer and vocabulary"
             )
+    _check_weight_layout(pm_a, pm_b)
     va, vb = _vocab_of(tokenizer_a), _vocab_of(tokenizer_b)
     if va is not None and vb is not None and va != vb:
         n = len(set(va.items()) ^ set(vb.items()))
@@ -131,6 +132,19 @@ def check_comparable(pm_a, pm_b, tokenizer_a: Any = None, tokenizer_b: Any = Non
             f"the two models' tokenizers differ ({n} token/id pairs are not shared): the same ids would be "
             "different text. Compare models that share one tokenizer"
         )
+
+
+def _check_weight_layout(pm_a, pm_b) -> None:
+    """Raise :class:`ConfigError` unless every node has tensors of the same shapes in both models (same family)."""
+    wa, wb = node_weights(pm_a.spec), node_weights(pm_b.spec)
+    for name, ta, tb in zip(pm_a.graph.sender_names, wa, wb, strict=True):
+        sa, sb = [tuple(t.shape) for t in ta], [tuple(t.shape) for t in tb]
+        if sa != sb:
+            raise ConfigError(
+                f"the two models' weights of node {name} differ in layout: A has tensors {sa}, B has {sb} (a "
+                "different architecture, biases or MLP). A diff compares models of the same structure (a base "
+                "model and its fine-tune); pick two of the same family and configuration"
+            )
 
 
 def weight_diffs(pm_a, pm_b) -> Tensor:
@@ -274,6 +288,8 @@ def diff(
     from circuitfind.patching import resolve_model
     from circuitfind.tasks import resolve_task
 
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ConfigError(f"top (log-prob differences kept) must be a non-negative integer; got {top!r}")
     pm_a, tokenizer = resolve_model(model_a, tokenizer)
     pm_b, tokenizer_b = resolve_model(model_b, tokenizer_b)
     check_comparable(pm_a, pm_b, tokenizer, tokenizer_b)

@@ -69,7 +69,7 @@ def _run_scrub(args: argparse.Namespace) -> int:
     n = args.n_prompts + args.held_out
     task = resolve_task(name, tokenizer, n=n, seed=args.seed, n_train=args.n_prompts)
     task = task.subset(slice(args.n_prompts, min(n, len(task))))
-    features = json.loads(args.labels.read_text()) if args.labels else {}
+    features = _read_labels(args.labels) if args.labels else {}
     t0 = time.perf_counter()
     res = scrub(
         pm,
@@ -92,3 +92,21 @@ def _run_scrub(args: argparse.Namespace) -> int:
     if args.json is not None:
         print(f"wrote {atomic_write(args.json, json.dumps(res.to_dict(), indent=1))}")
     return 0
+
+
+def _read_labels(path: Path) -> dict:
+    """The ``--labels`` JSON object (node name -> labels), or a :class:`ConfigError` naming the file and the fix."""
+    from circuitfind.errors import ConfigError
+
+    fix = 'expected a JSON object of node name -> one label per scrubbed prompt, e.g. {"a0.h1": [0, 1, 0]}'
+    if not path.is_file():
+        raise ConfigError(f"--labels {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--labels {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--labels {str(path)!r} cannot be read as JSON text ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--labels {str(path)!r} holds a JSON {type(data).__name__}; {fix}")
+    return data

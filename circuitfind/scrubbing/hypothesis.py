@@ -52,6 +52,11 @@ class Hypothesis:
             [0, 1, 0]
         """
         kept = _edge_mask(graph, self.edges)
+        if not isinstance(self.features, Mapping):
+            raise ConfigError(
+                f"Hypothesis features must be a mapping of node name -> one label per prompt; got "
+                f"{type(self.features).__name__}. Pass {{}} for a hypothesis without labels"
+            )
         labels: dict[int, Tensor] = {}
         for name, values in self.features.items():
             if not isinstance(name, str) or name not in graph.sender_names:

@@ -15,6 +15,7 @@ other prompt of that length runs on the prompt itself.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +23,13 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError, TaskError
 
-__all__ = ["MAX_CONTEXTS", "ContextTree", "ScrubPlan", "context_tree", "make_plan"]
+__all__ = ["MAX_CONTEXTS", "MAX_SAMPLES", "ContextTree", "ScrubPlan", "context_tree", "make_plan"]
 
 MAX_CONTEXTS = 256
 """The most contexts (model evaluations per draw) a hypothesis may need; more is refused with a clear error."""
+
+MAX_SAMPLES = 10_000
+"""The most draws one scrub may take: the draws' logits are held together (one vocabulary row per draw)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,15 @@ def make_plan(graph, hyp, attention_mask: Tensor, n_samples: int, seed: int, ind
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"n_samples (draws of (prompt, resample)) must be a positive integer; got {n_samples!r}")
+    if n_samples > MAX_SAMPLES:
+        raise ConfigError(
+            f"n_samples must be at most {MAX_SAMPLES} (every draw keeps a row of logits); got {n_samples}. The "
+            "interval narrows as 1/sqrt(n_samples): a few thousand draws are plenty"
+        )
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"seed (of the draws) must be an integer; got {seed!r}") from None
     am = attention_mask.cpu()
     same = (am[:, None, :] == am[None, :, :]).all(-1)  # (N, N) prompts whose positions line up
     other = same & ~torch.eye(len(am), dtype=torch.bool)

@@ -119,7 +119,7 @@ def _interval(scr: Tensor, full: Tensor, rand: Tensor, originals: Tensor, n_boot
 def _node_masks(graph, kept: Tensor) -> tuple[list[str], Tensor]:
     """The hypothesis' nodes (senders with a kept outgoing edge) and ``(K, S, R)`` masks without each."""
     nodes = kept.any(1).nonzero().flatten().tolist()
-    masks = torch.stack([graph.without_nodes(kept, [s]) for s in nodes]) if nodes else kept[None, :0]
+    masks = torch.stack([graph.without_nodes(kept, [s]) for s in nodes]) if nodes else kept[None][:0]
     return [graph.sender_names[s] for s in nodes], masks
 
 
