@@ -44,10 +44,11 @@ def _run(task: str, args: argparse.Namespace, folder: Path) -> dict:
         cmd += ["--model", args.model, "--n-prompts", str(args.n_prompts), "--held-out", str(args.n_prompts)]
     t0 = time.perf_counter()
     before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # stderr (the stage lines "report: discover", ...) goes straight to ours: a run cut short still shows its stages
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); its error is above")
     print(proc.stdout)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     data = json.loads((folder / "report.json").read_text())
@@ -90,6 +91,19 @@ def _row(task: str, d: dict, wall: float, peak_mb: float, load0: float, load1: f
     }
 
 
+def projected(row: dict, n_boot: int, probes: int) -> dict:
+    """The wall time of the same command at ``n_boot`` resamples and ``probes`` probes, from this run's stages: the
+    stability stage scaled by resamples, completeness and minimality by probes used (each resample and each probe
+    is the same work again; their fixed setup is scaled too, so the projection errs high)."""
+    st = row["stages_s"]
+    stab = st["stability"] * n_boot / row["n_boot"]
+    comp = st["completeness"] * probes / max(1, row["completeness_probes"])
+    mini = st["minimality"] * probes / max(1, row["minimality_probes"])
+    total = row["wall_s"] - st["stability"] - st["completeness"] - st["minimality"] + stab + comp + mini
+    return {"n_boot": n_boot, "probes": probes, "stability_s": stab, "completeness_s": comp, "minimality_s": mini,
+            "wall_s": total, "goal_met": total < GOAL_S}  # fmt: skip
+
+
 def _f(x, ci=None) -> str:
     if x is None:
         return "-"
@@ -113,6 +127,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + [""] + stages)
 
 
+def compare_workers(k: int, n_boot: int = 4) -> list[dict]:
+    """Stability's resamples in one process (torch on 2 threads) vs two forked processes (1 thread each): IOI,
+    EAP-IG, the top ``k`` edges of each resample, ``n_boot`` resamples; wall seconds and whether both agree."""
+    import torch
+
+    import circuitfind as cf
+
+    model, tok = cf.load_model()
+    task = cf.tasks.get_task("ioi", tok, n=40, seed=0, n_train=20)
+    out, masks = [], []
+    for workers in (1, 2):
+        torch.set_num_threads(2)
+        t0 = time.perf_counter()
+        st = cf.stability(model, task, method="eap-ig", n_edges=k, metric="logit_diff", n_boot=n_boot, seed=0,
+                          workers=workers, progress=False)  # fmt: skip
+        out.append({"workers": workers, "n_boot": n_boot, "wall_s": time.perf_counter() - t0,
+                    "s_per_resample": (time.perf_counter() - t0) / n_boot})  # fmt: skip
+        masks.append(st.masks)
+    out[1]["same_circuits"] = bool(torch.equal(masks[0], masks[1]))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="ioi")
@@ -120,15 +156,31 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--stability-cut", default="size", choices=["size", "same"])
+    p.add_argument("--project-boot", type=int, default=20, help="project the wall time to this many resamples")
+    p.add_argument("--project-probes", type=int, default=None, help="... and this many probes (default: the CLI's)")
+    p.add_argument("--compare-workers", action="store_true", help="also time stability in 1 vs 2 processes")
     p.add_argument("--model", default=None, help="another model folder (a smoke run; default: the default model)")
     p.add_argument("--n-prompts", type=int, default=20, help="with --model: discovery and held-out prompts")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_report.json"))
     args = p.parse_args()
+    from circuitfind.validation.completeness import DEFAULT_PROBES
+
     rows = [_run(t, args, args.out.parent / f"report_{t}") for t in args.tasks.split(",")]
-    text = table(rows)
+    for r in rows:
+        r["projected"] = projected(r, args.project_boot, args.project_probes or DEFAULT_PROBES)
+    text = table(rows) + "\n" + "\n".join(
+        f"{r['task']}: projected to {r['projected']['n_boot']} resamples and {r['projected']['probes']} probes: "
+        f"{r['projected']['wall_s']:.0f} s ({'under' if r['projected']['goal_met'] else 'over'} the 15 min goal)"
+        for r in rows
+    )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "table": text}, indent=1) + "\n")
+    if args.compare_workers and args.model is None and "ioi" in args.tasks.split(","):
+        k = json.loads((args.out.parent / "report_ioi" / "report.json").read_text())["circuit"]["k"]
+        workers = compare_workers(int(k or rows[0]["edges"]))
+        print("stability workers:", json.dumps(workers))
+        args.out.write_text(json.dumps({"rows": rows, "table": text, "workers": workers}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -25,7 +26,14 @@ import torch
 import circuitfind as cf
 
 
-def _row(name: str, result, seconds: float, n_edges: int) -> dict:
+def _timed(fn):
+    """``fn()``, its wall seconds, CPU seconds (this process: robust to other jobs on the machine) and the load."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0, os.getloadavg()[0]
+
+
+def _row(name: str, result, seconds: float, cpu: float, load: float, n_edges: int) -> dict:
     return {
         "hypothesis": name,
         "edges": n_edges,
@@ -37,6 +45,8 @@ def _row(name: str, result, seconds: float, n_edges: int) -> dict:
         "recovered": round(result.recovered, 4),
         "ci95": [round(result.interval.lo, 4), round(result.interval.hi, 4)],
         "seconds": round(seconds, 2),
+        "cpu_s": round(cpu, 2),
+        "load": round(load, 1),
     }
 
 
@@ -50,19 +60,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results/bench_scrub.json")
+    ap.add_argument("--circuit", default=None, help="a saved circuit.json: skip discovery (default: discover it)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model, tok = cf.load_model()
     task = cf.tasks.get_task("ioi", tok, n=40, seed=0, n_train=20)
     t0 = time.perf_counter()
-    circuit = cf.discover(model, task, method="eap-ig", target=0.95, metric="logit_diff", progress=False)
+    if args.circuit:
+        circuit = cf.Circuit.load(args.circuit)
+    else:
+        circuit = cf.discover(model, task, method="eap-ig", target=0.95, metric="logit_diff", progress=False)
+        circuit.save(Path("out/bench_scrub/circuit.json"))  # 9 MB of scores: not under results/
     discover_s = time.perf_counter() - t0
     pm = cf.PatchableModel(model)
     held = task.held_out()
     rows = []
-    t0 = time.perf_counter()
-    res = cf.scrub(pm, cf.Hypothesis(circuit), held, metric="logit_diff", n_samples=args.draws, seed=0)
-    rows.append(_row("circuit, no labels", res, time.perf_counter() - t0, circuit.n_edges))
+    res, *timing = _timed(
+        lambda: cf.scrub(pm, cf.Hypothesis(circuit), held, metric="logit_diff", n_samples=args.draws, seed=0)
+    )
+    rows.append(_row("circuit, no labels", res, *timing, circuit.n_edges))
     g = pm.graph
     print(f"discovery (EAP-IG, target 0.95): {circuit.n_edges} edges in {discover_s:.1f} s", flush=True)
     print(rows[0], flush=True)
@@ -71,10 +87,11 @@ def main() -> None:
         head = g.sender_names[max(heads, key=lambda s: float(circuit.scores[s, g.logits_receiver]))]
         for which in ("io", "s"):
             hyp = cf.Hypothesis(circuit, {head: _labels(held, tok, which)})
-            t0 = time.perf_counter()
-            res = cf.scrub(pm, hyp, held, metric="logit_diff", n_samples=args.draws, seed=0)
-            rows.append(_row(f"{head} labelled by {which}", res, time.perf_counter() - t0, circuit.n_edges))
+            res, *timing = _timed(lambda h=hyp: cf.scrub(pm, h, held, metric="logit_diff", n_samples=args.draws))
+            rows.append(_row(f"{head} labelled by {which}", res, *timing, circuit.n_edges))
+            print(rows[-1], flush=True)
     cols = ["hypothesis", "edges", "draws", "contexts", "metric", "full", "random", "recovered", "ci95", "seconds"]
+    cols += ["cpu_s", "load"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

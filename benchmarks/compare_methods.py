@@ -15,6 +15,21 @@ so that ACDC's rows there are comparable) and each method:
   threshold (the largest that fits 5% of the edges) and the MIB curve of its per-edge effects. ACDC runs take
   25-75 min per threshold here; ``--acdc-rerun`` reruns it at that threshold instead.
 
+The methods frontier (issue 22), through ``discover``'s public options:
+
+* ``eap-ig-act`` (EAP-IG along the activations, 5 steps) and ``edge-pruning`` (learned hard-concrete edge gates,
+  100 steps, EAP-IG warm start, at 0.1% of the edges; on IOI and the tracr models only: minutes per LM task);
+* ``eap-ig-node`` / ``exact-node``: ``level="node"`` (heads, MLPs and the input as units; first-order node scores
+  / one patched forward per node), cut at the target over nodes. No CPR/CMD (the ranking is over nodes): f@0.1%
+  and f@1% are the largest top-k-node circuits whose induced edges fit that many edges; tracr AUC over nodes;
+* ``eap-ig-pos``: ``by_position=True`` on prompts of one template (IOI: template 0, ABBA; greater-than as it
+  is; induction's prompts differ in length and are skipped), cut over (sender, receiver, position) edges. f@k%
+  counts as many position-edges as k% of the edges; beside it, the position-free top edges of the same scores
+  summed over positions, on the same prompts.
+
+Intervals (95%, bootstrap over the held-out prompts, :mod:`circuitfind.validation`) are shown where the
+evaluation stores per-prompt values.
+
 Per (task, method), as one cell of a :func:`circuitfind.sweep` (a Ray worker that loads the model once and runs
 unit after unit; ``--workers`` at once, default 1 so that timings do not mix; each worker reserves ``--threads``
 CPUs; the store is ``benchmarks/results/sweeps/<results name>/``):
@@ -35,7 +50,8 @@ ROC AUC of each method's scores against the tracr-derived circuit.
 
 Prints a table and writes ``benchmarks/results/compare_methods.json`` (merged per (task, method) as each unit
 finishes; a unit already there with the same settings is skipped unless ``--force``, so runs can be split) and
-``figures/compare_methods_<task>.png`` (held-out faithfulness against the fraction of edges, log axis).
+``figures/compare_methods.png`` (one figure, a panel per task: held-out faithfulness against the fraction of
+edges, log axis).
 ``--quick`` checks the pipeline (8 prompts, one task, 0.01% candidates for exact, 1 random circuit per size)
 and writes under ``benchmarks/results/quick/``.
 
@@ -62,7 +78,22 @@ LM_TASKS = ("ioi", "greater-than", "induction")
 TRACR = ("tracr-reverse", "tracr-proportion")
 GOAL = "goal"
 TASKS = (*LM_TASKS, GOAL, *TRACR)
-METHODS = ("eap", "eap-ig", "eap-ig-mask", "exact", "hybrid", "acdc")
+BASE_METHODS = ("eap", "eap-ig", "eap-ig-mask", "exact", "hybrid", "acdc")
+# the methods frontier (issue 22): rows that are a library method with options (discover's public API)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "eap-ig-act": ("eap-ig-act", {"steps": 5}),  # EAP-IG along the activations
+    "edge-pruning": ("edge-pruning", {"steps": 100, "warm_start": True}),  # learned gates, EDGE_PRUNING_FRACTION
+    "eap-ig-node": ("eap-ig", {"steps": 5, "level": "node"}),  # nodes as units, first-order node scores
+    "exact-node": ("exact", {"level": "node"}),  # one patched forward per node
+    "eap-ig-pos": ("eap-ig", {"steps": 5, "by_position": True}),  # (sender, receiver, position) edges
+}
+METHODS = (*BASE_METHODS, *VARIANTS)
+NODE_ROWS = ("eap-ig-node", "exact-node")
+POSITION_ROWS = ("eap-ig-pos",)
+EDGE_PRUNING_FRACTION = 0.001  # the issue's goal: 120 edges (0.1%) on IOI
+EDGE_PRUNING_TASKS = ("ioi", "tracr-reverse", "tracr-proportion")  # minutes per LM task here: the goal task only
+BUDGETS = (0.001, 0.01)  # f at 0.1% / 1% of the edges
+N_BOOT = 1000  # bootstrap resamples of the held-out prompts for the intervals (when evaluate stores per-prompt values)
 TARGET = 0.8
 STEPS = 5
 # exact: the top 1% of edges by EAP-IG (1,232 edges). An exact test costs ~0.1 s on 2 free cores (~1 s or more
@@ -85,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
     p.add_argument("--force", action="store_true", help="rerun units already in the results file")
+    p.add_argument("--no-random", action="store_true", help="do not (re)draw the random-circuit baseline")
+    p.add_argument("--unit", action="append", metavar="TASK:METHOD", help="run exactly these units (repeatable)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) of each worker")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:0, ... (default: cpu)")
     p.add_argument("--workers", type=int, default=1, help="units at once (default 1: timings measured alone)")
@@ -142,6 +175,14 @@ def _unit_config(args: argparse.Namespace, task: str, method: str) -> dict[str, 
         cfg["steps"] = STEPS
     if method not in ("random", GOAL):
         cfg["target"] = TARGET
+    if method in VARIANTS:
+        base, options = VARIANTS[method]
+        cfg.update(library_method=base, options=options)
+        if method == "edge-pruning":
+            cfg.pop("target")
+            cfg["n_edges"] = f"{100 * EDGE_PRUNING_FRACTION:g}% of the edges (tracr: the ground truth's size)"
+        if method in POSITION_ROWS and task == "ioi":
+            cfg["prompts"] = "one template group: get_task('ioi', ..., template=0, order='ABBA')"
     if method == "exact" and task in LM_TASKS:
         cfg["candidates"] = f"top {100 * args.candidate_fraction:g}% by eap-ig"
     if method == "random":
@@ -229,7 +270,8 @@ def _lm_unit(
     if task_name == GOAL:
         return _goal_unit(pm, tok, opts, load_s)
     n = opts["n_prompts"]
-    task = get_task(task_name, tok, n=n, seed=opts["seed"], n_train=n // 2)
+    one_group = {"template": 0, "order": "ABBA"} if method in POSITION_ROWS and task_name == "ioi" else {}
+    task = get_task(task_name, tok, n=n, seed=opts["seed"], n_train=n // 2, **one_group)
     common = {"load_s": load_s, "n_train": len(task.train()), "n_held_out": len(task.held_out())}
     if method == "random":
         return {**common, **_random_unit(pm, task, opts)}
@@ -240,6 +282,8 @@ def _lm_unit(
             circuit, extra = _exact_discovery(pm, task, opts, kw)
         elif method == "acdc":
             circuit, extra = _acdc_discovery(pm, task, opts, kw)
+        elif method in VARIANTS:
+            circuit = _variant_discovery(pm, task, method, kw)
         else:
             circuit = cf.discover(pm, task, method=method, target=TARGET, steps=STEPS, **kw)
     result = {**common, **meter.record(), **extra}
@@ -247,6 +291,19 @@ def _lm_unit(
         result.update(_exact_cost(pm, task, circuit, meter.wall_s - extra["candidates_s"], kw))
     result.update(_evaluate(pm, task, circuit, method))
     return result
+
+
+def _variant_discovery(pm: Any, task: Any, method: str, kw: dict[str, Any], n_edges: int | None = None) -> Any:
+    """A frontier row: its library method with its options, cut at the target (edge pruning: at its edge budget)."""
+    import circuitfind as cf
+    from circuitfind.selection import n_of_fraction
+
+    base, options = VARIANTS[method]
+    if method == "edge-pruning":
+        cut = {"n_edges": n_edges or n_of_fraction(EDGE_PRUNING_FRACTION, pm.graph.n_edges)}
+    else:
+        cut = {"target": TARGET}
+    return cf.discover(pm, task, method=base, **cut, **options, **kw)
 
 
 def _exact_discovery(pm: Any, task: Any, opts: dict[str, Any], kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -333,6 +390,10 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
     """Held-out: the MIB curve of the scores (CPR/CMD, f at 1% and 5%) and the target circuit's faithfulness."""
     from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness_many
 
+    if method in NODE_ROWS:
+        return _evaluate_nodes(pm, task, circuit)
+    if method in POSITION_ROWS:
+        return _evaluate_positions(pm, task, circuit)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     if method == "hybrid":  # its scores are EAP-IG's (same prompts, steps and seed): the eap-ig row has the curve
@@ -342,6 +403,8 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
         out.update(
             cpr=mib["cpr"],
             cmd=mib["cmd"],
+            **_mib_intervals(mib),
+            f_at_01pct=_at(mib, 0.001),
             f_at_1pct=_at(mib, 0.01),
             f_at_5pct=_at(mib, 0.05),
             mib_curve={k: mib[k] for k in ("fractions", "n_edges", "faithfulness_signed", "faithfulness_abs")},
@@ -356,18 +419,13 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
         cut = _target_cut_of_acdc(pm, task, circuit, kw)
         mask, f_train, reached = cut.mask, cut.faithfulness, cut.reached
     else:
-        mask, f_train, reached = circuit.mask, stats.get("faithfulness"), stats.get("reached")
+        mask, f_train, reached = (
+            circuit.mask,
+            stats.get("faithfulness", stats.get("trained_faithfulness")),
+            stats.get("reached"),
+        )
     row = faithfulness_many(pm, [mask], task, memory_budget=MEMORY_BUDGET)[0]
-    n_edges = int(mask.sum())
-    out["target_circuit"] = {
-        "target": TARGET,
-        "n_edges": n_edges,
-        "fraction": n_edges / pm.graph.n_edges,
-        "f_train": f_train,
-        "reached": reached,
-        "f_held_out": row["faithfulness"],
-        "probes": len(stats.get("probes", [])),
-    }
+    out["target_circuit"] = _target_record(pm, mask, row, f_train, reached, stats)
     if method == "hybrid":
         out["hybrid"] = {k: v for k, v in stats.items() if k not in ("probes", "attribution")}
     if "forward_passes" in stats:
@@ -375,6 +433,158 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
     out["exact_evaluations"] = stats.get("exact_evaluations")
     out["evaluation_s"] = time.perf_counter() - t0
     return out
+
+
+def _target_record(pm: Any, mask: Any, row: dict[str, Any], f_train: Any, reached: Any, stats: Any) -> dict[str, Any]:
+    """The target circuit: size, train and held-out faithfulness (with its interval when the row has one)."""
+    n_edges = int(mask.sum())
+    return {
+        "target": TARGET,
+        "n_edges": n_edges,
+        "fraction": n_edges / pm.graph.n_edges,
+        "f_train": f_train,
+        "reached": reached,
+        "f_held_out": row["faithfulness"],
+        "f_held_out_ci": _row_interval(row),
+        "probes": len(stats.get("probes", [])),
+    }
+
+
+def _row_interval(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The bootstrap interval of a faithfulness row over the held-out prompts: the row's own (``ci``) or, from its
+    per-prompt values, :func:`circuitfind.validation.faithfulness_interval`; None when neither is there."""
+    ci = row.get("ci")
+    if isinstance(ci, dict) and "lo" in ci:
+        return {"lo": ci["lo"], "hi": ci["hi"]}
+    if isinstance(ci, list | tuple) and len(ci) == 2:
+        return {"lo": ci[0], "hi": ci[1]}
+    per = row.get("per_prompt")
+    if not per:
+        return None
+    from circuitfind.validation import faithfulness_interval
+
+    return faithfulness_interval(per["circuit"], per["full"], per["empty"], n_boot=N_BOOT).to_dict()
+
+
+def _mib_intervals(mib: dict[str, Any]) -> dict[str, Any]:
+    """CPR / CMD intervals when :func:`cpr_cmd_of_scores` gives them (the validation issue's bootstrap)."""
+    out = {}
+    for key in ("cpr", "cmd"):
+        for name in (f"{key}_ci", f"{key}_interval"):
+            ci = mib.get(name)
+            if isinstance(ci, dict) and "lo" in ci:
+                out[f"{key}_ci"] = {"lo": ci["lo"], "hi": ci["hi"]}
+            elif isinstance(ci, list | tuple) and len(ci) == 2:
+                out[f"{key}_ci"] = {"lo": ci[0], "hi": ci[1]}
+    return out
+
+
+def _budget_masks(pm: Any, circuit_of: Any, n_units: int) -> dict[float, tuple[Any, int]]:
+    """Per budget of :data:`BUDGETS`, the largest top-k circuit (``circuit_of(k) -> (mask, units)``) whose pruned
+    edges fit that fraction of the graph's edges, and its k (galloping then bisection on k: sizes grow with k)."""
+    from circuitfind.selection import n_of_fraction
+
+    out = {}
+    for frac in BUDGETS:
+        budget = n_of_fraction(frac, pm.graph.n_edges)
+        lo, hi = 0, 1
+        while hi <= n_units and int(circuit_of(hi)[0].sum()) <= budget:
+            lo, hi = hi, 2 * hi
+        hi = min(hi, n_units + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if int(circuit_of(mid)[0].sum()) <= budget else (lo, mid)
+        out[frac] = (circuit_of(max(lo, 1))[0], max(lo, 1))
+    return out
+
+
+def _evaluate_nodes(pm: Any, task: Any, circuit: Any) -> dict[str, Any]:
+    """A node-level circuit, held out: f of the largest top-k-node circuits within 0.1% / 1% of the edges, and of
+    the target circuit (its nodes and induced edges). No CPR/CMD: the ranking is over nodes, not edges."""
+    import torch
+
+    from circuitfind.algorithms.units import node_circuit
+    from circuitfind.evaluate import faithfulness_many
+
+    t0 = time.perf_counter()
+    g = pm.graph
+    order = torch.argsort(circuit.node_scores.double().nan_to_num(nan=-math.inf), descending=True, stable=True)
+
+    def circuit_of(k: int) -> tuple[Any, Any]:
+        nodes = torch.zeros(g.n_senders, dtype=torch.bool)
+        nodes[order[:k]] = True
+        return node_circuit(g, nodes)
+
+    budgets = _budget_masks(pm, circuit_of, g.n_senders)
+    rows = faithfulness_many(pm, [m for m, _ in budgets.values()] + [circuit.mask], task, memory_budget=MEMORY_BUDGET)
+    out = _budget_record(budgets, rows, "n_nodes")
+    out["target_circuit"] = {
+        **_target_record(pm, circuit.mask, rows[-1], circuit.stats.get("faithfulness"), circuit.stats.get("reached"),
+                         circuit.stats),
+        "n_nodes": circuit.n_nodes,
+    }  # fmt: skip
+    out["n_graph_nodes"] = g.n_senders
+    out["exact_evaluations"] = circuit.stats.get("exact_evaluations")
+    out["evaluation_s"] = time.perf_counter() - t0
+    return out
+
+
+def _budget_record(budgets: dict[float, tuple[Any, int]], rows: list[dict[str, Any]], unit: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (frac, (mask, k)), row in zip(budgets.items(), rows, strict=False):
+        key = "f_at_01pct" if frac == 0.001 else "f_at_1pct"
+        out[key] = row["faithfulness"]
+        out[f"{key}_detail"] = {unit: k, "n_edges": int(mask.any(-1).sum() if mask.dim() == 3 else mask.sum()),
+                                "ci": _row_interval(row)}  # fmt: skip
+    return out
+
+
+def _evaluate_positions(pm: Any, task: Any, circuit: Any) -> dict[str, Any]:
+    """A position-aware circuit, held out (prompts of the same template): f of the top position-edges at as many
+    position-edges as 0.1% / 1% of the edges, beside the position-free top edges of the same scores summed over
+    positions (the same prompts), and the target circuit. No CPR/CMD (a ranking over position-edges)."""
+    from circuitfind.algorithms.units import position_cut
+    from circuitfind.evaluate import faithfulness_many
+    from circuitfind.selection import n_of_fraction, prune_dangling, top_n
+
+    t0 = time.perf_counter()
+    g = pm.graph
+    masks, flat = {}, {}
+    for frac in BUDGETS:
+        n = n_of_fraction(frac, g.n_edges)
+        masks[frac] = (position_cut(g, circuit.position_scores, None, n=n).mask, n)
+        flat[frac] = prune_dangling(g, top_n(g, circuit.scores.double().nan_to_num(nan=-math.inf), n))
+    stack = [m for m, _ in masks.values()] + list(flat.values()) + [circuit.position_mask]
+    rows = faithfulness_many(pm, stack, task, memory_budget=MEMORY_BUDGET)
+    out = _budget_record(masks, rows, "n_position_edges")
+    out["position_free_same_prompts"] = {
+        f"f_at_{'01' if frac == 0.001 else '1'}pct": row["faithfulness"]
+        for frac, row in zip(BUDGETS, rows[len(BUDGETS) : 2 * len(BUDGETS)], strict=True)
+    }
+    n_pos = int(circuit.position_mask.sum())
+    target = _target_record(pm, circuit.mask, rows[-1], circuit.stats.get("faithfulness"),
+                            circuit.stats.get("reached"), circuit.stats)  # fmt: skip
+    out["target_circuit"] = {**target, "n_position_edges": n_pos}
+    out["positions"] = list(circuit.position_labels)
+    out["top_position_edges"] = _top_position_edges(circuit, 10)
+    out["exact_evaluations"] = circuit.stats.get("exact_evaluations")
+    out["evaluation_s"] = time.perf_counter() - t0
+    return out
+
+
+def _top_position_edges(circuit: Any, n: int) -> list[dict[str, Any]]:
+    """The ``n`` highest-scoring kept position-edges: name and score (where in the template each acts)."""
+    from circuitfind.graph import position_edge_name
+
+    g, m = circuit.graph, circuit.position_mask
+    s, r, t = m.nonzero(as_tuple=True)
+    vals = circuit.position_scores[s, r, t]
+    best = vals.argsort(descending=True)[:n].tolist()
+    return [
+        {"edge": position_edge_name(g.edge_name(int(s[i]), int(r[i])), circuit.position_labels[int(t[i])]),
+         "score": float(vals[i])}
+        for i in best
+    ]  # fmt: skip
 
 
 def _at(mib: dict[str, Any], fraction: float) -> float:
@@ -428,17 +638,14 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
     g = setup.pm.graph
     key, truth_edges = tracr_ground_truth(setup.meta, "zero")
     truth = g.mask_of(truth_edges)[g.edge_mask]  # (E,)
+    kw = {"metric": setup.metric, "ablation": "zero", "progress": False}
     with _Meter() as meter:
-        circuit = cf.discover(
-            setup.pm,
-            setup.task,
-            method=method,
-            metric=setup.metric,
-            ablation="zero",
-            target=TARGET,
-            steps=STEPS,
-            progress=False,
-        )
+        if method in VARIANTS:
+            circuit = _variant_discovery(setup.pm, setup.task, method, kw, n_edges=int(truth.sum()))
+        else:
+            circuit = cf.discover(setup.pm, setup.task, method=method, target=TARGET, steps=STEPS, **kw)
+    if method in NODE_ROWS:
+        return {**meter.record(), **_tracr_nodes(g, circuit, g.mask_of(truth_edges).any(dim=1), key)}
     scores = circuit.scores.double().nan_to_num(nan=-math.inf)[g.edge_mask]  # (E,)
     kept = circuit.mask[g.edge_mask]
     return {
@@ -457,6 +664,29 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
             "f_train": circuit.stats.get("faithfulness"),
         },
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _tracr_nodes(g: Any, circuit: Any, truth: Any, key: str) -> dict[str, Any]:
+    """ROC AUC of node scores against the tracr circuit's nodes (the senders of its edges)."""
+    from circuitfind.evaluate_scores import auc, roc_points
+
+    scores = circuit.node_scores.double().nan_to_num(nan=-math.inf)  # (S,)
+    kept = circuit.node_mask
+    return {
+        "ground_truth": f"{key} (its nodes: senders of its edges)",
+        "n_truth": int(truth.sum()),
+        "n_graph_nodes": g.n_senders,
+        "auc": auc(*roc_points(scores, truth)),
+        "auc_abs": auc(*roc_points(scores.abs(), truth)),
+        "unit": "nodes",
+        "target_circuit": {
+            "n_edges": circuit.n_edges,
+            "n_nodes": circuit.n_nodes,
+            "tpr": int((kept & truth).sum()) / int(truth.sum()),
+            "fpr": int((kept & ~truth).sum()) / max(1, int((~truth).sum())),
+            "f_train": circuit.stats.get("faithfulness"),
+        },
     }
 
 
@@ -604,15 +834,34 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _units(args: argparse.Namespace) -> list[tuple[str, str]]:
+    from circuitfind.algorithms import METHODS as REGISTERED
+
+    if args.unit:  # an explicit list (a documented subset of the grid)
+        units = [tuple(u.split(":", 1)) for u in args.unit]
+        bad = [u for u in units if len(u) != 2 or u[0] not in TASKS or u[1] not in (*METHODS, "random")]
+        if bad:
+            raise SystemExit(f"--unit takes TASK:METHOD with a task of {TASKS} and a method of {METHODS}; got {bad}")
+        return sorted(units, key=lambda u: (u == ("ioi", "edge-pruning"), u[1] in ("exact", "exact-node")))
     units = []
     for task in args.task:
         if task == GOAL:
             units.append((GOAL, "eap-ig"))
             continue
-        if task in LM_TASKS:
+        if task in LM_TASKS and not args.no_random:
             units.append((task, "random"))
-        units += [(task, m) for m in args.method]
-    return units
+        for m in args.method:
+            if m in VARIANTS and VARIANTS[m][0] not in REGISTERED:
+                print(f"[{task}] {m}: method {VARIANTS[m][0]!r} is not in this circuitfind; skipped", flush=True)
+            elif m == "edge-pruning" and task not in EDGE_PRUNING_TASKS:
+                print(f"[{task}] {m}: run on {', '.join(EDGE_PRUNING_TASKS)} only (minutes per task); skipped")
+            elif m in POSITION_ROWS and task not in ("ioi", "greater-than"):
+                why = "its prompts differ in length"
+                if task in TRACR:
+                    why = "the AUC of position-summed scores is eap-ig's"
+                print(f"[{task}] {m}: {why}; skipped", flush=True)
+            else:
+                units.append((task, m))
+    return sorted(units, key=lambda u: (u == ("ioi", "edge-pruning"), u[1] == "exact"))  # the longest ones last
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -622,9 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results)
         return 0
     if args.plot:
-        for task in LM_TASKS:
-            if task in results["tasks"]:
-                _plot(task, results["tasks"][task], args.figures / f"compare_methods_{task}.png")
+        _plot(results, args.figures / "compare_methods.png")
         return 0
     settings = _settings(args)
 
@@ -633,8 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         _save_unit(args.out, task, method, entry, settings)
         print(f"[{task}] {method}: {_one_line(entry)}", flush=True)
         if task in LM_TASKS:
-            latest = _load_results(args.out)
-            _plot(task, latest["tasks"][task], args.figures / f"compare_methods_{task}.png")
+            _plot(_load_results(args.out), args.figures / "compare_methods.png")
 
     to_run = []
     for task, method in _units(args):
@@ -690,47 +936,83 @@ def _fmt(v: Any, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
 
+def _ci(e: dict[str, Any], key: str) -> str:
+    ci = e.get(f"{key}_ci")
+    return "" if not ci or ci.get("lo") is None else f" [{ci['lo']:.2f}, {ci['hi']:.2f}]"
+
+
+def _f01(e: dict[str, Any]) -> Any:
+    """f at 0.1% of the edges: stored, or read off the stored MIB curve (rows of earlier runs)."""
+    if e.get("f_at_01pct") is not None:
+        return e["f_at_01pct"]
+    c = e.get("mib_curve")
+    return _at(c, 0.001) if c and 0.001 in c["fractions"] else None
+
+
+def _size(e: dict[str, Any]) -> str:
+    tc = e.get("target_circuit") or {}
+    if tc.get("n_nodes") is not None:
+        return f"{tc['n_nodes']} nodes/{tc['n_edges']}e"
+    if tc.get("n_position_edges") is not None:
+        return f"{tc['n_position_edges']} pos-e"
+    return _fmt(tc.get("n_edges"), "{}")
+
+
+TABLE_COLS = (
+    ("task", 16), ("method", 12), ("wall s", 7), ("peak MB", 7), ("CPR [95% CI]", 18), ("CMD [95% CI]", 18),
+    ("f@0.1%", 6), ("f@1%", 6), ("target size", 16), ("f target", 8), ("AUC", 6),
+)  # fmt: skip
+
+
+def _table_line(cells: list[str]) -> str:
+    widths = [w for _, w in TABLE_COLS]
+    parts = [f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths, strict=False))]
+    return " ".join(parts) + ("  " + cells[len(TABLE_COLS)] if len(cells) > len(TABLE_COLS) else "")
+
+
+def _table_row(task: str, method: str, e: dict[str, Any], tasks: dict[str, Any]) -> str:
+    if "error" in e:
+        return f"{task:<16} {method:<12} error: {e['error']}"
+    if method == "hybrid":  # its scores are EAP-IG's: the curve numbers are the eap-ig row's
+        ig = tasks.get(task, {}).get("eap-ig") or {}
+        e = {**e, **{k: ig.get(k) for k in ("cpr", "cmd", "cpr_ci", "cmd_ci", "f_at_01pct", "f_at_1pct", "mib_curve")}}
+    tc = e.get("target_circuit") or {}
+    cells = [
+        task,
+        method,
+        _fmt(e.get("wall_s"), "{:.1f}"),
+        _fmt(e.get("peak_rss_mb"), "{:.0f}"),
+        _fmt(e.get("cpr"), "{:.2f}") + _ci(e, "cpr"),
+        _fmt(e.get("cmd"), "{:.2f}") + _ci(e, "cmd"),
+        _fmt(_f01(e), "{:.2f}"),
+        _fmt(e.get("f_at_1pct"), "{:.2f}"),
+        _size(e),
+        _fmt(tc.get("f_held_out"), "{:.2f}"),
+        _fmt(e.get("auc"), "{:.3f}"),
+        _notes(method, e),
+    ]
+    return _table_line(cells).rstrip()
+
+
 def print_table(results: dict[str, Any]) -> None:
+    """One table: every (task, method) row; LM tasks held out, tracr rows with their ROC AUC."""
     tasks = results.get("tasks", {})
-    cols = ("task", "method", "wall s", "peak MB", "CPR", "CMD", "f@1%", "f@5%", "target edges", "% edges")
-    cols += ("f target", "notes")
-    widths = (13, 12, 8, 8, 6, 6, 6, 6, 12, 8, 8, 0)
-    head = " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
-    print("Held-out faithfulness (task metric, resample ablation); target circuit: target 0.8 on the train split")
-    print(head.rstrip())
+    head = _table_line([c for c, _ in TABLE_COLS] + ["notes"])
+    print("Held-out (task metric, resample ablation; tracr: zero ablation, L2 metric, AUC against the ground truth);")
+    print(f"target circuit: the smallest cut reaching {TARGET} on the train split, its held-out faithfulness")
+    print(head)
     print("-" * len(head))
-    for task in LM_TASKS:
+    for task in (*LM_TASKS, *TRACR):
         for method in METHODS:
             e = tasks.get(task, {}).get(method)
-            if e is None:
-                continue
-            if "error" in e:
-                print(f"{task:<13} {method:<12} error: {e['error']}")
-                continue
-            tc = e.get("target_circuit") or {}
-            if method == "hybrid":  # its scores are EAP-IG's: the curve numbers are the eap-ig row's
-                ig = tasks.get(task, {}).get("eap-ig") or {}
-                e = {**e, **{k: ig.get(k) for k in ("cpr", "cmd", "f_at_1pct", "f_at_5pct")}}
-            cells = (
-                _fmt(e.get("wall_s"), "{:.1f}"),
-                _fmt(e.get("peak_rss_mb"), "{:.0f}"),
-                _fmt(e.get("cpr"), "{:.2f}"),
-                _fmt(e.get("cmd"), "{:.2f}"),
-                _fmt(e.get("f_at_1pct"), "{:.2f}"),
-                _fmt(e.get("f_at_5pct"), "{:.2f}"),
-                _fmt(tc.get("n_edges"), "{}"),
-                _fmt(tc.get("fraction"), "{:.3%}"),
-                _fmt(tc.get("f_held_out"), "{:.2f}"),
-            )
-            line = f"{task:<13} {method:<12} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths[2:], strict=False))
-            print(line + "  " + _notes(method, e))
+            if e is not None:
+                print(_table_row(task, method, e, tasks))
         rnd = tasks.get(task, {}).get("random")
         if rnd and "sizes" in rnd:
             by = {s["fraction"]: s["mean"] for s in rnd["sizes"]}
-            print(
-                f"{task:<13} {'random':<12} {'':>8} {'':>8} {'':>6} {'':>6} {_fmt(by.get(0.01), '{:.2f}'):>6} "
-                f"{_fmt(by.get(0.05), '{:.2f}'):>6}  mean of {rnd['sizes'][0]['n']} random circuits per size"
-            )
+            cells = [task, "random", "", "", "", "", _fmt(by.get(0.001), "{:.2f}"), _fmt(by.get(0.01), "{:.2f}")]
+            cells += ["", "", "", f"mean of {rnd['sizes'][0]['n']} random circuits per size"]
+            print(_table_line(cells).rstrip())
     goal = tasks.get(GOAL, {}).get("eap-ig")
     if goal and "error" not in goal:
         ok_t, ok_m = goal["wall_s"] < GOAL_SECONDS, goal["peak_rss_mb"] * 2**20 < GOAL_BYTES
@@ -740,28 +1022,25 @@ def print_table(results: dict[str, Any]) -> None:
             f"{goal['peak_rss_mb']:.0f} MB incl. model load, {_fmt(goal.get('peak_rss_discovery_mb'), '{:.0f}')} MB "
             f"during discovery ({'<' if ok_m else '>='} {GOAL_BYTES >> 30} GB goal)"
         )
-    tracr = [(t, m, tasks[t][m]) for t in TRACR if t in tasks for m in METHODS if m in tasks[t]]
-    if tracr:
-        print("\nTracr (zero ablation, L2 metric): ROC AUC of the scores against ground_truth_acdc")
-        print(f"{'model':<17} {'method':<12} {'AUC':>6} {'AUC |s|':>8} {'wall s':>7}  target circuit (edges, TPR, FPR)")
-        for t, m, e in tracr:
-            if "error" in e:
-                print(f"{t:<17} {m:<12} error: {e['error']}")
-                continue
-            tc = e.get("target_circuit") or {}
-            circ = f"{tc['n_edges']}, {tc['tpr']:.2f}, {tc['fpr']:.2f}" if tc else e.get("source", "")
-            note = (
-                "  (all scores 0: the L2 metric's gradient vanishes at the full model)"
-                if e.get("scores_all_zero")
-                else ""
-            )
-            print(
-                f"{t:<17} {m:<12} {_fmt(e.get('auc'), '{:.3f}'):>6} {_fmt(e.get('auc_abs'), '{:.3f}'):>8} "
-                f"{_fmt(e.get('wall_s'), '{:.2f}'):>7}  {circ}{note}"
-            )
 
 
 def _notes(method: str, e: dict[str, Any]) -> str:
+    tc = e.get("target_circuit") or {}
+    ci = tc.get("f_held_out_ci")
+    notes = [f"f target CI [{ci['lo']:.2f}, {ci['hi']:.2f}]"] if ci and ci.get("lo") is not None else []
+    return "; ".join(notes + [_method_note(method, e)]).strip("; ")
+
+
+def _method_note(method: str, e: dict[str, Any]) -> str:
+    tc = e.get("target_circuit") or {}
+    if "n_truth" in e or "ground_truth" in e:  # tracr
+        if tc and tc.get("tpr") is not None:
+            return f"target: {tc['n_edges']} edges, TPR {tc['tpr']:.2f}, FPR {tc['fpr']:.2f}" + (
+                f" (AUC over {e['unit']})" if e.get("unit") else ""
+            )
+        if e.get("scores_all_zero"):
+            return "all scores 0 (the L2 metric's gradient vanishes at the full model)"
+        return "threshold-sweep ROC of ACDC's circuits (figures/roc_*.json)" if e.get("source") else ""
     if method == "acdc":
         c = e.get("circuit") or {}
         src = "validate.json" if "validate" in str(e.get("source", "")) else "rerun"
@@ -769,72 +1048,83 @@ def _notes(method: str, e: dict[str, Any]) -> str:
             f"tau {e.get('threshold')}: {c.get('n_edges')} edges, f {_fmt(c.get('f_held_out'), '{:.2f}')} ({src}; "
             "curve = top-k by ACDC effect)"
         )
-    if method == "exact":
+    if method == "exact" and "candidates" in e:
         return (
             f"{e['candidates']} candidates (top {100 * e['candidates_fraction']:.2g}% by EAP-IG); "
-            f"{1000 * e['s_per_edge']:.0f} ms/edge, all {e['edges_scored'] and ''}edges ~"
-            f"{e['full_cost_s_extrapolated'] / 3600:.1f} h"
+            f"{1000 * e['s_per_edge']:.0f} ms/edge, all edges ~{e['full_cost_s_extrapolated'] / 3600:.1f} h"
         )
     if method == "hybrid":
         h = e.get("hybrid", {})
-        return f"{h.get('candidates')} candidates, {h.get('edges_tested')} exact tests; CPR..f@5% = eap-ig's"
+        return f"{h.get('candidates')} candidates, {h.get('edges_tested')} exact tests; CPR..f@1% = eap-ig's"
+    if method in NODE_ROWS:
+        d = [e.get(k) or {} for k in ("f_at_01pct_detail", "f_at_1pct_detail")]
+        return f"f@k: top {d[0].get('n_nodes')} / {d[1].get('n_nodes')} nodes within the edge budget"
+    if method in POSITION_ROWS:
+        free = e.get("position_free_same_prompts") or {}
+        return (
+            f"f@k at as many position-edges; position-free on the same prompts "
+            f"{_fmt(free.get('f_at_01pct'), '{:.2f}')} / {_fmt(free.get('f_at_1pct'), '{:.2f}')}"
+        )
     return ""
 
 
-def _plot(task: str, entries: dict[str, Any], path: Path) -> None:
+def _plot(results: dict[str, Any], path: Path) -> None:
+    """The one figure: a panel per LM task, held-out faithfulness against circuit size (% of edges, log axis):
+    the edge methods' MIB curves, every target circuit (stars), the node and position rows at their budgets."""
     from circuitfind.plots import new_figure
 
-    fig = new_figure((5.6, 4.2))
+    tasks = [t for t in LM_TASKS if t in results.get("tasks", {})]
+    if not tasks:
+        return
+    fig = new_figure((5.2 * len(tasks), 4.6))
     if fig is None:
         print("matplotlib is not installed: no figure", flush=True)
         return
-    ax = fig.add_subplot()
-    for i, method in enumerate(METHODS):
+    axes = [fig.add_subplot(1, len(tasks), i + 1) for i in range(len(tasks))]
+    for ax, task in zip(axes, tasks, strict=True):
+        _plot_panel(ax, task, results["tasks"][task])
+    axes[0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    print(f"wrote {path}", flush=True)
+
+
+def _color(method: str) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](METHODS.index(method) % 20)
+
+
+def _plot_panel(ax: Any, task: str, entries: dict[str, Any]) -> None:
+    for method in METHODS:
         e = entries.get(method)
-        if not e or "mib_curve" not in e:
+        if not e or "mib_curve" not in e or method == "hybrid":
             continue
         c = e["mib_curve"]
-        xs = [100 * k for k in c["fractions"]]
         label = f"{method} (CPR {e['cpr']:.2f})" + (" [validate.json]" if method == "acdc" and e.get("source") else "")
-        ax.plot(
-            xs, c["faithfulness_signed"], marker=".", color=f"C{i}", label=label, ls="--" if method == "hybrid" else "-"
-        )
-    for i, method in enumerate(METHODS):  # the target circuits (0.8 on the train prompts), held out
+        ax.plot([100 * k for k in c["fractions"]], c["faithfulness_signed"], marker=".", color=_color(method),
+                label=label, lw=1.2)  # fmt: skip
+    for method in METHODS:  # the budget points of node and position rows (no edge curve)
+        e = entries.get(method) or {}
+        if method in (*NODE_ROWS, *POSITION_ROWS) and e.get("f_at_1pct") is not None:
+            xs = [100 * b for b in BUDGETS]
+            ax.plot(xs, [e.get("f_at_01pct"), e.get("f_at_1pct")], marker="s" if method in NODE_ROWS else "^",
+                    ls=":", color=_color(method), label=f"{method} (at 0.1% / 1% of edges)")  # fmt: skip
+    for method in METHODS:  # the target circuits (0.8 on the train prompts), held out
         tc = (entries.get(method) or {}).get("target_circuit")
         if tc and tc.get("f_held_out") is not None:
-            label = f"{method}: target circuit only" if "mib_curve" not in entries[method] else None
-            ax.scatter(
-                [100 * tc["fraction"]], [tc["f_held_out"]], marker="*", s=70, color=f"C{i}", zorder=3, label=label
-            )
-        c = (entries.get(method) or {}).get("circuit")  # ACDC's own circuit
-        if c and c.get("f_held_out") is not None:
-            ax.scatter([100 * c["fraction"]], [c["f_held_out"]], marker="o", s=40, facecolors="none", color=f"C{i}")
-    ax.scatter([], [], marker="*", color="black", label="target circuit (0.8 on train), held out")
-    ax.scatter([], [], marker="o", facecolors="none", color="black", label="ACDC circuit at its threshold")
+            ax.scatter([100 * tc["fraction"]], [tc["f_held_out"]], marker="*", s=70, color=_color(method), zorder=3)
+    ax.scatter([], [], marker="*", color="black", label=f"target circuit ({TARGET} on train), held out")
     rnd = entries.get("random")
     if rnd and "sizes" in rnd:
         xs = [100 * s["fraction"] for s in rnd["sizes"]]
-        mean = [s["mean"] for s in rnd["sizes"]]
-        std = [s["std"] for s in rnd["sizes"]]
-        ax.plot(xs, mean, color="grey", ls=":", label=f"random circuits, mean (n={rnd['sizes'][0]['n']})")
-        ax.fill_between(
-            xs,
-            [m - s for m, s in zip(mean, std, strict=True)],
-            [m + s for m, s in zip(mean, std, strict=True)],
-            color="grey",
-            alpha=0.2,
-            lw=0,
-        )
+        ax.plot(xs, [s["mean"] for s in rnd["sizes"]], color="grey", ls=":", label="random circuits (mean)")
     ax.axhline(1.0, ls=":", color="grey", lw=1)
     ax.axhline(0.0, ls=":", color="grey", lw=1)
     ax.set_xscale("log")
-    ax.set(xlabel="circuit size (% of edges, top-k by score)", ylabel="held-out faithfulness (task metric)")
-    ax.set_title(f"SmolLM2-135M, {task}: methods compared (resample ablation)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    print(f"wrote {path}", flush=True)
+    ax.set(xlabel="circuit size (% of edges)", ylabel="held-out faithfulness (task metric)")
+    ax.set_title(f"SmolLM2-135M, {task}", fontsize=9)
 
 
 if __name__ == "__main__":

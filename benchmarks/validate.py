@@ -32,6 +32,8 @@ circuits); its outputs go to ``benchmarks/results/quick/``.
     python benchmarks/validate.py --task ioi --thresholds 0.1 0.03 0.01
     python benchmarks/validate.py --quick --task induction
     python benchmarks/validate.py --table                 # the table of the results file
+    python benchmarks/validate.py --selection             # the size selection: train vs validated cut, held-out
+                                                          # f with 95% intervals (benchmarks/validate_selection.py)
 """
 
 from __future__ import annotations
@@ -425,6 +427,11 @@ def _sweep_spec(args: argparse.Namespace, names: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--selection" in argv:  # the validated cut against the train cut (benchmarks/validate_selection.py)
+        from validate_selection import main as selection_main
+
+        return selection_main([a for a in argv if a != "--selection"])
     args = parse_args(argv)
     results = _load(args.out)
     if args.table:

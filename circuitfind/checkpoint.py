@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,18 +55,25 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, a bare pic
 def fingerprint(
     config: dict[str, Any],
     task: Task,
-    problem: Problem,
-    model: nn.Module | PatchableModel,
+    problem: Problem | None = None,
+    model: nn.Module | PatchableModel | None = None,
     *,
     metric: Any = None,
 ) -> str:
     """A hex SHA-256 of everything that determines a run's result, so a resume cannot mix two runs.
 
+    The one task fingerprint: checkpoints, the threshold-sweep cache and the problem cache of distributed exact
+    scoring all key on it, so no cache can serve a result computed for other answers, wrong answers, metric,
+    ablation reference or weights.
+
     Args:
         config: the run's options (method, threshold, metric name, ablation, ...), hashed as sorted JSON.
         task: the prompts actually used (ids, mask, answer positions, answers, wrong answers).
         problem: the prepared problem: its metric positions, and under mean ablation the reference outputs.
-        model: the model (or its :class:`PatchableModel`); every parameter and buffer is hashed.
+            None: the task's answer positions, and no reference outputs (only for a cache whose model is fixed
+            and whose mean ablation, if any, is taken over ``task`` itself, e.g. a worker's problem cache).
+        model: the model (or its :class:`PatchableModel`); every parameter and buffer is hashed. None: only
+            for a cache bound to one model object (a worker's own model).
         metric: the metric as the caller passed it; a callable is identified by its module, name and code.
 
     Example:
@@ -75,12 +83,12 @@ def fingerprint(
     """
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(_metric_identity(metric).encode())
-    tensors = {**task.tensors(), "positions": problem.positions}
-    if getattr(problem.ablated, "kind", None) is Ablation.MEAN:  # the reference batch is not in the task
+    tensors = {**task.tensors(), "positions": task.answer_pos if problem is None else problem.positions}
+    if problem is not None and getattr(problem.ablated, "kind", None) is Ablation.MEAN:  # reference: not in task
         tensors["mean_outputs"] = problem.ablated.outputs
     for name, t in tensors.items():
         _hash_tensor(h, f"task.{name}", t)
-    for name, t in _model_tensors(model):
+    for name, t in _model_tensors(model) if model is not None else ():
         _hash_tensor(h, f"model.{name}", t)
     return h.hexdigest()
 
@@ -174,6 +182,7 @@ def load_state(path: str | Path, fingerprint: str, shape: tuple[int, int] | None
         raise CheckpointError(_unreadable(path, e)) from None
     fields = _parse_numbers(path, metadata.get("state", ""))
     fields.update(_check_tensors(path, tensors, shape))
+    _check_counters(path, fields, tuple(fields["mask"].shape))
     return AcdcState(**fields)
 
 
@@ -248,6 +257,29 @@ def _is_trace_entry(entry: Any) -> bool:
     return isinstance(entry, dict) and all(
         isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in entry.items()
     )
+
+
+def _check_counters(path: Path, fields: dict[str, Any], shape: tuple[int, int]) -> None:
+    """Every header number within what the graph allows: a forged ``next_receiver`` would skip or repeat
+    receivers (a wrong circuit, exit 0), a NaN ``current`` would keep every edge (a NaN is never below tau)."""
+    n_senders, n_receivers = shape
+
+    def refuse(name: str, expected: str, fix: str = "Delete it to start over") -> None:
+        raise CheckpointError(
+            f"checkpoint {path} is malformed: expected {name!r} to be {expected}; found {fields[name]!r}. {fix}"
+        )
+
+    if not 0 <= fields["next_receiver"] <= n_receivers:
+        refuse("next_receiver", f"a receiver position in 0 .. {n_receivers} (this graph's receivers)")
+    if not math.isfinite(fields["current"]):
+        refuse("current", "a finite loss (the loss of the saved circuit)")
+    if not (math.isfinite(fields["elapsed_s"]) and fields["elapsed_s"] >= 0):
+        refuse("elapsed_s", "a finite number of seconds >= 0")
+    for name in ("edges_tested", "forward_passes", "candidates_evaluated"):
+        if fields[name] < 0:
+            refuse(name, "a count >= 0")
+    if fields["edges_tested"] > n_senders * n_receivers:
+        refuse("edges_tested", f"at most {n_senders * n_receivers} (each edge is tested once)")
 
 
 def _check_tensors(path: Path, tensors: dict[str, Tensor], shape: tuple[int, int] | None) -> dict[str, Tensor]:

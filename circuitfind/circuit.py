@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from circuitfind import export
-from circuitfind.errors import ShapeError
+from circuitfind.errors import MetricError, ShapeError
 from circuitfind.graph import Edge, Graph, position_edge_name
+from circuitfind.metrics import check_gap
 
 __all__ = ["Circuit"]
 
@@ -186,9 +187,13 @@ class Circuit:
     def recovered(self) -> float:
         """How much of the metric the circuit recovers on the prompts it was found on:
         ``(metric_circuit - metric_empty) / (metric_full - metric_empty)``; 1 for the full model, 0 for the empty
-        circuit (for KL, whose full value is 0: ``1 - KL(circuit) / KL(empty)``). NaN when full equals empty."""
-        gap = self.metric_full - self.metric_empty
-        if not gap or gap != gap:
+        circuit (for KL, whose full value is 0: ``1 - KL(circuit) / KL(empty)``). NaN when full and empty do not
+        differ beyond rounding (:func:`circuitfind.metrics.check_gap`), rather than a ratio of noise."""
+        dtype = getattr(torch, str(self.stats.get("dtype", "float32")), None)
+        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+        try:
+            gap = check_gap(self.metric_full, self.metric_empty, dtype)
+        except MetricError:
             return float("nan")
         return (self.metric_circuit - self.metric_empty) / gap
 

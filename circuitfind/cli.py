@@ -130,8 +130,12 @@ def _is_task_file(task: str) -> bool:
 def _check_task_arg(task: str) -> None:
     """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
     if _is_task_file(task):
-        if not Path(task).expanduser().is_file():
-            raise TaskError(f"task file {task!r} does not exist; pass a JSON/JSONL task file or one of {_builtins()}")
+        from circuitfind.tasks.jsonio import check_task_file
+
+        try:
+            check_task_file(task)
+        except TaskError as e:
+            raise TaskError(f"{e} (or one of the built-in tasks {_builtins()})") from None
     elif task.strip().lower().replace("_", "-") not in BUILTIN:
         raise TaskError(
             f"unknown task {task!r}; built-in tasks are {_builtins()}, or pass a .json/.jsonl file of prompts "
@@ -163,8 +167,33 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         type=_fraction,
         default=None,
         metavar="F",
-        help="faithfulness in (0, 1] the circuit must reach on the discovery prompts: the smallest top-k by score "
-        "that does (default 0.8 for eap, eap-ig, eap-ig-mask, exact and hybrid)",
+        help="faithfulness in (0, 1] the circuit must reach: the smallest top-k by score that does (default 0.8 "
+        "for the scoring methods and hybrid); checked on prompts the scores never saw, see --select",
+    )
+    p.add_argument(
+        "--select",
+        choices=("validate", "train"),
+        default="validate",
+        help="how --target chooses the size of a scoring method's circuit: validate (default; cross-fitted over "
+        "up to 4 folds of the discovery prompts, never checked on the prompts that scored it) or train (checked on "
+        "the discovery prompts themselves, the rule before validation)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=None,
+        metavar="C",
+        help="with --select validate: the bootstrap lower bound of the validation faithfulness at confidence C "
+        "(e.g. 0.9) must reach --target, instead of its point estimate",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="two-sided target, e.g. 0.8 1.25: LO is the target; a circuit that over-recovers past HI gets the most "
+        "negative excluded edges added back until it does not",
     )
     p.add_argument(
         "--n-edges", type=_positive_int, default=None, metavar="N", help="keep the N top-scoring edges instead"
@@ -330,6 +359,9 @@ def _run_discover(args: argparse.Namespace) -> int:
 
     print(circuit.summary())
     print(_run_line(circuit.stats))
+    validation = _validation_line(circuit.stats)
+    if validation is not None:
+        print(validation)
     if held_out is not None:
         print(held_out)
     if circuit.recovered < LOW_RECOVERY and args.method.startswith("acdc"):
@@ -372,9 +404,46 @@ def _held_out_line(circuit: Any, model: Any, task: Any, args: argparse.Namespace
     from circuitfind.evaluate import faithfulness
 
     result = faithfulness(model, circuit, task, metric=args.metric, ablation=args.ablation)
+    return "\n".join(faithfulness_lines("held-out faithfulness", result, "prompts not used for discovery"))
+
+
+def faithfulness_lines(label: str, result: dict[str, Any], where: str) -> list[str]:
+    """A faithfulness with its interval and its two-sided reading, as printed lines.
+
+    Example:
+        >>> row = {"faithfulness": 1.3, "ci": {"lo": 1.1, "hi": 1.5, "level": 0.95}, "deviation": 0.3,
+        ...        "over_recovery": True, "n_prompts": 20, "metric": "logit_diff",
+        ...        "excluded_negative": [{"edge": "a9.h1->logits", "score": -0.4}]}
+        >>> for line in faithfulness_lines("held-out faithfulness", row, "held-out prompts"):
+        ...     print(line)
+        held-out faithfulness: 1.300 [95% CI 1.100, 1.500] on 20 held-out prompts (logit_diff); |1 - f| = 0.300
+        over-recovers (f > 1): edges it excludes work against the behaviour; most negative: a9.h1->logits (-0.4)
+    """
+    ci = result.get("ci") or {}
+    interval = f" [{100 * ci['level']:.0f}% CI {ci['lo']:.3f}, {ci['hi']:.3f}]" if ci else ""
+    lines = [
+        f"{label}: {result['faithfulness']:.3f}{interval} on {result['n_prompts']} {where} ({result['metric']}); "
+        f"|1 - f| = {abs(1 - result['faithfulness']):.3f}"
+    ]
+    if result.get("over_recovery"):
+        worst = ", ".join(f"{e['edge']} ({e['score']:.3g})" for e in result.get("excluded_negative", [])[:5])
+        lines.append(
+            "over-recovers (f > 1): edges it excludes work against the behaviour"
+            + (f"; most negative: {worst}" if worst else "")
+        )
+    return lines
+
+
+def _validation_line(stats: dict[str, Any]) -> str | None:
+    """The validated cut's figure: the size's faithfulness on prompts its scores never saw."""
+    val = stats.get("validation")
+    if not val:
+        return None
+    lo, hi = val["ci"]
     return (
-        f"held-out faithfulness: {result['faithfulness']:.3f} on {result['n_prompts']} prompts not used for "
-        f"discovery ({result['metric']})"
+        f"validation faithfulness (size chosen by cross-fitting over {val['folds']} folds): {val['faithfulness']:.3f} "
+        f"[{100 * val['ci_level']:.0f}% CI {lo:.3f}, {hi:.3f}] on {val['n_prompts']} discovery prompts, each "
+        "checked with scores computed without its fold"
     )
 
 
@@ -384,7 +453,10 @@ def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     if not _is_task_file(args.task):
         n = args.n_prompts or DEFAULT_N_PROMPTS
         return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    task = resolve_task(args.task, tokenizer)
+    from circuitfind.tasks import from_json
+
+    # a big file is read and tokenised only as far as the run uses it
+    task = from_json(args.task, tokenizer, max_prompts=args.n_prompts + held if args.n_prompts else None)
     n = min(args.n_prompts or len(task), len(task) - held)
     if n < 1:
         raise TaskError(
@@ -401,6 +473,10 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
+    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+        from circuitfind.tasks import check_task_fits
+
+        check_task_fits(task, model.spec, label=f"task file {args.task}")
     circuit = discover(
         model,
         task,
@@ -419,6 +495,9 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         checkpoint=ckpt,
         resume=args.resume,
         progress=args.progress,
+        select=args.select,
+        confidence=args.confidence,
+        band=None if args.band is None else tuple(args.band),
         level=args.level,
         n_nodes=args.n_nodes,
         by_position=args.by_position,
@@ -620,6 +699,14 @@ def _run_view(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stage_printer() -> Callable[[str], None]:
+    """Prints each report stage as it starts, with the seconds since the first (a run cut short shows where)."""
+    import time
+
+    t0 = time.perf_counter()
+    return lambda s: print(f"report: {s} (at {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def _report_frequency(report: Path | None, circuit_path: Path) -> dict[str, float] | None:
     """Edge inclusion frequencies from ``--report`` or a report.json beside the circuit (None without one)."""
     import json
@@ -804,7 +891,7 @@ def _run_diff(args: argparse.Namespace) -> int:
 
 # --- report -------------------------------------------------------------------------------------------------------
 REPORT_DISCOVER_ARGS = ("threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute", "sender_order",
-                        "batch_size", "chunk_size")  # fmt: skip
+                        "batch_size", "chunk_size", "select", "confidence", "band", "level", "n_nodes")  # fmt: skip
 """The ``discover`` arguments ``report`` passes on to discovery (it takes every discover option)."""
 
 
@@ -853,11 +940,13 @@ def _run_report(args: argparse.Namespace) -> int:
         model, tokenizer = _load(args)
         task = _task_with_held_out(args, tokenizer)
         opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
+        if opts.get("band") is not None:
+            opts["band"] = tuple(opts["band"])
         rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
                            seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
                            stability_cut=args.stability_cut,
                            classes=classes, tokenizer=tokenizer, progress=args.progress,
-                           on_stage=lambda s: print(f"report: {s}", file=sys.stderr, flush=True), **opts)  # fmt: skip
+                           on_stage=_stage_printer(), **opts)  # fmt: skip
         circuit = rep.circuit.replace(model=_model_label(args))
         circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
         written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)

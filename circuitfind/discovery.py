@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,20 @@ from circuitfind.errors import ConfigError, TaskError
 from circuitfind.memory import check_chunk_size, forward_slices, peak_memory, prompt_slices, prompts_per_pass
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
-from circuitfind.selection import above_threshold, prune_dangling, smallest_faithful, top_n
+from circuitfind.selection import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
 from circuitfind.tasks import Task, check_task_fits, resolve_task
 from circuitfind.tasks.templates import template_labels
+from circuitfind.validation.bootstrap import faithfulness_interval
+from circuitfind.validation.select import (
+    Fold,
+    PromptValues,
+    SelectOptions,
+    band_on_train,
+    check_band,
+    complement,
+    fold_indices,
+    validated_cut,
+)
 
 __all__ = ["discover", "prepare_problem"]
 
@@ -92,6 +102,7 @@ def prepare_problem(
 
 DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach when no cut is given
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
+SELECT_RULES = ("validate", "train")  # how a target cut chooses its size (circuitfind.validation.select)
 
 
 def _config(
@@ -160,6 +171,19 @@ def _check_selection(method: str, threshold: Any, n_edges: Any, target: Any, ste
         raise ConfigError("the hybrid method finds the smallest circuit that reaches target; n_edges does not apply")
 
 
+def _check_select(select: Any, confidence: Any, band: Any, target: Any, threshold: Any, n_edges: Any) -> Any:
+    """Refuse a bad ``select`` / ``confidence`` / ``band``; returns ``target`` (``band[0]`` when only a band)."""
+    if select not in SELECT_RULES:
+        raise ConfigError(f"select must be one of {list(SELECT_RULES)}; got {select!r}")
+    if confidence is not None and select != "validate":
+        raise ConfigError("confidence= is the lower bound of the validated cut; it needs select='validate'")
+    checked = check_band(band, target)
+    if checked is not None and (threshold is not None or n_edges is not None):
+        raise ConfigError("band= bounds a target cut; it does not apply with threshold or n_edges")
+    SelectOptions(target=0.5, confidence=confidence)  # raises on a bad confidence
+    return checked[0] if checked is not None and target is None else target
+
+
 def discover(
     model: nn.Module | PatchableModel | str,
     task: Any,
@@ -184,6 +208,9 @@ def discover(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    select: str = "validate",
+    confidence: float | None = None,
+    band: tuple[float, float] | None = None,
     lr: float | None = None,
     seed: int | None = None,
     warm_start: bool | None = None,
@@ -201,11 +228,22 @@ def discover(
 
     How the circuit is cut from the scores (every score is the loss change when the edge alone is removed, so
     higher is more important): ``threshold`` (score above it; for ACDC its tau, default 0.01), ``n_edges`` (the
-    top n) or ``target`` (the smallest top-k whose exact faithfulness on the discovery prompts reaches it, by
-    bisection; every probe is in ``circuit.stats["probes"]``). Scoring methods take one of the three (default:
-    ``target=0.8``); ACDC's effects can be cut by ``n_edges`` or ``target`` too. Edges with no kept path from the
-    input (under resample ablation) or to the logits are dropped from every cut circuit; they cannot change the
-    logits.
+    top n) or ``target``. Scoring methods take one of the three (default: ``target=0.8``); ACDC's effects can be
+    cut by ``n_edges`` or ``target`` too. Edges with no kept path from the input (under resample ablation) or to
+    the logits are dropped from every cut circuit; they cannot change the logits.
+
+    How a ``target`` cut of a scoring method chooses its size (``select``): ``"validate"`` (default) never checks
+    a size on the prompts that scored it: the discovery prompts are dealt into up to 4 folds (seeded shuffle), the
+    method scores without each fold and cuts circuits that are checked on that fold, and the size is twice the
+    smallest probed k0 whose pooled validation faithfulness reaches ``target`` at k0 and at every larger size
+    probed (``confidence=c``: its bootstrap lower bound must; twice: off the steep part of the curve); the circuit
+    is the top 2 k0 of the scores on all discovery prompts. See :mod:`circuitfind.validation.select`.
+    ``"train"``: the smallest top-k whose faithfulness on the discovery prompts reaches it, by bisection (the rule
+    before validation). ACDC keeps its threshold (and its
+    target cut the train rule); the hybrid keeps its guarantee on the discovery prompts and reports the
+    cross-fitted figure beside it. Every probe is in ``circuit.stats["probes"]``; the validation figure, its
+    interval and its probes in ``circuit.stats["validation"]``. Fewer than 4 discovery prompts fall back to
+    ``"train"`` (``circuit.config["select_note"]`` says so).
 
     Args:
         model: a transformers causal LM, a :class:`PatchableModel`, or a name for :func:`load_model`.
@@ -238,6 +276,13 @@ def discover(
         checkpoint: ACDC: a file to checkpoint to (every 30 s and on interrupt or crash).
         resume: ACDC: continue from ``checkpoint`` if it exists (same model, task and options).
         progress: show a progress bar.
+        select: ``"validate"`` (default) or ``"train"``, see above.
+        confidence: with ``select="validate"``, choose the size by the bootstrap lower bound of the validation
+            faithfulness at this confidence (e.g. 0.9) instead of its point estimate.
+        band: ``(lo, hi)``, e.g. ``(0.8, 1.25)``: ``lo`` is the target; when the circuit over-recovers past
+            ``hi`` (f > hi, it leaves out edges that work against the behaviour), the most negative excluded edges
+            are added back until f <= hi (on the validation prompts, or the discovery prompts with
+            ``select="train"``); ``circuit.stats["in_band"]`` says whether it got there.
         lr, seed, warm_start: ``edge-pruning`` only (refused for other methods): Adam's learning rate on the gate
             logits (default 0.1), the seed of the gates' noise (default 0), and whether to start the gates from
             EAP-IG scores (default False). See :mod:`circuitfind.algorithms.edge_pruning`.
@@ -251,6 +296,7 @@ def discover(
         >>> print(circuit.summary())  # doctest: +SKIP
     """
     _check_selection(method, threshold, n_edges, target, steps)
+    target = _check_select(select, confidence, band, target, threshold, n_edges)
     _check_units(method, level, n_nodes, n_edges, by_position, threshold, target)
     train = {"lr": lr, "seed": seed, "warm_start": warm_start}
     _check_training(method, train)
@@ -275,6 +321,7 @@ def discover(
     problem, bound = prepare_problem(pm, task, metric=metric, ablation=kind, reference=reference, chunk_size=chunk_size)
     config = _config(method, tau, n_edges, target, steps, absolute, order, bound, kind, task, batch_size, train)
     _unit_config(config, level, n_nodes, by_position, target)
+    validated = _select_config(config, method, select, confidence, band, level == "edge" and not by_position)
     run = _Run(
         problem=problem,
         bound=bound,
@@ -285,6 +332,9 @@ def discover(
         absolute=absolute,
         from_input=kind is Ablation.RESAMPLE,  # a node with no input edge outputs its ablated value only then
         bar=_progress_bar(progress),
+        upper=None if band is None else float(band[1]),
+        confidence=confidence if validated else None,
+        fold_problem=_fold_problems(pm, task, metric, kind, reference, chunk_size) if validated else None,
         level=level,
         n_nodes=n_nodes,
         by_position=by_position,
@@ -299,6 +349,31 @@ def discover(
             run.bar.close()
     stats["wall_time_s"] = time.perf_counter() - t0
     return _circuit_of(pm, run, mask, scores, stats, faith, model_name)
+
+
+def _select_config(config: dict[str, Any], method: str, select: str, confidence, band, edge_cut: bool) -> bool:
+    """Record how a target cut chooses its size; returns whether the validated cut runs.
+
+    Node and position cuts keep their own target search; fewer than 4 discovery prompts fall back to the train rule.
+    """
+    if "target" not in config or METHODS[method].kind is MethodKind.CIRCUIT or not edge_cut:
+        return False
+    n = config["n_prompts"]
+    if select == "validate" and n < 4:  # two folds of two: too few prompts to validate on
+        select = "train"
+        config["select_note"] = f"{n} discovery prompts: too few for two folds of 2; size chosen on them"
+    config.update(select=select, confidence=confidence, band=list(check_band(band, None) or []) or None)
+    return select == "validate"
+
+
+def _fold_problems(pm, task: Task, metric, kind: Ablation, reference: Task | None, chunk_size):
+    """Prompt indices -> ``(Problem, Metric)`` of those discovery prompts (mean ablation: all prompts' means)."""
+    ref = task if reference is None and kind is Ablation.MEAN else reference
+
+    def make(idx: torch.Tensor) -> tuple[Problem, Metric]:
+        return prepare_problem(pm, task.subset(idx), metric=metric, ablation=kind, reference=ref, chunk_size=chunk_size)
+
+    return make
 
 
 def _sender_order(value: SenderOrder | str) -> SenderOrder:
@@ -367,6 +442,9 @@ class _Run:
     absolute: bool
     from_input: bool
     bar: Any
+    upper: float | None = None  # the band's upper end
+    confidence: float | None = None
+    fold_problem: Any = None  # prompt indices -> (Problem, Metric) of those prompts; set: the validated cut
     level: str = "edge"
     n_nodes: int | None = None
     by_position: bool = False
@@ -374,10 +452,9 @@ class _Run:
     extra: dict = field(default_factory=dict)  # Circuit fields of node / position circuits, set by their cut
 
     def cut(self, scores: torch.Tensor, faith: Faithfulness, threshold: float | None) -> tuple[torch.Tensor, dict]:
-        ranked = torch.nan_to_num(scores.double(), nan=-math.inf)  # untested / unscored edges rank last
-        return _cut(
+        return _cut(  # untested (NaN) edges rank last: circuitfind.selection.edge_ranking owns the rule
             self.problem.pm.graph,
-            ranked,
+            scores,
             faith,
             threshold=threshold,
             n_edges=self.n_edges,
@@ -403,7 +480,32 @@ def _discover_hybrid(run: _Run, opts: HybridOptions):
     faith = Faithfulness(run.problem)
     result = run_hybrid(run.problem, opts, faith, run.bar)
     stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness, "reached": result.reached}
+    if run.fold_problem is not None:  # the guarantee holds on the discovery prompts; the validation figure beside it
+        stats["validation"] = _hybrid_validation(run, opts)
     return result.mask, result.scores, stats, faith
+
+
+def _hybrid_validation(run: _Run, opts: HybridOptions) -> dict[str, Any]:
+    """The hybrid rerun without each fold of the discovery prompts, its circuit checked on that fold (pooled)."""
+    n = run.problem.clean_ids.shape[0]
+    folds = fold_indices(n)
+    values = [PromptValues(*run.fold_problem(idx)) for idx in folds]
+    masks = []
+    for idx in folds:
+        scoring, _ = run.fold_problem(complement(n, idx))
+        masks.append(run_hybrid(scoring, opts, Faithfulness(scoring), run.bar).mask)
+    circuit = torch.cat([v(m) for v, m in zip(values, masks, strict=True)])
+    full, empty = torch.cat([v.full for v in values]), torch.cat([v.empty for v in values])
+    ci = faithfulness_interval(circuit, full, empty)
+    return {
+        "faithfulness": float((circuit.mean() - empty.mean()) / (full.mean() - empty.mean())),
+        "ci": [ci.lo, ci.hi],
+        "ci_level": ci.level,
+        "n_prompts": int(full.numel()),
+        "folds": len(folds),
+        "fold_edges": [int(m.sum()) for m in masks],
+        "rule": "the hybrid rerun without each fold, its circuit checked on that fold's prompts",
+    }
 
 
 def _discover_scores(run: _Run, method: str, opts):
@@ -413,9 +515,49 @@ def _discover_scores(run: _Run, method: str, opts):
         mask, cut = _cut_nodes(run, method, result, faith)
     elif run.by_position:
         mask, cut = _cut_positions(run, method, result, faith)
+    elif run.fold_problem is not None:
+        mask, cut = _validated(run, method, opts, result.scores, faith)
     else:
         mask, cut = run.cut(result.scores, faith, run.threshold)
+        if run.upper is not None and run.target is not None:
+            mask, cut = _train_band(run, result.scores, faith, mask, cut)
     return mask, result.scores, {**result.stats, **cut}, faith
+
+
+def _validated(run: _Run, method: str, opts, scores: torch.Tensor, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
+    """The validated cut: the method rerun without each fold, its ranking checked on that fold's prompts."""
+    g, n = run.problem.pm.graph, run.problem.clean_ids.shape[0]
+    folds = []
+    for j, idx in enumerate(fold_indices(n)):
+        if run.bar is not None:
+            run.bar.set_description(f"{method} without fold {j + 1}")
+        scoring, _ = run.fold_problem(complement(n, idx))
+        other = METHODS[method].run(scoring, opts, run.bar).scores.double()  # NaN: untested, ranked last
+        folds.append(Fold(other, edge_ranking(g, other, absolute=run.absolute), PromptValues(*run.fold_problem(idx))))
+    sel = SelectOptions(target=run.target, confidence=run.confidence, upper=run.upper)
+    desc = f"smallest circuit with validation faithfulness >= {run.target}"
+    on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    return validated_cut(
+        g, scores, faith, folds, sel, absolute=run.absolute, from_input=run.from_input, on_probe=on_probe
+    )
+
+
+def _train_band(run: _Run, scores, faith: Faithfulness, mask: torch.Tensor, cut: dict) -> tuple[torch.Tensor, dict]:
+    """``select="train"`` with a band: negative edges added back until f on the discovery prompts is <= hi."""
+    ranked = scores.double()  # NaN (untested) ranks last and is never a negative edge to add back
+    probes = cut.setdefault("probes", [])
+    grown, m, ok = band_on_train(
+        run.problem.pm.graph,
+        ranked,
+        mask,
+        faith,
+        run.upper,
+        lower=run.target,
+        from_input=run.from_input,
+        probes=probes,
+    )
+    f = float(faith(grown)) if m else cut["faithfulness"]
+    return grown, {**cut, "m": m, "faithfulness": f, "band": [run.target, run.upper], "in_band": ok and f >= run.target}
 
 
 # --- node-level and position-aware circuits (level="node", by_position=True) ---------------------------------

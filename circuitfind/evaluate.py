@@ -29,7 +29,7 @@ from circuitfind.errors import ConfigError, ShapeError, TaskError
 from circuitfind.evaluate_scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.memory import check_chunk_size, prompt_slices
-from circuitfind.metrics import Metric, MetricError, kl_divergence, make_metric, metric_site
+from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.patching import Ablation, PatchableModel, resolve_model
 from circuitfind.tasks import Task, check_task_fits, resolve_task
 
@@ -38,6 +38,7 @@ __all__ = [
     "auc",
     "cpr_cmd",
     "cpr_cmd_of_scores",
+    "excluded_negative",
     "faithfulness",
     "faithfulness_many",
     "random_baseline",
@@ -107,6 +108,7 @@ class _Evaluator:
         batch_masks: int | None,
         memory_budget: int,
         chunk_size: int | None = None,
+        interval: dict[str, Any] | None = None,
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
@@ -128,6 +130,7 @@ class _Evaluator:
         if batch_masks < 1:
             raise ConfigError(f"batch_masks must be a positive integer; got {batch_masks}")
         self.batch_masks = batch_masks
+        self.interval = interval
         self.metric: Metric | None = None
         self.full_logprobs: Tensor | None = None  # (B, V)
         self.m_full = self.m_empty = math.nan
@@ -160,6 +163,7 @@ class _Evaluator:
         stack = [full, torch.zeros_like(full), *(m.detach().cpu().float() for m in masks)]  # floats interpolate
         values: list[float] = []
         kls: list[float] = []
+        per_prompt: list[Tensor] = []  # (B,) per evaluated circuit
         for start in range(0, len(stack), self.batch_masks):
             chunk = torch.stack(stack[start : start + self.batch_masks])  # (K, S, R)
             logits = self._logits(chunk)  # (K, B, V)
@@ -173,17 +177,26 @@ class _Evaluator:
                 )
             with metric_site(lambda err, start=start: _stack_label(start, err)):
                 values += [float(v) for v in self.metric(logits)]
+                per_prompt += list(self.metric.per_prompt(logits).detach().double().cpu())
             kls += [float(v) for v in kl_divergence(logits, self.full_logprobs)]
         self.m_full, self.m_empty = values[0], values[1]
-        return [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]
+        with metric_site(f"on the {len(self.task)} prompts evaluated ({self.split.replace('_', '-')} split)"):
+            check_gap(self.m_full, self.m_empty, self.pm.dtype, name=self.metric.name)  # every ratio divides by it
+        self.per_full, self.per_empty = per_prompt[0], per_prompt[1]
+        rows = [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]
+        if rows:
+            _add_intervals(rows, torch.stack(per_prompt[2:]), self.per_full, self.per_empty, self.interval)
+        return rows
 
     def _row(self, mask: Tensor, value: float, kl: float) -> dict[str, Any]:
         g = self.pm.graph
         kept = mask.detach().cpu() != 0
         n_edges = int((kept.any(dim=-1) if kept.dim() == 3 else kept)[g.edge_mask].sum())  # position: projected
-        span = self.m_full - self.m_empty
+        f = (value - self.m_empty) / (self.m_full - self.m_empty)  # run() checked the gap (check_gap)
         row = {
-            "faithfulness": (value - self.m_empty) / span if span != 0 else math.nan,
+            "faithfulness": f,
+            "deviation": abs(1 - f),  # two-sided: |1 - f|, MIB's CMD integrand
+            "over_recovery": f > 1,  # the circuit leaves out components that work against the behaviour
             "metric": self.metric.name,
             "metric_full": self.m_full,
             "metric_empty": self.m_empty,
@@ -195,12 +208,46 @@ class _Evaluator:
             "split": self.split,
             "n_prompts": len(self.task),
         }
-        notes = [self.note] if self.note else []
-        if span == 0:
-            notes.append("m(full) == m(empty): faithfulness is undefined (NaN)")
-        if notes:
-            row["note"] = "; ".join(notes)
+        if self.note:
+            row["note"] = self.note
         return row
+
+
+def _add_intervals(rows: list[dict], values: Tensor, full: Tensor, empty: Tensor, interval: dict | None) -> None:
+    """Each row's per-prompt metric values and the bootstrap interval of its faithfulness (shared resamples)."""
+    from circuitfind.validation.bootstrap import faithfulness_intervals
+
+    opts = {"n_boot": 1000, "level": 0.95, "seed": 0, **(interval or {})}
+    cis = faithfulness_intervals(values, full, empty, **opts)
+    for row, v, ci in zip(rows, values, cis, strict=True):
+        row["ci"] = ci.to_dict()
+        row["per_prompt"] = {"circuit": v.tolist(), "full": full.tolist(), "empty": empty.tolist()}
+
+
+def excluded_negative(circuit: Circuit, n: int = 10) -> list[dict[str, Any]]:
+    """The ``n`` edges with the most negative scores that ``circuit`` leaves out (best candidates for why f > 1).
+
+    A negative score means removing the edge alone *raises* the metric: the edge works against the behaviour, so a
+    circuit without it can recover more than the full model (f > 1).
+
+    Args:
+        circuit: a circuit with per-edge scores (NaN scores are skipped).
+        n: how many to list.
+
+    Returns:
+        ``[{"edge": name, "score": float}, ...]``, most negative first; only edges with a score below 0.
+
+    Example:
+        >>> [e["score"] < 0 for e in excluded_negative(circuit, n=2)]
+        [True, True]
+    """
+    g = circuit.graph
+    s = circuit.scores.detach().cpu().double()  # (S, R)
+    out = g.edge_mask & ~circuit.mask.cpu().bool() & (s < 0)  # NaN compares False
+    flat = out.flatten().nonzero().squeeze(1)
+    order = flat[torch.argsort(s.flatten()[flat], stable=True)][:n]  # most negative first
+    R = g.n_receivers
+    return [{"edge": g.edge(int(i) // R, int(i) % R).name, "score": float(s.flatten()[i])} for i in order]
 
 
 # --- faithfulness ------------------------------------------------------------------------------------------
@@ -216,6 +263,9 @@ def faithfulness_many(
     batch_masks: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     chunk_size: int | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Faithfulness of many circuits on the task's held-out prompts, ``batch_masks`` circuits per forward pass.
 
@@ -233,11 +283,16 @@ def faithfulness_many(
         batch_masks: masks per forward pass; default: as many as fit in ``memory_budget`` bytes.
         memory_budget: activation bytes a pass may hold when ``batch_masks`` is None.
         chunk_size: prompts per forward pass (None: all); the values do not depend on it beyond float rounding.
+        n_boot, level, seed: the bootstrap interval of each faithfulness (prompts resampled jointly from the
+            stored per-prompt values, :func:`circuitfind.validation.faithfulness_intervals`).
 
     Returns:
-        one dict per circuit: ``faithfulness`` (f), ``metric_full`` (m(N)), ``metric_empty`` (m(empty)),
-        ``metric_circuit`` (m(C)), ``kl_full_circuit``, ``n_edges``, ``fraction``, ``metric``, ``ablation``,
-        ``split`` (``held_out`` or ``all``), ``n_prompts`` and, when something needs saying, ``note``.
+        one dict per circuit: ``faithfulness`` (f), ``deviation`` (|1 - f|), ``over_recovery`` (f > 1),
+        ``ci`` (the interval as a dict: ``lo``, ``hi``, ``level``, ``n_boot``, ``seed``), ``per_prompt``
+        (``circuit``, ``full``, ``empty``: the metric on each prompt), ``metric_full`` (m(N)), ``metric_empty``
+        (m(empty)), ``metric_circuit`` (m(C)), ``kl_full_circuit``, ``n_edges``, ``fraction``, ``metric``,
+        ``ablation``, ``split`` (``held_out`` or ``all``), ``n_prompts`` and, when something needs saying,
+        ``note``.
 
     Example:
         >>> rows = faithfulness_many(pm, [pm.graph.full_mask(), torch.zeros_like(pm.graph.edge_mask)], task)
@@ -256,6 +311,7 @@ def faithfulness_many(
         batch_masks=batch_masks,
         memory_budget=memory_budget,
         chunk_size=chunk_size,
+        interval={"n_boot": n_boot, "level": level, "seed": seed},
     )
     return ev.run(mask_list)
 
@@ -270,6 +326,9 @@ def faithfulness(
     reference: Task | None = None,
     tokenizer: Any = None,
     chunk_size: int | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Faithfulness ``f = (m(C) - m(empty)) / (m(N) - m(empty))`` of one circuit on the held-out prompts.
 
@@ -284,18 +343,25 @@ def faithfulness(
         reference: mean ablation's reference batch (default: the evaluated prompts).
         tokenizer: for tasks given by name or as strings.
         chunk_size: prompts per forward pass (None: all).
+        n_boot, level, seed: the bootstrap interval over prompts (95%, 1000 resamples, seed 0 by default).
 
     Returns:
-        a dict with ``faithfulness``, ``metric_full``, ``metric_empty``, ``metric_circuit``,
-        ``kl_full_circuit`` (KL(full || circuit) at the answer positions), sizes and the split used.
+        a dict with ``faithfulness``, its interval ``ci`` and the ``per_prompt`` values it resamples, the
+        two-sided figures ``deviation`` (|1 - f|) and ``over_recovery`` (f > 1), ``metric_full``,
+        ``metric_empty``, ``metric_circuit``, ``kl_full_circuit`` (KL(full || circuit) at the answer positions),
+        sizes and the split used; for a :class:`Circuit` with scores also ``excluded_negative``, the edges with
+        the most negative scores it leaves out (:func:`excluded_negative`).
 
     Example:
         >>> faithfulness(model, circuit, task)["n_edges"] == circuit.n_edges
         True
         >>> faithfulness(model, pm.graph.full_mask(), task)["faithfulness"]
         1.0
+        >>> res = faithfulness(model, circuit, task)
+        >>> res["ci"]["lo"] <= res["faithfulness"] <= res["ci"]["hi"], len(res["per_prompt"]["circuit"])
+        (True, 3)
     """
-    return faithfulness_many(
+    row = faithfulness_many(
         model_or_pm,
         [circuit_or_mask],
         task,
@@ -304,7 +370,13 @@ def faithfulness(
         reference=reference,
         tokenizer=tokenizer,
         chunk_size=chunk_size,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
     )[0]
+    if isinstance(circuit_or_mask, Circuit):
+        row["excluded_negative"] = excluded_negative(circuit_or_mask)
+    return row
 
 
 # --- random baselines --------------------------------------------------------------------------------------
@@ -405,6 +477,9 @@ def cpr_cmd_of_scores(
     ablation: Ablation | str = "resample",
     reference: Task | None = None,
     tokenizer: Any = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """CPR and CMD of an edge-score map: top-k% circuits, their held-out faithfulness, the areas (MIB).
 
@@ -416,22 +491,27 @@ def cpr_cmd_of_scores(
         scores: ``(S, R)`` edge scores (higher = more important), e.g. ``circuit.scores``.
         task, metric, ablation, reference, tokenizer: as in :func:`faithfulness_many`.
         fractions: circuit sizes as fractions of the edges, increasing (default :data:`MIB_FRACTIONS`).
+        n_boot, level, seed: the bootstrap intervals of CPR and CMD (every circuit of the curve recomputed on the
+            same resampled prompts, :func:`circuitfind.validation.cpr_cmd_interval`).
 
     Returns:
-        ``{"cpr", "cmd", "fractions", "faithfulness_signed", "faithfulness_abs", "metric", "split", ...}``.
+        ``{"cpr", "cmd", "cpr_ci", "cmd_ci", "fractions", "faithfulness_signed", "faithfulness_abs", "metric",
+        "split", ...}`` (the intervals as dicts with ``lo``, ``hi``, ``level``, ``n_boot``, ``seed``).
 
     Example:
         >>> res = cpr_cmd_of_scores(pm, circuit.scores, task)
         >>> res["faithfulness_signed"][-1], len(res["fractions"])  # the last fraction keeps every edge
         (1.0, 10)
+        >>> res["cpr_ci"]["lo"] <= res["cpr"] <= res["cpr_ci"]["hi"]
+        True
     """
     pm, tokenizer = resolve_model(pm, tokenizer)
     pm.graph.check_mask(scores)
     if scores.dim() != 2:
         raise ShapeError(f"scores must be one (S, R) map; got shape {tuple(scores.shape)}")
     s = scores.detach().cpu().double()
-    signed = top_k_masks(s.nan_to_num(nan=-math.inf), pm.graph.edge_mask, fractions)
-    absolute = top_k_masks(s.abs().nan_to_num(nan=-1.0), pm.graph.edge_mask, fractions)
+    signed = top_k_masks(s, pm.graph.edge_mask, fractions)  # untested (NaN) edges last: edge_ranking's rule
+    absolute = top_k_masks(s, pm.graph.edge_mask, fractions, absolute=True)
     rows = faithfulness_many(
         pm, signed + absolute, task, metric=metric, ablation=ablation, reference=reference, tokenizer=tokenizer
     )
@@ -440,12 +520,25 @@ def cpr_cmd_of_scores(
     cpr, _ = cpr_cmd(f_signed, fractions)
     _, cmd = cpr_cmd(f_abs, fractions)
     first = rows[0]
+    cpr_ci, cmd_ci = _cpr_cmd_ci(rows, fractions, n_boot=n_boot, level=level, seed=seed)
     return {
         "cpr": cpr,
         "cmd": cmd,
+        "cpr_ci": cpr_ci.to_dict(),
+        "cmd_ci": cmd_ci.to_dict(),
         "fractions": list(fractions),
         "faithfulness_signed": f_signed,
         "faithfulness_abs": f_abs,
         "n_edges": [r["n_edges"] for r in rows[: len(fractions)]],
         **{k: first[k] for k in ("metric", "metric_full", "metric_empty", "ablation", "split", "n_prompts")},
     }
+
+
+def _cpr_cmd_ci(rows: list[dict[str, Any]], fractions: Sequence[float], **opts: Any) -> tuple[Any, Any]:
+    """CPR / CMD intervals from the rows' stored per-prompt values (signed rows first, then absolute)."""
+    from circuitfind.validation.bootstrap import cpr_cmd_interval
+
+    k = len(fractions)
+    values = torch.tensor([r["per_prompt"]["circuit"] for r in rows], dtype=torch.float64)  # (2K, n)
+    pp = rows[0]["per_prompt"]
+    return cpr_cmd_interval(values[:k], values[k:], pp["full"], pp["empty"], fractions, **opts)

@@ -12,7 +12,7 @@ import datetime as dt
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from circuitfind.errors import OutputError
@@ -76,15 +76,31 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
+_BUSY_FIX = "wait for it to finish or choose another --out"
+
+
 @contextlib.contextmanager
-def lock_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+def lock_folder(
+    folder: str | os.PathLike[str],
+    *,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+    fix: str = _BUSY_FIX,
+) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.lock``) for the duration of the block.
 
     The lock file records who holds it (pid, host, start time) so that a second run can say so. The kernel
-    drops the lock when the holder exits, however it exits; the file itself stays.
+    drops the lock when the holder exits, however it exits; the file itself stays, and a later run simply
+    takes it again (a ``.lock`` left by a dead process is not "held").
+
+    Args:
+        folder: an existing folder.
+        wait: when another process holds the lock, block until it is free instead of raising.
+        on_wait: called once with the holder's description before blocking (``wait=True`` only).
+        fix: how to fix it, for the message when the lock is held.
 
     Raises:
-        OutputError: another process holds the lock; the message names it.
+        OutputError: another process holds the lock (and ``wait`` is False); the message names it.
 
     Example:
         >>> with lock_folder(tmp_path):  # nobody else writes there meanwhile
@@ -103,10 +119,14 @@ def lock_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
-            raise OutputError(
-                f"the output folder {str(path.parent)!r} is in use by another run ({holder}); wait for it to "
-                f"finish or choose another --out. If that process is gone, the lock is free again: rerun"
-            ) from None
+            if not wait:
+                raise OutputError(
+                    f"the output folder {str(path.parent)!r} is in use by another run ({holder}); {fix}. If that "
+                    "process is gone, the lock is free again: rerun"
+                ) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started at {started}\n".encode())

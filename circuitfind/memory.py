@@ -166,10 +166,11 @@ def forward_slices(pm: Any, masks: int = 1) -> int:
 
 
 def estimate(
-    pm: Any, n_prompts: int, seq_len: int, *, ablation: str = "resample", chunk_size: int | None = None, masks: int = 1
+    pm: Any, n_prompts: int, seq_len: int, *, ablation: Any = "resample", chunk_size: int | None = None, masks: int = 1
 ) -> dict[str, int]:
     """Bytes of the tensors described in the module docstring, for ``pm`` and ``n_prompts`` prompts of
-    ``seq_len`` tokens (weights from the model's own parameters).
+    ``seq_len`` tokens (weights from the model's own parameters); ``ablation`` is an
+    :class:`~circuitfind.patching.Ablation` or its name.
 
     Returns:
         ``weights``, ``ablation``, ``acdc_caches`` (ACDC / exact / hybrid only), ``forward_pass`` (one masked
@@ -184,9 +185,13 @@ def estimate(
     chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, forward_slices(pm, masks))
     slice_bytes = seq_len * D * item
     groups = 2 * g.n_layers + 1
-    per = {"resample": n_prompts * seq_len, "mean": seq_len, "zero": 1}.get(str(ablation), n_prompts * seq_len)
-    weights = 0 if pm.module is None else sum(p.numel() * p.element_size() for p in pm.module.parameters())
     from circuitfind.gradients import attribution_bytes_per_prompt, default_chunk_size
+    from circuitfind.patching import Ablation
+
+    # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
+    kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"
+    per = {Ablation.RESAMPLE: n_prompts * seq_len, Ablation.MEAN: seq_len, Ablation.ZERO: 1}[kind]
+    weights = 0 if pm.module is None else sum(p.numel() * p.element_size() for p in pm.module.parameters())
 
     eap_chunk = chunk_size or default_chunk_size(pm, n_prompts, seq_len)
     return {

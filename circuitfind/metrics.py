@@ -19,8 +19,10 @@ from torch import Tensor
 from circuitfind.errors import ConfigError, MetricError, TaskError
 
 __all__ = [
+    "GAP_NOISE_FACTOR",
     "MetricKind",
     "Metric",
+    "check_gap",
     "make_metric",
     "metric_site",
     "kl_divergence",
@@ -61,20 +63,33 @@ def _gather_mean(values: Tensor, ids: Tensor) -> Tensor:
 
 def kl_divergence(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
     """``KL(reference || circuit)`` per circuit: ``(K, B, V), (B, V) -> (K,)``, mean over prompts."""
-    logp = F.log_softmax(_wide(logits), dim=-1)
-    ref = reference_logprobs.to(logp.dtype)
-    return (ref.exp() * (ref - logp)).sum(-1).mean(-1)
+    return _kl_rows(logits, reference_logprobs).mean(-1)
 
 
 def logit_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of mean correct logit minus mean wrong logit."""
-    return (_gather_mean(_wide(logits), answers) - _gather_mean(_wide(logits), wrong)).mean(-1)
+    return _logit_diff_rows(logits, answers, wrong).mean(-1)
 
 
 def prob_diff(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     """``(K, B, V) -> (K,)``: mean over prompts of P(correct answers) minus P(wrong answers)."""
+    return _prob_diff_rows(logits, answers, wrong).mean(-1)
+
+
+# the same three, one value per prompt ``(K, B, V) -> (K, B)`` (what bootstrap intervals resample)
+def _kl_rows(logits: Tensor, reference_logprobs: Tensor) -> Tensor:
+    logp = F.log_softmax(_wide(logits), dim=-1)
+    ref = reference_logprobs.to(logp.dtype)
+    return (ref.exp() * (ref - logp)).sum(-1)
+
+
+def _logit_diff_rows(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
+    return _gather_mean(_wide(logits), answers) - _gather_mean(_wide(logits), wrong)
+
+
+def _prob_diff_rows(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     probs = F.softmax(_wide(logits), dim=-1)
-    return (_gather_sum(probs, answers) - _gather_sum(probs, wrong)).mean(-1)
+    return _gather_sum(probs, answers) - _gather_sum(probs, wrong)
 
 
 def output_mse(reference: Tensor) -> Callable[[Tensor], Tensor]:
@@ -116,6 +131,8 @@ class Metric:
         separable: the value is a mean over prompts of a function of each prompt's own logits, so its gradient
             on a batch's rows does not depend on the other rows (True for the built-in metrics; a callable is
             not assumed to be).
+        rows: logits ``(K, B, V)`` -> one value per prompt ``(K, B)`` whose mean over prompts is the value (the
+            built-in metrics); None: :meth:`per_prompt` calls ``fn`` on each prompt alone.
     """
 
     name: str
@@ -124,6 +141,7 @@ class Metric:
     columns: Tensor | None = None
     on_columns: Callable[[Tensor], Tensor] | None = None
     separable: bool = False
+    rows: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, logits: Tensor) -> Tensor:
         """Values ``(K,)`` for logits ``(K, B, V)``, or a scalar for ``(B, V)``.
@@ -134,6 +152,26 @@ class Metric:
         if logits.dim() == 2:
             return _finite(self.name, self.fn(logits.unsqueeze(0)))[0]
         return _finite(self.name, self.fn(logits))
+
+    def per_prompt(self, logits: Tensor) -> Tensor:
+        """The metric on each prompt alone: logits ``(K, B, V)`` -> ``(K, B)`` (what bootstrap intervals
+        resample). For the built-in metrics the mean over prompts is :meth:`__call__`'s value; a custom callable
+        is called on each prompt's logits ``(1, V)``, which equals its value on the batch when it averages over
+        prompts.
+
+        Raises:
+            MetricError: a value is NaN or infinite.
+
+        Example:
+            >>> m = make_metric("logit_diff", answers=torch.tensor([[1], [2]]), wrong_answers=torch.tensor([[2], [1]]))
+            >>> m.per_prompt(torch.tensor([[[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]]])).tolist()
+            [[2.0, -2.0]]
+        """
+        if self.rows is not None:
+            values = self.rows(logits)  # (K, B)
+        else:
+            values = torch.stack([self.fn(logits[:, b : b + 1]) for b in range(logits.shape[1])], dim=-1)
+        return _finite(self.name, values.flatten()).view(values.shape)
 
     def loss(self, logits: Tensor) -> Tensor:
         """What ACDC minimises: the value, negated when higher is better."""
@@ -166,6 +204,56 @@ def _finite(name: str, values: Tensor) -> Tensor:
         "model's logits (e.g. a float16 overflow: load the model in float32), or a custom metric that divides "
         "by zero or takes the log of 0.",
         index=k,
+    )
+
+
+GAP_NOISE_FACTOR = 64
+"""A metric gap ``|m(N) - m(empty)|`` at most this many ``eps`` of the metric's dtype (relative to the larger value,
+with an absolute floor of 1) is rounding noise, not a difference: :func:`check_gap` refuses it."""
+
+
+def check_gap(full: float, empty: float, dtype: torch.dtype = torch.float32, *, name: str = "metric") -> float:
+    """The gap ``full - empty`` that faithfulness divides by, or a :class:`MetricError` when it is noise.
+
+    The one check of every faithfulness ratio ``(m(C) - m(empty)) / (m(N) - m(empty))``: a gap with
+    ``|m(N) - m(empty)| <= 64 * eps(dtype) * max(|m(N)|, |m(empty)|, 1)`` is refused, since any circuit would then
+    score a ratio of noise over noise (identical clean and corrupted prompts report faithfulness 1.0). The floor
+    of 1 covers KL, whose full value is 0. Metrics are computed in at least float32 (half precision logits are
+    widened first), so ``eps`` is that of ``dtype`` promoted to float32.
+
+    Args:
+        full: the metric (or loss) of the full model, ``m(N)``.
+        empty: the metric (or loss) of the empty circuit, ``m(empty)``.
+        dtype: the model's dtype (``pm.dtype``); float32 when unknown.
+        name: what the two values are, for the message (``"metric"``, ``"logit_diff"``, ``"loss"``).
+
+    Returns:
+        ``full - empty``, a float whose size is above the noise floor.
+
+    Raises:
+        MetricError: the gap is within the noise floor, or NaN.
+
+    Example:
+        >>> check_gap(2.5, 0.5)
+        2.0
+        >>> check_gap(3.0, 3.0 + 1e-8)
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.MetricError: the metric gap metric(full) - metric(empty) = -1e-08 (metric(full) = 3, ...
+    """
+    wide = torch.promote_types(dtype, torch.float32)
+    full, empty = float(full), float(empty)
+    gap = full - empty
+    floor = GAP_NOISE_FACTOR * torch.finfo(wide).eps * max(abs(full), abs(empty), 1.0)
+    if abs(gap) > floor:  # False for NaN too
+        return gap
+    raise MetricError(
+        f"the {name} gap {name}(full) - {name}(empty) = {gap:.3g} ({name}(full) = {full:.10g}, {name}(empty) = "
+        f"{empty:.10g}) is within rounding noise of zero (|gap| <= {floor:.3g} = {GAP_NOISE_FACTOR} "
+        f"eps({str(wide).removeprefix('torch.')}) x max(|full|, |empty|, 1)), so faithfulness, a ratio over this "
+        "gap, would be noise over noise. The "
+        "ablation does not change the metric: use corrupted prompts that differ from the clean ones where the "
+        "answer is decided, another ablation, or a metric that separates them."
     )
 
 
@@ -253,10 +341,18 @@ def make_metric(
         if clean_logits is None:
             raise ConfigError("the KL metric needs the full model's logits at the answer positions")
         ref = F.log_softmax(_wide(clean_logits.detach()), dim=-1)
-        return Metric(kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True)
+        return Metric(
+            kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True, rows=lambda lg: _kl_rows(lg, ref)
+        )
     _check_answer_rows(kind.value, answers, wrong_answers)
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
-        return Metric(kind.value, lambda lg: prob_diff(lg, answers, wrong_answers), True, separable=True)
+        return Metric(
+            kind.value,
+            lambda lg: prob_diff(lg, answers, wrong_answers),
+            True,
+            separable=True,
+            rows=lambda lg: _prob_diff_rows(lg, answers, wrong_answers),
+        )
     columns, (ans, wrong) = _as_columns(answers, wrong_answers)
     return Metric(
         kind.value,
@@ -265,6 +361,7 @@ def make_metric(
         columns=columns,
         on_columns=lambda lg: logit_diff(lg, ans, wrong),
         separable=True,
+        rows=lambda lg: _logit_diff_rows(lg, answers, wrong_answers),
     )
 
 

@@ -3,9 +3,10 @@
 Pure tensor algebra on a :class:`~circuitfind.graph.Graph`; no model code. Masks and scores are dense
 ``(S, R)`` tensors in the graph's (senders, receivers) layout.
 
-* :func:`edge_ranking`: the flat indices of the existing edges, best first. The one place the ordering is
-  defined (ties broken by position, so every cut of it is nested in the next); :func:`top_n`,
-  :func:`top_fraction`, :func:`smallest_faithful` and :func:`circuitfind.evaluate_scores.top_k_masks` use it.
+* :func:`edge_ranking`: the flat indices of the existing edges, best first, untested (NaN) edges last. The one
+  place the ordering is defined (ties broken by position, so every cut of it is nested in the next);
+  :func:`top_n`, :func:`top_fraction`, :func:`above_threshold`, :func:`smallest_faithful`,
+  :func:`circuitfind.evaluate_scores.top_k_masks`, the cut of ``discover`` and the explorer use it.
 * :func:`top_n`, :func:`top_fraction`, :func:`above_threshold`: the usual cuts.
 * :func:`prune_dangling`: drop edges that lie on no kept ``input -> logits`` path (EAP-IG issue #16,
   REFERENCE §5: a top-k cut leaves edges out of nodes whose output reaches nothing, and into nodes that see
@@ -119,33 +120,39 @@ def prune_dangling(graph: Graph, mask: Tensor, *, from_input: bool = True) -> Te
 
 # --- ranking and cuts ----------------------------------------------------------------------------------------
 def edge_ranking(graph: Graph | Tensor, scores: Tensor, *, absolute: bool = False) -> Tensor:
-    """Flat indices (into ``S * R``) of the existing edges, best score first.
+    """Flat indices (into ``S * R``) of the existing edges, best score first, untested (NaN) edges last.
 
-    Ties are broken by position (stable sort), so the first ``k`` of the ranking are nested in the first
-    ``k + 1``. Only existing edges are ranked, even against ``-inf`` scores (an ACDC edge never tested), and
-    NaN scores on existing edges are rejected rather than sorted somewhere arbitrary.
+    The one owner of the ranking rule; every cut (:func:`top_n`, :func:`top_fraction`, :func:`above_threshold`,
+    :func:`smallest_faithful`, the cut of ``discover``, CPR/CMD's top-k circuits, the explorer's slider) ranks
+    through it. A NaN score means the edge was never tested or scored (exact scoring with ``candidates=``, ACDC
+    edges of dead nodes): such edges come after every tested edge, under the signed and the absolute ranking
+    alike, in position order. Ties are broken by position (stable sort), so the first ``k`` of the ranking are
+    nested in the first ``k + 1``. Only existing edges are ranked, even against ``-inf`` scores.
 
     Args:
         graph: the model's graph, or its ``(S, R)`` bool edge mask (``graph.edge_mask``).
-        scores: ``(S, R)`` scores; entries outside the edges are ignored.
+        scores: ``(S, R)`` scores, NaN for untested edges; entries outside the edges are ignored.
         absolute: rank by ``|score|`` (MIB's CMD) instead of the signed score (CPR).
 
     Returns:
         ``(E,)`` long tensor on ``scores``' device, ``E`` = number of edges.
 
     Raises:
-        ShapeError: shapes differ, the edge mask is not bool or empty, or NaN scores on existing edges.
+        ShapeError: shapes differ, or the edge mask is not bool or empty.
 
     Example:
-        >>> s = torch.tensor([[3.0, -5.0], [1.0, 3.0]])
+        >>> s = torch.tensor([[3.0, -5.0], [float("nan"), 3.0]])
         >>> edge_ranking(torch.ones(2, 2, dtype=torch.bool), s).tolist()
-        [0, 3, 2, 1]
+        [0, 3, 1, 2]
         >>> edge_ranking(torch.ones(2, 2, dtype=torch.bool), s, absolute=True).tolist()
         [1, 0, 3, 2]
     """
     exists, key = _ranking_key(graph, scores, absolute)
-    candidates = exists.flatten().nonzero().squeeze(1)  # (E,)
-    return candidates[torch.argsort(key.flatten()[candidates], descending=True, stable=True)]
+    flat, exists = key.flatten(), exists.flatten()  # (S*R,)
+    untested = torch.isnan(flat)
+    tested = (exists & ~untested).nonzero().squeeze(1)  # (E_tested,)
+    ranked = tested[torch.argsort(flat[tested], descending=True, stable=True)]
+    return torch.cat([ranked, (exists & untested).nonzero().squeeze(1)])
 
 
 def top_n(graph: Graph, scores: Tensor, n: int, *, absolute: bool = False) -> Tensor:
@@ -199,7 +206,7 @@ def top_fraction(graph: Graph, scores: Tensor, fraction: float, *, absolute: boo
 
 
 def above_threshold(graph: Graph, scores: Tensor, threshold: float, *, absolute: bool = False) -> Tensor:
-    """The existing edges whose score (or ``|score|``) is strictly above ``threshold``.
+    """The existing edges whose score (or ``|score|``) is strictly above ``threshold``; untested (NaN) edges never.
 
     Args:
         graph: the model's graph.
@@ -402,7 +409,8 @@ def probes_left(probes: list[dict[str, Any]], target: float, lo: int = 1) -> int
 
 # --- helpers -------------------------------------------------------------------------------------------------
 def _ranking_key(graph: Graph | Tensor, scores: Tensor, absolute: bool) -> tuple[Tensor, Tensor]:
-    """``(exists, key)``: the ``(S, R)`` bool edge mask and float64 ranking key, both on ``scores``' device."""
+    """``(exists, key)``: the ``(S, R)`` bool edge mask and float64 ranking key (NaN where untested), both on
+    ``scores``' device."""
     if not isinstance(scores, Tensor):
         raise ShapeError(f"scores must be a tensor; got {type(scores).__name__}")
     if isinstance(graph, Graph):
@@ -421,10 +429,7 @@ def _ranking_key(graph: Graph | Tensor, scores: Tensor, absolute: bool) -> tuple
         if not bool(exists.any()):
             raise ShapeError("edge_mask has no edge")
     exists = exists.to(scores.device)
-    key = (scores.abs() if absolute else scores).double()  # (S, R)
-    if bool(torch.isnan(key[exists]).any()):
-        raise ShapeError("scores contain NaN on existing edges; replace them (e.g. torch.nan_to_num) before ranking")
-    return exists, key
+    return exists, (scores.abs() if absolute else scores).double()  # (S, R); NaN stays NaN (untested)
 
 
 def _first(order: Tensor, k: int, like: Tensor) -> Tensor:

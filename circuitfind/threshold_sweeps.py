@@ -5,15 +5,15 @@ measures circuits it is given)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from circuitfind.checkpoint import fingerprint
 from circuitfind.circuit import Circuit
-from circuitfind.discovery import discover
+from circuitfind.discovery import discover, prepare_problem
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate_scores import auc, roc_from_circuits
 from circuitfind.graph import Graph
@@ -23,11 +23,31 @@ from circuitfind.tasks import Task, resolve_task
 __all__ = ["roc_sweep", "threshold_sweep"]
 
 
-def _digest(task: Task, parts: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for t in (task.clean_ids, task.corrupted_ids, task.attention_mask, task.answer_pos):
-        h.update(t.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
+def _cache_base(pm: PatchableModel, task: Task, discover_kw: dict[str, Any]) -> str:
+    """The task fingerprint of the sweep's runs without their threshold (:func:`circuitfind.checkpoint.fingerprint`:
+    the train split's ids, masks, positions, answers and wrong answers, the metric, the ablation's reference
+    outputs and every weight), computed once: hashing the weights is the costly part."""
+    kw = {k: v for k, v in discover_kw.items() if k != "progress"}
+    train = task.train()
+    problem, _ = prepare_problem(
+        pm,
+        train,
+        metric=kw.get("metric", "kl"),
+        ablation=kw.get("ablation", "resample"),
+        reference=kw.get("reference"),
+        chunk_size=kw.get("chunk_size"),
+    )
+    config = {
+        "sweep": "acdc-threshold",
+        "graph": pm.graph.describe(),
+        "task": task.name,
+        **{k: _metric_label(v) if k == "metric" else v for k, v in kw.items() if k != "reference"},
+    }
+    return fingerprint(config, train, problem, pm, metric=kw.get("metric"))
+
+
+def _digest(base: str, tau: float) -> str:
+    return hashlib.sha256(f"{base}|threshold={float(tau)!r}".encode()).hexdigest()[:16]
 
 
 def _metric_label(metric: Any) -> str:
@@ -53,9 +73,10 @@ def threshold_sweep(
         task: anything :func:`circuitfind.discover` accepts; its train split is used.
         thresholds: the taus, run in the given order.
         tokenizer: for tasks given by name or as strings.
-        cache_dir: if given, each circuit is saved there as JSON and reused by a later sweep with the same model
-            name, task data, threshold and options, and each ACDC run checkpoints there (``.ckpt``), so an
-            interrupted sweep resumes where it stopped, even in the middle of a run.
+        cache_dir: if given, each circuit is saved there as JSON and reused by a later sweep with the same task
+            fingerprint (:func:`circuitfind.checkpoint.fingerprint`: prompts, answers, wrong answers, metric,
+            ablation reference and the model's weights), threshold and options, and each ACDC run checkpoints
+            there (``.ckpt``), so an interrupted sweep resumes where it stopped, even in the middle of a run.
         on_circuit: called with ``(threshold, circuit)`` after each threshold (e.g. to write partial results).
         **discover_kw: passed to :func:`circuitfind.discover` (``metric``, ``ablation``, ``batch_size``,
             ``progress``: a progress bar per run, off by default).
@@ -73,19 +94,12 @@ def threshold_sweep(
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     discover_kw.setdefault("progress", False)
-    model_name = getattr(getattr(pm.module, "config", None), "_name_or_path", "") or pm.spec.family
+    base = _cache_base(pm, task, discover_kw) if cache_dir is not None else None
     circuits = []
     for tau in thresholds:
         path = None
-        if cache_dir is not None:
-            parts = {
-                "model": model_name,
-                "graph": pm.graph.describe(),
-                "threshold": float(tau),
-                "task": task.name,
-                **{k: _metric_label(v) if k == "metric" else v for k, v in discover_kw.items() if k != "progress"},
-            }
-            path = Path(cache_dir) / f"acdc_{task.name}_{_digest(task.train(), parts)}.json"
+        if base is not None:
+            path = Path(cache_dir) / f"acdc_{task.name}_{_digest(base, tau)}.json"
         if path is not None and path.exists():
             circuit = Circuit.load(path)
         elif path is not None:  # checkpointed: an interrupted run resumes from its last finished receiver

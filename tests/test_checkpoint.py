@@ -246,3 +246,51 @@ def test_fingerprint_is_a_hex_string_and_sees_buffers():
     with torch.no_grad():
         model.model.rotary_emb.inv_freq.mul_(1.5)
     assert fingerprint({"threshold": 0.01}, _task(), problem, model) != before
+
+
+# --- header fields checked against the graph; the loss recomputed on resume (issue 19 item 7) -----------------
+R = cf.patching.PatchableModel(MODEL).graph.n_receivers
+
+
+@pytest.mark.parametrize(
+    "state,expected",
+    [
+        (lambda s: {**s, "next_receiver": R + 5}, rf"'next_receiver' to be a receiver position in 0 \.\. {R}.*{R + 5}"),
+        (lambda s: {**s, "next_receiver": -1}, rf"'next_receiver' to be a receiver position in 0 \.\. {R}.*found -1"),
+        (lambda s: {**s, "current": math.nan}, "'current' to be a finite loss.*found nan"),
+        (lambda s: {**s, "current": -math.inf}, "'current' to be a finite loss.*found -inf"),
+        (lambda s: {**s, "edges_tested": -2}, "'edges_tested' to be a count >= 0"),
+    ],
+)
+def test_a_forged_header_with_the_right_fingerprint_is_refused(tmp_path, state, expected):
+    ckpt = _finished_run(tmp_path)
+    _forge(ckpt, state=state)
+    with pytest.raises(CheckpointError, match=rf"malformed: expected {expected}.*Delete it"):
+        _resume(ckpt)
+
+
+@pytest.mark.parametrize("method", ["acdc", "acdc-plain"])
+def test_resume_recomputes_the_loss_of_the_saved_circuit(tmp_path, monkeypatch, method):
+    """A checkpoint claiming another finite ``current`` resumes to the uninterrupted circuit (old main: every edge
+    after the boundary measured against the forged loss)."""
+    import circuitfind.checkpoint as ckpt_mod
+
+    full = cf.discover(MODEL, _task(), threshold=0.01, method=method, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+    original, calls = ckpt_mod.Checkpointer.update, []
+
+    def interrupting(self, state):
+        original(self, state)
+        calls.append(1)
+        if len(calls) == R // 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        cf.discover(MODEL, _task(), threshold=0.01, method=method, progress=False, checkpoint=ckpt)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", original)
+    _forge(ckpt, state=lambda s: {**s, "current": s["current"] + 100.0})
+    resumed = _resume(ckpt, method=method)
+    assert torch.equal(resumed.mask, full.mask) and full.n_edges > 0
+    assert torch.nan_to_num(resumed.scores - full.scores).abs().max() <= 1e-5

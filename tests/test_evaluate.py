@@ -164,3 +164,42 @@ def test_ablation_for_builds_each_kind_from_the_right_prompts(pm):
     assert not torch.allclose(with_ref.outputs, by_hand["mean"].outputs)
     with pytest.raises(ConfigError, match="reference"):
         pm.ablation_for(task, "resample", reference=ref)
+
+
+# --- issue 19 item 5: the threshold-sweep cache keys on the one task fingerprint ---------------------------------
+def test_threshold_sweep_cache_is_not_served_for_other_answers_wrong_answers_or_weights(tmp_path, monkeypatch):
+    import copy
+    import dataclasses
+
+    model = tiny_gpt2(n_layer=1, n_head=2, n_embd=8, init=0.2)
+    task = _task(n_train=None)
+    (first,) = threshold_sweep(model, task, [0.05], cache_dir=tmp_path, metric="logit_diff")
+    runs = []
+
+    def counting(*args, **kwargs):
+        runs.append(kwargs.get("threshold"))
+        return first
+
+    monkeypatch.setattr(circuitfind.threshold_sweeps, "discover", counting)
+    assert threshold_sweep(model, task, [0.05], cache_dir=tmp_path, metric="logit_diff")[0].n_edges == first.n_edges
+    assert runs == []  # same fingerprint: served from the cache
+
+    def shifted(ids, avoid):  # other token ids, valid (>= 1) and different from ``avoid`` in every prompt
+        for k in range(1, VOCAB):
+            new = (ids - 1 + k) % (VOCAB - 1) + 1
+            if not bool((new == avoid).any()):
+                return new
+        raise AssertionError
+
+    heavier = copy.deepcopy(model)
+    with torch.no_grad():
+        heavier.transformer.h[0].mlp.c_fc.weight[0, 0] += 0.5  # one weight, same model name and config
+    variants = [
+        (model, dataclasses.replace(task, answers=shifted(task.answers, task.wrong_answers))),
+        (model, dataclasses.replace(task, wrong_answers=shifted(task.wrong_answers, task.answers))),
+        (heavier, task),
+    ]
+    for i, (m, t) in enumerate(variants, start=1):
+        threshold_sweep(m, t, [0.05], cache_dir=tmp_path, metric="logit_diff")
+        assert runs == [0.05] * i, f"variant {i} was served the stale cached circuit"
+    assert len(list(tmp_path.glob("acdc_*.json"))) == 1 + 3

@@ -56,6 +56,7 @@ def _task() -> Task:
     am = torch.ones(B, T, dtype=torch.long)
     am[3, 7:] = 0
     answers, wrong = (torch.randint(1, VOCAB, (B, 1), generator=g) for _ in range(2))
+    wrong = torch.where(wrong == answers, wrong % (VOCAB - 1) + 1, wrong)  # a wrong answer is never the answer
     return Task("toy", _ids(0), _ids(1), am, am.sum(1) - 1, answers, wrong)
 
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from circuitfind.analysis import CLASSES, ClassThresholds, PathPatcher, head_classes
+from circuitfind.analysis.head_classes import _problem as _problem_of
 from circuitfind.analysis.head_classes import class_score
 from circuitfind.discovery import prepare_problem
 from circuitfind.errors import ConfigError, TaskError
+from circuitfind.metrics import make_metric
 from circuitfind.patching import PatchableModel
 from circuitfind.tasks import Task, ioi_positions
 from tests.ioi_planted import PLANTED, planted_ioi_spec, planted_ioi_task
@@ -83,6 +85,16 @@ def test_class_score_is_the_weakest_condition_over_its_threshold():
     assert class_score("negative_name_mover", neg, th)[0].tolist() == pytest.approx([-2.0, -12.5])
 
 
+def test_a_negative_name_mover_with_a_backup_effect_stays_a_negative_name_mover():
+    from circuitfind.analysis.head_classes import _assign
+
+    scores = {c: torch.zeros(1, 3) for c in CLASSES}
+    scores["negative_name_mover"] = torch.tensor([[2.8, 0.0, 0.0]])
+    scores["backup_name_mover"] = torch.tensor([[4.6, 4.6, 0.5]])
+    scores["induction"] = torch.tensor([[0.0, 0.0, 1.0]])
+    assert _assign(scores) == ("negative_name_mover", "backup_name_mover", "induction")
+
+
 def test_stricter_thresholds_drop_classes(planted):
     pm, _ = planted
     hc = head_classes(pm, planted_ioi_task(), copy_sample=12, thresholds=ClassThresholds(effect=1.4))
@@ -138,7 +150,7 @@ def test_path_patcher_matches_a_plain_masked_forward():
     g = pm.graph
     nm_q = [g.head_receiver(3, 0, "q"), g.head_receiver(3, 1, "q"), g.head_receiver(4, 0, "q")]  # three layers
     senders = [g.head_sender(0, 1), g.head_sender(2, 0), g.input_sender]
-    fx = PathPatcher(problem, batch=2).effects(g.full_mask(), senders, nm_q)
+    fx = PathPatcher(problem).effects(g.full_mask(), senders, nm_q)
     abl = pm.ablation_for(task)
     for s in senders:
         mask = g.full_mask()
@@ -190,3 +202,31 @@ def test_ioi_positions_from_labels_agree_with_the_ids(tok):
     for k in ("IO", "S1", "S2", "END"):
         assert from_labels[k].tolist() == from_ids[k].tolist(), k
     assert (from_labels["S1"] < from_labels["S2"]).all() and (from_labels["S2"] < from_labels["END"]).all()
+
+
+def test_path_patcher_restarting_above_the_sender_matches_a_plain_forward_on_a_dense_model():
+    from tests.models_tiny import tiny_gpt2
+    from tests.toy_problems import natural_task
+
+    pm = PatchableModel(tiny_gpt2(seed=1, init=0.3))  # random weights: every path carries some effect
+    task = natural_task(pm)
+    problem = _problem_of(pm, task, "resample")
+    g = pm.graph
+    # receivers in layers 1 and 2: senders of layer 0 restart at layer 1 with their layer-2 inputs corrected
+    receivers = [g.head_receiver(1, 0, "q"), g.head_receiver(2, 1, "k"), g.head_receiver(2, 3, "v")]
+    receivers.append(g.mlp_receiver(2))
+    senders = [g.input_sender, g.head_sender(0, 2), g.mlp_sender(0), g.head_sender(1, 1)]
+    fx = PathPatcher(problem).effects(g.full_mask(), senders, receivers)
+    abl = pm.ablation_for(task)
+    metric = make_metric("logit_diff", answers=task.answers, wrong_answers=task.wrong_answers)
+
+    def value(m):
+        kw = {"attention_mask": task.attention_mask, "positions": task.answer_pos}
+        return float(metric(pm.forward(task.clean_ids, abl, m, **kw)))
+
+    for s in senders:
+        mask = g.full_mask()
+        mask[s, receivers] = False
+        expected = value(g.full_mask()) - value(mask)
+        assert abs(expected) > 1e-4  # the path matters, so a wrong restart would show
+        assert float(fx[s]) == pytest.approx(expected, abs=1e-5), g.sender_names[s]

@@ -23,6 +23,7 @@ from circuitfind.algorithms.base import Faithfulness
 from circuitfind.discovery import prepare_problem
 from circuitfind.errors import ConfigError
 from circuitfind.memory import PeakMemory, estimate, peak_memory, prompt_slices, reset_peak_memory
+from circuitfind.tasks import Task
 from tests.toy_problems import NAMES, PMS, N, natural_task
 
 TASKS = {name: natural_task(PMS[name]) for name in NAMES}
@@ -117,3 +118,22 @@ def test_estimate_counts_the_tensors_the_code_holds():
     assert est["chunk_size"] == N  # the toy problem fits one pass
     assert estimate(pm, N, task.seq_len, ablation="zero")["ablation"] < held / (N * task.seq_len) * 1.01
     assert math.isclose(estimate(pm, N, task.seq_len, chunk_size=1)["forward_pass"] * N, est["forward_pass"])
+
+
+@pytest.mark.parametrize("kind", ["mean", "zero", "resample"])
+def test_estimate_sizes_each_ablation_given_as_enum_or_name_as_held(kind):
+    """Issue 19 item 6: ``Ablation.MEAN`` (an enum, not the string) was sized as resample, N times too large."""
+    from circuitfind.patching import Ablation
+
+    pm, t = PMS["gpt2"], TASKS["gpt2"]
+    full = torch.ones_like(t.attention_mask)  # equal lengths: the mean is taken per position
+    task = Task("even", t.clean_ids, t.corrupted_ids, full, full.sum(1) - 1, t.answers, t.wrong_answers)
+    problem = prepare_problem(pm, task, metric="logit_diff", ablation=kind)[0]
+    held = sum(t.numel() * t.element_size() for t in (problem.ablated.outputs, problem.ablated.bases))
+    g, D = pm.graph, pm.spec.d_model
+    per = {"resample": N * task.seq_len, "mean": task.seq_len, "zero": 1}[kind]  # (B', T') of the held tensors
+    assert held == (g.n_senders + 2 * g.n_layers + 1) * per * D * pm.dtype.itemsize
+    for given in (Ablation(kind), kind, kind.upper()):
+        assert estimate(pm, N, task.seq_len, ablation=given)["ablation"] == held, given
+    with pytest.raises(ConfigError, match="unknown ablation 'average'"):
+        estimate(pm, N, task.seq_len, ablation="average")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -152,3 +153,44 @@ def test_metrics_widen_half_precision_and_keep_float64(dtype, want):
             bumped = logits.clone()
             bumped[0, :, 1:4] += 1e-12  # the correct answers' logits
             assert float(m(bumped) - value) != 0.0, name
+
+
+# --- issue 19 item 3: no metric gap is reported as a perfect circuit -----------------------------------------
+def test_check_gap_refuses_a_gap_within_64_eps_of_the_larger_value_or_of_1():
+    from circuitfind.metrics import check_gap
+
+    eps32, eps64 = 2.0**-23, 2.0**-52
+    floor = 64 * eps32 * 1000.0  # 7.6e-3 for values near 1000
+    assert check_gap(1000.0, 1000.0 - 1.01 * floor) == pytest.approx(1.01 * floor)
+    with pytest.raises(MetricError, match=r"gap metric\(full\) - metric\(empty\) = -0\.00755 .*= 1000, .*= 1000\.0075"):
+        check_gap(1000.0, 1000.0 + 0.99 * floor)
+    # KL: m(N) = 0, so the floor is absolute: 64 eps, not 0
+    assert check_gap(0.0, 1.01 * 64 * eps32, torch.float32, name="kl") < 0
+    with pytest.raises(MetricError, match=r"kl gap kl\(full\) - kl\(empty\) = -7\.5e-06.*kl\(full\) = 0,"):
+        check_gap(0.0, 7.5e-6, torch.float32, name="kl")
+    # float64 values carry float64 rounding; half precision models compute their metrics in float32
+    assert check_gap(1.0, 1.0 + 65 * eps64, torch.float64) < 0
+    with pytest.raises(MetricError, match="eps\\(float32\\)"):
+        check_gap(1.0, 1.0 + 63 * eps32, torch.bfloat16)
+    with pytest.raises(MetricError):
+        check_gap(float("nan"), 1.0)
+
+
+@pytest.mark.parametrize(
+    "method,kw",
+    [("eap-ig", {"target": 0.5}), ("hybrid", {"target": 0.5}), ("exact", {"target": 0.5}), ("eap", {"n_edges": 4})],
+)
+def test_identical_clean_and_corrupted_prompts_are_refused_not_faithful(method, kw):
+    """Old main: faithfulness 1.0 (eap-ig) or 3.0 (hybrid, exact) from a 7e-9 noise gap."""
+    pm = PatchableModel(tiny_gpt2())
+    t = _tiny_task()
+    same = dataclasses.replace(t, corrupted_ids=t.clean_ids.clone())
+    if "target" in kw:
+        with pytest.raises(MetricError, match=r"loss gap .* within rounding noise of zero"):
+            cf.discover(pm, same, method=method, metric="logit_diff", progress=False, **kw)
+    else:  # a cut by count divides by nothing; the circuit's recovered share is NaN, not a ratio of noise
+        circuit = cf.discover(pm, same, method=method, metric="logit_diff", progress=False, **kw)
+        assert abs(circuit.metric_full - circuit.metric_empty) < 1e-6 and math.isnan(circuit.recovered)
+    for metric in ("logit_diff", "kl"):
+        with pytest.raises(MetricError, match=rf"{metric} gap {metric}\(full\) - {metric}\(empty\) = .*within"):
+            faithfulness(pm, pm.graph.full_mask(), same, metric=metric)

@@ -239,17 +239,14 @@ def test_above_threshold_is_strict_and_ignores_non_edges(g11):
         above_threshold(g11, s, math.nan)
 
 
-def test_selectors_reject_nan_and_wrong_shapes(g11):
+def test_selectors_rank_nan_last_and_reject_wrong_shapes(g11):
     s = torch.zeros(g11.n_senders, g11.n_receivers)
-    s[0, g11.logits_receiver - 1] = math.nan  # input->m0 is an edge
-    for call in (
-        lambda: edge_ranking(g11, s),
-        lambda: top_n(g11, s, 1),
-        lambda: top_fraction(g11, s, 0.5),
-        lambda: above_threshold(g11, s, 0.0),
-    ):
-        with pytest.raises(ShapeError, match="NaN"):
-            call()
+    s[0, g11.logits_receiver - 1] = math.nan  # input->m0 is an edge, never tested
+    nan_flat = g11.logits_receiver - 1
+    for absolute in (False, True):
+        assert int(edge_ranking(g11, s, absolute=absolute)[-1]) == nan_flat
+        assert not top_n(g11, s, g11.n_edges - 1, absolute=absolute).flatten()[nan_flat]
+        assert not above_threshold(g11, s, -math.inf, absolute=absolute).flatten()[nan_flat]
     ok = torch.zeros(g11.n_senders, g11.n_receivers)
     ok[~g11.edge_mask] = math.nan  # NaN off the edges is ignored
     assert int(top_n(g11, ok, 3).sum()) == 3
@@ -359,3 +356,63 @@ def test_bad_bounds_and_nan_faithfulness():
         smallest_faithful(g, s, lambda m: 1.0, 0.5, hi=9)
     with pytest.raises(ConfigError, match="NaN"):
         smallest_faithful(g, s, lambda m: math.nan, 0.5)
+
+
+# --- issue 19 item 4: untested (NaN) edges rank last under every ranking --------------------------------------
+def test_edge_ranking_puts_untested_edges_last_signed_and_absolute_by_hand():
+    nan, inf = math.nan, math.inf
+    s = torch.tensor([[nan, -3.0, 1.0], [2.0, nan, -inf], [0.5, 9.0, nan]])
+    exists = torch.ones(3, 3, dtype=torch.bool)
+    exists[2, 1] = False  # 9.0 is not an edge
+    # signed: 2, 1, 0.5, -3, -inf, then the NaN edges in position order (0, 4, 8)
+    assert edge_ranking(exists, s).tolist() == [3, 2, 6, 1, 5, 0, 4, 8]
+    # absolute: |-inf|, |-3|, 2, 1, 0.5, then the NaN edges -- old main sent NaN -> -inf -> +inf to the top
+    assert edge_ranking(exists, s, absolute=True).tolist() == [5, 1, 3, 2, 6, 0, 4, 8]
+    for absolute in (False, True):
+        masks = top_k_masks(s, exists, (0.5, 1.0), absolute=absolute)
+        assert not (masks[0] & torch.isnan(s)).any() and int(masks[1].sum()) == 8
+
+
+def test_exact_with_candidates_and_absolute_cuts_tested_edges_and_the_viewer_shows_them():
+    import circuitfind as cf
+    from circuitfind.viewer.payload import ranked_edges
+    from tests.models_tiny import tiny_gpt2
+    from tests.test_metrics import _tiny_task
+
+    pm = cf.patching.PatchableModel(tiny_gpt2())
+    g = pm.graph
+    candidates = torch.zeros_like(g.edge_mask)
+    candidates[:, g.logits_receiver] = g.edge_mask[:, g.logits_receiver]  # into logits: nothing to prune (zero abl.)
+    circuit = cf.discover(
+        pm,
+        _tiny_task(),
+        method="exact",
+        candidates=candidates,
+        absolute=True,
+        n_edges=3,
+        ablation="zero",
+        metric="logit_diff",
+        progress=False,
+    )
+    tested = ~torch.isnan(circuit.scores) & g.edge_mask
+    assert torch.equal(tested, candidates)
+    by_hand = sorted(candidates.flatten().nonzero().flatten().tolist(), key=lambda i: -abs(circuit.scores.flatten()[i]))
+    want = torch.zeros(g.n_senders * g.n_receivers, dtype=torch.bool)
+    want[by_hand[:3]] = True
+    assert torch.equal(circuit.mask.flatten(), want)  # old main: the top 3 were untested edges, pruned to nothing
+    senders, receivers, n_scored = ranked_edges(circuit)
+    assert n_scored == int(candidates.sum()) and bool(candidates[senders, receivers].all())
+    assert (senders * g.n_receivers + receivers).tolist() == by_hand
+
+
+def test_node_cuts_rank_untested_nodes_last_by_absolute_score_too():
+    from circuitfind.algorithms.units import node_cut
+
+    g = Graph(1, 1)  # nodes input, a0.h0, m0
+    scores = torch.tensor([math.nan, 1.0, -2.0])  # input never scored
+    assert node_cut(g, scores, None, n=1, absolute=True, from_input=False).units.tolist() == [False, False, True]
+    assert node_cut(g, scores, None, threshold=0.5, absolute=True, from_input=False).units.tolist() == [
+        False,
+        True,
+        True,
+    ]

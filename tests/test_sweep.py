@@ -296,3 +296,83 @@ def test_the_eta_counts_the_work_left_per_method_less_what_is_running():
     # left: 2 ACDC cells at 10 s and 1 EAP cell at 2 s; one ACDC cell has run 4 s; 2 workers
     assert bar.eta_s([(acdc[1], 4.0)]) == (2 * 10 + 2 - 4) / 2
     assert bar.eta_s([(acdc[1], 30.0)]) == (2 * 10 + 2 - 10) / 2  # a slow cell is not counted below zero
+
+
+# --- two sweeps on one store (issue 19 item 2) -----------------------------------------------------------------
+def _small_spec(model: str, out: Path) -> dict:
+    return {"out": str(out), "grid": {"model": model, "task": "ioi", "method": "eap", "seed": [0, 1, 2, 3]}}
+
+
+SWEEP_DRIVER = """
+import json, sys, ray
+from circuitfind.sweeps import sweep
+from tests.sweep_cells import RUN_LOG, count_run
+root, address, spec, log = sys.argv[1:]
+ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root, RUN_LOG: log}})
+res = sweep(json.loads(spec), cell_fn=count_run, workers=1, progress=False, wait=True)
+print(json.dumps({"skipped": res.skipped, "done": res.done, "failed": res.failed}))
+"""
+
+
+def test_two_sweeps_started_together_on_one_store_run_each_cell_once(ray_session, models, tmp_path):
+    out, log = tmp_path / "sweep", tmp_path / "runs.log"
+    out.mkdir()
+    (out / ".lock").write_text("pid 999999 on host gone, started at 2026-01-01T00:00:00+00:00\n")  # a dead holder's
+    spec = json.dumps(_small_spec(models[0], out))
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", SWEEP_DRIVER, str(ROOT), address, spec, str(log)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in "ab"]
+    results = [p.communicate(timeout=240) for p in procs]
+    for p, (_, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr.decode()[-3000:]
+    runs = [line.split()[0] for line in log.read_text().splitlines()]
+    cells = [c.id for c in parse_spec(json.loads(spec)).cells]
+    assert sorted(runs) == sorted(cells)  # every cell exactly once (old main: each twice, the rows overwritten)
+    reports = sorted((json.loads(stdout.decode().splitlines()[-1]) for stdout, _ in results), key=lambda r: r["done"])
+    assert reports == [{"skipped": 4, "done": 0, "failed": 0}, {"skipped": 0, "done": 4, "failed": 0}]
+    with ResultsStore(out / "results.sqlite") as store:
+        assert sorted(r["cell_id"] for r in store.rows()) == sorted(cells)
+
+
+def test_a_sweep_on_a_held_store_says_who_holds_it_and_stops(ray_session, models, tmp_path, capsys):
+    from circuitfind.errors import OutputError
+    from circuitfind.fileio import lock_folder
+    from tests.sweep_cells import RUN_LOG, count_run
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    spec = _small_spec(models[0], out)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    os.environ[RUN_LOG] = str(tmp_path / "runs.log")
+    try:
+        with lock_folder(out):
+            with pytest.raises(OutputError, match=rf"in use by another run \(pid {os.getpid()} on host .*--wait"):
+                sweep(spec, cell_fn=count_run, workers=1, progress=False)
+            assert main(["sweep", str(tmp_path / "spec.json"), "--no-progress"]) == 2
+    finally:
+        del os.environ[RUN_LOG]
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"(pid {os.getpid()} on host" in err and "--wait" in err
+    assert not (tmp_path / "runs.log").exists() and not (out / "results.sqlite").exists()
+
+
+# --- the problem cache of distributed exact scoring keys on the task fingerprint (issue 19 item 5) -------------
+def test_a_workers_problem_cache_is_not_served_for_other_wrong_answers(models, tok):
+    import dataclasses
+
+    from circuitfind.sweeps.exact import _recipe_key
+
+    task = get_task("ioi", tok, n=4, seed=0)
+    the = tok(" the", add_special_tokens=False)["input_ids"][0]  # not a name: never a correct answer here
+    other = dataclasses.replace(task, wrong_answers=torch.full_like(task.wrong_answers, the))
+    recipe = {"task": task, "metric": "logit_diff", "ablation": "resample", "batch_size": 1}
+    key, key_other = _recipe_key(task, "logit_diff", "resample"), _recipe_key(other, "logit_diff", "resample")
+    assert key != key_other  # old main: equal (wrong answers left out)
+    worker = ModelWorker(models[0])
+    plan = worker.exact_plan(1, None)[:4]
+    first, _ = worker.exact_shard(key, recipe, plan)
+    again, _ = worker.exact_shard(key_other, {**recipe, "task": other}, plan)
+    fresh, _ = ModelWorker(models[0]).exact_shard(key_other, {**recipe, "task": other}, plan)
+    assert all(torch.equal(a, f) for a, f in zip(again, fresh, strict=True))  # computed for these wrong answers
+    assert not all(torch.equal(a, f) for a, f in zip(again, first, strict=True))

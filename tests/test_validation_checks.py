@@ -210,3 +210,9 @@ def test_stability_in_forked_workers_matches_one_process(pm):
     task = _task(n_train=8)
     kw = {"method": "eap", "n_edges": 4, "metric": "logit_diff", "n_boot": 4, "seed": 0, "progress": False}
     assert torch.equal(stability(pm, task, workers=2, **kw).masks, stability(pm, task, **kw).masks)
+
+
+def test_completeness_reads_the_head_classes_json_layout(pm):
+    classes = {"classes": {"name_mover": "..."}, "members": {"name_mover": [MOVER], "induction": []}}
+    res = completeness(pm, _without(pm, BACKUP), _task(), metric="logit_diff", probes=8, classes=classes)
+    assert [p["kind"] for p in res["probes"]][:2] == ["empty", "class name_mover"]

@@ -186,3 +186,27 @@ def test_default_model_size_opens_within_budget(driver, tmp_path):
     driver.execute_script("window.circuitExplorer.selectNode('a9.h6')")
     assert len(driver.find_elements("css selector", "#heatmap rect.cell")) == 21 * 22 // 2
     assert _errors(driver) == []
+
+
+HOSTILE = "<!--<script>"  # inside a <script>, an HTML parser reads this as the start of an escaped comment
+
+
+def test_markup_in_prompts_labels_and_notes_does_not_blank_the_page(driver, tmp_path):
+    """Issue 19 item 1: with only ``</`` escaped, the page stayed blank (no graph, no data read)."""
+    import dataclasses
+
+    _, _, circuit, data = tiny_case()
+    first = data.prompts[0]
+    tokens = (HOSTILE + "&\u2028\u2029>", *first.tokens[1:])
+    prompt = dataclasses.replace(first, clean=HOSTILE + first.clean, tokens=tokens, answers=(HOSTILE,))
+    data = dataclasses.replace(data, task=HOSTILE, prompts=(prompt, *data.prompts[1:]))
+    circuit = circuit.with_config(task=HOSTILE, label=HOSTILE + "</script>")
+    circuit = circuit.replace(stats={**circuit.stats, "note": HOSTILE + " & more"})
+    _open(driver, to_html(circuit, tmp_path / "hostile.html", data=data))
+    driver.find_element("id", "saved").click()
+    drawn = _drawn(driver)
+    assert drawn and sorted(drawn) == sorted(circuit.edge_names)
+    assert len(driver.find_elements("css selector", "#edges path.edge")) == len(drawn)
+    text = driver.execute_script("return JSON.parse(document.getElementById('circuit-data').textContent)")
+    assert text["task"]["name"] == HOSTILE and text["task"]["prompts"][0]["tokens"][0] == tokens[0]
+    assert _errors(driver) == []

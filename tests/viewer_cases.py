@@ -29,8 +29,7 @@ def tiny_case() -> tuple[PatchableModel, cf.Task, Circuit, ExplorerData]:
 
 def ranked_names(circuit: Circuit, k: int, prune: bool = False) -> list[str]:
     """The circuit's top-k edge names (as discovery ranks them), optionally without dangling edges."""
-    scores = torch.nan_to_num(circuit.scores.double(), nan=-float("inf"))
-    mask = top_n(circuit.graph, scores, k, absolute=bool(circuit.config.get("absolute", False)))
+    mask = top_n(circuit.graph, circuit.scores, k, absolute=bool(circuit.config.get("absolute", False)))  # NaN last
     if prune:
         mask = prune_dangling(circuit.graph, mask, from_input=circuit.config.get("ablation", "resample") == "resample")
     return [e.name for e in circuit.graph.edges_of(mask)]

@@ -258,8 +258,8 @@ def run_acdc_plain(
 
     if state is None:
         state = _initial_state(graph, 0.0)
-        with metric_site(_FULL):
-            state.current = loss(state.mask)
+    with metric_site(_FULL):  # a resumed subgraph too: its loss recomputed, not the value a checkpoint claims
+        state.current = loss(state.mask)
 
     def visit(r: int) -> None:
         for s in sender_order(graph, r, opts.sender_order, state.mask):
@@ -302,8 +302,9 @@ class FastEvaluator:
                 chunk_logits, diffs = pm.forward_with_diffs(*self._inputs(rows), start, **self._kw(rows))
                 logits.append(chunk_logits)
                 self.clean_diffs.append(diffs)  # (S, b, T, D) per chunk
+        self.full_logits = torch.cat(logits)  # (B, V'): kept to locate a candidate's bad metric (exact scoring)
         with metric_site(_FULL):
-            self.loss_full = float(problem.loss(torch.cat(logits).unsqueeze(0))[0])
+            self.loss_full = float(problem.loss(self.full_logits.unsqueeze(0))[0])
         self.layer: int | None = None
         self.caches: list = [None] * len(self.chunks)
 
@@ -336,14 +337,17 @@ class FastEvaluator:
                     self.caches[i] = self.p.pm.refresh_cache(self.caches[i], self._inputs(rows)[1], mask)
 
     def losses(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K,)
+        return self.p.loss(torch.cat(self.chunk_logits(masks), dim=1)).cpu()
+
+    def chunk_logits(self, masks: Tensor) -> list[Tensor]:  # (K, S, R) -> [(K, b, V')] per prompt chunk
+        """The logits :meth:`losses` takes the loss of, one tensor per prompt chunk (``self.chunks``)."""
         with torch.no_grad():
-            logits = [
+            return [
                 self.p.pm.forward(
                     *self._inputs(rows), masks, start_layer=self.layer, cache=self.caches[i], **self._kw(rows)
                 )  # (K, b, V')
                 for i, rows in enumerate(self.chunks)
             ]
-        return self.p.loss(torch.cat(logits, dim=1)).cpu()
 
 
 def run_acdc_fast(
@@ -354,8 +358,8 @@ def run_acdc_fast(
     ev = FastEvaluator(problem, None if state is None else state.mask, masks=opts.batch_size)
     if state is None:
         state = _initial_state(graph, ev.loss_full)
-    elif math.isnan(state.current):  # a run started from a given subgraph: its loss is the evaluator's first pass
-        state.current = ev.loss_full
+    else:  # a given subgraph (the hybrid's) or a resumed one: its loss is the evaluator's first pass, not the
+        state.current = ev.loss_full  # value a checkpoint claims
     depth = opts.batch_size
 
     def visit(r: int) -> None:

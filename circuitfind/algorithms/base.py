@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -12,7 +11,7 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import Problem
 from circuitfind.errors import ConfigError
-from circuitfind.metrics import metric_site
+from circuitfind.metrics import check_gap, metric_site
 from circuitfind.selection import probes_left
 
 CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
@@ -145,8 +144,10 @@ class Faithfulness:
         return value
 
     def of_loss(self, loss: float) -> float:
-        gap = self.loss_empty - self.loss_full
-        return (self.loss_empty - loss) / gap if gap != 0 else math.nan
+        """Faithfulness of a circuit of loss ``loss``; a :class:`MetricError` when full and empty do not differ
+        beyond rounding (:func:`circuitfind.metrics.check_gap`)."""
+        gap = check_gap(self.loss_full, self.loss_empty, self.problem.pm.dtype, name="loss")  # metric, or -metric
+        return (loss - self.loss_empty) / gap
 
     def __call__(self, mask: Tensor) -> float:
         return self.of_loss(self.loss(mask))

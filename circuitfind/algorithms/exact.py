@@ -10,6 +10,7 @@ subset (the hybrid method scores only its attribution-chosen candidates).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,9 @@ from circuitfind.algorithms.acdc import FastEvaluator, Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.nodes import node_layers
 from circuitfind.algorithms.units import check_level
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, MetricError
 from circuitfind.graph import Graph
+from circuitfind.metrics import metric_site
 
 __all__ = [
     "ExactBatch",
@@ -127,9 +129,53 @@ def score_batches(
             ev.start_layer(b.layer, full)
         masks = full.unsqueeze(0).repeat(len(b.senders), 1, 1)  # (K, S, R)
         masks[torch.arange(len(b.senders)), torch.tensor(b.senders), b.receiver] = False
-        out.append(ev.losses(masks).double() - ev.loss_full)  # (K,)
+        logits = ev.chunk_logits(masks)  # [(K, b, V')] per prompt chunk
+        with metric_site(_exact_site(g, b, ev, logits)):
+            losses = problem.loss(torch.cat(logits, dim=1)).cpu()  # (K,)
+        out.append(losses.double() - ev.loss_full)  # (K,)
         progress.update(len(b.senders) * layer_cost(g.n_layers, b.layer))
     return out
+
+
+def _exact_site(graph: Graph, batch: ExactBatch, ev: FastEvaluator, logits: list[Tensor]) -> Callable:
+    """Names the edge whose removal gave a bad metric (``index`` of the batch's candidates) and the prompt chunk
+    that produced it (see :func:`_bad_chunk`)."""
+
+    def label(err) -> str:
+        k = err.index if err.index is not None and err.index < len(batch.senders) else 0
+        edge = graph.edge(batch.senders[k], batch.receiver).name
+        where = _bad_chunk(ev, [chunk[k] for chunk in logits])
+        return f"during exact scoring, removing edge {edge} (receiver {graph.receivers[batch.receiver].name}): {where}"
+
+    return label
+
+
+def _bad_chunk(ev: FastEvaluator, logits: list[Tensor]) -> str:
+    """Which prompt chunk of one candidate's ``logits`` (``[(b, V')]`` per chunk) made its metric non-finite: the
+    first holding NaN or infinite logits; else the first whose logits, put among the full model's logits of the
+    other prompts, give a non-finite metric (the metric itself, e.g. the log of a probability of 0)."""
+    chunks = ev.chunks
+
+    def span(i: int) -> str:
+        return f"prompt chunk {i + 1} of {len(chunks)} (prompts {chunks[i].start}..{chunks[i].stop - 1})"
+
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        bad = (~torch.isfinite(chunk)).flatten(1).any(dim=1)  # (b,)
+        if bool(bad.any()):
+            prompts = [rows.start + int(j) for j in bad.nonzero().flatten()]
+            shown = ", ".join(map(str, prompts[:10])) + (", ..." if len(prompts) > 10 else "")
+            return f"{span(i)} has NaN or infinite logits, on prompt(s) {shown}"
+    for i, (rows, chunk) in enumerate(zip(chunks, logits, strict=True)):
+        mixed = ev.full_logits.clone()
+        mixed[rows] = chunk.to(mixed.device, mixed.dtype)
+        try:
+            ev.p.loss(mixed.unsqueeze(0))
+        except MetricError:
+            return (
+                f"{span(i)} gives it: its logits are finite but the metric is not (with the full model's logits on "
+                "the other prompts)"
+            )
+    return "the logits of every prompt are finite and no single prompt chunk makes the metric non-finite"
 
 
 def run_exact(problem: Problem, opts: ExactOptions = ExactOptions(), progress: Progress | None = None) -> ScoreResult:
@@ -191,7 +237,10 @@ def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | 
         for i in range(0, len(senders), batch_size):
             batch = senders[i : i + batch_size]
             masks = torch.stack([g.without_nodes(full, [s]) for s in batch])  # (K, S, R)
-            losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
+            with metric_site(
+                lambda err, batch=batch: f"during exact node scoring, removing node {_node(g, batch, err)}"
+            ):
+                losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
             node_scores[batch] = losses.double() - ev.loss_full
             passes += 1
             progress.update(len(batch) * layer_cost(g.n_layers, max(layer, 0)))
@@ -199,6 +248,11 @@ def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | 
     scores[~g.edge_mask] = 0.0
     stats = {"forward_passes": passes, "nodes_scored": g.n_senders, "loss_full": ev.loss_full, "level": "node"}
     return ScoreResult(scores, stats, node_scores=node_scores)
+
+
+def _node(graph: Graph, batch: list[int], err) -> str:
+    k = err.index if err.index is not None and err.index < len(batch) else 0
+    return graph.senders[batch[k]].name
 
 
 def _full_losses(problem: Problem, masks: Tensor) -> Tensor:

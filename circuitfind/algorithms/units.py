@@ -84,7 +84,7 @@ def node_cut(
         >>> cut.units.tolist(), cut.info["k"]
         ([True, False, True], 2)
     """
-    key = node_scores.double().nan_to_num(nan=-math.inf)  # (S,)
+    key = node_scores.double()  # (S,); NaN (untested) ranks last and is never above a threshold (edge_ranking)
     order = edge_ranking(torch.ones(graph.n_senders, dtype=torch.bool), key, absolute=absolute)  # (S,)
 
     def circuit_of(k: int) -> tuple[Tensor, Tensor]:
@@ -132,7 +132,7 @@ def position_cut(
     """
     S, R, T = position_scores.shape
     exists = graph.edge_mask[..., None].expand(S, R, T).contiguous()  # (S, R, T)
-    key = position_scores.double().cpu().nan_to_num(nan=-math.inf)
+    key = position_scores.double().cpu()  # NaN (untested) ranks last and is never above a threshold
     order = edge_ranking(exists, key, absolute=absolute)  # (E * T,) flat indices
 
     def circuit_of(k: int) -> tuple[Tensor, Tensor]:

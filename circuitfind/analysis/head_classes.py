@@ -23,7 +23,8 @@ END -> S2), ``attn_s2_s1`` (S2 -> S1), ``attn_s2_s1plus1`` (S2 -> the token afte
 
 A class's score is the smallest of ``value / threshold`` over its conditions (:data:`RULES`), so a score of
 at least 1 means every condition holds; thresholds are :class:`ClassThresholds`. Effects enter with their
-sign (the negative name mover's ``direct`` negated).
+sign (the negative name mover's ``direct`` negated). A head takes the passing class with the highest score,
+except that a (negative) name mover is never a backup name mover.
 """
 
 from __future__ import annotations
@@ -222,7 +223,6 @@ def head_classes(
     ablation: str = "resample",
     copy_sample: int = 256,
     seed: int = 0,
-    batch: int = 8,
     progress: bool = False,
 ) -> HeadClasses:
     """Classify every head of a model on an IOI task by path patching (see the module docstring).
@@ -237,7 +237,6 @@ def head_classes(
         ablation: what removed edges carry (``resample``: the ABC prompts; ``mean``; ``zero``).
         copy_sample: tokens sampled for the OV copying scores.
         seed: seed of the copying sample.
-        batch: candidate masks per forward pass.
         progress: show a progress bar over the path patches.
 
     Returns:
@@ -256,7 +255,7 @@ def head_classes(
     problem = _problem(pm, task, ablation)
     bar = _bar(progress)
     try:
-        settings = _path_steps(PathPatcher(problem, batch=batch, progress=bar), measures, thresholds)
+        settings = _path_steps(PathPatcher(problem, progress=bar), measures, thresholds)
     finally:
         if bar is not None:
             bar.close()
@@ -315,10 +314,15 @@ def _path_steps(pp: PathPatcher, measures: dict[str, Tensor], thresholds: ClassT
 
 
 def _assign(scores: dict[str, Tensor]) -> tuple[str, ...]:
-    """Per head: the class with the highest score of at least 1 (the first of :data:`CLASSES` on ties), or ""."""
+    """Per head: the class with the highest score of at least 1 (the first of :data:`CLASSES` on ties), or "".
+
+    A head that passes the name mover or negative name mover rule is not a backup name mover: a negative name
+    mover whose suppression shrinks once the name movers are gone also shows a positive ``backup`` effect."""
     names = list(CLASSES)
     stacked = torch.stack([scores[c].flatten() for c in names])  # (C, L*H)
     stacked = torch.nan_to_num(stacked, nan=-math.inf)
+    mover = (stacked[names.index("name_mover")] >= 1) | (stacked[names.index("negative_name_mover")] >= 1)
+    stacked[names.index("backup_name_mover"), mover] = -math.inf
     best, which = stacked.max(0)
     return tuple(names[int(w)] if float(b) >= 1 else "" for b, w in zip(best, which, strict=True))
 

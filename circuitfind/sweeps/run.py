@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitfind.errors import ConfigError
-from circuitfind.fileio import atomic_write, check_writable
+from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.sweeps.cell import CellFn, ModelWorker
 from circuitfind.sweeps.ray_pool import ActorPool, Done, connect
 from circuitfind.sweeps.spec import Cell, SweepSpec, load_spec, parse_spec
@@ -55,6 +56,7 @@ def sweep(
     retry_failed: bool = False,
     cell_fn: CellFn | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    wait: bool = False,
 ) -> SweepResult:
     """Run every cell of ``spec`` not yet done, on Ray, into ``out/results.sqlite`` and ``out/circuits/``.
 
@@ -65,7 +67,10 @@ def sweep(
     by itself (a missing task file, a model that cannot load) is recorded ``failed`` with its error and the sweep
     goes on. Every finished cell is committed to the store when it arrives, so Ctrl-C loses none, and a rerun
     skips the cells finished, done or failed (``retry_failed`` runs the failed ones again); with nothing left to
-    run it does not start Ray.
+    run it does not start Ray. The sweep holds the lock of its ``out`` folder (the one ``discover --out`` holds,
+    :func:`circuitfind.fileio.lock_folder`) from reading the store to its last row, so two sweeps on one store
+    never run a cell twice: the second says who holds it and stops, or with ``wait`` waits for it and then runs
+    only what the first did not finish.
 
     Args:
         spec: a :class:`SweepSpec`, a spec dict, or a spec file (see :mod:`circuitfind.sweeps.spec`).
@@ -77,6 +82,7 @@ def sweep(
         cell_fn: what a worker runs per cell (default :func:`~circuitfind.sweeps.cell.run_cell`), same
             signature; a module-level function (workers import it).
         on_row: called with each row once it is stored (a dict of the store's columns).
+        wait: when another sweep (or run) holds ``out``, wait for it instead of raising :class:`OutputError`.
 
     Returns:
         a :class:`SweepResult`; ``.rows()`` reads the rows back.
@@ -91,7 +97,7 @@ def sweep(
         raise ConfigError(f"workers must be an integer >= 1; got {workers!r}")
     check_writable(spec.circuit_dir)
     ids = tuple(c.id for c in spec.cells)
-    with ResultsStore(spec.store_path) as store:
+    with _locked(spec.out, wait, progress), ResultsStore(spec.store_path) as store:
         finished = store.finished_ids(include_failed=not retry_failed)
         todo = [c for c in spec.cells if c.id not in finished]
         counts = {"done": 0, "failed": 0, "retried": 0}
@@ -99,6 +105,18 @@ def sweep(
             _run(spec, todo, store, workers or spec.workers, address, progress, cell_fn, on_row, counts)
     return SweepResult(spec.store_path, ids, len(spec.cells) - len(todo), counts["done"], counts["failed"],
                        counts["retried"])  # fmt: skip
+
+
+def _locked(out: Path, wait: bool, progress: bool):
+    """The lock on ``out`` for the whole sweep; while waiting for it, one line on stderr (with progress on)."""
+
+    def waiting(holder: str) -> None:
+        if progress:
+            print(f"sweep: waiting for the run that holds {str(out)!r} ({holder})", file=sys.stderr, flush=True)
+
+    fix = "rerun with --wait (sweep(..., wait=True)) to wait for it, then run only the cells it left; or choose"
+    fix += " another out"
+    return lock_folder(out, wait=wait, on_wait=waiting, fix=fix)
 
 
 def _run(spec, todo, store, workers, address, progress, cell_fn, on_row, counts) -> None:
@@ -178,6 +196,11 @@ def store_row(store: ResultsStore, spec: SweepSpec, row: dict[str, Any]) -> dict
         seed=cell.seed,
         spec=cell.as_dict(),
         **{k: metrics.get(k) for k in ("faithfulness", "kl", "cpr", "cmd", "n_edges", "fraction")},
+        **{
+            f"{k}_{end}": (metrics.get(f"{k}_ci") or {}).get(end)
+            for k in ("faithfulness", "cpr", "cmd")
+            for end in ("lo", "hi")
+        },
     )
     store.put(row)
     return row

@@ -10,14 +10,17 @@ A spec is a JSON object::
         {"model": "smollm2", "task": "ioi", "method": "acdc", "threshold": [0.1, 0.03]}
       ],
       "workers": 2,                             # optional: cells at once (default: as many as the CPUs allow)
-      "max_retries": 2                          # optional: reruns of a cell whose worker died (default 2)
+      "max_retries": 2,                         # optional: reruns of a cell whose worker died (default 2)
+      "max_cells": 10000                        # optional: refuse a spec whose grids expand to more cells
     }
 
 Each grid maps a cell field to one value or a list of values; its cells are the cartesian product, with the
 fields it does not name taken from ``defaults`` and then from :data:`CELL_DEFAULTS`. Every cell has an id, a hash
 of its fields that change the result (not ``num_cpus``), so a rerun finds the cells it already finished.
 
-A malformed spec raises :class:`SpecError` naming the field (``grid[1].threshold``, ``defaults.seed``...).
+A malformed spec raises :class:`SpecError` naming the field (``grid[1].threshold``, ``defaults.seed``...). The
+cells are counted before any is built: a spec whose grids hold more than ``max_cells`` (default
+:data:`DEFAULT_MAX_CELLS`; ``circuitfind sweep --max-cells N``) is refused with the count, at once.
 """
 
 from __future__ import annotations
@@ -35,10 +38,22 @@ from typing import Any
 
 from circuitfind.errors import ConfigError
 
-__all__ = ["CELL_DEFAULTS", "CELL_FIELDS", "Cell", "SpecError", "SweepSpec", "load_spec", "parse_spec"]
+__all__ = [
+    "CELL_DEFAULTS",
+    "CELL_FIELDS",
+    "DEFAULT_MAX_CELLS",
+    "Cell",
+    "SpecError",
+    "SweepSpec",
+    "load_spec",
+    "parse_spec",
+]
 
-SPEC_KEYS = ("out", "defaults", "grid", "workers", "max_retries", "name")
+SPEC_KEYS = ("out", "defaults", "grid", "workers", "max_retries", "name", "max_cells")
 DEFAULT_MAX_RETRIES = 2
+DEFAULT_MAX_CELLS = 10_000
+"""The most cells a spec may expand to unless it says otherwise (``max_cells``): a typo such as a list of a
+million seeds is refused in milliseconds instead of building the cells for a minute first."""
 
 
 class SpecError(ConfigError):
@@ -155,21 +170,34 @@ class SweepSpec:
         return self.out / "circuits"
 
 
-def load_spec(path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> SweepSpec:
-    """Read and check a spec file (JSON); ``out`` overrides its ``out``.
+def load_spec(
+    path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None, max_cells: int | None = None
+) -> SweepSpec:
+    """Read and check a spec file (JSON, UTF-8); ``out`` overrides its ``out``, ``max_cells`` its ``max_cells``.
 
     Example:
         >>> spec = load_spec("examples/sweep.json")  # doctest: +SKIP
     """
     path = Path(path).expanduser()
+    where = f"the sweep spec {str(path)!r}"
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
-        raise SpecError(f"cannot read the sweep spec {str(path)!r}: {e.strerror or e}") from None
+        raise SpecError(f"cannot read {where}: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"{where} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); a spec is a JSON file: "
+            "pass the .json spec, not a binary or a results file"
+        ) from None
     except json.JSONDecodeError as e:
-        raise SpecError(f"the sweep spec {str(path)!r} is not valid JSON: {e}") from None
-    if out is not None and isinstance(data, dict):
-        data = {**data, "out": str(out)}
+        raise SpecError(f"{where} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise SpecError(f"{where} is JSON nested too deeply to read (thousands of levels)") from None
+    if isinstance(data, dict):
+        data = {**data, **({"out": str(out)} if out is not None else {})}
+        data = {**data, **({"max_cells": max_cells} if max_cells is not None else {})}
     return parse_spec(data, default_name=path.stem)
 
 
@@ -203,6 +231,7 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
         grids = [grids]
     if not isinstance(grids, list) or not grids:
         raise SpecError("spec field 'grid' must be an object of cell fields (or a non-empty list of them)")
+    _check_cell_count(grids, data.get("max_cells", DEFAULT_MAX_CELLS))
     cells: dict[str, Cell] = {}
     for i, grid in enumerate(grids):
         where = f"grid[{i}]" if len(grids) > 1 or isinstance(data["grid"], list) else "grid"
@@ -218,6 +247,23 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
     if not isinstance(name, str):
         raise SpecError(f"spec field 'name' must be a string; got {name!r}")
     return SweepSpec(tuple(cells.values()), Path(data["out"]).expanduser().absolute(), workers, retries, name)
+
+
+def _check_cell_count(grids: list[Any], max_cells: Any) -> None:
+    """Refuse, before building any cell, grids whose cartesian products hold more than ``max_cells`` cells."""
+    if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
+        raise SpecError(f"spec field 'max_cells' must be an integer >= 1; got {max_cells!r}")
+    sizes = [
+        math.prod(len(v) if isinstance(v, list) else 1 for v in g.values()) for g in grids if isinstance(g, Mapping)
+    ]
+    total = sum(sizes)
+    if total > max_cells:
+        per_grid = f" ({' + '.join(f'{n:,}' for n in sizes)} over {len(sizes)} grids)" if len(sizes) > 1 else ""
+        raise SpecError(
+            f"the spec's grids expand to {total:,} cells{per_grid}, more than max_cells = {max_cells:,}; check the "
+            "lists in 'grid' (each list multiplies the count), or raise the limit with the spec field 'max_cells' "
+            "or `circuitfind sweep --max-cells N`"
+        )
 
 
 def _expand(where: str, grid: Any, defaults: Mapping[str, Any]) -> list[Cell]:

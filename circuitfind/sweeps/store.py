@@ -41,6 +41,12 @@ COLUMNS: dict[str, str] = {
     "kl": "REAL",  # held-out KL(full || circuit)
     "cpr": "REAL",
     "cmd": "REAL",
+    "faithfulness_lo": "REAL",  # 95% bootstrap interval over the held-out prompts (circuitfind.validation)
+    "faithfulness_hi": "REAL",
+    "cpr_lo": "REAL",
+    "cpr_hi": "REAL",
+    "cmd_lo": "REAL",
+    "cmd_hi": "REAL",
     "n_edges": "INTEGER",
     "fraction": "REAL",
     "metrics": "TEXT",  # every measured number, JSON
@@ -59,6 +65,9 @@ COLUMNS: dict[str, str] = {
 }
 """The ``cells`` table: column -> SQL type."""
 
+BUSY_TIMEOUT_S = 30.0
+"""How long opening or writing the store waits for another connection's write transaction to end."""
+
 
 class ResultsStore:
     """A sweep's results, one row per cell, in one SQLite file.
@@ -66,16 +75,26 @@ class ResultsStore:
     Every :meth:`put` is its own transaction: once it returns, the row survives Ctrl-C, a crash or a power cut
     (``synchronous=FULL``); if it is interrupted, the store is as it was.
 
+    Args:
+        path: the SQLite file (created with its folder when missing).
+        busy_timeout: seconds to wait for another connection's write transaction before the store is reported
+            locked.
+
+    Raises:
+        OutputError: the store cannot be used, saying why: read-only, locked by another process, not an SQLite
+            file (or damaged), another store format, a full disk.
+
     Example:
         >>> with ResultsStore("runs/sweep/results.sqlite") as store:  # doctest: +SKIP
         ...     done = store.finished_ids()
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path).expanduser()
+        self.busy_timeout = busy_timeout
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # explicit transactions
+            self.conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)  # explicit transactions
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"cannot open the results store {str(self.path)!r}: {e}; choose another 'out'") from None
         try:
@@ -84,18 +103,24 @@ class ResultsStore:
                 self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
                 self.conn.execute(f"CREATE TABLE IF NOT EXISTS cells ({cols})")
+                self._add_missing_columns()
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
             (version,) = self.conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
         except sqlite3.DatabaseError as e:
             self.conn.close()
-            raise OutputError(
-                f"{str(self.path)!r} is not a circuitfind results store ({e}); choose another 'out' or move it away"
-            ) from None
+            raise OutputError(_what_is_wrong(self.path, e, busy_timeout)) from None
         if int(version) != FORMAT_VERSION:
             self.conn.close()
             raise OutputError(
                 f"{str(self.path)!r} has store format {version}; this circuitfind reads format {FORMAT_VERSION}"
             )
+
+    def _add_missing_columns(self) -> None:
+        """A store written before a column was added gets it (NULL in its old rows); columns are only added."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
+        for name, kind in COLUMNS.items():
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE cells ADD COLUMN {name} {kind}")
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -125,8 +150,11 @@ class ResultsStore:
         row.setdefault("finished_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self._transaction():
-            self.conn.execute(f"INSERT OR REPLACE INTO cells ({names}) VALUES ({marks})", tuple(row.values()))
+        try:
+            with self._transaction():
+                self.conn.execute(f"INSERT OR REPLACE INTO cells ({names}) VALUES ({marks})", tuple(row.values()))
+        except sqlite3.OperationalError as e:  # the store became read-only, locked or full during the sweep
+            raise OutputError(_what_is_wrong(self.path, e, self.busy_timeout)) from None
 
     def forget(self, cell_ids: list[str]) -> None:
         """Delete these cells' rows (a rerun then runs them again), in one transaction."""
@@ -151,6 +179,43 @@ class ResultsStore:
             return rows
         by_id = {r["cell_id"]: r for r in rows}
         return [by_id[i] for i in cell_ids if i in by_id]
+
+
+def _what_is_wrong(path: Path, err: sqlite3.DatabaseError, busy_timeout: float) -> str:
+    """What an SQLite error met while opening ``path`` says about the store, and how to fix it."""
+    code = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err).lower()
+    where = f"the results store {str(path)!r}"
+    if code.startswith("SQLITE_READONLY") or "readonly" in text:
+        folder = path.parent
+        why = (
+            "the file is not writable"
+            if path.exists() and not os.access(path, os.W_OK)
+            else f"its folder {str(folder)!r} is not writable"
+            if not os.access(folder, os.W_OK)
+            else "it is opened read-only (a read-only file system or mount, or file permissions)"
+        )
+        return (
+            f"{where} is read-only ({why}; SQLite: {err}); a sweep writes a row per cell. Make it writable "
+            "(chmod u+w on the file and its folder) or choose another 'out'"
+        )
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return (
+            f"{where} is locked: another process holds a write transaction on it and did not finish within "
+            f"{busy_timeout:g} s (SQLite: {err}). Another sweep on the same 'out', or an SQL client with an open "
+            "transaction, is the usual holder: wait for it to finish or close it, then run again"
+        )
+    if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text or "malformed" in text:
+        return (
+            f"{str(path)!r} is not a circuitfind results store ({err}): the file is not an SQLite database, or it "
+            "is damaged; choose another 'out' or move it away"
+        )
+    if code.startswith("SQLITE_FULL") or "disk is full" in text:
+        return f"cannot write {where}: the disk is full ({err}); free some space or choose another 'out'"
+    return (
+        f"cannot use {where}: SQLite says {err} ({code or type(err).__name__}); choose another 'out' or move the "
+        "file away"
+    )
 
 
 def _sql_value(value: Any) -> Any:

@@ -362,6 +362,7 @@ def build_from_strings(
         n_train=n_train,
         prompts=tuple(clean),
         corrupted_prompts=tuple(corrupted),
+        where=where,
     )
 
 
@@ -380,6 +381,7 @@ def build_from_ids(
     corrupted_prompts: Sequence[str] = (),
     answer_pos: Sequence[int] | None = None,
     seq_len: int | None = None,
+    where: Callable[[int], str] = _default_where,
 ) -> Task:
     """Pad per-prompt id lists into a :class:`Task` (answers as last real token unless ``answer_pos``)."""
     n = len(clean_rows)
@@ -388,6 +390,8 @@ def build_from_ids(
     for label, rows in (("corrupted", corrupted_rows), ("answer", answer_rows), ("wrong answer", wrong_rows)):
         if len(rows) != n:
             raise TaskError(f"{n} clean prompts but {len(rows)} {label} rows; give one per prompt")
+    for i, (right, wrong) in enumerate(zip(answer_rows, wrong_rows, strict=True)):
+        _check_answers_differ(right, wrong, where(i))
     lengths = [len(r) for r in clean_rows]
     width = max(lengths) if seq_len is None else seq_len
     clean_ids = torch.full((n, width), pad_id, dtype=torch.long)  # (N, T)
@@ -455,6 +459,19 @@ def _answer_rows(
             row.append(ids[0])
         rows.append(row)
     return rows
+
+
+def _check_answers_differ(right: Sequence[int], wrong: Sequence[int], where: str) -> None:
+    """An id that is both a correct and a wrong answer of one prompt makes its metric meaningless (a single answer
+    equal to its wrong answer: identically 0 whatever the circuit)."""
+    both = sorted(set(right) & set(wrong) - {PAD_ANSWER})
+    if both:
+        raise TaskError(
+            f"{where}: token id {both[0]} is both a correct and a wrong answer, so the metric (correct minus wrong) "
+            "cannot tell the circuits apart on this prompt"
+            + (" (it is 0 whatever the circuit)" if set(right) - {PAD_ANSWER} == set(wrong) - {PAD_ANSWER} else "")
+            + "; remove it from the wrong answers, or give a different correct answer"
+        )
 
 
 def pad_rows(rows: Sequence[Sequence[int]], n: int, *, min_width: int) -> Tensor:
@@ -637,6 +654,8 @@ def _validate(task: Task) -> None:
             raise TaskError(f"Task.{field} must be (N={n}, K); got shape {tuple(value.shape)}")
         if value.numel() and bool((value < PAD_ANSWER).any()):
             raise TaskError(f"Task.{field} holds token ids >= 0, padded with {PAD_ANSWER}; found {value.min()}")
+    for i, (right, wrong) in enumerate(zip(task.answers.tolist(), task.wrong_answers.tolist(), strict=True)):
+        _check_answers_differ(right, wrong, f"prompt {i}")
     for field, label in (("answers", "answer id"), ("wrong_answers", "wrong answer")):
         has = (named[field] != PAD_ANSWER).any(dim=1)  # (N,)
         if bool(has.any()) and not bool(has.all()):

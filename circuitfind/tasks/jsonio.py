@@ -32,11 +32,18 @@ is read from the ids (the tokenizer may be None); the strings are then only labe
 
 Errors name the file, the item (0-based index in the list) or line (1-based, JSONL), and the field:
 ``tasks.json: item 3: field 'corrupted' is missing``.
+
+``max_prompts`` reads only the first prompts of a big file: a JSONL file is read line by line and closed after
+them, a JSON list is parsed item by item up to them (the object form is parsed whole, its prompts cut), and no
+prompt after them is ever tokenised.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +54,7 @@ from circuitfind.errors import TaskError
 from circuitfind.fileio import atomic_write
 from circuitfind.tasks.base import PAD_ANSWER, Task, build_from_ids, build_from_strings, pad_id_of
 
-__all__ = ["from_json", "to_json"]
+__all__ = ["check_task_file", "from_json", "to_json"]
 
 _TOP_KEYS = ("name", "metric", "seed", "n_train", "prepend_bos", "pad_id", "seq_len", "prompts")
 _STRING_FIELDS = ("clean", "corrupted", "answers", "wrong_answers")
@@ -61,6 +68,8 @@ _ID_FIELDS = (
     "corrupted",
 )
 _UNSET: Any = object()
+_INT64_MAX = 2**63 - 1
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
 def from_json(
@@ -72,6 +81,7 @@ def from_json(
     seed: int | None = None,
     n_train: int | None = _UNSET,
     prepend_bos: bool | None = _UNSET,
+    max_prompts: int | None = None,
 ) -> Task:
     """Read a task from a JSON or JSONL file (format in the module docstring).
 
@@ -84,6 +94,7 @@ def from_json(
         seed: overrides the file's ``seed`` option (default 0).
         n_train: overrides the file's ``n_train`` option (default None: all prompts are train).
         prepend_bos: overrides the file's ``prepend_bos`` option (default: as in :meth:`Task.from_strings`).
+        max_prompts: read (and tokenise) only the file's first ``max_prompts`` prompts; None: all of them.
 
     Returns:
         the validated task.
@@ -95,14 +106,11 @@ def from_json(
     Example:
         >>> task = from_json("tasks/my_ioi.json", tokenizer, n_train=80)  # doctest: +SKIP
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TaskError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+    if max_prompts is not None and not (_is_int(max_prompts) and max_prompts >= 1):
+        raise TaskError(f"max_prompts must be an integer >= 1 or None; got {max_prompts!r}")
+    path = check_task_file(path)
     label = path.name
-    text = _decode(raw, label)
-    options, items, where = _parse(text, label, jsonl=path.suffix.lower() == ".jsonl")
+    options, items, where = _read(path, label, max_prompts)
     if not items:
         raise TaskError(f"{label}: the file holds no prompt; add at least one prompt object")
 
@@ -113,6 +121,8 @@ def from_json(
         "n_train": n_train if n_train is not _UNSET else options.get("n_train"),
     }
     _check_option_types(opts, label)
+    if max_prompts is not None and len(items) == max_prompts and (opts["n_train"] or 0) > max_prompts:
+        opts["n_train"] = max_prompts  # the file's split reaches past the prompts read: all of them are train
     bos = prepend_bos if prepend_bos is not _UNSET else options.get("prepend_bos")
     if bos is not None and not isinstance(bos, bool):
         raise TaskError(f"{label}: option 'prepend_bos' must be true, false or null; got {bos!r}")
@@ -192,17 +202,103 @@ def to_json(task: Task, path: str | Path) -> None:
     atomic_write(path, head + ', "prompts": [\n' + ",\n".join(lines) + "\n]}\n")
 
 
-# --- parsing -------------------------------------------------------------------------------------
-def _decode(raw: bytes, label: str) -> str:
-    """The file's text: UTF-8 (a leading byte-order mark is allowed); anything else is a :class:`TaskError`."""
+# --- reading -------------------------------------------------------------------------------------
+def check_task_file(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` if it names something readable as a task file; else a
+    :class:`TaskError` saying what it is instead (missing, a directory, a symbolic link loop, a broken link).
+
+    Example:
+        >>> check_task_file(tmp_path)
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.TaskError: cannot read task file '...': it is a directory, not a file; ...
+    """
+    path = Path(path).expanduser()
+    where = f"cannot read task file {str(path)!r}"
     try:
-        return raw.decode("utf-8-sig")
+        info = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TaskError(
+                f"{where}: it is a symbolic link loop (following its links leads back to itself); point the "
+                "link at the real task file"
+            ) from None
+        if e.errno == errno.ENOENT:
+            dangling = path.is_symlink()
+            raise TaskError(
+                f"{where}: "
+                + ("it is a symbolic link to a file that does not exist" if dangling else "it does not exist")
+                + "; pass a JSON or JSONL task file"
+            ) from None
+        raise TaskError(f"{where}: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise TaskError(f"{where}: it is a directory, not a file; pass the JSON or JSONL task file inside it")
+    return path
+
+
+def _read(path: Path, label: str, max_prompts: int | None) -> tuple[dict[str, Any], list[Any], Callable[[int], str]]:
+    """Options, the first ``max_prompts`` items and their names; a ``.jsonl`` file is streamed line by line."""
+    if path.suffix.lower() == ".jsonl":
+        return _stream_jsonl(path, label, max_prompts)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TaskError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+    return _parse(_decode(raw, label), label, jsonl=False, max_prompts=max_prompts)
+
+
+def _stream_jsonl(
+    path: Path, label: str, max_prompts: int | None
+) -> tuple[dict[str, Any], list[Any], Callable[[int], str]]:
+    items: list[Any] = []
+    lines: list[int] = []
+    offset = 0
+    try:
+        with path.open("rb") as f:
+            for ln, raw in enumerate(f, start=1):
+                text = _decode(raw, label, offset=offset, first=ln == 1)
+                offset += len(raw)
+                if not text.strip():
+                    continue
+                items.append(_load_line(text, label, ln))
+                lines.append(ln)
+                if max_prompts is not None and len(items) >= max_prompts:
+                    break  # the rest of the file is never read
+    except OSError as e:
+        raise TaskError(f"cannot read task file {str(path)!r}: {e.strerror or e}") from None
+    return {}, items, lambda i: f"line {lines[i]}"
+
+
+def _load_line(text: str, label: str, ln: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{label}: line {ln}: not valid JSON (column {e.colno}): {e.msg}") from None
+    except RecursionError:
+        raise TaskError(f"{label}: line {ln}: {_TOO_DEEP}") from None
+
+
+_TOO_DEEP = (
+    "JSON nested too deeply to read (lists or objects inside each other thousands of levels deep); a prompt "
+    "object holds strings or lists of strings or ids, one or two levels deep"
+)
+
+
+def _decode(raw: bytes, label: str, *, offset: int = 0, first: bool = True) -> str:
+    """The file's text: UTF-8 (a leading byte-order mark is allowed); anything else is a :class:`TaskError`.
+
+    ``raw`` may be a piece of the file starting at byte ``offset`` (``first``: the piece the file starts with)."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:
-        utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+        utf16 = first and raw.startswith((b"\xff\xfe", b"\xfe\xff"))
         found = (
             "UTF-16 text (it starts with a UTF-16 byte-order mark)"
             if utf16
-            else (f"byte 0x{raw[e.start]:02x} at offset {e.start}, which is not UTF-8 (perhaps Latin-1 or cp1252 text)")
+            else (
+                f"byte 0x{raw[e.start]:02x} at offset {offset + e.start}, which is not UTF-8 (perhaps Latin-1 or "
+                "cp1252 text)"
+            )
         )
         raise TaskError(
             f"{label}: a task file must be UTF-8 text; found {found}. Save it as UTF-8, e.g. "
@@ -210,8 +306,15 @@ def _decode(raw: bytes, label: str) -> str:
         ) from None
 
 
-def _parse(text: str, label: str, *, jsonl: bool) -> tuple[dict[str, Any], list[Any], Callable[[int], str]]:
-    """Options, prompt items, and a function naming item ``i`` (``"item 3"`` or ``"line 4"``)."""
+def _parse(
+    text: str, label: str, *, jsonl: bool, max_prompts: int | None = None
+) -> tuple[dict[str, Any], list[Any], Callable[[int], str]]:
+    """Options, prompt items (the first ``max_prompts``), and a function naming item ``i`` (``"item 3"`` or
+    ``"line 4"``)."""
+    if not jsonl and max_prompts is not None and text.lstrip().startswith("["):
+        items = _list_prefix(text, label, max_prompts)
+        if items is not None:
+            return {}, items, lambda i: f"item {i}"
     if not jsonl:
         try:
             data = json.loads(text)
@@ -219,19 +322,20 @@ def _parse(text: str, label: str, *, jsonl: bool) -> tuple[dict[str, Any], list[
             if e.msg != "Extra data":  # "Extra data": several documents, i.e. JSONL
                 raise TaskError(f"{label}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
             jsonl = True
+        except RecursionError:
+            raise TaskError(f"{label}: {_TOO_DEEP}") from None
     if jsonl:
         items, lines = [], []
-        for ln, raw in enumerate(text.splitlines(), start=1):
+        for ln, raw in enumerate(text.split("\n"), start=1):
             if not raw.strip():
                 continue
-            try:
-                items.append(json.loads(raw))
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{label}: line {ln}: not valid JSON (column {e.colno}): {e.msg}") from None
+            items.append(_load_line(raw, label, ln))
             lines.append(ln)
+            if max_prompts is not None and len(items) >= max_prompts:
+                break
         return {}, items, lambda i: f"line {lines[i]}"
     if isinstance(data, list):
-        return {}, data, lambda i: f"item {i}"
+        return {}, data[:max_prompts], lambda i: f"item {i}"
     if isinstance(data, dict):
         unknown = sorted(set(data) - set(_TOP_KEYS))
         if unknown:
@@ -241,10 +345,42 @@ def _parse(text: str, label: str, *, jsonl: bool) -> tuple[dict[str, Any], list[
         if not isinstance(data["prompts"], list):
             raise TaskError(f"{label}: field 'prompts' must be a list of objects; got {type(data['prompts']).__name__}")
         options = {k: v for k, v in data.items() if k != "prompts"}
-        return options, data["prompts"], lambda i: f"item {i}"
+        return options, data["prompts"][:max_prompts], lambda i: f"item {i}"
     raise TaskError(
         f"{label}: expected a list of prompt objects or an object with 'prompts'; got {type(data).__name__}"
     )
+
+
+def _list_prefix(text: str, label: str, max_prompts: int) -> list[Any] | None:
+    """The first ``max_prompts`` items of the JSON list ``text``, parsed one by one (the rest is not parsed); None
+    when the list ends before and something follows it (then the whole text is parsed as usual)."""
+    decoder = json.JSONDecoder()
+    i = text.index("[") + 1
+    items: list[Any] = []
+
+    def fail(msg: str, pos: int) -> TaskError:
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return TaskError(f"{label}: not valid JSON (line {line}, column {column}): {msg}")
+
+    i = _WHITESPACE.match(text, i).end()
+    if text.startswith("]", i):
+        return items if not text[i + 1 :].strip() else None
+    while len(items) < max_prompts:
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{label}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        except RecursionError:
+            raise TaskError(f"{label}: {_TOO_DEEP}") from None
+        items.append(item)
+        i = _WHITESPACE.match(text, i).end()
+        if text.startswith("]", i):
+            return items if not text[i + 1 :].strip() else None
+        if not text.startswith(",", i):
+            raise fail("Expecting ',' delimiter", i)
+        i = _WHITESPACE.match(text, i + 1).end()
+    return items
 
 
 def _check_option_types(opts: dict[str, Any], label: str) -> None:
@@ -286,13 +422,34 @@ def _strings(item: dict[str, Any], field: str, where: str, *, allow_empty: bool)
     return values
 
 
-def _ints(item: dict[str, Any], field: str, where: str, *, allow_empty: bool) -> list[int]:
+def _ints(item: dict[str, Any], field: str, where: str, *, allow_empty: bool, vocab: int | None) -> list[int]:
     value = item[field]
     if not isinstance(value, list) or not all(_is_int(v) and v >= 0 for v in value):
-        raise TaskError(f"{where}: field {field!r} must be a list of token ids (integers >= 0); got {value!r}")
+        raise TaskError(f"{where}: field {field!r} must be a list of token ids (integers >= 0); got {_short(value)}")
     if not value and not allow_empty:
         raise TaskError(f"{where}: field {field!r} is empty")
+    limit = _INT64_MAX if vocab is None else vocab - 1
+    for j, v in enumerate(value):
+        if v > limit:
+            what = "the largest 64-bit integer" if vocab is None else f"the tokenizer's vocabulary ({vocab} tokens)"
+            raise TaskError(
+                f"{where}: field {field!r} holds token id {_short(v)} at position {j}, outside {what}; token ids "
+                f"are 0 .. {limit}"
+            )
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _vocab_size(tokenizer: Any) -> int | None:
+    try:
+        n = len(tokenizer) if tokenizer is not None else None
+    except TypeError:
+        n = getattr(tokenizer, "vocab_size", None)
+    return n if _is_int(n) and n > 0 else None
 
 
 def _is_int(value: Any) -> bool:
@@ -308,19 +465,22 @@ def _task_from_ids(
 ) -> Task:
     required = ("clean_ids", "corrupted_ids", "answer_ids")
     clean, corrupted, answers, wrong, pos, prompts, corrupted_prompts = [], [], [], [], [], [], []
+    vocab = _vocab_size(tokenizer)
     for i, item in enumerate(items):
         where = locate(i)
         _check_fields(item, _ID_FIELDS, required, where)
         c, k = (
-            _ints(item, "clean_ids", where, allow_empty=False),
-            _ints(item, "corrupted_ids", where, allow_empty=False),
+            _ints(item, "clean_ids", where, allow_empty=False, vocab=vocab),
+            _ints(item, "corrupted_ids", where, allow_empty=False, vocab=vocab),
         )
         if len(c) != len(k):
             raise TaskError(f"{where}: 'clean_ids' has {len(c)} ids but 'corrupted_ids' has {len(k)}; make them equal")
         clean.append(c)
         corrupted.append(k)
-        answers.append(_ints(item, "answer_ids", where, allow_empty=False))
-        wrong.append(_ints(item, "wrong_answer_ids", where, allow_empty=True) if "wrong_answer_ids" in item else [])
+        answers.append(_ints(item, "answer_ids", where, allow_empty=False, vocab=vocab))
+        wrong.append(
+            _ints(item, "wrong_answer_ids", where, allow_empty=True, vocab=vocab) if "wrong_answer_ids" in item else []
+        )
         p = item.get("answer_pos", len(c) - 1)
         if not _is_int(p) or not 0 <= p < len(c):
             raise TaskError(f"{where}: field 'answer_pos' must be an integer in 0..{len(c) - 1}; got {p!r}")
@@ -334,8 +494,8 @@ def _task_from_ids(
     pad_id = options.get("pad_id", pad_id_of(tokenizer) if tokenizer is not None else 0)
     seq_len = options.get("seq_len")
     for key, value in (("pad_id", pad_id), ("seq_len", seq_len)):
-        if value is not None and not (_is_int(value) and value >= 0):
-            raise TaskError(f"option {key!r} must be an integer >= 0; got {value!r}")
+        if value is not None and not (_is_int(value) and 0 <= value <= _INT64_MAX):
+            raise TaskError(f"option {key!r} must be an integer in 0 .. 2**63 - 1; got {_short(value)}")
     return build_from_ids(
         clean_rows=clean,
         corrupted_rows=corrupted,
@@ -346,5 +506,6 @@ def _task_from_ids(
         corrupted_prompts=corrupted_prompts,
         answer_pos=pos,
         seq_len=seq_len,
+        where=locate,
         **opts,
     )

@@ -42,8 +42,8 @@ def heldout_rows(
 
     rows = faithfulness_many(pm, list(masks), task, metric=metric, ablation=ablation)
     per = [r.get("per_prompt") for r in rows]
-    if not rows or any(p is None for p in per):
-        return [{**r, "ci": _pair(r.get("ci"))} for r in rows]
+    if not rows or any(p is None for p in per) or all("ci" in r for r in rows):  # the evaluator's own intervals
+        return [{**{k: v for k, v in r.items() if k != "per_prompt"}, "ci": _pair(r.get("ci"))} for r in rows]
     from circuitfind.validation.bootstrap import faithfulness_intervals
 
     cis = faithfulness_intervals(

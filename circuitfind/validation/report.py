@@ -28,7 +28,7 @@ from circuitfind.validation.completeness import DEFAULT_PROBES
 __all__ = ["REPORT_VERSION", "Report", "build_report", "size_curves", "write_report"]
 
 REPORT_VERSION = 1
-CUT_OPTIONS = ("threshold", "n_edges", "target", "band", "select", "confidence")  # how a run cuts its ranking
+CUT_OPTIONS = ("threshold", "n_edges", "n_nodes", "target", "band", "select", "confidence")  # how a run cuts
 STABILITY_CUTS = ("size", "same")
 """How the stability resamples cut their rankings: ``size`` (the top-k of each resample's own scores, k the main
 run's cut: the selected edges' stability at that size, one scoring pass per resample) or ``same`` (the main run's
@@ -81,10 +81,10 @@ def build_report(
 
     Example:
         >>> import dataclasses
-        >>> split = dataclasses.replace(task, n_train=2)  # 2 prompts for discovery, 1 held out
+        >>> split = dataclasses.replace(task, n_train=1)  # 1 for discovery, 2 held out
         >>> rep = build_report(pm, split, method="eap", n_edges=4, n_boot=2, probes=12, progress=False)
         >>> rep.data["heldout"]["n_prompts"], rep.data["stability"]["n_boot"], rep.circuit.n_edges <= 4
-        (1, 2, True)
+        (2, 2, True)
     """
     from circuitfind.discovery import discover
     from circuitfind.patching import resolve_model
@@ -124,8 +124,17 @@ def build_report(
         "model": circuit.model,
         "task": task.name,
         "method": method,
-        "options": _clean({"method": method, **opts, "n_boot": n_boot, "probes": probes, "seed": seed,
-                           "check_ablation": check_ablation, "stability_cut": stability_cut}),  # fmt: skip
+        "options": _clean(
+            {
+                "method": method,
+                **opts,
+                "n_boot": n_boot,
+                "probes": probes,
+                "seed": seed,
+                "check_ablation": check_ablation,
+                "stability_cut": stability_cut,
+            }
+        ),  # fmt: skip
         "circuit": _circuit_summary(circuit),
         "heldout": _heldout_summary(held),
         "curves": curves,
@@ -231,7 +240,7 @@ def size_curves(pm: Any, circuit: Circuit, task: Any, *, metric: Any, ablation: 
     g = pm.graph
     cut = int(circuit.stats.get("k") or circuit.n_edges or 1)
     ks = sorted({min(g.n_edges, max(1, round(cut * s))) for s in CURVE_SCALES})
-    scores = torch.nan_to_num(circuit.scores.double(), nan=-math.inf)
+    scores = circuit.scores.double()  # NaN (untested) ranks last (edge_ranking)
     absolute = bool(circuit.config.get("absolute", False))
     from_input = str(circuit.config.get("ablation", "resample")) == "resample"
     masks = [prune_dangling(g, top_n(g, scores, k, absolute=absolute), from_input=from_input) for k in ks]
@@ -251,13 +260,15 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validation_points(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """The size selection's probes measured on prompts not used to score them (when the run has them)."""
+    """The validated size selection's probes: faithfulness on prompts not used to score them, with intervals
+    (``circuit.stats["validation"]["probes"]``; none for ``select="train"`` or a method without a size search).
+    The size is the mean over folds of the probe's edges after pruning; add-back probes (``m > 0``) are left out."""
     out = []
-    for p in stats.get("probes") or []:
-        f = p.get("validation_faithfulness", p.get("validation"))
-        if isinstance(f, (int, float)):
-            out.append({"n_edges": p.get("n_edges", p.get("k")), "faithfulness": f, "ci": p.get("validation_ci")})
-    return out
+    for p in (stats.get("validation") or {}).get("probes") or []:
+        f, sizes = p.get("faithfulness"), p.get("n_edges_after_prune") or [p.get("k")]
+        if isinstance(f, (int, float)) and not p.get("m") and all(isinstance(n, int) for n in sizes):
+            out.append({"n_edges": round(sum(sizes) / len(sizes)), "faithfulness": f, "ci": p.get("ci")})
+    return sorted(out, key=lambda p: p["n_edges"])
 
 
 def _clean(value: Any) -> Any:
@@ -280,7 +291,7 @@ def report_table(data: dict[str, Any]) -> str:
 
     Example:
         >>> import dataclasses
-        >>> rep = build_report(pm, dataclasses.replace(task, n_train=2), method="eap", n_edges=4, n_boot=2, probes=12,
+        >>> rep = build_report(pm, dataclasses.replace(task, n_train=1), method="eap", n_edges=4, n_boot=2, probes=12,
         ...                    metric="logit_diff", progress=False)
         >>> report_table(rep.data).splitlines()[0].startswith("check")
         True
@@ -308,7 +319,7 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
 
     Example:
         >>> import dataclasses
-        >>> rep = build_report(pm, dataclasses.replace(task, n_train=2), method="eap", n_edges=4, n_boot=2, probes=12,
+        >>> rep = build_report(pm, dataclasses.replace(task, n_train=1), method="eap", n_edges=4, n_boot=2, probes=12,
         ...                    metric="logit_diff", progress=False)
         >>> [p.name for p in write_report(rep, tmp_path)]
         ['circuit.json', 'report.json', 'report.html']

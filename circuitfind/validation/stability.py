@@ -241,7 +241,7 @@ def stability(
         draws = resample_indices(len(full_task.train()), n_boot, seed)
         masks = run_local(pm, full_task.train(), draws, method, discover_options, workers, progress)
         how = f"{workers} process{'es' if workers > 1 else ''}"
-    draws = resample_indices(len(full_task.train()), n_boot, seed)
+    draws = resample_indices(len(full_task.train()), n_boot, seed)  # the same draws every path made
     return _summarise(pm, full_task, masks, draws, seed, core_level, method, discover_options, how, t0)
 
 

@@ -75,7 +75,7 @@ def _run_forked(pm, train, draws: Tensor, method: str, options: dict[str, Any], 
     masks: dict[int, Tensor] = {}
     try:
         while len(masks) < len(draws):
-            b, flat, error = queue.get(timeout=None if all(p.is_alive() for p in procs) else 5.0)
+            b, flat, error = _next_result(queue, procs)
             if error is not None:
                 raise CircuitfindError(f"resample {b} failed in its worker process: {error}")
             mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
@@ -86,6 +86,22 @@ def _run_forked(pm, train, draws: Tensor, method: str, options: dict[str, Any], 
         for p in procs:
             p.join(timeout=1.0) if not p.is_alive() else (p.terminate(), p.join())
     return torch.stack([masks[b] for b in range(len(draws))])
+
+
+def _next_result(queue, procs) -> tuple[int, Any, str | None]:
+    """The next ``(resample, edges, error)`` from the workers; a worker that died without reporting is an error."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=5.0)
+        except queues.Empty:
+            dead = [p.exitcode for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+            if dead:
+                raise CircuitfindError(
+                    f"a stability worker process died (exit code {dead[0]}; -9 is usually out of memory); rerun "
+                    "with fewer workers (workers=1 runs the resamples in this process)"
+                ) from None
 
 
 def _worker(pm, train, draws, share, method, options, threads, queue) -> None:  # in the forked process

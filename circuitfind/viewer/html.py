@@ -28,6 +28,20 @@ def _static(name: str) -> str:
     return resources.files("circuitfind.viewer").joinpath("static", name).read_text(encoding="utf-8")
 
 
+_SCRIPT_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _script_json(payload: dict[str, Any]) -> str:
+    """``payload`` as JSON safe inside a ``<script>`` element: every ``<``, ``>``, ``&``, U+2028 and U+2029 written
+    as a ``\\u`` escape. Escaping ``</`` alone is not enough: an HTML parser reads ``<!--<script>`` inside a
+    script as the start of an escaped comment and the page goes blank. These characters occur only inside JSON
+    strings, where the escapes read back as the same text."""
+    text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    return text.translate(_SCRIPT_ESCAPES)
+
+
 def render_html(payload: dict[str, Any], title: str = "circuit") -> str:
     """The HTML text of the explorer for a payload of :func:`~circuitfind.viewer.payload.build_payload`.
 
@@ -37,8 +51,7 @@ def render_html(payload: dict[str, Any], title: str = "circuit") -> str:
         (True, False)
     """
     page, css, js = (_static(n) for n in _STATIC)
-    # "</" inside a <script> would end it early; JSON allows "<\/" for "</".
-    data = json.dumps(payload, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    data = _script_json(payload)
     parts = {"__TITLE__": html.escape(title), "__CSS__": css, "__JS__": js, "__DATA__": data}
     out = []
     rest = page

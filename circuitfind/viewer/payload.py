@@ -62,9 +62,8 @@ def ranked_edges(circuit, cap: int = DEFAULT_MAX_EDGES) -> tuple[torch.Tensor, t
     """
     g = circuit.graph
     absolute = bool(circuit.config.get("absolute", False))
-    scores = torch.nan_to_num(circuit.scores.double(), nan=-math.inf)  # as discovery ranks them
     scored = ~torch.isnan(circuit.scores) & g.edge_mask  # NaN: never tested or scored, ranked last, not embedded
-    order = edge_ranking(g, scores, absolute=absolute)  # (E,) flat indices
+    order = edge_ranking(g, circuit.scores, absolute=absolute)  # (E,) flat indices, as discovery ranks them
     n_scored = int(scored.sum())
     order = order[: min(cap, n_scored)]
     R = g.n_receivers
@@ -86,9 +85,12 @@ def _circuit_part(circuit) -> dict[str, Any]:
     trace = stats.pop("trace", None) or []
     stats.pop("losses_at_points", None)
     rec = circuit.recovered
+    # the explorer opens on the top k, dangling edges hidden: the run's own k, else the edges a top-n or threshold
+    # cut selected before pruning (the top k of the same ranking), so that it opens on the circuit as cut
+    k = stats.get("k", stats.get("selected_before_pruning"))
     return {
         "n_edges": circuit.n_edges,
-        "k": stats.get("k"),
+        "k": k,
         "metric": circuit.config.get("metric", "metric"),
         "metric_full": _round(circuit.metric_full),
         "metric_empty": _round(circuit.metric_empty),
