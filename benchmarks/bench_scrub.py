@@ -70,7 +70,7 @@ def main() -> None:
         circuit = cf.Circuit.load(args.circuit)
     else:
         circuit = cf.discover(model, task, method="eap-ig", target=0.95, metric="logit_diff", progress=False)
-        circuit.save(Path(args.out).with_suffix(".circuit.json"))
+        circuit.save(Path("out/bench_scrub/circuit.json"))  # 9 MB of scores: not under results/
     discover_s = time.perf_counter() - t0
     pm = cf.PatchableModel(model)
     held = task.held_out()

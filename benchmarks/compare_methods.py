@@ -15,6 +15,21 @@ so that ACDC's rows there are comparable) and each method:
   threshold (the largest that fits 5% of the edges) and the MIB curve of its per-edge effects. ACDC runs take
   25-75 min per threshold here; ``--acdc-rerun`` reruns it at that threshold instead.
 
+The methods frontier (issue 22), through ``discover``'s public options:
+
+* ``eap-ig-act`` (EAP-IG along the activations, 5 steps) and ``edge-pruning`` (learned hard-concrete edge gates,
+  100 steps, EAP-IG warm start, at 0.1% of the edges; on IOI and the tracr models only: minutes per LM task);
+* ``eap-ig-node`` / ``exact-node``: ``level="node"`` (heads, MLPs and the input as units; first-order node scores
+  / one patched forward per node), cut at the target over nodes. No CPR/CMD (the ranking is over nodes): f@0.1%
+  and f@1% are the largest top-k-node circuits whose induced edges fit that many edges; tracr AUC over nodes;
+* ``eap-ig-pos``: ``by_position=True`` on prompts of one template (IOI: template 0, ABBA; greater-than as it
+  is; induction's prompts differ in length and are skipped), cut over (sender, receiver, position) edges. f@k%
+  counts as many position-edges as k% of the edges; beside it, the position-free top edges of the same scores
+  summed over positions, on the same prompts.
+
+Intervals (95%, bootstrap over the held-out prompts, :mod:`circuitfind.validation`) are shown where the
+evaluation stores per-prompt values.
+
 Per (task, method), as one cell of a :func:`circuitfind.sweep` (a Ray worker that loads the model once and runs
 unit after unit; ``--workers`` at once, default 1 so that timings do not mix; each worker reserves ``--threads``
 CPUs; the store is ``benchmarks/results/sweeps/<results name>/``):
@@ -35,7 +50,8 @@ ROC AUC of each method's scores against the tracr-derived circuit.
 
 Prints a table and writes ``benchmarks/results/compare_methods.json`` (merged per (task, method) as each unit
 finishes; a unit already there with the same settings is skipped unless ``--force``, so runs can be split) and
-``figures/compare_methods_<task>.png`` (held-out faithfulness against the fraction of edges, log axis).
+``figures/compare_methods.png`` (one figure, a panel per task: held-out faithfulness against the fraction of
+edges, log axis).
 ``--quick`` checks the pipeline (8 prompts, one task, 0.01% candidates for exact, 1 random circuit per size)
 and writes under ``benchmarks/results/quick/``.
 
@@ -75,6 +91,7 @@ METHODS = (*BASE_METHODS, *VARIANTS)
 NODE_ROWS = ("eap-ig-node", "exact-node")
 POSITION_ROWS = ("eap-ig-pos",)
 EDGE_PRUNING_FRACTION = 0.001  # the issue's goal: 120 edges (0.1%) on IOI
+EDGE_PRUNING_TASKS = ("ioi", "tracr-reverse", "tracr-proportion")  # minutes per LM task here: the goal task only
 BUDGETS = (0.001, 0.01)  # f at 0.1% / 1% of the edges
 N_BOOT = 1000  # bootstrap resamples of the held-out prompts for the intervals (when evaluate stores per-prompt values)
 TARGET = 0.8
@@ -100,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--acdc-rerun", action="store_true", help="rerun ACDC (hours) instead of reading validate.json")
     p.add_argument("--force", action="store_true", help="rerun units already in the results file")
     p.add_argument("--no-random", action="store_true", help="do not (re)draw the random-circuit baseline")
+    p.add_argument("--unit", action="append", metavar="TASK:METHOD", help="run exactly these units (repeatable)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (and Ray CPUs) of each worker")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:0, ... (default: cpu)")
     p.add_argument("--workers", type=int, default=1, help="units at once (default 1: timings measured alone)")
@@ -401,7 +419,11 @@ def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
         cut = _target_cut_of_acdc(pm, task, circuit, kw)
         mask, f_train, reached = cut.mask, cut.faithfulness, cut.reached
     else:
-        mask, f_train, reached = circuit.mask, stats.get("faithfulness"), stats.get("reached")
+        mask, f_train, reached = (
+            circuit.mask,
+            stats.get("faithfulness", stats.get("trained_faithfulness")),
+            stats.get("reached"),
+        )
     row = faithfulness_many(pm, [mask], task, memory_budget=MEMORY_BUDGET)[0]
     out["target_circuit"] = _target_record(pm, mask, row, f_train, reached, stats)
     if method == "hybrid":
@@ -814,6 +836,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _units(args: argparse.Namespace) -> list[tuple[str, str]]:
     from circuitfind.algorithms import METHODS as REGISTERED
 
+    if args.unit:  # an explicit list (a documented subset of the grid)
+        units = [tuple(u.split(":", 1)) for u in args.unit]
+        bad = [u for u in units if len(u) != 2 or u[0] not in TASKS or u[1] not in (*METHODS, "random")]
+        if bad:
+            raise SystemExit(f"--unit takes TASK:METHOD with a task of {TASKS} and a method of {METHODS}; got {bad}")
+        return sorted(units, key=lambda u: (u == ("ioi", "edge-pruning"), u[1] in ("exact", "exact-node")))
     units = []
     for task in args.task:
         if task == GOAL:
@@ -824,11 +852,16 @@ def _units(args: argparse.Namespace) -> list[tuple[str, str]]:
         for m in args.method:
             if m in VARIANTS and VARIANTS[m][0] not in REGISTERED:
                 print(f"[{task}] {m}: method {VARIANTS[m][0]!r} is not in this circuitfind; skipped", flush=True)
+            elif m == "edge-pruning" and task not in EDGE_PRUNING_TASKS:
+                print(f"[{task}] {m}: run on {', '.join(EDGE_PRUNING_TASKS)} only (minutes per task); skipped")
             elif m in POSITION_ROWS and task not in ("ioi", "greater-than"):
-                print(f"[{task}] {m}: prompts of {task} share no template (lengths differ); skipped", flush=True)
+                why = "its prompts differ in length"
+                if task in TRACR:
+                    why = "the AUC of position-summed scores is eap-ig's"
+                print(f"[{task}] {m}: {why}; skipped", flush=True)
             else:
                 units.append((task, m))
-    return units
+    return sorted(units, key=lambda u: (u == ("ioi", "edge-pruning"), u[1] == "exact"))  # the longest ones last
 
 
 def main(argv: list[str] | None = None) -> int:

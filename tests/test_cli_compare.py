@@ -62,3 +62,23 @@ def test_diff_of_models_with_different_graphs_is_a_clear_error(dirs, capsys):
 def test_heads_classes_needs_an_ioi_task(dirs, capsys):
     assert main(["heads", "--model", str(dirs["a"]), "--classes", "--no-progress"]) == 2
     assert "--classes needs an IOI task" in capsys.readouterr().err
+
+
+def test_heads_classes_prints_every_class_and_writes_json_and_csv(tmp_path, capsys):
+    import argparse
+
+    from circuitfind.cli import _run_head_classes
+    from circuitfind.patching import PatchableModel
+    from tests.ioi_planted import planted_ioi_spec, planted_ioi_task
+
+    out, csv = tmp_path / "classes.json", tmp_path / "classes.csv"
+    args = argparse.Namespace(
+        effect_threshold=None, attention_threshold=0.5, copying_threshold=None, seed=0, progress=False, all=True,
+        json=out, csv=csv,
+    )  # fmt: skip
+    assert _run_head_classes(args, PatchableModel(planted_ioi_spec()), planted_ioi_task(), 0.0) == 0
+    stdout = capsys.readouterr().out
+    assert "name_mover           a3.h0 (2.00)" in stdout  # attention 1.0 over the 0.5 threshold given
+    assert "duplicate_token      a0.h1 (2.00)" in stdout and "attention 0.5" in stdout
+    assert json.loads(out.read_text())["members"]["backup_name_mover"] == ["a4.h0"]
+    assert csv.read_text().splitlines()[0].startswith("head,layer,index,class")
