@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--act-steps", type=int, default=5, help="eap-ig-act's steps per sender layer")
     p.add_argument("--prune-steps", type=int, default=100, help="edge-pruning's training steps")
     p.add_argument("--lr", type=float, default=0.1, help="edge-pruning's learning rate")
+    p.add_argument("--lambda-lr", type=float, default=0.01, help="edge-pruning's Lagrange multipliers' ascent rate")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table", action="store_true", help="print the table of the results file and exit")
     p.add_argument("--no-progress", action="store_true")
@@ -54,18 +56,27 @@ def run_method(pm, tok, task, method: str, args: argparse.Namespace, **kw) -> di
     from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness
 
     t0 = time.perf_counter()
-    circuit = cf.discover(pm, task, method=method, n_edges=BUDGET, metric=METRIC, progress=not args.no_progress, **kw)
+    if method == "edge-pruning":
+        circuit = _prune(pm, task, args, **kw)
+    else:
+        circuit = cf.discover(
+            pm, task, method=method, n_edges=BUDGET, metric=METRIC, progress=not args.no_progress, **kw
+        )
     wall = time.perf_counter() - t0
-    held = faithfulness(pm, circuit, task, metric=METRIC)
+    if not isinstance(circuit, _Found):
+        span = circuit.metric_full - circuit.metric_empty
+        f_train = (circuit.metric_circuit - circuit.metric_empty) / span
+        circuit = _Found(circuit.mask, circuit.scores, circuit.n_edges, f_train, circuit.stats)
+    held = faithfulness(pm, circuit.mask, task, metric=METRIC)
     mib = cpr_cmd_of_scores(pm, circuit.scores, task, metric=METRIC)
     row = {
         "method": method,
-        "options": kw,
+        "options": {**kw, **({"lambda_lr": args.lambda_lr} if method == "edge-pruning" else {})},
         "wall_s": wall,
         "cpr": mib["cpr"],
         "cmd": mib["cmd"],
         "n_edges": circuit.n_edges,
-        "faithfulness_train": circuit.faithfulness,
+        "faithfulness_train": circuit.faithfulness_train,
         "faithfulness_held_out": held["faithfulness"],
         "mib": {k: mib[k] for k in ("fractions", "faithfulness_signed", "faithfulness_abs", "n_edges")},
         "threads": args.threads,
@@ -81,6 +92,33 @@ def run_method(pm, tok, task, method: str, args: argparse.Namespace, **kw) -> di
         flush=True,
     )
     return row
+
+
+@dataclass
+class _Found:
+    mask: Any
+    scores: Any
+    n_edges: int
+    faithfulness_train: float
+    stats: dict[str, Any]
+
+
+def _prune(pm, task, args, **kw) -> _Found:
+    """edge-pruning through its options (``lambda_lr`` is not a ``discover`` parameter): the top-120 gates,
+    dangling edges pruned, exactly ``discover``'s cut."""
+    from tqdm.auto import tqdm
+
+    from circuitfind.algorithms import EdgePruningOptions, run_edge_pruning
+    from circuitfind.discovery import prepare_problem
+    from circuitfind.selection import prune_dangling, top_n
+
+    problem, _ = prepare_problem(pm, task.train(), metric=METRIC)
+    opts = EdgePruningOptions(n_edges=BUDGET, lambda_lr=args.lambda_lr, **kw)
+    with tqdm(total=1, disable=args.no_progress) as bar:
+        result = run_edge_pruning(problem, opts, bar)
+    mask = prune_dangling(pm.graph, top_n(pm.graph, result.scores, BUDGET))
+    st = result.stats
+    return _Found(mask, result.scores, int(mask.sum()), st["trained_faithfulness"], st)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs += [("eap-ig", {"steps": 5}), ("eap-ig-act", {"steps": args.act_steps})]
     if "pruning" in args.part:
         jobs += [("edge-pruning", {"steps": args.prune_steps, "lr": args.lr, "warm_start": True})]
+        # options recorded below include lambda_lr
     for method, kw in jobs:
         rows[method] = run_method(pm, tok, task, method, args, **kw)
         results["config"] = {

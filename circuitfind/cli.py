@@ -699,6 +699,14 @@ def _run_view(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stage_printer() -> Callable[[str], None]:
+    """Prints each report stage as it starts, with the seconds since the first (a run cut short shows where)."""
+    import time
+
+    t0 = time.perf_counter()
+    return lambda s: print(f"report: {s} (at {time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
 def _report_frequency(report: Path | None, circuit_path: Path) -> dict[str, float] | None:
     """Edge inclusion frequencies from ``--report`` or a report.json beside the circuit (None without one)."""
     import json
@@ -938,7 +946,7 @@ def _run_report(args: argparse.Namespace) -> int:
                            seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
                            stability_cut=args.stability_cut,
                            classes=classes, tokenizer=tokenizer, progress=args.progress,
-                           on_stage=lambda s: print(f"report: {s}", file=sys.stderr, flush=True), **opts)  # fmt: skip
+                           on_stage=_stage_printer(), **opts)  # fmt: skip
         circuit = rep.circuit.replace(model=_model_label(args))
         circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
         written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)
