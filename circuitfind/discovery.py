@@ -605,14 +605,18 @@ def _unit_options(opts, run: _Run):
     return dataclasses.replace(opts, **changes) if changes else opts
 
 
+def _unit_probe_reporter(run: _Run, units: str):
+    """The progress reporter of a target search over nodes or position-edges (None without a target)."""
+    if run.target is None:
+        return None
+    return probe_reporter(run.bar or NullProgress(), run.target, f"fewest {units} with faithfulness >= {run.target}")
+
+
 def _cut_nodes(run: _Run, method: str, result: ScoreResult, faith: Faithfulness) -> tuple[torch.Tensor, dict]:
     """The node-level circuit cut from the method's node scores; its nodes go into the circuit."""
     if result.node_scores is None:
         raise ConfigError(f"{method} returned no node scores at level='node'")
-    on_probe = None
-    if run.target is not None:
-        desc = f"fewest nodes with faithfulness >= {run.target}"
-        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    on_probe = _unit_probe_reporter(run, "nodes")
     cut = node_cut(
         run.problem.pm.graph,
         result.node_scores,
@@ -632,10 +636,7 @@ def _cut_positions(run: _Run, method: str, result: ScoreResult, faith: Faithfuln
     """The position-aware circuit cut from the method's ``(S, R, T)`` scores: an ``(S, R, T)`` mask."""
     if result.position_scores is None:
         raise ConfigError(f"{method} returned no position scores with by_position=True")
-    on_probe = None
-    if run.target is not None:
-        desc = f"fewest position-edges with faithfulness >= {run.target}"
-        on_probe = probe_reporter(run.bar or NullProgress(), run.target, desc)
+    on_probe = _unit_probe_reporter(run, "position-edges")
     cut = position_cut(
         run.problem.pm.graph,
         result.position_scores,

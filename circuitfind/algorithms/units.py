@@ -92,17 +92,10 @@ def node_cut(
         nodes[order[:k]] = True
         return node_circuit(graph, nodes, from_input=from_input)
 
-    if target is not None:
-        return smallest_k(graph.n_senders, circuit_of, faithfulness, target, on_probe=on_probe)
-    if n is not None:
-        if not 1 <= n <= graph.n_senders:
-            raise ConfigError(f"n_nodes must be between 1 and {graph.n_senders} (this graph's nodes); got {n}")
-        k = n
-    else:
-        above = (key.abs() if absolute else key) > threshold
-        k = int(above.sum())
-    mask, units = circuit_of(k)
-    return UnitCut(mask, units, {"k": k, "selected_before_pruning": k})
+    above = None if threshold is None else int(((key.abs() if absolute else key) > threshold).sum())
+    units = "n_nodes", "this graph's nodes"
+    return _cut_units(graph.n_senders, circuit_of, faithfulness, above=above, n=n, target=target, on_probe=on_probe,
+                      units=units)
 
 
 def position_cut(
@@ -142,17 +135,35 @@ def position_cut(
         mask = mask & prune_dangling(graph, mask.any(dim=-1), from_input=from_input)[..., None]
         return mask, mask.flatten()
 
-    n_units = int(exists.sum())
+    above = None if threshold is None else int(((key.abs() if absolute else key) > threshold)[exists].sum())
+    units = "n_edges", "position-edges of this task"
+    return _cut_units(int(exists.sum()), circuit_of, faithfulness, above=above, n=n, target=target,
+                      on_probe=on_probe, units=units)
+
+
+def _cut_units(
+    n_units: int,
+    circuit_of: Callable[[int], tuple[Tensor, Tensor]],
+    faithfulness: Callable[[Tensor], float],
+    *,
+    above: int | None,
+    n: int | None,
+    target: float | None,
+    on_probe: Callable[[dict[str, Any]], None] | None,
+    units: tuple[str, str],
+) -> UnitCut:
+    """The one cut rule over ranked units: ``target`` (smallest faithful top-k), ``n`` (the top n), or the
+    ``above`` units over the threshold. ``units`` names the option and the units for the range error."""
     if target is not None:
         return smallest_k(n_units, circuit_of, faithfulness, target, on_probe=on_probe)
     if n is not None:
         if not 1 <= n <= n_units:
-            raise ConfigError(f"n_edges must be between 1 and {n_units:,} (position-edges of this task); got {n}")
+            raise ConfigError(f"{units[0]} must be between 1 and {n_units:,} ({units[1]}); got {n}")
         k = n
     else:
-        k = int(((key.abs() if absolute else key) > threshold)[exists].sum())
-    mask, units = circuit_of(k)
-    return UnitCut(mask, units, {"k": k, "selected_before_pruning": k})
+        k = int(above or 0)
+    mask, kept = circuit_of(k)
+    return UnitCut(mask, kept, {"k": k, "selected_before_pruning": k})
 
 
 def smallest_k(
