@@ -14,12 +14,13 @@ import json
 import math
 from typing import Any
 
+from circuitfind.viewer.html import SCRIPT_ESCAPES
+
 __all__ = ["embed_json", "render_report"]
 
 W, H, PAD = 520, 300, 46  # figure size and margin (px)
 SERIES = (("discovery", "#3b6fb6"), ("validation", "#d9822b"), ("heldout", "#2f9e5a"))
 KIND_COLOURS = {"empty": "#555", "random": "#9aa5b1", "greedy": "#c23b3b", "group": "#3b6fb6", "class": "#8e44ad"}
-_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def embed_json(data: Any) -> str:
@@ -30,7 +31,7 @@ def embed_json(data: Any) -> str:
         '{"a": "\\\\u003c/script\\\\u003e\\\\u003cb\\\\u003e\\\\u0026"}'
     """
     text = json.dumps(data, allow_nan=False, ensure_ascii=False)
-    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+    return text.translate(SCRIPT_ESCAPES)
 
 
 def _e(x: Any) -> str:

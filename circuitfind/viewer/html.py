@@ -28,7 +28,7 @@ def _static(name: str) -> str:
     return resources.files("circuitfind.viewer").joinpath("static", name).read_text(encoding="utf-8")
 
 
-_SCRIPT_ESCAPES = str.maketrans(
+SCRIPT_ESCAPES = str.maketrans(  # the one rule for JSON embedded in a <script> element
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
 
@@ -39,7 +39,7 @@ def _script_json(payload: dict[str, Any]) -> str:
     script as the start of an escaped comment and the page goes blank. These characters occur only inside JSON
     strings, where the escapes read back as the same text."""
     text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    return text.translate(_SCRIPT_ESCAPES)
+    return text.translate(SCRIPT_ESCAPES)
 
 
 def render_html(payload: dict[str, Any], title: str = "circuit") -> str:
