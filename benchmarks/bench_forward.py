@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
-from circuitfind.patching import PatchableModel
 
 B, T = 20, 16
 
