@@ -16,9 +16,9 @@ def _tiny_doctest_objects() -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuitfind import discover
-    from circuitfind.algorithms.acdc import Problem
+    from circuitfind.engine.patchable import PatchableModel
     from circuitfind.metrics import make_metric
-    from circuitfind.patching import PatchableModel
+    from circuitfind.problem import Problem
     from circuitfind.tasks import Task
 
     gen = torch.Generator().manual_seed(0)

@@ -29,8 +29,8 @@ import torch
 
 import circuitfind as cf
 from circuitfind.algorithms import AcdcOptions, run_acdc_fast, run_acdc_plain
-from circuitfind.discovery import prepare_problem
-from circuitfind.patching import PatchableModel
+from circuitfind.engine.patchable import PatchableModel
+from circuitfind.problem import prepare_problem
 from circuitfind.tasks import Task
 
 

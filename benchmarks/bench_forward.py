@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks import get_task
 
 B, T = 20, 16

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from circuitfind.analysis import CLASSES, head_classes
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks import get_task
 
 

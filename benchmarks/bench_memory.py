@@ -14,7 +14,7 @@ prompts of ``--seq`` tokens with the logit-difference metric and resample ablati
 
 Memory is the peak above what was resident before the step (CPU: the process's VmHWM after resetting it through
 /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated after a reset), plus the model's own resident size.
-The estimate columns are :func:`circuitfind.memory.estimate`.
+The estimate columns are :func:`circuitfind.engine.memory.estimate`.
 
 Usage:
     python benchmarks/bench_memory.py [--models qwen2.5-0.5b,llama-3.2-1b] [--dtypes bfloat16,float32]
@@ -132,7 +132,7 @@ EXTRAPOLATED: dict[str, dict[str, Any]] = {
         head_dim=128,
     ),
 }
-# which terms of circuitfind.memory.estimate each measured step holds
+# which terms of circuitfind.engine.memory.estimate each measured step holds
 STEP_TERMS = {
     "ablation": ("ablation", "forward_pass"),
     "masked forward": ("forward_pass",),
@@ -186,7 +186,7 @@ def build(name: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Modul
 
 
 def _measure(device: torch.device, fn) -> tuple[Any, dict[str, float]]:
-    from circuitfind.memory import peak_memory, reset_peak_memory
+    from circuitfind.engine.memory import peak_memory, reset_peak_memory
 
     reset_peak_memory(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss()
@@ -204,10 +204,10 @@ def run_one(name: str, dtype_name: str, device_name: str, prompts: int, seq: int
 
     from circuitfind.algorithms import EapOptions, run_eap_ig
     from circuitfind.algorithms.acdc import FastEvaluator
-    from circuitfind.discovery import prepare_problem
-    from circuitfind.memory import estimate, peak_memory
+    from circuitfind.engine.memory import estimate, peak_memory
+    from circuitfind.engine.patchable import PatchableModel
     from circuitfind.models.loading import parse_dtype
-    from circuitfind.patching import PatchableModel
+    from circuitfind.problem import prepare_problem
     from circuitfind.tasks import Task
 
     dtype, device = parse_dtype(dtype_name), torch.device(device_name)
@@ -306,11 +306,11 @@ def _weights_bytes(cfg: dict[str, Any], dtype: torch.dtype) -> int:
 
 
 def estimate_of(cfg: dict[str, Any], dtype: torch.dtype, prompts: int, seq: int) -> dict[str, int]:
-    """:func:`circuitfind.memory.estimate` from a config alone (no weights built)."""
+    """:func:`circuitfind.engine.memory.estimate` from a config alone (no weights built)."""
     from types import SimpleNamespace
 
+    from circuitfind.engine.memory import estimate
     from circuitfind.graph import Graph
-    from circuitfind.memory import estimate
 
     L, H = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     spec = SimpleNamespace(d_model=cfg["hidden_size"], n_layers=L)

@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_method(pm, tok, task, method: str, args: argparse.Namespace, **kw) -> dict[str, Any]:
     """Discover with ``method`` (top-120 cut), then held-out faithfulness of the circuit and CPR / CMD."""
     import circuitfind as cf
-    from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness
+    from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
 
     t0 = time.perf_counter()
     if method == "edge-pruning":
@@ -109,8 +109,8 @@ def _prune(pm, task, args, **kw) -> _Found:
     from tqdm.auto import tqdm
 
     from circuitfind.algorithms import EdgePruningOptions, run_edge_pruning
-    from circuitfind.discovery import prepare_problem
-    from circuitfind.selection import prune_dangling, top_n
+    from circuitfind.problem import prepare_problem
+    from circuitfind.selection.cuts import prune_dangling, top_n
 
     problem, _ = prepare_problem(pm, task.train(), metric=METRIC)
     opts = EdgePruningOptions(n_edges=BUDGET, lambda_lr=args.lambda_lr, **kw)

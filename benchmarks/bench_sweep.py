@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from circuitfind.algorithms import ExactOptions, run_exact  # noqa: E402
-from circuitfind.discovery import prepare_problem  # noqa: E402
+from circuitfind.engine.patchable import PatchableModel  # noqa: E402
 from circuitfind.fileio import atomic_write  # noqa: E402
 from circuitfind.models import load_model  # noqa: E402
-from circuitfind.patching import PatchableModel  # noqa: E402
+from circuitfind.problem import prepare_problem  # noqa: E402
 from circuitfind.sweeps import exact_scores, parse_spec, sweep  # noqa: E402
 from circuitfind.tasks import get_task  # noqa: E402
 

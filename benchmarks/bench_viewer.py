@@ -30,8 +30,8 @@ import torch
 
 from circuitfind.analysis import head_roles
 from circuitfind.circuit import Circuit
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks import resolve_task
 
 

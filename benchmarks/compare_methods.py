@@ -296,7 +296,7 @@ def _lm_unit(
 def _variant_discovery(pm: Any, task: Any, method: str, kw: dict[str, Any], n_edges: int | None = None) -> Any:
     """A frontier row: its library method with its options, cut at the target (edge pruning: at its edge budget)."""
     import circuitfind as cf
-    from circuitfind.selection import n_of_fraction
+    from circuitfind.selection.cuts import n_of_fraction
 
     base, options = VARIANTS[method]
     if method == "edge-pruning":
@@ -309,7 +309,7 @@ def _variant_discovery(pm: Any, task: Any, method: str, kw: dict[str, Any], n_ed
 def _exact_discovery(pm: Any, task: Any, opts: dict[str, Any], kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """EAP-IG picks the candidates (top fraction of edges), exact scores them, the target cut."""
     import circuitfind as cf
-    from circuitfind.selection import n_of_fraction, top_n
+    from circuitfind.selection.cuts import n_of_fraction, top_n
 
     t0 = time.perf_counter()
     n_cand = n_of_fraction(opts["candidate_fraction"], pm.graph.n_edges)
@@ -336,7 +336,7 @@ def _exact_cost(pm: Any, task: Any, circuit: Any, exact_s: float, kw: dict[str, 
 
     from circuitfind.algorithms.base import Faithfulness
     from circuitfind.algorithms.exact import layer_cost
-    from circuitfind.discovery import prepare_problem
+    from circuitfind.problem import prepare_problem
 
     g = pm.graph
     problem, _ = prepare_problem(pm, task.train(), metric=kw["metric"], ablation=kw["ablation"])
@@ -379,8 +379,8 @@ def _acdc_discovery(pm: Any, task: Any, opts: dict[str, Any], kw: dict[str, Any]
 def _target_cut_of_acdc(pm: Any, task: Any, circuit: Any, kw: dict[str, Any]) -> Any:
     """The smallest top-k of ACDC's effects reaching the target on the train prompts (as ``discover`` cuts)."""
     from circuitfind.algorithms.base import Faithfulness
-    from circuitfind.discovery import prepare_problem
-    from circuitfind.selection import smallest_faithful
+    from circuitfind.problem import prepare_problem
+    from circuitfind.selection.cuts import smallest_faithful
 
     problem, _ = prepare_problem(pm, task.train(), metric=kw["metric"], ablation=kw["ablation"])
     return smallest_faithful(pm.graph, circuit.scores.double().nan_to_num(nan=-math.inf), Faithfulness(problem), TARGET)
@@ -388,7 +388,7 @@ def _target_cut_of_acdc(pm: Any, task: Any, circuit: Any, kw: dict[str, Any]) ->
 
 def _evaluate(pm: Any, task: Any, circuit: Any, method: str) -> dict[str, Any]:
     """Held-out: the MIB curve of the scores (CPR/CMD, f at 1% and 5%) and the target circuit's faithfulness."""
-    from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness_many
+    from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness_many
 
     if method in NODE_ROWS:
         return _evaluate_nodes(pm, task, circuit)
@@ -482,7 +482,7 @@ def _mib_intervals(mib: dict[str, Any]) -> dict[str, Any]:
 def _budget_masks(pm: Any, circuit_of: Any, n_units: int) -> dict[float, tuple[Any, int]]:
     """Per budget of :data:`BUDGETS`, the largest top-k circuit (``circuit_of(k) -> (mask, units)``) whose pruned
     edges fit that fraction of the graph's edges, and its k (galloping then bisection on k: sizes grow with k)."""
-    from circuitfind.selection import n_of_fraction
+    from circuitfind.selection.cuts import n_of_fraction
 
     out = {}
     for frac in BUDGETS:
@@ -504,7 +504,7 @@ def _evaluate_nodes(pm: Any, task: Any, circuit: Any) -> dict[str, Any]:
     import torch
 
     from circuitfind.algorithms.units import node_circuit
-    from circuitfind.evaluate import faithfulness_many
+    from circuitfind.evaluate.circuits import faithfulness_many
 
     t0 = time.perf_counter()
     g = pm.graph
@@ -544,8 +544,8 @@ def _evaluate_positions(pm: Any, task: Any, circuit: Any) -> dict[str, Any]:
     position-edges as 0.1% / 1% of the edges, beside the position-free top edges of the same scores summed over
     positions (the same prompts), and the target circuit. No CPR/CMD (a ranking over position-edges)."""
     from circuitfind.algorithms.units import position_cut
-    from circuitfind.evaluate import faithfulness_many
-    from circuitfind.selection import n_of_fraction, prune_dangling, top_n
+    from circuitfind.evaluate.circuits import faithfulness_many
+    from circuitfind.selection.cuts import n_of_fraction, prune_dangling, top_n
 
     t0 = time.perf_counter()
     g = pm.graph
@@ -593,8 +593,8 @@ def _at(mib: dict[str, Any], fraction: float) -> float:
 
 def _random_unit(pm: Any, task: Any, opts: dict[str, Any]) -> dict[str, Any]:
     """Random circuits at every MIB size: the faithfulness a ranking must beat."""
-    from circuitfind.evaluate import MIB_FRACTIONS, random_baseline
-    from circuitfind.selection import n_of_fraction
+    from circuitfind.evaluate.circuits import MIB_FRACTIONS, random_baseline
+    from circuitfind.selection.cuts import n_of_fraction
 
     sizes = []
     for k in MIB_FRACTIONS:
@@ -607,7 +607,7 @@ def _random_unit(pm: Any, task: Any, opts: dict[str, Any]) -> dict[str, Any]:
 def _goal_unit(pm: Any, tok: Any, opts: dict[str, Any], load_s: float) -> dict[str, Any]:
     """EAP-IG (5 steps) on 100 IOI prompts, all for discovery; the cut is a cheap top 1%."""
     import circuitfind as cf
-    from circuitfind.selection import n_of_fraction
+    from circuitfind.selection.cuts import n_of_fraction
     from circuitfind.tasks import get_task
 
     task = get_task("ioi", tok, n=GOAL_PROMPTS, seed=opts["seed"])
@@ -630,7 +630,7 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
     import torch
 
     import circuitfind as cf
-    from circuitfind.evaluate_scores import auc, roc_points
+    from circuitfind.evaluate.scores import auc, roc_points
     from circuitfind.tasks.ground_truth import tracr_ground_truth
     from circuitfind.tasks.tracr import tracr_setup
 
@@ -669,7 +669,7 @@ def _tracr_unit(task_name: str, method: str, opts: dict[str, Any]) -> dict[str, 
 
 def _tracr_nodes(g: Any, circuit: Any, truth: Any, key: str) -> dict[str, Any]:
     """ROC AUC of node scores against the tracr circuit's nodes (the senders of its edges)."""
-    from circuitfind.evaluate_scores import auc, roc_points
+    from circuitfind.evaluate.scores import auc, roc_points
 
     scores = circuit.node_scores.double().nan_to_num(nan=-math.inf)  # (S,)
     kept = circuit.node_mask
@@ -1071,7 +1071,7 @@ def _method_note(method: str, e: dict[str, Any]) -> str:
 def _plot(results: dict[str, Any], path: Path) -> None:
     """The one figure: a panel per LM task, held-out faithfulness against circuit size (% of edges, log axis):
     the edge methods' MIB curves, every target circuit (stars), the node and position rows at their budgets."""
-    from circuitfind.plots import new_figure
+    from circuitfind.cli.plots import new_figure
 
     tasks = [t for t in LM_TASKS if t in results.get("tasks", {})]
     if not tasks:

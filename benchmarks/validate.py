@@ -52,14 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import circuitfind as cf  # noqa: E402
-from circuitfind.evaluate import (  # noqa: E402
+from circuitfind.cli.plots import new_figure  # noqa: E402
+from circuitfind.evaluate.circuits import (  # noqa: E402
     cpr_cmd_of_scores,
     faithfulness_many,
     random_baseline,
 )
-from circuitfind.plots import new_figure  # noqa: E402
+from circuitfind.reproduce.thresholds import threshold_sweep  # noqa: E402
 from circuitfind.tasks import Task, get_task  # noqa: E402
-from circuitfind.threshold_sweeps import threshold_sweep  # noqa: E402
 
 TASKS = ("ioi", "greater-than", "induction")
 # Tried from the largest (smallest circuit, fastest run) down. Task-metric thresholds are in the metric's units:

@@ -3,7 +3,7 @@
 For each task (IOI, greater-than, induction on the default model, 20 discovery + 20 held-out prompts; task files
 with their own ``n_train`` split) and each target (0.8, 0.9): ``discover(train, method="eap-ig",
 metric="logit_diff", target=t, select=s)`` for ``s`` in ``train`` (the size chosen on the scoring prompts) and
-``validate`` (chosen on cross-fitted folds, :mod:`circuitfind.validation.select`), then the circuit's
+``validate`` (chosen on cross-fitted folds, :mod:`circuitfind.selection.validated`), then the circuit's
 faithfulness on the held-out prompts with its bootstrap interval (:func:`circuitfind.evaluate.faithfulness`).
 The goal: held-out f in [0.8, 1.25] at <= 1% of edges in under 3 minutes at target 0.8 (column ``goal``).
 
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 import circuitfind as cf
-from circuitfind.evaluate import faithfulness, faithfulness_many
-from circuitfind.selection import edge_ranking, prune_dangling
+from circuitfind.evaluate.circuits import faithfulness, faithfulness_many
+from circuitfind.selection.cuts import edge_ranking, prune_dangling
 from circuitfind.tasks import get_task, resolve_task
 
 ROOT = Path(__file__).resolve().parent.parent

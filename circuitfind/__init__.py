@@ -12,10 +12,10 @@ from __future__ import annotations
 from circuitfind import errors
 from circuitfind.circuit import Circuit
 from circuitfind.discovery import discover
+from circuitfind.engine.patchable import Ablation, PatchableModel
 from circuitfind.errors import CircuitfindError
 from circuitfind.graph import Edge, Graph, Node
 from circuitfind.models import load_model
-from circuitfind.patching import Ablation, PatchableModel
 from circuitfind.tasks import Task
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 import sys
 
-from circuitfind.cli import main
+from circuitfind.cli.main import main
 
 __all__: list[str] = []
 

@@ -11,24 +11,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, Problem, SenderOrder
+from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, SenderOrder
 from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
+from circuitfind.algorithms.checkpoint import Checkpointer, fingerprint
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.edge_pruning import EdgePruningOptions
 from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
 from circuitfind.algorithms.units import check_level, node_cut, position_cut
-from circuitfind.checkpoint import Checkpointer, fingerprint
 from circuitfind.circuit import Circuit
-from circuitfind.errors import ConfigError, TaskError
-from circuitfind.memory import check_chunk_size, forward_slices, peak_memory, prompt_slices, prompts_per_pass
-from circuitfind.metrics import Metric, make_metric, metric_site
-from circuitfind.patching import Ablation, PatchableModel, resolve_model
-from circuitfind.selection import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
-from circuitfind.tasks import Task, check_task_fits, resolve_task
-from circuitfind.tasks.templates import template_labels
-from circuitfind.validation.bootstrap import faithfulness_interval
-from circuitfind.validation.select import (
+from circuitfind.engine.memory import check_chunk_size, peak_memory
+from circuitfind.engine.patchable import Ablation, PatchableModel, resolve_model
+from circuitfind.errors import ConfigError
+from circuitfind.metrics import Metric
+from circuitfind.problem import Problem, prepare_problem
+from circuitfind.selection.bootstrap import faithfulness_interval
+from circuitfind.selection.cuts import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
+from circuitfind.selection.validated import (
     Fold,
     PromptValues,
     SelectOptions,
@@ -38,71 +37,15 @@ from circuitfind.validation.select import (
     fold_indices,
     validated_cut,
 )
+from circuitfind.tasks import Task, resolve_task
+from circuitfind.tasks.templates import template_labels
 
-__all__ = ["discover", "prepare_problem"]
-
-
-def prepare_problem(
-    pm: PatchableModel,
-    task: Task,
-    *,
-    metric: Any = "kl",
-    ablation: Ablation | str = Ablation.RESAMPLE,
-    reference: Task | None = None,
-    chunk_size: int | None = None,
-) -> tuple[Problem, Metric]:
-    """Check the task fits the model, move it to the model's device, build the ablation and bind the metric.
-
-    ``chunk_size``: prompts per forward pass of every method (None: sized by :mod:`circuitfind.memory`)."""
-    chunk_size = check_chunk_size(chunk_size)
-    if reference is not None and not isinstance(reference, Task):
-        raise TaskError(
-            f"reference must be a Task (the reference batch of mean ablation); got {type(reference).__name__}. "
-            "Build one with circuitfind.tasks.resolve_task(...) or Task.from_strings(...)."
-        )
-    check_task_fits(task, pm.spec)
-    if reference is not None:
-        check_task_fits(reference, pm.spec, label="the reference task")
-    task = task.to(pm.device)
-    chunk = chunk_size or prompts_per_pass(pm, *task.clean_ids.shape, forward_slices(pm))
-    abl = pm.ablation_for(task, ablation, reference, chunk_size=chunk)
-    with torch.no_grad():
-        clean_logits = torch.cat(
-            [
-                pm.forward(
-                    task.clean_ids[rows],
-                    abl.select(rows, len(task)),
-                    pm.graph.full_mask(),
-                    attention_mask=task.attention_mask[rows],
-                    positions=task.answer_pos[rows],
-                )
-                for rows in prompt_slices(len(task), chunk)
-            ]
-        )
-    bound = make_metric(metric, clean_logits=clean_logits, answers=task.answers, wrong_answers=task.wrong_answers)
-    with metric_site("on the full model (every edge kept)"):  # before any algorithm runs on a broken metric
-        bound(clean_logits)
-    if bound.columns is not None:  # logit difference: unembed only the answer tokens
-        loss, vocab = bound.column_loss, bound.columns.to(pm.device)
-    else:
-        loss, vocab = bound.loss, None
-    problem = Problem(
-        pm,
-        task.clean_ids,
-        task.attention_mask,
-        task.answer_pos,
-        abl,
-        loss,
-        vocab=vocab,
-        separable=bound.separable,
-        chunk_size=chunk_size,
-    )
-    return problem, bound
+__all__ = ["discover"]
 
 
 DEFAULT_TARGET = 0.8  # the faithfulness a scoring method's circuit must reach when no cut is given
 SCORING_METHODS = {name for name, m in METHODS.items() if m.kind is MethodKind.SCORES}
-SELECT_RULES = ("validate", "train")  # how a target cut chooses its size (circuitfind.validation.select)
+SELECT_RULES = ("validate", "train")  # how a target cut chooses its size (circuitfind.selection.validated)
 
 
 def _config(
@@ -237,7 +180,7 @@ def discover(
     method scores without each fold and cuts circuits that are checked on that fold, and the size is twice the
     smallest probed k0 whose pooled validation faithfulness reaches ``target`` at k0 and at every larger size
     probed (``confidence=c``: its bootstrap lower bound must; twice: off the steep part of the curve); the circuit
-    is the top 2 k0 of the scores on all discovery prompts. See :mod:`circuitfind.validation.select`.
+    is the top 2 k0 of the scores on all discovery prompts. See :mod:`circuitfind.selection.validated`.
     ``"train"``: the smallest top-k whose faithfulness on the discovery prompts reaches it, by bisection (the rule
     before validation). ACDC keeps its threshold (and its
     target cut the train rule); the hybrid keeps its guarantee on the discovery prompts and reports the
@@ -264,7 +207,7 @@ def discover(
         sender_order: ``normal`` or ``reverse`` (ACDC and hybrid).
         batch_size: candidate removals per forward pass (ACDC, exact, hybrid); None: 1 on CPU, 8 on GPUs.
         chunk_size: prompts per forward pass, for every method (None: as many as fit 1 GiB of activations; see
-            :mod:`circuitfind.memory` for what is held per pass and what for all prompts). Results do not depend
+            :mod:`circuitfind.engine.memory` for what is held per pass and what for all prompts). Results do not depend
             on it beyond float rounding. ``circuit.stats["peak_memory"]`` records the peak reached.
         candidates: ``(S, R)`` bool, the edges ``exact`` scores (default all).
         level: ``"edge"`` (default) or ``"node"`` (scoring methods): score and cut heads, MLPs and the input as

@@ -4,7 +4,7 @@ Every receiver's input is built by an explicit Python loop over its upstream sen
     input_r = constant biases upstream of r + sum_s [ m[s,r] * live_s + (1 - m[s,r]) * ablated_s ]
 Attention is written out with an explicit softmax per head; rotary (either pairing), soft-caps and the norm on
 the attention output are written out too (the q/k norms are the spec's own callables, one head at a time).
-It shares nothing with circuitfind.patching except the ArchSpec (the model's weights) and the Graph's naming.
+It shares nothing with circuitfind.engine.patchable except the ArchSpec (the model's weights) and the Graph's naming.
 """
 
 from __future__ import annotations

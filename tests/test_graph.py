@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
 from circuitfind.graph import Graph
 from circuitfind.models import spec_for
-from circuitfind.patching import PatchableModel
 from tests.models_tiny import tiny_neox
 
 

@@ -11,10 +11,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import circuitfind as cf
-from circuitfind.cli import main
+from circuitfind.cli.main import main
 from circuitfind.compare import check_comparable
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks import Task
 from tests.models_tiny import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2
 from tests.toy_problems import natural_task

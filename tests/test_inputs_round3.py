@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from circuitfind.cli import main
+from circuitfind.cli.main import main
 from circuitfind.errors import TaskError
 from circuitfind.tasks import Task, from_json
 from tests.models_tiny import VOCAB, tiny_gpt2
@@ -264,7 +264,7 @@ def test_a_locked_results_store_says_who_may_hold_it(tmp_path):
 
 # --- item 11: a NaN metric under exact names the edge and the prompt chunk ----------------------------------------
 def _exact_case():
-    from circuitfind.patching import PatchableModel
+    from circuitfind.engine.patchable import PatchableModel
 
     pm = PatchableModel(tiny_gpt2(n_layer=2, n_head=2, n_embd=16))
     clean = torch.tensor([[1, 2, 3, 4]] * 4)
@@ -323,7 +323,7 @@ def test_nan_logits_under_exact_name_the_prompt(monkeypatch):
 @pytest.fixture(scope="module")
 def n_edges_circuits():
     import circuitfind as cf
-    from circuitfind.patching import PatchableModel
+    from circuitfind.engine.patchable import PatchableModel
     from tests.toy_problems import natural_task
 
     pm = PatchableModel(tiny_gpt2(init=0.2))
@@ -346,7 +346,7 @@ def test_the_explorer_of_an_n_edges_cut_opens_on_the_circuit_as_cut(n_edges_circ
 
 
 def test_the_explorer_page_of_an_n_edges_cut_draws_the_circuit(n_edges_circuits, tmp_path):
-    from tests.test_viewer_browser import _browser_paths
+    from tests.viewer.test_viewer_browser import _browser_paths
 
     browser, chromedriver = _browser_paths()
     if browser is None or chromedriver is None or not _has_selenium():
@@ -481,7 +481,7 @@ def test_an_empty_model_name_is_refused(tmp_path, monkeypatch, capsys):
 # --- item 8: a same-size but corrupted cached default model ---------------------------------------------------------
 def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_path):
     from circuitfind.models import loading
-    from tests.test_loading import _tiny_gpt2, _tiny_tokenizer
+    from tests.models.test_loading import _tiny_gpt2, _tiny_tokenizer
 
     gguf = tmp_path / "fake.gguf"  # stands in for the package's GGUF file: never the real cache
     gguf.write_bytes(b"GGUF" + bytes(100))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import circuitfind as cf
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, MetricError, TaskError
-from circuitfind.evaluate import faithfulness
+from circuitfind.evaluate.circuits import faithfulness
 from circuitfind.metrics import make_metric
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks import Task
 from tests.models_tiny import VOCAB, tiny_gpt2
 

@@ -84,7 +84,7 @@ def test_no_import_circle_even_through_imports_inside_functions():
 
 def test_evaluate_never_imports_discovery():
     graph = _graph(top_level_only=False)
-    for name in ("circuitfind.evaluate", "circuitfind.evaluate_scores"):
+    for name in ("circuitfind.evaluate", "circuitfind.evaluate.scores"):
         assert "circuitfind.discovery" not in _reachable(graph, name), name
 
 
@@ -104,7 +104,7 @@ def test_no_function_is_overlong():
 def test_import_circuitfind_loads_no_optional_or_script_module():
     code = (
         "import sys, circuitfind; "
-        "print(sorted(m for m in ('circuitfind.models.loading', 'circuitfind.plots', 'circuitfind.reproduce', "
+        "print(sorted(m for m in ('circuitfind.models.loading', 'circuitfind.cli.plots', 'circuitfind.reproduce', "
         "'circuitfind.cli', 'matplotlib', 'graphviz', 'networkx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -127,3 +127,59 @@ def test_readme_layout_matches_the_tree():
     assert top_dirs <= named_dirs, f"subpackages missing from the README layout: {sorted(top_dirs - named_dirs)}"
     existing = {p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in PACKAGE.parent.glob("*.py")}
     assert named_files <= existing, f"the README layout names files that do not exist: {sorted(named_files - existing)}"
+
+
+# The layers, bottom up (README "Layout"): a module imports from its own layer or below, never above.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "fileio"),
+    ("graph", "export"),
+    ("models",),
+    ("engine",),
+    ("metrics", "tasks"),
+    ("problem",),
+    ("selection",),
+    ("algorithms",),
+    ("circuit", "evaluate"),
+    ("discovery",),
+    ("viewer", "analysis", "reproduce", "scrubbing", "compare"),
+    ("sweeps",),
+    ("validation",),
+    ("cli",),
+)
+# Imports against the order, each a documented lazy import of a README API.
+UPWARD_ALLOWED = {
+    ("graph", "models"),  # Graph.from_model(model): a model's graph without building anything else
+    ("circuit", "viewer"),  # Circuit.to_html(): the explorer page of a circuit
+}
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "circuitfind"
+
+
+def _layer_of() -> dict[str, int]:
+    return {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+
+def test_every_top_level_module_has_a_layer():
+    units = {_unit(n) for n in _modules()} - {"circuitfind", "__main__"}
+    assert units == set(_layer_of()), f"modules without a layer: {sorted(units - set(_layer_of()))}"
+
+
+def test_no_import_goes_up_the_layers():
+    layer, upward = _layer_of(), []
+    for name, deps in _graph(top_level_only=False).items():
+        a = _unit(name)
+        if a in ("circuitfind", "__main__"):
+            continue
+        for dep in deps:
+            b = _unit(dep)
+            if b != "circuitfind" and layer[b] > layer[a] and (a, b) not in UPWARD_ALLOWED:
+                upward.append(f"{name} -> {dep}")
+    assert not upward, f"imports against the layer order (README Layout): {sorted(upward)}"
+
+
+def test_package_root_holds_at_most_12_modules():
+    root = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(root) <= 12, root

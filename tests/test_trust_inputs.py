@@ -10,10 +10,10 @@ import torch
 from transformers import GPT2Config, GPT2Model
 
 import circuitfind as cf
-from circuitfind.cli import main
+from circuitfind.cli.main import main
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ModelLoadError, TaskError, UnsupportedModelError
-from circuitfind.evaluate import faithfulness
-from circuitfind.patching import PatchableModel
+from circuitfind.evaluate.circuits import faithfulness
 from circuitfind.tasks import Task, from_json, resolve_task, to_json
 from tests.models_tiny import VOCAB, tiny_gpt2, tiny_llama
 

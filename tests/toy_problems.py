@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from circuitfind.discovery import prepare_problem
-from circuitfind.patching import PatchableModel
+from circuitfind.engine.patchable import PatchableModel
+from circuitfind.problem import prepare_problem
 from circuitfind.tasks import Task
 from tests.models_tiny import FAMILIES, VOCAB, in_float64, randomize_biases
 

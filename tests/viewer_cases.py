@@ -10,9 +10,9 @@ import torch
 import circuitfind as cf
 from circuitfind.analysis import COLUMNS, HeadRoles
 from circuitfind.circuit import Circuit
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.graph import Graph
-from circuitfind.patching import PatchableModel
-from circuitfind.selection import prune_dangling, top_n
+from circuitfind.selection.cuts import prune_dangling, top_n
 from circuitfind.viewer import ExplorerData, PromptView, collect
 from tests.models_tiny import tiny_gpt2
 from tests.toy_problems import natural_task

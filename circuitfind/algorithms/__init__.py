@@ -17,20 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from circuitfind.algorithms.acdc import (
-    AcdcOptions,
-    AcdcState,
-    Problem,
-    SenderOrder,
-    run_acdc_fast,
-    run_acdc_plain,
-)
+from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, run_acdc_fast, run_acdc_plain
 from circuitfind.algorithms.eap import EapOptions, run_eap
 from circuitfind.algorithms.eap_ig import run_eap_ig, run_eap_ig_mask
 from circuitfind.algorithms.eap_ig_act import run_eap_ig_act
 from circuitfind.algorithms.edge_pruning import EdgePruningOptions, run_edge_pruning
 from circuitfind.algorithms.exact import ExactOptions, run_exact
 from circuitfind.algorithms.hybrid import HybridOptions, run_hybrid
+from circuitfind.problem import Problem
 
 __all__ = [
     "METHODS",

@@ -31,14 +31,13 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
-from circuitfind.memory import forward_slices, prompt_slices, prompts_per_pass
 from circuitfind.metrics import metric_site
+from circuitfind.problem import Problem
 
 __all__ = [
     "SenderOrder",
     "AcdcOptions",
     "AcdcState",
-    "Problem",
     "receiver_order",
     "sender_order",
     "run_acdc_plain",
@@ -102,39 +101,6 @@ class AcdcState:
 
     def copy(self) -> AcdcState:
         return replace(self, mask=self.mask.clone(), effects=self.effects.clone(), trace=list(self.trace))
-
-
-@dataclass
-class Problem:
-    """What a discovery method needs, prepared once by ``discover``.
-
-    Attributes:
-        pm: the patchable model.
-        clean_ids: ``(B, T)``; attention_mask ``(B, T)``; positions ``(B,)`` where the metric reads.
-        ablated: the ablated sender outputs.
-        loss: logits ``(K, B, V)`` -> ``(K,)`` to minimise; with ``vocab``, V is ``len(vocab)``.
-        vocab: token ids: the forward computes only these logit columns, all the loss reads; None: every column.
-        separable: the loss is a mean over prompts of per-prompt terms (see ``Metric.separable``).
-        chunk_size: prompts per forward pass (None: as many as fit :data:`circuitfind.memory.PASS_BUDGET_BYTES`).
-            Results do not depend on it beyond float rounding: the loss is always taken on all prompts' logits.
-    """
-
-    pm: object
-    clean_ids: Tensor
-    attention_mask: Tensor
-    positions: Tensor
-    ablated: object
-    loss: Callable[[Tensor], Tensor]
-    vocab: Tensor | None = None
-    separable: bool = False
-    extra: dict = field(default_factory=dict)
-    chunk_size: int | None = None
-
-    def prompt_chunks(self, masks: int = 1) -> list[slice]:
-        """The prompt slices one pass of ``masks`` stacked masks each takes (see :mod:`circuitfind.memory`)."""
-        B, T = self.clean_ids.shape
-        chunk = self.chunk_size or prompts_per_pass(self.pm, B, T, forward_slices(self.pm, masks))
-        return prompt_slices(B, chunk)
 
 
 def receiver_order(graph: Graph) -> list[int]:

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import Problem
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import check_gap, metric_site
-from circuitfind.selection import probes_left
+from circuitfind.problem import Problem
+from circuitfind.selection.cuts import probes_left
 
 CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from circuitfind.algorithms.acdc import Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level
-from circuitfind.gradients import Point, edge_gradients
+from circuitfind.engine.gradients import Point, edge_gradients
+from circuitfind.problem import Problem
 
 __all__ = ["EapOptions", "run_eap"]
 

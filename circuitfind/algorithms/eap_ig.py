@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-from circuitfind.algorithms.acdc import Problem
 from circuitfind.algorithms.base import Progress, ScoreResult, check_steps
 from circuitfind.algorithms.eap import EapOptions, gradient_scores
-from circuitfind.gradients import Point
+from circuitfind.engine.gradients import Point
+from circuitfind.problem import Problem
 
 __all__ = ["run_eap_ig", "run_eap_ig_mask"]
 

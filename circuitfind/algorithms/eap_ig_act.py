@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import Problem
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult, check_steps
 from circuitfind.algorithms.eap import EapOptions
+from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
+from circuitfind.engine.patchable import _frozen
 from circuitfind.errors import ConfigError
-from circuitfind.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
-from circuitfind.patching import _frozen
+from circuitfind.problem import Problem
 
 __all__ = ["SenderGroup", "activation_gradients", "run_eap_ig_act", "sender_groups"]
 
@@ -166,7 +166,7 @@ def _whole_batch_cot(problem, group: SenderGroup, a: float, chunk: int) -> Tenso
 def _group_forward(problem, rows: slice, diffs: Tensor, group: SenderGroup, a: float, taps: bool):
     """The clean forward with ``group``'s outputs at ``ablated + a * diff``, restarted at the group's layer from
     the clean ``diffs (S, b, T, D)``. Returns ``(logits (b, V'), taps)``; taps (receiver inputs and q/k/v, as
-    :func:`circuitfind.gradients._forward` names them) only downstream of the group, all carrying autograd."""
+    :func:`circuitfind.engine.gradients._forward` names them) only downstream of the group, all carrying autograd."""
     pm, g = problem.pm, problem.pm.graph
     ablated = problem.ablated.select(rows, problem.clean_ids.shape[0])
     outputs, bases = ablated.outputs, ablated.bases

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import FastEvaluator, Problem
+from circuitfind.algorithms.acdc import FastEvaluator
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.nodes import node_layers
 from circuitfind.algorithms.units import check_level
 from circuitfind.errors import ConfigError, MetricError
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
+from circuitfind.problem import Problem
 
 __all__ = [
     "ExactBatch",

@@ -2,7 +2,7 @@
 sparse float mask can reach, with autograd.
 
 Every receiver's input is ``base_r + sum_s gate[s, r] * (live_s - ablated_s)``, exactly as in
-:mod:`circuitfind.patching`. A sender none of whose gates is open contributes nothing, so it is not computed
+:mod:`circuitfind.engine.patchable`. A sender none of whose gates is open contributes nothing, so it is not computed
 (its diff is 0 and a head or MLP whose output is read by no open gate is skipped), and each receiver mixes only the
 senders with an open gate into its layer. Values equal ``pm.forward`` under the same float mask; the gradient
 equals ``pm.forward``'s for every open (non-zero) gate; a closed gate gets either the same or 0 (when its sender
@@ -19,7 +19,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from circuitfind.patching import _frozen
+from circuitfind.engine.patchable import _frozen
 
 __all__ = ["gated_forward"]
 

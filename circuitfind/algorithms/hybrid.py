@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, Problem, SenderOrder, run_acdc_fast
+from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, run_acdc_fast
 from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.exact import layer_cost
 from circuitfind.errors import ConfigError
-from circuitfind.selection import prune_dangling, smallest_faithful
+from circuitfind.problem import Problem
+from circuitfind.selection.cuts import prune_dangling, smallest_faithful
 
 __all__ = ["HybridOptions", "HybridResult", "run_hybrid"]
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
-from circuitfind.selection import edge_ranking, prune_dangling
+from circuitfind.selection.cuts import edge_ranking, prune_dangling
 
 __all__ = ["LEVELS", "UnitCut", "check_level", "node_circuit", "node_cut", "position_cut", "smallest_k"]
 

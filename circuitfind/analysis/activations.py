@@ -2,7 +2,7 @@
 
 :func:`clean_run` is the unpatched model computed block by block from its :class:`~circuitfind.models.spec.ArchSpec`
 (architecture-neutral), keeping every head's attention pattern and every sender's output; the tests hold it to
-the patched forward's :meth:`~circuitfind.patching.PatchableModel.sender_outputs` and to the HF model's own
+the patched forward's :meth:`~circuitfind.engine.patchable.PatchableModel.sender_outputs` and to the HF model's own
 attentions and logits.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models.norms import frozen_norm
-from circuitfind.patching import PatchableModel
 
 __all__ = ["CleanRun", "attention_patterns", "clean_run", "direct_effects", "logit_diff_of"]
 

@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import Problem
 from circuitfind.analysis.activations import attention_patterns
 from circuitfind.analysis.path_patching import PathPatcher
 from circuitfind.analysis.roles import copying_scores
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import make_metric
-from circuitfind.patching import resolve_model
+from circuitfind.problem import Problem, ablation_for
 from circuitfind.tasks import check_task_fits, ioi_positions, resolve_task
 
 __all__ = ["CLASSES", "MEASURES", "RULES", "ClassThresholds", "HeadClasses", "head_classes"]
@@ -228,7 +228,7 @@ def head_classes(
     """Classify every head of a model on an IOI task by path patching (see the module docstring).
 
     Args:
-        model: a :class:`~circuitfind.patching.PatchableModel`, a transformers model, or a name for
+        model: a :class:`~circuitfind.engine.patchable.PatchableModel`, a transformers model, or a name for
             :func:`circuitfind.load_model`.
         task: an IOI :class:`~circuitfind.tasks.Task` (e.g. ``get_task("ioi", tok, n=20)``) or ``"ioi"`` (then
             ``tokenizer`` is needed); its train split is used, and every prompt must carry IO and S twice.
@@ -273,7 +273,7 @@ def _problem(pm, task, ablation: str) -> Problem:
     task = task.to(pm.device)
     metric = make_metric("logit_diff", answers=task.answers, wrong_answers=task.wrong_answers)
     return Problem(
-        pm, task.clean_ids, task.attention_mask, task.answer_pos, pm.ablation_for(task, ablation), metric.column_loss,
+        pm, task.clean_ids, task.attention_mask, task.answer_pos, ablation_for(pm, task, ablation), metric.column_loss,
         vocab=metric.columns.to(pm.device), separable=True,
     )  # fmt: skip
 

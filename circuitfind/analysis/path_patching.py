@@ -5,9 +5,9 @@ receivers' inputs only by its ablated output (REFERENCE §2); everything downstr
 effect of sender ``s`` is ``m(base) - m(base minus s -> R)``: positive when the paths support the metric.
 
 Each candidate restarts at the lowest layer of its own receivers: below it nothing differs from the base run,
-so the pass starts from a :class:`~circuitfind.patching.PrefixCache` of the base run, in which the cached inputs of
-``s``'s receivers above that layer lose ``s``'s contribution (``partial`` rows minus ``s``'s diff; the rows are
-put back after the pass). One candidate per pass: stacking candidates makes every receiver of the layers where
+so the pass starts from a :class:`~circuitfind.engine.patchable.PrefixCache` of the base run, in which the cached
+inputs of ``s``'s receivers above that layer lose ``s``'s contribution (``partial`` rows minus ``s``'s diff; the
+rows are put back after the pass). One candidate per pass: stacking candidates makes every receiver of the layers where
 they differ take its own input, which costs more than it saves (2.5x slower at 8 per pass on a 10-layer model).
 """
 
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import FastEvaluator, Problem
+from circuitfind.algorithms.acdc import FastEvaluator
+from circuitfind.problem import Problem
 
 __all__ = ["PathPatcher"]
 

@@ -32,8 +32,8 @@ from einops import einsum
 from torch import Tensor
 
 from circuitfind.analysis.activations import attention_patterns, clean_run, direct_effects
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
-from circuitfind.patching import PatchableModel
 
 __all__ = ["COLUMNS", "HeadRoles", "copying_scores", "head_roles", "repeated_tokens"]
 

@@ -262,7 +262,7 @@ def diff(
     """Compare two models of the same structure on a task: circuits, weights, activations, predictions.
 
     Args:
-        model_a, model_b: models (:class:`~circuitfind.patching.PatchableModel`, transformers models, or names
+        model_a, model_b: models (:class:`~circuitfind.engine.patchable.PatchableModel`, transformers models, or names
             for :func:`circuitfind.load_model`).
         task: a :class:`~circuitfind.tasks.Task` or a task name / file (names need a tokenizer).
         tokenizer: A's tokenizer (default: the one loaded with A); also used for the task and token text.
@@ -285,7 +285,7 @@ def diff(
         (1.0, [], 0.0)
     """
     from circuitfind.discovery import discover  # discovery sits above analysis: resolved at call time
-    from circuitfind.patching import resolve_model
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.tasks import resolve_task
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:

@@ -20,7 +20,7 @@ def add_scrub_parser(subparsers: argparse._SubParsersAction, common: argparse.Ar
     """Add the ``scrub`` subcommand with the ``common`` options (--model, --device, --dtype, --no-progress).
 
     Example:
-        >>> from circuitfind.cli import common_options
+        >>> from circuitfind.cli.main import common_options
         >>> sub = argparse.ArgumentParser().add_subparsers()
         >>> add_scrub_parser(sub, common_options())
         >>> sub.choices["scrub"].parse_args(["c.json", "--task", "ioi"]).draws
@@ -53,9 +53,9 @@ def _run_scrub(args: argparse.Namespace) -> int:
     import time
 
     from circuitfind.circuit import Circuit
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.errors import TaskError
     from circuitfind.fileio import atomic_write
-    from circuitfind.patching import resolve_model
     from circuitfind.scrubbing import Hypothesis, scrub
     from circuitfind.tasks import resolve_task
 

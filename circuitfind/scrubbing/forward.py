@@ -3,7 +3,7 @@
 * :func:`joint_logits` (the default mode) runs on the engine's masked forward. In a draw, every left-out edge
   carries the sender's clean output on the draw's one resampled prompt, so all rows of a draw share one
   ablated batch row; a labelled sender's value is routed from its child context's row
-  (:meth:`~circuitfind.patching.PatchableModel.forward_routed`). The engine's sparse paths (skipped dead
+  (:meth:`~circuitfind.engine.patchable.PatchableModel.forward_routed`). The engine's sparse paths (skipped dead
   nodes, answer positions only above the last live head) are kept.
 * :func:`treeified_logits` (``independent=True``) builds every receiver's input from its own sources: for
   each upstream sender, the value in this row, in a child context's row, or the clean output on the edge's
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitfind.patching import AblatedOutputs, _frozen
+from circuitfind.engine.patchable import AblatedOutputs, _frozen
 
 __all__ = ["draws_per_pass", "joint_logits", "treeified_logits"]
 

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.engine.memory import PASS_BUDGET_BYTES
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError
-from circuitfind.memory import PASS_BUDGET_BYTES
 from circuitfind.metrics import make_metric
-from circuitfind.patching import resolve_model
 from circuitfind.scrubbing.forward import draws_per_pass, joint_logits, treeified_logits
 from circuitfind.scrubbing.hypothesis import Hypothesis
 from circuitfind.scrubbing.plan import ScrubPlan, make_plan
@@ -103,7 +103,7 @@ def _recovered(scr: Tensor, full: Tensor, rand: Tensor) -> float:
 
 def _interval(scr: Tensor, full: Tensor, rand: Tensor, originals: Tensor, n_boot: int, level: float, seed: int):
     """Percentile interval of recovered, resampling original prompts (each with all its draws)."""
-    from circuitfind.validation import bootstrap_interval
+    from circuitfind.selection.bootstrap import bootstrap_interval
 
     prompts, which = originals.unique(return_inverse=True)
     P = len(prompts)

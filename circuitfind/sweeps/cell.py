@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from circuitfind.engine.memory import peak_memory, reset_peak_memory
 from circuitfind.errors import TaskError
-from circuitfind.memory import peak_memory, reset_peak_memory
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
 
@@ -70,7 +70,7 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         >>> out["metrics"]["faithfulness"]  # doctest: +SKIP
     """
     from circuitfind.discovery import discover
-    from circuitfind.evaluate import cpr_cmd_of_scores, faithfulness
+    from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
 
     task = build_task(cell, tokenizer)
     torch.manual_seed(cell.seed)
@@ -150,8 +150,8 @@ class ModelWorker:
             return 0.0
         if self.load_error is not None:
             raise self.load_error
+        from circuitfind.engine.patchable import PatchableModel
         from circuitfind.models import load_model
-        from circuitfind.patching import PatchableModel
 
         t0 = time.perf_counter()
         try:
@@ -202,7 +202,7 @@ class ModelWorker:
         batch and the full model's loss. The problem and its evaluator are built once per ``key``."""
         from circuitfind.algorithms.acdc import FastEvaluator
         from circuitfind.algorithms.exact import score_batches
-        from circuitfind.discovery import prepare_problem
+        from circuitfind.problem import prepare_problem
 
         self.ensure_model()
         if key not in self.problems:

@@ -88,7 +88,7 @@ def exact_scores(
     Example:
         >>> res = exact_scores("smollm2", task.train(), metric="logit_diff", candidates=top)  # doctest: +SKIP
     """
-    from circuitfind.patching import Ablation
+    from circuitfind.engine.patchable import Ablation
 
     _check(batch_size)
     kind = Ablation.parse(ablation)
@@ -184,9 +184,10 @@ class _ShippedModelWorker(ModelWorker):
 
 
 def _recipe_key(task: Any, metric: Any, ablation: str, batch_size: int = 1) -> str:
-    """The key of a worker's problem cache: the task fingerprint (:func:`circuitfind.checkpoint.fingerprint`) of
-    the recipe, without the weights (a worker's cache holds problems of its own model only)."""
-    from circuitfind.checkpoint import fingerprint
+    """The key of a worker's problem cache: the task fingerprint
+    (:func:`circuitfind.algorithms.checkpoint.fingerprint`) of the recipe, without the weights (a worker's cache
+    holds problems of its own model only)."""
+    from circuitfind.algorithms.checkpoint import fingerprint
 
     return fingerprint({"ablation": ablation, "batch_size": batch_size}, task, metric=metric)  # metric: by identity
 

@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from itertools import product
 from typing import Any
 
+from circuitfind.engine.patchable import Ablation
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
-from circuitfind.patching import Ablation
 
 __all__ = [
     "GREATER_THAN_HEADS",

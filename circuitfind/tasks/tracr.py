@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import output_mse
-from circuitfind.patching import PatchableModel
 from circuitfind.tasks.base import Task
 
 __all__ = ["TracrSetup", "tracr_setup"]

@@ -1,6 +1,6 @@
 """Validating a circuit: confidence intervals over prompts (and, beside them, the checks built on them).
 
-* :mod:`circuitfind.validation.bootstrap`: percentile bootstrap intervals from stored per-prompt metric values
+* :mod:`circuitfind.selection.bootstrap`: percentile bootstrap intervals from stored per-prompt metric values
   (faithfulness, CPR/CMD, any statistic of a resampled prompt set).
 * :mod:`~circuitfind.validation.stability` (``cf.stability``): discovery rerun on bootstrap resamples of the
   prompts: edge inclusion frequencies, mean pairwise Jaccard, the stable core and its held-out faithfulness
@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from circuitfind.validation.bootstrap import (
+from circuitfind.selection.bootstrap import (
     Interval,
     bootstrap_interval,
     cpr_cmd_interval,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
-from circuitfind.patching import Ablation
+from circuitfind.engine.patchable import Ablation
 
 __all__ = ["ABLATIONS", "ablation_sensitivity", "jaccard"]
 
@@ -66,7 +66,7 @@ def ablation_sensitivity(
         (['mean', 'resample', 'zero'], 1.0)
     """
     from circuitfind.discovery import discover
-    from circuitfind.patching import resolve_model
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.tasks import resolve_task
     from circuitfind.validation.heldout import heldout_rows
 

@@ -49,7 +49,7 @@ class _Ctx:
 
 
 def _context(model, circuit, task, *, metric, ablation, probes, seed, tokenizer) -> _Ctx:
-    from circuitfind.patching import resolve_model
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.tasks import resolve_task
 
     pm, tokenizer = resolve_model(model, tokenizer)

@@ -51,7 +51,7 @@ class NodeProbes:
     """
 
     def __init__(self, pm: Any, task: Any, *, metric: Any, ablation: str, budget: int) -> None:
-        from circuitfind.evaluate import DEFAULT_MEMORY_BUDGET, _Evaluator
+        from circuitfind.evaluate.circuits import DEFAULT_MEMORY_BUDGET, _Evaluator
 
         self.pm, self.graph = pm, pm.graph
         self.ev = _Evaluator(

@@ -87,7 +87,7 @@ def build_report(
         (2, 2, True)
     """
     from circuitfind.discovery import discover
-    from circuitfind.patching import resolve_model
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.tasks import resolve_task
     from circuitfind.validation.ablations import ablation_sensitivity
     from circuitfind.validation.completeness import completeness, minimality
@@ -234,7 +234,7 @@ def size_curves(pm: Any, circuit: Circuit, task: Any, *, metric: Any, ablation: 
         >>> len(cur["discovery"]) == len(cur["heldout"]) == len(cur["k"])
         True
     """
-    from circuitfind.selection import prune_dangling, top_n
+    from circuitfind.selection.cuts import prune_dangling, top_n
     from circuitfind.validation.heldout import heldout_rows
 
     g = pm.graph

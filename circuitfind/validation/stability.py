@@ -2,7 +2,7 @@
 kept (REFERENCE §8).
 
 * :func:`stability`: ``n_boot`` discoveries, each on a resample (with replacement) of the task's discovery
-  prompts, drawn by :func:`circuitfind.validation.bootstrap.resample_indices` from ``seed``. Run in this process,
+  prompts, drawn by :func:`circuitfind.selection.bootstrap.resample_indices` from ``seed``. Run in this process,
   in ``workers`` forked processes, or as cells of a sweep on a Ray cluster (``address=``).
 * :func:`inclusion_frequency`, :func:`mean_jaccard`, :func:`stable_core`: the model-free statistics of a stack of
   circuits (the fraction of circuits that keep each edge, the mean pairwise Jaccard index, the edges kept by at
@@ -222,7 +222,7 @@ def stability(
         >>> st.n_boot, tuple(st.masks.shape[1:]) == tuple(pm.graph.edge_mask.shape), 0 < st.jaccard_mean <= 1
         (3, True, True)
     """
-    from circuitfind.validation.bootstrap import resample_indices
+    from circuitfind.selection.bootstrap import resample_indices
 
     _check_options(n_boot, workers, discover_options)
     t0 = time.perf_counter()
@@ -233,7 +233,7 @@ def stability(
         pm, full_task, masks = run_on_ray(spec, method, n_boot, seed, discover_options, address, out, progress)
         how = f"Ray cluster {address}"
     else:
-        from circuitfind.patching import resolve_model
+        from circuitfind.engine.patchable import resolve_model
         from circuitfind.validation.stability_runs import build_named_task, run_local
 
         pm, tokenizer = resolve_model(model, tokenizer)

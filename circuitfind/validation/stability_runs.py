@@ -125,8 +125,8 @@ def _bar(total: int, enabled: bool):
 def stability_cell(cell: Any, pm: Any, tokenizer: Any) -> dict[str, Any]:
     """A sweep cell function: the circuit of resample ``cell.options["resample"]`` (drawn from
     ``cell.options["seed"]`` over ``cell.options["n_boot"]`` resamples) of the cell's discovery prompts."""
+    from circuitfind.selection.bootstrap import resample_indices
     from circuitfind.sweeps.cell import build_task
-    from circuitfind.validation.bootstrap import resample_indices
 
     opts = cell.options
     train = build_task(cell, tokenizer).train()
@@ -138,7 +138,7 @@ def stability_cell(cell: Any, pm: Any, tokenizer: Any) -> dict[str, Any]:
 
 def run_on_ray(spec: dict[str, Any], method, n_boot, seed, options, address, out, progress) -> tuple[Any, Any, Tensor]:
     """The resamples as sweep cells on the cluster at ``address``; returns the local model, task and masks."""
-    from circuitfind.patching import resolve_model
+    from circuitfind.engine.patchable import resolve_model
     from circuitfind.sweeps import sweep
 
     model, task = spec["model"], spec["task"]

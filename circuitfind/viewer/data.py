@@ -13,8 +13,8 @@ from typing import Any
 from torch import Tensor
 
 from circuitfind.analysis import HeadClasses, HeadRoles, attention_patterns, direct_effects, head_roles
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import TaskError
-from circuitfind.patching import PatchableModel
 
 __all__ = ["DEFAULT_MAX_PROMPTS", "ExplorerData", "PromptView", "collect", "empty"]
 

@@ -91,7 +91,7 @@ def to_html(
     Args:
         circuit: a :class:`~circuitfind.circuit.Circuit`.
         path: the ``.html`` file to write; parent folders are created.
-        model: a transformers model, a :class:`~circuitfind.patching.PatchableModel`, or a name for
+        model: a transformers model, a :class:`~circuitfind.engine.patchable.PatchableModel`, or a name for
             :func:`~circuitfind.load_model` (then its tokenizer is used).
         task: a :class:`~circuitfind.tasks.Task`, or anything :func:`~circuitfind.tasks.resolve_task` takes
             (a built-in name is generated with the circuit's recorded ``n_prompts`` and ``seed``).
@@ -117,7 +117,7 @@ def to_html(
             f"graph and the run's record only); got {'model' if task is None else 'task'} alone"
         )
     if data is None and model is not None:
-        from circuitfind.patching import resolve_model
+        from circuitfind.engine.patchable import resolve_model
         from circuitfind.tasks import resolve_task
 
         pm, tokenizer = resolve_model(model, tokenizer)

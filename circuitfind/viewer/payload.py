@@ -32,7 +32,7 @@ import torch
 
 from circuitfind.errors import ConfigError
 from circuitfind.export import _jsonable
-from circuitfind.selection import edge_ranking
+from circuitfind.selection.cuts import edge_ranking
 from circuitfind.viewer.data import ExplorerData
 
 __all__ = ["DEFAULT_MAX_EDGES", "PAYLOAD_VERSION", "build_payload", "ranked_edges"]

@@ -1,0 +1,204 @@
+"""Memory: how many prompts one pass takes (the budget), and the peak memory a run reached.
+
+The budget. Every algorithm processes prompts in chunks (``chunk_size`` prompts per forward pass) and holds, per
+pass, tensors that grow with the chunk, never with the whole prompt set:
+
+* the masked forward: the diffs of every sender of the chunk ``(K, S, b, T, D)`` (K stacked masks) plus one
+  layer's receiver inputs ``(K, 3H, b, T, D)``;
+* EAP / EAP-IG: the same with autograd, plus every receiver's input gradient ``(R, b, T, D)``.
+
+What is held for *all* prompts at once, and therefore bounds the prompt count rather than the chunk:
+
+* the ablation: ``(S + G) x N x T x D`` for resample ablation (every sender's output on every corrupted prompt,
+  and the G = 2L + 1 receiver-group sums), ``(S + G) x T x D`` for mean ablation, ``(S + G) x D`` for zero;
+* ACDC's fast evaluator (``acdc``, ``exact``, ``hybrid``): its restart caches, the clean sender diffs
+  ``S x N x T x D`` and the partial inputs of every receiver above the visited layer ``R x N x T x D``.
+
+With S senders, R receivers, N prompts of T tokens and D = d_model, all in the model's dtype; :func:`estimate`
+computes these numbers for a model. ``chunk_size=None`` sizes the chunk so that one pass stays within
+:data:`PASS_BUDGET_BYTES`.
+
+Peaks: :func:`peak_memory` reads the process's peak resident set (CPU, ``VmHWM``) or
+``torch.cuda.max_memory_allocated`` (CUDA) without resetting anything; :func:`reset_peak_memory` resets it (the
+benchmarks do, once per measured step).
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitfind.errors import ConfigError
+
+__all__ = [
+    "PASS_BUDGET_BYTES",
+    "PeakMemory",
+    "check_chunk_size",
+    "estimate",
+    "peak_memory",
+    "prompt_slices",
+    "prompts_per_pass",
+    "reset_peak_memory",
+]
+
+PASS_BUDGET_BYTES = 1 << 30
+"""Bytes of per-pass activations a chunk of prompts may hold when ``chunk_size`` is None (1 GiB)."""
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """A peak memory reading.
+
+    Attributes:
+        bytes: the peak.
+        kind: ``"rss"`` (the process's peak resident set: model, data and everything else) or ``"cuda"``
+            (``torch.cuda.max_memory_allocated``: tensors on that device only).
+        device: the device it was read for.
+    """
+
+    bytes: int
+    kind: str
+    device: str
+
+    @property
+    def mib(self) -> float:
+        return self.bytes / 2**20
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mib": round(self.mib, 1)}
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+def peak_memory(device: str | torch.device | None = None) -> PeakMemory:
+    """The peak memory so far: since the process started or since the last :func:`reset_peak_memory`.
+
+    Example:
+        >>> peak_memory().kind in ("rss", "cuda")
+        True
+    """
+    dev = _device(device)
+    if dev.type == "cuda":
+        return PeakMemory(int(torch.cuda.max_memory_allocated(dev)), "cuda", str(dev))
+    return PeakMemory(_peak_rss(), "rss", str(dev))
+
+
+def reset_peak_memory(device: str | torch.device | None = None) -> bool:
+    """Reset the peak that :func:`peak_memory` reads; returns False when the platform cannot (then the peak
+    stays the process's lifetime peak). On Linux the CPU peak is reset through ``/proc/self/clear_refs``.
+
+    Example:
+        >>> isinstance(reset_peak_memory(), bool)
+        True
+    """
+    dev = _device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        return True
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss() -> int:
+    try:
+        found = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
+    except OSError:
+        found = None
+    if found is not None:
+        return int(found.group(1)) * 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def check_chunk_size(chunk_size: Any) -> int | None:
+    """``chunk_size`` (prompts per pass) as a positive int or None, or a :class:`ConfigError`."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(
+            f"chunk_size must be a positive integer (prompts per forward pass) or None (sized to "
+            f"{PASS_BUDGET_BYTES / 2**30:.0f} GiB of activations); got {chunk_size!r}"
+        )
+    return chunk_size
+
+
+def prompt_slices(n_prompts: int, chunk_size: int) -> list[slice]:
+    """``[0:c], [c:2c], ...`` covering ``n_prompts``.
+
+    Example:
+        >>> prompt_slices(5, 2)
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    return [slice(i, min(i + chunk_size, n_prompts)) for i in range(0, n_prompts, max(1, chunk_size))]
+
+
+def prompts_per_pass(pm: Any, n_prompts: int, seq_len: int, slices: float, budget: float = PASS_BUDGET_BYTES) -> int:
+    """Prompts per pass so that ``slices`` tensors of shape ``(T, D)`` per prompt fit in ``budget`` bytes.
+
+    Example:
+        >>> prompts_per_pass(pm, 100, 16, slices=pm.graph.n_senders)  # doctest: +SKIP
+        58
+    """
+    per_prompt = max(1.0, slices * seq_len * pm.spec.d_model * pm.dtype.itemsize)
+    return max(1, min(n_prompts, int(budget // per_prompt)))
+
+
+def forward_slices(pm: Any, masks: int = 1) -> int:
+    """``(T, D)`` slices per prompt that one masked forward of ``masks`` stacked masks holds at its peak: the
+    sender diffs, one layer's receiver inputs and their norms, and the attention projections."""
+    g = pm.graph
+    return masks * (g.n_senders + 3 * g.receivers_per_layer)
+
+
+def estimate(
+    pm: Any, n_prompts: int, seq_len: int, *, ablation: Any = "resample", chunk_size: int | None = None, masks: int = 1
+) -> dict[str, int]:
+    """Bytes of the tensors described in the module docstring, for ``pm`` and ``n_prompts`` prompts of
+    ``seq_len`` tokens (weights from the model's own parameters); ``ablation`` is an
+    :class:`~circuitfind.engine.patchable.Ablation` or its name.
+
+    Returns:
+        ``weights``, ``ablation``, ``acdc_caches`` (ACDC / exact / hybrid only), ``forward_pass`` (one masked
+        forward of ``masks`` stacked masks on one chunk), ``attribution_pass`` (one EAP / EAP-IG chunk: autograd
+        activations and every receiver's input gradient, in float32) and ``chunk_size`` (prompts per pass).
+
+    Example:
+        >>> estimate(pm, 100, 16)["ablation"] / 2**30  # doctest: +SKIP
+        1.19
+    """
+    g, D, item = pm.graph, pm.spec.d_model, pm.dtype.itemsize
+    chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, forward_slices(pm, masks))
+    slice_bytes = seq_len * D * item
+    groups = 2 * g.n_layers + 1
+    from circuitfind.engine.gradients import attribution_bytes_per_prompt, default_chunk_size
+    from circuitfind.engine.patchable import Ablation
+
+    # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
+    kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"
+    per = {Ablation.RESAMPLE: n_prompts * seq_len, Ablation.MEAN: seq_len, Ablation.ZERO: 1}[kind]
+    weights = 0 if pm.module is None else sum(p.numel() * p.element_size() for p in pm.module.parameters())
+
+    eap_chunk = chunk_size or default_chunk_size(pm, n_prompts, seq_len)
+    return {
+        "weights": int(weights),
+        "ablation": int((g.n_senders + groups) * per * D * item),
+        "acdc_caches": int((g.n_senders + g.n_receivers) * n_prompts * slice_bytes),
+        "forward_pass": int(forward_slices(pm, masks) * chunk * slice_bytes),
+        "attribution_pass": int(attribution_bytes_per_prompt(pm, seq_len) * eap_chunk),
+        "chunk_size": int(chunk),
+    }

@@ -1,0 +1,392 @@
+"""The command line: files written, resume after Ctrl-C, clean errors. A tiny GPT-2 with SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import runpy
+import shutil
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import circuitfind.algorithms.checkpoint as ckpt_mod
+from circuitfind.algorithms import AcdcState
+from circuitfind.circuit import Circuit
+from circuitfind.cli.main import CHECKPOINT_NAME, build_parser, main
+from circuitfind.discovery import discover
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
+IOI = "When {} and {} went to the {}, {} gave a drink to"
+# (indirect object, subject, place): clean and ABC-corrupted prompts have equal token lengths
+PAIRS = [("Mary", "John", "store"), ("Tom", "Sarah", "park"), ("Lisa", "David", "office")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tok, tmp_path_factory):
+    """A random 2-layer GPT-2 over SmolLM2's vocabulary, saved with the tokenizer (what `--model DIR` reads)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos, **TINY)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _discover(model_dir, out, *extra: str) -> list[str]:
+    args = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--threshold", "0.01"]
+    return [*args, "--out", str(out), "--no-progress", *extra]
+
+
+def _same_circuit(a: Circuit, b: Circuit) -> None:
+    assert torch.equal(a.mask, b.mask)
+    assert torch.equal(a.scores.isnan(), b.scores.isnan())
+    assert torch.nan_to_num(a.scores - b.scores).abs().max() <= 1e-6
+
+
+# --- discover: outputs ---------------------------------------------------------------------------------------------
+def test_discover_writes_json_dot_svg_and_a_summary(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_discover(model_dir, out)) == 0
+    stdout = capsys.readouterr().out
+
+    circuit = Circuit.load(out / "circuit.json")
+    assert 0 < circuit.n_edges < circuit.graph.n_edges  # a non-trivial circuit: the test model is not degenerate
+    assert circuit.model == str(model_dir)
+    assert circuit.config["task"] == "ioi" and circuit.config["n_prompts"] == 4 and circuit.config["seed"] == 0
+    assert circuit.summary() in stdout
+    assert ("try a lower --threshold" in stdout) == (circuit.recovered < 0.5)
+    assert "forward passes" in stdout and "edges tested" in stdout and "edges/s" in stdout
+    assert str(out / "circuit.json") in stdout and str(out / "circuit.dot") in stdout
+    assert not (out / CHECKPOINT_NAME).exists()
+
+    pydot = pytest.importorskip("pydot")
+    (graph,) = pydot.graph_from_dot_data((out / "circuit.dot").read_text())
+    assert graph.get_edges()
+    if shutil.which("dot"):
+        assert (out / "circuit.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+        assert str(out / "circuit.svg") in stdout
+
+
+def test_svg_is_skipped_with_a_hint_without_graphviz(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    out = tmp_path / "run"
+    assert main(_discover(model_dir, out, "--threshold", "inf", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "no checkpoint" in captured.err  # --resume without a checkpoint starts from the beginning
+    lines = [line for line in captured.out.splitlines() if "SVG skipped" in line]
+    assert len(lines) == 1 and "install graphviz" in lines[0]
+    # nothing kept recovers nothing: the summary says so and suggests a lower threshold
+    assert "(recovers 0%)" in captured.out and "try a lower --threshold" in captured.out
+    assert (out / "circuit.json").exists() and (out / "circuit.dot").exists() and not (out / "circuit.svg").exists()
+
+
+def test_task_file_and_options_reach_discover(model_dir, tmp_path):
+    items = [
+        {
+            "clean": IOI.format(io, subj, place, subj),
+            "corrupted": IOI.format("Anna", "Paul", place, "Mike"),
+            "answers": f" {io}",
+            "wrong_answers": f" {subj}",
+        }
+        for io, subj, place in PAIRS
+    ]
+    task_file = tmp_path / "my-task.json"
+    task_file.write_text(json.dumps(items))
+    out = tmp_path / "run"
+    extra = ["--metric", "logit_diff", "--ablation", "mean", "--sender-order", "reverse", "--absolute"]
+    argv = _discover(model_dir, out, *extra, "--batch-size", "3", "--n-prompts", "2", "--method", "acdc-plain")
+    argv[argv.index("ioi")] = str(task_file)
+    assert main(argv) == 0
+    config = Circuit.load(out / "circuit.json").config
+    assert config["task"] == "my-task" and config["n_prompts"] == 2  # --n-prompts takes the first N of a file
+    expected = {"metric": "logit_diff", "ablation": "mean", "sender_order": "reverse", "absolute": True}
+    assert {k: config[k] for k in expected} == expected
+    assert config["batch_size"] == 3 and config["method"] == "acdc-plain"
+
+
+# --- discover: checkpoint, Ctrl-C and resume -----------------------------------------------------------------------
+def test_interrupt_then_resume_gives_the_uninterrupted_circuit(model_dir, tmp_path, capsys, monkeypatch):
+    assert main(_discover(model_dir, tmp_path / "full")) == 0
+    full = Circuit.load(tmp_path / "full" / "circuit.json")
+
+    out = tmp_path / "run"
+    ckpt = out / CHECKPOINT_NAME
+    original = ckpt_mod.Checkpointer.update
+    calls = {"n": 0}
+
+    def update_then_interrupt(self, state):  # Ctrl-C after the third finished receiver
+        original(self, state)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", update_then_interrupt)
+    capsys.readouterr()
+    assert main(_discover(model_dir, out)) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: progress saved to {ckpt}; run the same command with --resume to continue" in err
+    assert ckpt.exists() and not (out / "circuit.json").exists()
+    with safe_open(str(ckpt), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["next_receiver"] == 3
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "update", original)
+
+    assert main(_discover(model_dir, out)) == 2  # never overwrite a checkpoint silently
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--resume" in err and "delete" in err
+    assert ckpt.exists()
+
+    assert main(_discover(model_dir, out, "--resume")) == 0
+    _same_circuit(Circuit.load(out / "circuit.json"), full)
+    assert not ckpt.exists()
+
+
+def test_resume_with_other_options_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    state = AcdcState(mask=torch.ones(2, 3, dtype=torch.bool), effects=torch.zeros(2, 3), current=0.0)
+    ckpt_mod.save_state(out / CHECKPOINT_NAME, state, "another-run")
+    assert main(_discover(model_dir, out, "--resume")) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--threshold": "-0.1"}, "threshold"),
+        ({"--threshold": "nan"}, "threshold"),
+        ({"--task": "sorting"}, "unknown task"),
+        ({"--task": "missing.json"}, "does not exist"),
+        ({"--model": "./no/such/model"}, "does not exist"),
+        ({"--metric": "accuracy"}, "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_no_traceback(model_dir, tmp_path, capsys, change, message):
+    argv = _discover(model_dir, tmp_path / "run")
+    for flag, value in change.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "circuit.json").exists()
+
+
+def test_out_that_is_a_file_is_an_error(model_dir, tmp_path, capsys):
+    (tmp_path / "run").write_text("")
+    assert main(_discover(model_dir, tmp_path / "run")) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+# --- info, parser, python -m -----------------------------------------------------------------------------------------
+def test_info_prints_family_and_graph(model_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "family: gpt2" in out and "2 layers x 2 heads" in out and "edges" in out
+
+
+def test_parser_defaults_match_discover():
+    """Every option the command line passes on to discover() defaults to discover's own default."""
+    args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x"])
+    defaults = inspect.signature(discover).parameters
+    shared = ("method", "threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute")
+    shared += ("sender_order", "batch_size", "resume", "progress")
+    assert {name: getattr(args, name) for name in shared} == {name: defaults[name].default for name in shared}
+    assert args.model is None  # the offline default model, as load_model() chooses it
+
+
+def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["circuitfind", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("circuitfind", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "discover" in out and "info" in out
+
+
+# --- discover: output folder you can trust (unwritable, full, shared, SIGTERM, permissions) -----------------------
+def _fail_writes_under(monkeypatch, folder, err: int, call: str, names: tuple[str, ...]) -> None:
+    """Make ``os.<call>`` fail with ``err`` on files in ``folder`` whose names start with one of ``names``, as a
+    read-only or full disk would (the tests run as root, which chmod does not stop)."""
+    import os
+
+    real = getattr(os, call)
+
+    def failing(path, *args, **kwargs):
+        target = str(args[0] if call == "replace" else path)
+        if target.startswith(str(folder)) and os.path.basename(target).lstrip(".").startswith(names):
+            raise OSError(err, os.strerror(err), target)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, call, failing)
+
+
+def test_an_unwritable_out_is_refused_before_the_run(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import circuitfind.discovery as disc
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _fail_writes_under(monkeypatch, out, errno.EROFS, "open", ("write-probe", "circuit"))
+    runs = []
+    monkeypatch.setattr(disc, "discover", lambda *a, **k: runs.append(1))
+    assert main(_discover(model_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(out) in err and "Read-only file system" in err
+    assert runs == []  # refused before the model was even loaded
+
+
+def test_an_out_under_a_file_is_refused(model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(_discover(model_dir, tmp_path / "file" / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "file" / "run") in err
+
+
+def test_a_failed_write_at_the_end_keeps_the_finished_run_for_resume(model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    ckpt = out / CHECKPOINT_NAME
+    with monkeypatch.context() as m:
+        _fail_writes_under(m, out, errno.ENOSPC, "replace", ("circuit",))
+        assert main(_discover(model_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "No space left on device" in err and "Traceback" not in err
+    assert str(ckpt) in err and "--resume" in err
+    assert ckpt.exists() and not (out / "circuit.json").exists()
+
+    assert main(_discover(model_dir, out, "--resume")) == 0  # writes the result without recomputing it
+    assert Circuit.load(out / "circuit.json").n_edges > 0 and not ckpt.exists()
+
+
+def _hold_lock(folder):
+    """Hold ``folder``'s lock as another run would: ``flock`` on ``folder/.lock``, holder written inside."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = (folder / ".lock").open("w")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write("pid 4242 on host elsewhere, started at 2026-12-01T10:00:00+00:00\n")
+    f.flush()
+    return f
+
+
+def test_a_second_run_on_the_same_out_is_refused(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = _hold_lock(out)
+    try:
+        assert main(_discover(model_dir, out)) == 2
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "in use by another run" in err
+    assert "pid 4242 on host elsewhere, started at 2026-12-01T10:00:00" in err
+    assert not (out / "circuit.json").exists()
+
+    (out / CHECKPOINT_NAME).write_text("")  # a failing run (leftover checkpoint) must free the lock too
+    assert main(_discover(model_dir, out)) == 2
+    _hold_lock(out).close()  # free again: would raise BlockingIOError otherwise
+
+
+_SIGTERM_AFTER_3 = """
+import sys, time
+import circuitfind.algorithms.checkpoint as ck
+from circuitfind.cli.main import main
+ck.CHECKPOINT_EVERY_S = 0.0
+update, calls = ck.Checkpointer.update, []
+def slow_update(self, state):  # after the third finished receiver: tell the test, then wait for SIGTERM
+    update(self, state)
+    calls.append(1)
+    if len(calls) == 3:
+        open(sys.argv[1], "w").close()
+        time.sleep(120)
+ck.Checkpointer.update = slow_update
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_keeps_a_checkpoint_that_resume_continues(model_dir, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    assert main(_discover(model_dir, tmp_path / "full")) == 0
+    full = Circuit.load(tmp_path / "full" / "circuit.json")
+    out, ready = tmp_path / "run", tmp_path / "ready"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", _SIGTERM_AFTER_3, str(ready), *_discover(model_dir, out)]
+    proc = subprocess.Popen(argv, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "the run never got going"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert f"terminated: progress saved to {out / CHECKPOINT_NAME}" in err
+    assert (out / CHECKPOINT_NAME).exists() and not (out / "circuit.json").exists()
+
+    capsys.readouterr()
+    assert main(_discover(model_dir, out, "--resume")) == 0  # the lock died with the process
+    _same_circuit(Circuit.load(out / "circuit.json"), full)
+
+
+def test_every_file_written_follows_the_umask(model_dir, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert main(_discover(model_dir, out)) == 0
+        assert {p.name: mode(p) for p in out.glob("circuit.*")} == dict.fromkeys(
+            [p.name for p in out.glob("circuit.*")], 0o644
+        )
+        assert {"circuit.json", "circuit.dot"} <= {p.name for p in out.glob("circuit.*")}
+
+        calls = []
+        original = ckpt_mod.Checkpointer.update
+
+        def update_then_interrupt(self, state):
+            original(self, state)
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(ckpt_mod, "CHECKPOINT_EVERY_S", 0.0)
+        monkeypatch.setattr(ckpt_mod.Checkpointer, "update", update_then_interrupt)
+        assert main(_discover(model_dir, tmp_path / "stopped")) == 130
+        assert mode(tmp_path / "stopped" / CHECKPOINT_NAME) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_discover_edge_pruning_takes_lr_seed_and_warm_start(model_dir, tmp_path, capsys):
+    base = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--no-progress"]
+    extra = ["--method", "edge-pruning", "--n-edges", "8", "--steps", "6", "--lr", "0.2", "--warm-start"]
+    assert main([*base, *extra, "--seed", "1", "--out", str(tmp_path / "a")]) == 0
+    circuit = Circuit.load(tmp_path / "a" / "circuit.json")
+    assert circuit.config["lr"] == 0.2 and circuit.config["warm_start"] is True and circuit.config["steps"] == 6
+    assert circuit.n_edges <= 8
+    assert main([*base, "--method", "eap", "--n-edges", "8", "--lr", "0.2", "--out", str(tmp_path / "b")]) == 2
+    assert "edge-pruning" in capsys.readouterr().err
