@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_optional_int
 
 __all__ = [
     "PASS_BUDGET_BYTES",
@@ -127,14 +127,8 @@ def _peak_rss() -> int:
 
 def check_chunk_size(chunk_size: Any) -> int | None:
     """``chunk_size`` (prompts per pass) as a positive int or None, or a :class:`ConfigError`."""
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(
-            f"chunk_size must be a positive integer (prompts per forward pass) or None (sized to "
-            f"{PASS_BUDGET_BYTES / 2**30:.0f} GiB of activations); got {chunk_size!r}"
-        )
-    return chunk_size
+    budget = f"None sizes it to {PASS_BUDGET_BYTES / 2**30:.0f} GiB of activations"
+    return check_optional_int(chunk_size, "chunk_size", what="prompts per forward pass", fix=budget)
 
 
 def prompt_slices(n_prompts: int, chunk_size: int) -> list[slice]:
