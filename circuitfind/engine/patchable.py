@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 
@@ -34,7 +33,7 @@ from circuitfind.engine.forward import MaskedForward, PassInputs
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.models import spec_for
-from circuitfind.models.spec import ArchSpec, RotaryStyle, rotate_every_two, rotate_half
+from circuitfind.models.spec import ArchSpec
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
 
@@ -418,109 +417,6 @@ class PatchableModel:
                 keep_positions=keep_positions,
             )
         return run, single
-
-    @staticmethod
-    def project_qkv(lay, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``.
-
-        Includes the layer's q/k norms, if any: head ``h``'s query depends on its own receiver's input only.
-        """
-        a = lay.attn
-        pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
-        if heads is not None:
-            pairs = tuple((w[heads], None if b is None else b[heads]) for w, b in pairs)
-        H = pairs[0][0].shape[0]
-        qkv = []
-        for j, (w, b) in enumerate(pairs):
-            xj = x if x.shape[1] == 1 else x[:, j * H : (j + 1) * H]  # (K, h|1, B, T, D)
-            if x.shape[1] == 1:  # every receiver of the layer sees the same input
-                t = einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
-            else:
-                t = einsum(xj, w, "k h b t d, h d e -> k b h t e")
-            t = t if b is None else t + b[:, None, :]
-            norm = (lay.q_norm, lay.k_norm, None)[j]
-            qkv.append(t if norm is None else norm(t, xj, heads))
-        return qkv[0], qkv[1], qkv[2]
-
-    def rotary_tables(self, position_ids: Tensor) -> dict:
-        """``(cos, sin)`` for every distinct rotary of the model's layers, keyed by the rotary (for :meth:`attend`)."""
-        fns = {self.spec.layer_rotary(i) for i in range(self.spec.n_layers)} - {None}
-        return {fn: fn(position_ids, self.dtype) for fn in fns}
-
-    def attend(self, lay, q: Tensor, k: Tensor, v: Tensor, rot, attn_bias: Tensor) -> Tensor:
-        """``z (K, B, h, T, E)`` from projections ``(K, B, h, T, E)``: rotary, then masked softmax attention.
-
-        ``rot``: from :meth:`rotary_tables` (or one ``(cos, sin)`` pair, or None for no rotary).
-        """
-        if lay.attn_softcap is not None:  # soft-capped logits (Gemma-2): written out, as SDPA has no cap
-            return self.attention_probs(lay, q, k, rot, attn_bias) @ v
-        q, k = self._rotated(lay, q, k, rot)
-        K, B, H, T, E = q.shape
-        q, k, v = (t.reshape(K * B, H, T, E) for t in (q, k, v))
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=lay.attn_scale)
-        return z.reshape(K, B, H, T, E)
-
-    def attention_probs(self, lay, q: Tensor, k: Tensor, rot, attn_bias: Tensor) -> Tensor:
-        """The attention probabilities ``(K, B, h, T, T)`` (query, key) that :meth:`attend` weighs ``v`` by.
-
-        Args:
-            lay: the layer's spec.
-            q, k: ``(K, B, h, T, E)`` projections before rotary (from :meth:`project_qkv`).
-            rot: as for :meth:`attend`.
-            attn_bias: ``(K*B, 1, T, T)`` from :meth:`attention_bias`.
-        """
-        q, k = self._rotated(lay, q, k, rot)
-        K, B, H, T, _ = q.shape
-        scores = einsum(q, k, "k b h i e, k b h j e -> k b h i j") * lay.attn_scale
-        if lay.attn_softcap is not None:
-            scores = torch.tanh(scores / lay.attn_softcap) * lay.attn_softcap
-        scores = scores + attn_bias.reshape(K, B, 1, T, T)
-        return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
-
-    def _rotated(self, lay, q: Tensor, k: Tensor, rot) -> tuple[Tensor, Tensor]:
-        """``q``, ``k`` ``(K, B, h, T, E)`` with the layer's rotary applied (``rot`` as for :meth:`attend`)."""
-        if isinstance(rot, dict):
-            rot = rot.get(lay.rotary if lay.rotary is not None else self.spec.rotary)
-        if rot is None:
-            return q, k
-        cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
-        # in the tables' dtype, then back (as HF does when a family's rotary tables stay float32 in bfloat16)
-        return self._rotate(q, cos, sin).to(q.dtype), self._rotate(k, cos, sin).to(k.dtype)
-
-    @staticmethod
-    def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:
-        """``(K, h, B, T, D)``: each head's output ``z @ W_O``, times the layer's attention-output norm scale if any.
-
-        A norm on the attention output acts on the sum of *all* the layer's heads, so ``heads`` must then be None.
-        """
-        w_o = lay.attn.W_O if heads is None else lay.attn.W_O[heads]
-        out = einsum(z, w_o, "k b h t e, h e d -> k h b t d")
-        if lay.attn_out_scale is None:
-            return out
-        if heads is not None:
-            raise ConfigError("a norm on the attention output needs every head of the layer")
-        return out * lay.attn_out_scale(out.sum(1)).unsqueeze(1)
-
-    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        turn = rotate_every_two if self.spec.rotary_style is RotaryStyle.INTERLEAVED else rotate_half
-        rd = cos.shape[-1]
-        if rd == x.shape[-1]:
-            return x * cos + turn(x) * sin
-        xr, xp = x[..., :rd], x[..., rd:]
-        return torch.cat((xr * cos + turn(xr) * sin, xp), dim=-1)
-
-    def attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
-        """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is), padding keys masked, and with a sliding
-        ``window`` query ``i`` sees key ``j`` only when ``i - j < window`` (HF's convention)."""
-        B, T = am.shape
-        allowed = am.bool()[:, None, None, :].expand(B, 1, T, T)
-        if self.spec.causal:
-            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
-        if window is not None:
-            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).triu(-(window - 1))
-        bias = torch.zeros(B, 1, T, T, dtype=self.dtype, device=self.device)
-        bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
-        return bias.repeat(K, 1, 1, 1)
 
     # --- validation ------------------------------------------------------------------------------
     def _check_inputs(self, input_ids, attention_mask, position_ids, positions, ablated):
