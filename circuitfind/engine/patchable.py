@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from einops import einsum
 from torch import Tensor, nn
 
+from circuitfind.engine.ablations import AblatedOutputs, Ablation
+from circuitfind.engine.cache import PrefixCache
 from circuitfind.engine.forward import MaskedForward, PassInputs
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
@@ -36,71 +36,6 @@ from circuitfind.models import spec_for
 from circuitfind.models.spec import ArchSpec
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
-
-
-class Ablation(enum.Enum):
-    """What a removed edge carries instead of its sender's live output."""
-
-    RESAMPLE = "resample"
-    """The sender's output on the paired corrupted prompt (the default and the most robust)."""
-    MEAN = "mean"
-    """The sender's mean output over a reference batch (per position when lengths agree)."""
-    ZERO = "zero"
-    """Zero; biases that belong to no single node (attention output biases) stay."""
-
-    @classmethod
-    def parse(cls, value: Ablation | str) -> Ablation:
-        try:
-            return value if isinstance(value, Ablation) else cls(str(value).lower())
-        except ValueError:
-            raise ConfigError(f"unknown ablation {value!r}; expected one of {[a.value for a in cls]}") from None
-
-
-@dataclass(frozen=True)
-class AblatedOutputs:
-    """The ablated output of every sender and the per-group residual sums they form.
-
-    Attributes:
-        kind: how they were made.
-        outputs: ``(S, B', T', D)`` with ``B'`` in {1, B} and ``T'`` in {1, T} (broadcast over the batch).
-        bases: ``(G, B', T', D)``, one per receiver group (attention inputs of a layer, MLP input of a layer,
-            logits): constant biases plus the sum of the group's upstream ablated outputs.
-    """
-
-    kind: Ablation
-    outputs: Tensor
-    bases: Tensor
-
-    def select(self, rows: slice, batch: int) -> AblatedOutputs:
-        """The ablation of prompts ``rows`` of a batch of ``batch`` prompts (broadcast ones stay as they are)."""
-
-        def pick(t: Tensor) -> Tensor:  # (N, B'|B, T', D)
-            return t[:, rows] if t.shape[1] == batch else t
-
-        return AblatedOutputs(self.kind, pick(self.outputs), pick(self.bases))
-
-
-@dataclass(frozen=True)
-class PrefixCache:
-    """Everything below ``start_layer``, so that a forward can restart there.
-
-    Attributes:
-        start_layer: the first block the forward computes.
-        diffs: ``(S_pre, B, T, D)`` live-minus-ablated outputs of the senders below ``start_layer``.
-        mask: ``(S, R)`` float mask those were computed under.
-        partial: ``(R_after, B, T, D)``: for every receiver above ``start_layer``, its base plus the
-            contributions of the senders below ``start_layer`` under ``mask``.
-        start_inputs: ``(C, B, T, D)``: the same for the receivers *of* ``start_layer``, under ``start_mask``
-            (``(S_pre, C)``); a forward adds only the rows where its mask differs, so candidates that change one
-            edge there cost one row. :meth:`PatchableModel.refresh_cache` moves them to a newer mask.
-    """
-
-    start_layer: int
-    diffs: Tensor
-    mask: Tensor
-    partial: Tensor
-    start_inputs: Tensor
-    start_mask: Tensor
 
 
 @contextlib.contextmanager

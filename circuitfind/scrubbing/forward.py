@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuitfind.engine.ablations import AblatedOutputs
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
-from circuitfind.engine.patchable import AblatedOutputs, _frozen
+from circuitfind.engine.patchable import _frozen
 
 __all__ = ["draws_per_pass", "joint_logits", "treeified_logits"]
 
