@@ -37,7 +37,7 @@ from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, Sc
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
-from circuitfind.engine.patchable import Ablation
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.problem import Problem
 from circuitfind.selection.cuts import prune_dangling, top_n

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuitfind.circuit import Circuit
+from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.memory import check_chunk_size, prompt_slices
-from circuitfind.engine.patchable import Ablation, PatchableModel, resolve_model
+from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError, ShapeError, TaskError, check_int
 from circuitfind.evaluate.scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph, is_position_mask

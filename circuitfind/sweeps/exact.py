@@ -88,7 +88,7 @@ def exact_scores(
     Example:
         >>> res = exact_scores("smollm2", task.train(), metric="logit_diff", candidates=top)  # doctest: +SKIP
     """
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
 
     _check(batch_size)
     kind = Ablation.parse(ablation)

@@ -305,7 +305,7 @@ def _is_task_file(task: str) -> bool:
 def _check_field(where: str, key: str, value: Any) -> None:
     """One value of one cell field, checked on its own (types and ranges)."""
     from circuitfind.algorithms import METHODS
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
     from circuitfind.metrics import MetricKind
     from circuitfind.tasks import BUILTIN
 

@@ -123,7 +123,7 @@ def test_estimate_counts_the_tensors_the_code_holds():
 @pytest.mark.parametrize("kind", ["mean", "zero", "resample"])
 def test_estimate_sizes_each_ablation_given_as_enum_or_name_as_held(kind):
     """Issue 19 item 6: ``Ablation.MEAN`` (an enum, not the string) was sized as resample, N times too large."""
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
 
     pm, t = PMS["gpt2"], TASKS["gpt2"]
     full = torch.ones_like(t.attention_mask)  # equal lengths: the mean is taken per position
