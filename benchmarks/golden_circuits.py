@@ -6,7 +6,8 @@ on the tree before the redesign as well as after it:
 
 * ``tiny-<family>-<method>``: ACDC (tau 0.01 and 0.05), EAP-IG (top 20 and target 0.8) and the hybrid (target 0.8)
   on the tiny float64 models the tests use (``tests/models_tiny.py``: GPT-2, Llama with GQA, GPT-NeoX; weights
-  at init 0.2 with random biases, as ``tests/toy_problems.py``), on the toy task whose answers are the model's own
+  at init 0.2 with random biases, as ``tests/toy_problems.py``), and on the same models in float32
+  (``tiny-<family>-f32-...``), on the toy task whose answers are the model's own
   top tokens (``toy_problems.natural_task``), logit difference, resample ablation;
 * ``tracr-<name>-<method>``: ACDC (tau 0.01) and EAP-IG (top 10) on both tracr models
   under zero ablation with their L2 metric;
@@ -45,15 +46,16 @@ FAMILIES = ("gpt2", "llama", "neox")
 N, T = 5, 8  # the toy task's prompts and tokens (tests/toy_problems.py)
 
 
-def _tiny_pm(family: str) -> cf.PatchableModel:
-    """The tests' tiny float64 model of ``family``: init 0.2, random biases (``toy_problems._pm``)."""
+def _tiny_pm(family: str, float32: bool = False) -> cf.PatchableModel:
+    """The tests' tiny float64 model of ``family``: init 0.2, random biases (``toy_problems._pm``); or in float32
+    (where a reordered sum can flip a near tie)."""
     sys.path.insert(0, str(Path(cf.__file__).resolve().parent.parent))  # the tree's tests/models_tiny.py
     from tests.models_tiny import FAMILIES as MAKERS
     from tests.models_tiny import in_float64, randomize_biases
 
     model = MAKERS[family](init=0.2)
     randomize_biases(model)
-    return cf.PatchableModel(in_float64(model))
+    return cf.PatchableModel(model if float32 else in_float64(model))
 
 
 def _natural_task(pm: cf.PatchableModel, seed: int = 0) -> cf.Task:
@@ -125,18 +127,18 @@ def tiny_cases() -> dict[str, Callable[[], dict[str, Any]]]:
         "hybrid-target0.8": dict(method="hybrid", target=0.8),
     }
     cases: dict[str, Callable[[], dict[str, Any]]] = {}
-    for family in FAMILIES:
+    for family, float32 in [(f, False) for f in FAMILIES] + [(f, True) for f in FAMILIES]:
         state: dict[str, Any] = {}
 
-        def thunk(call=None, family=family, state=state):
+        def thunk(call=None, family=family, float32=float32, state=state):
             if not state:
-                state["pm"] = pm = _tiny_pm(family)
+                state["pm"] = pm = _tiny_pm(family, float32)
                 state["task"] = _natural_task(pm)
             kw = dict(metric="logit_diff", ablation="resample")
             return _run(state["pm"], state["task"], {**call, **kw}, kw)
 
         for name, call in calls.items():
-            cases[f"tiny-{family}-{name}"] = lambda call=call, thunk=thunk: thunk(call)
+            cases[f"tiny-{family}{'-f32' if float32 else ''}-{name}"] = lambda call=call, thunk=thunk: thunk(call)
     return cases
 
 
@@ -224,15 +226,16 @@ def compare(a: str, b: str) -> list[dict[str, Any]]:
                 "f_b": rb[name]["faithfulness"],
             }
         )
-    print(f"| circuit | edges {a} | edges {b} | only {a} | only {b} | same | f {a} | f {b} |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    print(f"| circuit | edges {a} | edges {b} | only {a} | only {b} | same | f {a} | f {b} | abs diff f |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
         fa = "-" if r["f_a"] is None else f"{r['f_a']:.6f}"
         fb = "-" if r["f_b"] is None else f"{r['f_b']:.6f}"
         same = "yes" if r["same"] else "**no**"
+        diff = "-" if r["f_a"] is None or r["f_b"] is None else f"{abs(r['f_a'] - r['f_b']):.1e}"
         print(
             f"| {r['circuit']} | {r['edges_a']} | {r['edges_b']} | {len(r['only_a'])} | {len(r['only_b'])} | "
-            f"{same} | {fa} | {fb} |"
+            f"{same} | {fa} | {fb} | {diff} |"
         )
     for r in rows:
         for side, key, rec in (("only " + a, "only_a", ra), ("only " + b, "only_b", rb)):
