@@ -96,7 +96,7 @@ def _discover(pm: Any, task: Any, method: str, options: dict[str, Any], kw: dict
     t0 = time.perf_counter()
     if method == "exact" and pm.graph.n_edges > 10_000:  # tracr's graphs are scored whole
         n_cand = max(1, round(0.001 * pm.graph.n_edges))
-        ig = cf.discover(pm, task, method="eap-ig", steps=STEPS, n_edges=n_cand, select="train", **kw)
+        ig = cf.discover(pm, task, method="eap-ig", steps=STEPS, n_edges=n_cand, **kw)
         options = {**options, "candidates": ig.mask}
         extra["candidates"] = f"{int(ig.mask.sum())} edges: eap-ig's top {n_cand} (0.1%), dangling ones dropped"
     circuit = cf.discover(pm, task, method=method, **options, **kw)
@@ -108,14 +108,13 @@ def _discover(pm: Any, task: Any, method: str, options: dict[str, Any], kw: dict
 def _held_out(pm: Any, circuit: Any, task: Any, metric: str) -> dict[str, Any]:
     """CPR / CMD with intervals and f at the budgets (from the scores), and the circuit's own held-out f."""
     out: dict[str, Any] = {"n_edges": circuit.n_edges, "fraction": circuit.fraction}
-    own = cf.evaluate.faithfulness(pm, circuit, task, metric=metric)
-    out["f"], out["f_ci"] = own["faithfulness"], [own["ci"]["lo"], own["ci"]["hi"]]
+    own = cf.evaluate.faithfulness(pm, circuit, task, metric=metric)  # the store's columns: faithfulness, *_ci
+    out["faithfulness"], out["faithfulness_ci"] = own["faithfulness"], _lo_hi(own["ci"])
     scores = circuit.scores
     if scores is not None and bool(torch.isfinite(scores[pm.graph.edge_mask]).any()):
         mib = cf.evaluate.cpr_cmd_of_scores(pm, scores, task, metric=metric)
-        out.update(cpr=mib["cpr"], cmd=mib["cmd"], cpr_ci=[mib["cpr_ci"]["lo"], mib["cpr_ci"]["hi"]],
-                   cmd_ci=[mib["cmd_ci"]["lo"], mib["cmd_ci"]["hi"]], fractions=list(mib["fractions"]),
-                   curve=list(mib["faithfulness_signed"]))  # fmt: skip
+        out.update(cpr=mib["cpr"], cmd=mib["cmd"], cpr_ci=_lo_hi(mib["cpr_ci"]), cmd_ci=_lo_hi(mib["cmd_ci"]),
+                   fractions=list(mib["fractions"]), curve=list(mib["faithfulness_signed"]))  # fmt: skip
         for k in BUDGETS:
             out[f"f@{k:g}"] = mib["faithfulness_signed"][list(mib["fractions"]).index(k)]
     return out
@@ -125,7 +124,11 @@ def _top_n_held_out(pm: Any, scores: Any, n: int, task: Any, metric: str) -> dic
     """The held-out f of the top ``n`` edges of ``scores`` (EAP-IG's top-120, beside edge pruning's 120)."""
     (mask,) = cf.evaluate.top_k_masks(scores.double(), pm.graph.edge_mask, [n / pm.graph.n_edges])
     res = cf.evaluate.faithfulness(pm, mask, task, metric=metric)
-    return {"n_edges": n, "f": res["faithfulness"], "f_ci": [res["ci"]["lo"], res["ci"]["hi"]]}
+    return {"n_edges": n, "faithfulness": res["faithfulness"], "faithfulness_ci": _lo_hi(res["ci"])}
+
+
+def _lo_hi(ci: dict[str, Any]) -> dict[str, Any]:
+    return {"lo": ci["lo"], "hi": ci["hi"]}
 
 
 def lm_cell(cell: Any, pm: Any, tok: Any) -> dict[str, Any]:
@@ -224,7 +227,7 @@ def _fmt(v: Any, fmt: str = "{:.2f}") -> str:
 
 def _ci(r: dict[str, Any], key: str) -> str:
     ci = r.get(f"{key}_ci")
-    return _fmt(r.get(key)) + ("" if not ci or ci[0] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+    return _fmt(r.get(key)) + ("" if not ci or ci.get("lo") is None else f" [{ci['lo']:.2f}, {ci['hi']:.2f}]")
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -237,12 +240,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         notes = [r[k] for k in ("candidates", "note") if r.get(k)]
         if "top120" in r:
             t = r["top120"]
-            notes.append(f"top-120 held out {t['f']:.2f} [{t['f_ci'][0]:.2f}, {t['f_ci'][1]:.2f}]")
+            notes.append(f"top-120 held out {_ci(t, 'faithfulness')}")
         if r.get("stats_trained_faithfulness") is not None:
             notes.append(f"trained f (discovery prompts) {r['stats_trained_faithfulness']:.2f}")
         if "tpr" in r:
             notes.append(f"TPR {r['tpr']:.2f}, FPR {r['fpr']:.2f}")
-        f = _ci(r, "f") if "f_ci" in r else "-"
+        f = _ci(r, "faithfulness") if "faithfulness_ci" in r else "-"
         cells = [task, row, _fmt(r.get("wall_s"), "{:.1f}"), _fmt(r.get("peak_mib"), "{:.0f}"), _ci(r, "cpr"),
                  _ci(r, "cmd"), _fmt(r.get("f@0.001")), _fmt(r.get("f@0.01")), _fmt(r.get("n_edges"), "{}"), f,
                  _fmt(r.get("auc"), "{:.3f}"), "; ".join(notes)]  # fmt: skip
@@ -271,8 +274,8 @@ def figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
                         label=f"{row} (CPR {r['cpr']:.2f})")  # fmt: skip
             if row == "random":
                 ax.plot([100 * k for k in BUDGETS], [r["f@0.001"], r["f@0.01"]], ls=":", color=color, label="random")
-            if r.get("f") is not None and r.get("fraction"):
-                ax.scatter([100 * r["fraction"]], [r["f"]], marker="*", s=80, color=color, zorder=3)
+            if r.get("faithfulness") is not None and r.get("fraction"):
+                ax.scatter([100 * r["fraction"]], [r["faithfulness"]], marker="*", s=80, color=color, zorder=3)
         ax.axhline(1.0, ls=":", color="grey", lw=1)
         ax.axhline(0.0, ls=":", color="grey", lw=1)
         ax.set_xscale("log")
