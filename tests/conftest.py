@@ -34,3 +34,13 @@ def tok(request):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer.save_pretrained(str(cached))
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def bare_model_dir(tmp_path_factory):
+    """A tiny GPT-2 folder saved without a tokenizer (what `--model DIR` reads when the task is token ids)."""
+    from tests.models_tiny import tiny_gpt2
+
+    path = tmp_path_factory.mktemp("bare-gpt2")
+    tiny_gpt2(n_layer=2, n_head=2, n_embd=16).save_pretrained(path)
+    return path

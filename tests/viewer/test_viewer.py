@@ -115,6 +115,16 @@ def test_circuit_to_html_runs_the_model(tmp_path):
         circuit.to_html(tmp_path / "x.html", model=pm)
 
 
+def test_the_explorer_of_an_n_edges_cut_opens_on_the_circuit_as_cut(n_edges_circuits):
+    """Issue 19, item 9: after ``--n-edges`` the explorer opened on 0 edges."""
+    for n, circuit in n_edges_circuits.items():
+        c = build_payload(circuit)["circuit"]
+        # the explorer opens on the top k (dangling edges hidden): the cut's own k, which gives the circuit back
+        assert c["k"] == circuit.stats["selected_before_pruning"] and (n == "threshold" or c["k"] == n)
+        assert circuit.n_edges > 0 and sorted(ranked_names(circuit, c["k"], prune=True)) == sorted(circuit.edge_names)
+    assert n_edges_circuits[10].n_edges < 10  # pruning dropped edges: opening on top-n_edges would show fewer
+
+
 # --- the command line, on a tiny GPT-2 with SmolLM2's tokenizer --------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(tok, tmp_path_factory):
