@@ -80,7 +80,7 @@ def test_max_prompts_stops_reading_and_tokenising(tmp_path):
     with_options.write_text(json.dumps({"n_train": 5, "prompts": items}))
     assert from_json(with_options, CountingTokenizer(), max_prompts=3).n_train == 3  # the split is cut with them
     assert from_json(with_options, CountingTokenizer(), max_prompts=6).n_train == 5
-    with pytest.raises(TaskError, match="max_prompts must be an integer >= 1"):
+    with pytest.raises(TaskError, match="max_prompts must be a positive integer or None; got"):
         from_json(lines, None, max_prompts=0)
 
 

@@ -1,4 +1,4 @@
-"""The explorer's two-model view and head classes in headless Chromium (as tests/viewer/test_viewer_browser.py)."""
+"""The explorer's two-model view and head classes, opened in headless Chromium (as test_viewer_browser.py)."""
 
 from __future__ import annotations
 
