@@ -18,6 +18,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.receivers import DiffStore, distinct_columns, mix_onto, mix_rows
 
 __all__ = ["MaskedForward", "PassInputs"]
@@ -73,11 +74,10 @@ class MaskedForward:
         self.post = DiffStore(
             self.K, self.g.n_senders - self.s_pre, (self.B, self.T, self.spec.d_model), self.pre, grad
         )
-        self.attn_bias = {  # window -> (K*B, 1, T, T)
-            lay.sliding_window: pm.attention_bias(inputs.attention_mask, self.K, lay.sliding_window)
-            for lay in self.spec.layers[start_layer:]
-        }
-        self.rot = pm.rotary_tables(inputs.position_ids)  # (cos, sin) per distinct rotary of the layers
+        self.attn_bias = attention_biases(  # window -> (K*B, 1, T, T)
+            pm.spec, inputs.attention_mask, self.K, self.spec.layers[start_layer:], dtype=pm.dtype, device=pm.device
+        )
+        self.rot = rotary_tables(pm.spec, inputs.position_ids, pm.dtype)  # (cos, sin) per distinct rotary of the layers
         self.top = self._top_mixing_layer(keep_positions)
 
     # --- the pass ----------------------------------------------------------------------------------
@@ -167,7 +167,8 @@ class MaskedForward:
         else:
             x0 = self.sel(self.ablated.bases[int(g.receiver_groups[first])]).unsqueeze(0)  # (1, B'|B, T'|T, D)
             parts.insert(0, (self.pre, w[: min(n_up, s_pre)]))
-            total = self.pre_total if post_total is None else self.pre_total + post_total
+            pre_total = self.pre.sum(0, keepdim=True) if self.pre_total is None else self.pre_total  # (1, B, T, D)
+            total = pre_total if post_total is None else pre_total + post_total
         return mix_onto(x0, parts, total)
 
     def _start_layer_inputs(self, cols: slice | Tensor) -> Tensor:
@@ -212,9 +213,9 @@ class MaskedForward:
             shared = distinct_columns(self.M[:, : int(self.g.n_upstream[int(idx[0])]), idx])
             cols = cols if shared is None else idx[shared[0]]
         x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|U|1, B, T, D)
-        q, k, v = self.pm.project_qkv(lay, x, heads, None if shared is None or x.shape[1] == 1 else shared[1])
-        z = self.pm.attend(lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
-        return self.pm.head_outputs(lay, z, heads)
+        q, k, v = project_qkv(lay, x, heads, None if shared is None or x.shape[1] == 1 else shared[1])
+        z = attend(self.pm.spec, lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
+        return head_outputs(lay, z, heads)
 
     def mlp_layer(self, layer: int) -> None:
         """The MLP of ``layer`` when it has a kept outgoing edge (or under autograd); otherwise diff 0."""

@@ -117,7 +117,7 @@ def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | Non
     n_nonzero, n_nonone = sum(int(a.sum()) for a in nonzero), sum(int(a.sum()) for a in nonone)
     from_total = total is not None and n_nonone < n_nonzero
     shape = parts[0][0].shape[1:] if parts else x0.shape[1:]
-    acc = (x0 + total) if from_total else x0
+    acc = x0 + total if total is not None and from_total else x0
     acc = acc.expand(acc.shape[0], *shape).reshape(acc.shape[0], -1)  # (C0, N): a view when x0 is full
     owned = from_total and acc.shape[0] == C  # may be written in place
     for (rows, w), active in zip(parts, nonone if from_total else nonzero, strict=True):
