@@ -1,5 +1,5 @@
-"""The sweep's results store (sweeps/store.py): a read-only, a locked and a non-SQLite file each say what they are,
-not "not a circuitfind results store" (issue 19, item 13)."""
+"""The sweep's results store (sweeps/store.py): a write is one transaction, and a read-only, a locked and a
+non-SQLite file each say what they are, not "not a circuitfind results store" (issue 19, item 13)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,20 @@ def test_a_locked_results_store_says_who_may_hold_it(tmp_path):
     junk.write_bytes(b"this is not a database at all, just text" * 100)
     with pytest.raises(OutputError, match=r"is not a circuitfind results store"):
         ResultsStore(junk)
+
+
+def test_a_store_write_is_one_transaction(tmp_path):
+    path = tmp_path / "results.sqlite"
+    good = {"cell_id": "a" * 16, "status": "done", "spec": {"model": "m"}, "metrics": {"faithfulness": 0.5}}
+    with ResultsStore(path) as store:
+        store.put(good)
+        with pytest.raises(Exception, match="CHECK"):
+            store.put({**good, "cell_id": "b" * 16, "status": "half-written"})
+        with pytest.raises(ValueError, match="unknown store columns"):
+            store.put({**good, "cell_id": "c" * 16, "nonsense": 1})
+        rows = store.rows()
+    assert [r["cell_id"] for r in rows] == ["a" * 16] and rows[0]["metrics"] == {"faithfulness": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]  # one file at rest, no journal left
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    with pytest.raises(Exception, match="not a circuitfind results store"):
+        ResultsStore(tmp_path / "junk.sqlite")
