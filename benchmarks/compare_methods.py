@@ -289,12 +289,13 @@ def figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 def report(tracr: list[dict[str, Any]]) -> None:
     """Print the table of every stored unit (and this run's tracr rows), write it as JSON, draw the figure."""
-    old = json.loads(OUT_JSON.read_text()).get("tracr", []) if OUT_JSON.exists() else []
-    kept_tracr = {(r["task"], r["row"]): r for r in old + tracr}
-    rows = stored_rows() + list(kept_tracr.values())
+    old = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    kept_tracr = {(r["task"], r["row"]): r for r in old.get("tracr", []) + tracr}
+    lm = stored_rows() or old.get("lm", [])  # without the store (a fresh checkout): the rows last written
+    rows = lm + list(kept_tracr.values())
     lines = table(rows)
     print("\n".join(lines))
-    OUT_JSON.write_text(json.dumps({"lm": stored_rows(), "tracr": list(kept_tracr.values()), "table": lines},
+    OUT_JSON.write_text(json.dumps({"lm": lm, "tracr": list(kept_tracr.values()), "table": lines},
                                    indent=1, default=float) + "\n")  # fmt: skip
     print(f"wrote {OUT_JSON}", f"and {path}" if (path := figure(rows, FIGURE)) else "(no figure)")
 
