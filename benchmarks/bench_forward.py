@@ -31,18 +31,12 @@ from pathlib import Path
 
 import torch
 
+from circuitfind.engine.memory import peak_memory, reset_peak_memory, resident_bytes
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
 from circuitfind.tasks import get_task
 
 B, T = 20, 16
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def measure(fn, repeats: int, device: torch.device | None = None) -> tuple[float, float]:
@@ -59,17 +53,13 @@ def measure(fn, repeats: int, device: torch.device | None = None) -> tuple[float
             torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
         return statistics.median(times), (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
-        rss0 = _status_kb("VmRSS")
-    except OSError:
-        rss0 = None
+    rss0 = resident_bytes() if reset_peak_memory() else None  # the high-water mark, reset
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    peak = (_status_kb("VmHWM") - rss0) / 1024 if rss0 is not None else float("nan")
+    peak = (peak_memory().bytes - rss0) / 2**20 if rss0 is not None else float("nan")
     return statistics.median(times), peak
 
 

@@ -205,3 +205,15 @@ def test_discover_takes_at_most_ten_parameters_and_names_no_method():
     ]
     calls = [n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
     assert not named and "startswith" not in calls, named
+
+
+def test_only_the_memory_module_reads_proc():
+    """One memory reader: /proc and getrusage are read in circuitfind/engine/memory.py only (package and benchmarks)."""
+    root = PACKAGE.parent
+    readers = sorted(
+        str(p.relative_to(root))
+        for folder in ("circuitfind", "benchmarks", "scripts")
+        for p in (root / folder).rglob("*.py")
+        if re.search(r"""["']/proc/|getrusage\(""", p.read_text())
+    )
+    assert readers == ["circuitfind/engine/memory.py"], readers

@@ -40,7 +40,7 @@ from circuitfind.algorithms.eap import EapOptions
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
 from circuitfind.engine.patchable import _frozen
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_int
 from circuitfind.problem import Problem
 
 __all__ = ["EAPIGAct", "SenderGroup", "activation_gradients", "run", "run_eap_ig_act", "sender_groups"]
@@ -144,8 +144,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
     pm, g = problem.pm, problem.pm.graph
     B = problem.clean_ids.shape[0]
     chunk = chunk_size or problem.chunk_size or default_chunk_size(problem)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    chunk = check_int(chunk, "chunk_size", what="prompts per pass")
     groups = sender_groups(g)
     alphas = [k / steps for k in range(1, steps + 1)]
     whole = chunk >= B or problem.separable

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.patchable import _frozen
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 
 __all__ = ["GradientPass", "Point", "attribution_bytes_per_prompt", "default_chunk_size", "edge_gradients"]
 
@@ -145,9 +145,7 @@ def edge_gradients(
     B = problem.clean_ids.shape[0]
     if chunk_size is None:
         chunk_size = getattr(problem, "chunk_size", None) or default_chunk_size(problem)
-    chunk = chunk_size
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    chunk = check_int(chunk_size, "chunk_size", what="prompts per pass")
     pm = problem.pm
     g = pm.graph
     shape = (g.n_senders, g.n_receivers, *((problem.clean_ids.shape[1],) if by_position else ()))
