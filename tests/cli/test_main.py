@@ -582,3 +582,10 @@ def test_cli_heads_prints_top_heads_per_role(view_dir, tmp_path, capsys):
         assert re.search(rf"^{column}\s+a\d\.h\d", out, re.M), out
     table = json.loads(js.read_text())
     assert len(table["rows"]) == 4 and table["rows"][0]["head"] == "a0.h0"
+
+
+def test_reproduce_subcommand(tmp_path, capsys):
+    argv = ["reproduce", "tracr-proportion", "--thresholds", "0.01", "--n-prompts", "4", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "zero: AUC 1.000 vs ground_truth_acdc" in capsys.readouterr().out
+    assert main(["reproduce", "ioi", "--model", "tracr-reverse"]) == 2  # a tracr model runs its own task
