@@ -11,6 +11,7 @@ import pytest
 from circuitfind.cli.main import main
 from circuitfind.errors import OutputError
 from circuitfind.sweeps import ResultsStore
+from circuitfind.sweeps.store import COLUMNS
 
 
 def _a_store(tmp_path):
@@ -72,3 +73,20 @@ def test_a_store_write_is_one_transaction(tmp_path):
     (tmp_path / "junk.sqlite").write_text("not a database")
     with pytest.raises(Exception, match="not a circuitfind results store"):
         ResultsStore(tmp_path / "junk.sqlite")
+
+
+def test_the_sweep_store_has_interval_columns_and_adds_them_to_an_older_store(tmp_path):
+    for name in ("faithfulness_lo", "faithfulness_hi", "cpr_lo", "cpr_hi", "cmd_lo", "cmd_hi"):
+        assert COLUMNS[name] == "REAL"
+    path = tmp_path / "old.sqlite"
+    old_cols = {k: v for k, v in COLUMNS.items() if not k.endswith(("_lo", "_hi"))}
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('format_version', '1')")
+    conn.execute(f"CREATE TABLE cells ({', '.join(f'{k} {v}' for k, v in old_cols.items())})")
+    conn.commit()
+    conn.close()
+    with ResultsStore(path) as store:
+        store.put({"cell_id": "a", "status": "done", "spec": "{}", "faithfulness": 0.9, "faithfulness_lo": 0.8})
+        row = store.conn.execute("SELECT faithfulness_lo, faithfulness_hi FROM cells WHERE cell_id = 'a'").fetchone()
+    assert row == (0.8, None)
