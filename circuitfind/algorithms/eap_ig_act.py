@@ -29,7 +29,8 @@ from torch import Tensor
 
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult, check_steps
 from circuitfind.algorithms.eap import EapOptions
-from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
+from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads
+from circuitfind.engine.memory import PassKind
 from circuitfind.engine.patchable import _frozen
 from circuitfind.errors import ConfigError
 from circuitfind.problem import Problem
@@ -106,7 +107,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
     """
     pm, g = problem.pm, problem.pm.graph
     B = problem.clean_ids.shape[0]
-    chunk = chunk_size or problem.chunk_size or default_chunk_size(problem)
+    chunk = chunk_size or problem.prompts_per_pass(PassKind.ATTRIBUTION)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     groups = sender_groups(g)
