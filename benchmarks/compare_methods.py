@@ -213,38 +213,23 @@ def compare_cell(cell: Any, pm: Any, tok: Any) -> dict[str, Any]:
     return {"metrics": {"result": result}}
 
 
-def _status_mb(key: str) -> float | None:
-    """``VmRSS`` / ``VmHWM`` of this process in MiB (None off Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (``VmHWM``) so the next peak is discovery's alone (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 class _Meter:
     """Wall time and peak RSS of a block, the peak measured from the RSS at its start."""
 
     def __enter__(self) -> _Meter:
-        self.rss_before_mb = _status_mb("VmRSS")
-        self.reset = _reset_peak()
+        from circuitfind.engine.memory import reset_peak_memory, resident_bytes
+
+        rss = resident_bytes()
+        self.rss_before_mb = None if rss is None else rss / 2**20
+        self.reset = reset_peak_memory()  # so that the peak is discovery's alone
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        from circuitfind.engine.memory import peak_memory
+
         self.wall_s = time.perf_counter() - self.t0
-        self.peak_mb = _status_mb("VmHWM") if self.reset else None
+        self.peak_mb = peak_memory().mib if self.reset else None
 
     def record(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s, "rss_before_mb": self.rss_before_mb, "peak_rss_discovery_mb": self.peak_mb}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from circuitfind.engine.ablations import AblatedOutputs, Ablation
 from circuitfind.engine.memory import (
     PASS_BUDGET_BYTES,
     PassKind,
@@ -34,8 +35,8 @@ from circuitfind.engine.memory import (
     prompt_slices,
     prompts_per_pass,
 )
-from circuitfind.engine.patchable import AblatedOutputs, Ablation, PatchableModel
-from circuitfind.errors import ConfigError, TaskError
+from circuitfind.engine.patchable import PatchableModel
+from circuitfind.errors import ConfigError, TaskError, check_int
 from circuitfind.graph import is_position_mask
 from circuitfind.metrics import Metric, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.tasks import Task, check_task_fits
@@ -153,12 +154,8 @@ class Faithfulness:
     """
 
     def __init__(self, problem: Problem, *, detail: bool = False, masks_per_pass: int | None = None) -> None:
-        if masks_per_pass is not None and (
-            isinstance(masks_per_pass, bool) or not isinstance(masks_per_pass, int) or masks_per_pass < 1
-        ):
-            raise ConfigError(
-                f"batch_masks must be a positive integer (masks per forward pass); got {masks_per_pass!r}"
-            )
+        if masks_per_pass is not None:
+            check_int(masks_per_pass, "batch_masks", what="masks per forward pass")
         if detail and problem.metric is None:
             raise ConfigError("per-prompt values need the problem's bound metric: build it with prepare_problem")
         self.problem, self.detail, self.fixed_masks = problem, detail, masks_per_pass

@@ -121,8 +121,8 @@ def test_answers_given_as_ints_are_a_task_error():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"batch_size": True}, r"batch_size must be a positive integer.*True"),
-        ({"batch_size": 0}, r"batch_size must be a positive integer.*0"),
+        ({"batch_size": True}, r"batch_size .*must be a positive integer.*True"),
+        ({"batch_size": 0}, r"batch_size .*must be a positive integer.*0"),
         ({"absolute": "no"}, r"absolute must be True or False; got 'no'"),
     ],
 )

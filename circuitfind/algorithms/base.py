@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_int
 from circuitfind.problem import Faithfulness
 from circuitfind.selection.cuts import probes_left
 
@@ -94,6 +94,4 @@ class ScoreResult:
 
 def check_steps(steps: Any) -> int:
     """``steps`` as a positive int, or a :class:`ConfigError`."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be an integer >= 1 (points on the integration path); got {steps!r}")
-    return steps
+    return check_int(steps, "steps", what="points on the integration path")

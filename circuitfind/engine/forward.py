@@ -18,6 +18,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.receivers import DiffStore, mix_rows
 
 __all__ = ["MaskedForward", "PassInputs"]
@@ -73,11 +74,10 @@ class MaskedForward:
         self.post = DiffStore(
             self.K, self.g.n_senders - self.s_pre, (self.B, self.T, self.spec.d_model), self.pre, grad
         )
-        self.attn_bias = {  # window -> (K*B, 1, T, T)
-            lay.sliding_window: pm.attention_bias(inputs.attention_mask, self.K, lay.sliding_window)
-            for lay in self.spec.layers[start_layer:]
-        }
-        self.rot = pm.rotary_tables(inputs.position_ids)  # (cos, sin) per distinct rotary of the layers
+        self.attn_bias = attention_biases(  # window -> (K*B, 1, T, T)
+            pm.spec, inputs.attention_mask, self.K, self.spec.layers[start_layer:], dtype=pm.dtype, device=pm.device
+        )
+        self.rot = rotary_tables(pm.spec, inputs.position_ids, pm.dtype)  # (cos, sin) per distinct rotary of the layers
         self.top = self._top_mixing_layer(keep_positions)
 
     # --- the pass ----------------------------------------------------------------------------------
@@ -179,9 +179,9 @@ class MaskedForward:
         """Outputs ``(K, h, B, T, D)`` of the given heads (all if None) from their receivers ``cols``."""
         lay = self.spec.layers[layer]
         x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|1, B, T, D)
-        q, k, v = self.pm.project_qkv(lay, x, heads)
-        z = self.pm.attend(lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
-        return self.pm.head_outputs(lay, z, heads)
+        q, k, v = project_qkv(lay, x, heads)
+        z = attend(self.pm.spec, lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
+        return head_outputs(lay, z, heads)
 
     def mlp_layer(self, layer: int) -> None:
         """The MLP of ``layer`` when it has a kept outgoing edge (or under autograd); otherwise diff 0."""

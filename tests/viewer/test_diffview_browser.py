@@ -1,4 +1,4 @@
-"""The explorer's two-model view and head classes, opened in headless Chromium (as tests/viewer/test_viewer_browser.py)."""
+"""The explorer's two-model view and head classes, opened in headless Chromium (as test_viewer_browser.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from circuitfind.engine.patchable import PatchableModel
 from circuitfind.viewer import to_html
 from tests.ioi_planted import planted_ioi_spec, planted_ioi_task
 from tests.models_tiny import tiny_gpt2
-from tests.viewer.test_viewer_browser import _errors, _open, driver  # noqa: F401 (driver is a fixture)
 from tests.toy_problems import natural_task
+from tests.viewer.test_viewer_browser import _errors, _open, driver  # noqa: F401 (driver is a fixture)
 
 
 def _hover(d, node: str) -> str:
