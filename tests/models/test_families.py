@@ -216,12 +216,12 @@ def problems():
 @pytest.mark.parametrize("name", GRADIENT_FAMILIES)
 def test_edge_gradients_equal_autograd_through_the_patched_forward(problems, name):
     from circuitfind.engine.gradients import Point, edge_gradients
-    from tests.algorithms.test_attribution import assert_close_rel, mask_grad, uniform
+    from tests.toy_problems import assert_close_rel, mask_grad, uniform
 
     p = problems[name]
     got = edge_gradients(p, [Point(mask_scale=0.7, input_scale=0.6)], chunk_size=2)
     ref = mask_grad(p, uniform(p, 0.7, 0.6))
-    ref[0] *= 0.6  # the input's edges multiply the already scaled input diff (see test_attribution)
+    ref[0] *= 0.6  # the input's edges multiply the already scaled input diff (see tests/engine/test_gradients.py)
     assert_close_rel(got.grad, ref, 1e-6)
 
 
@@ -229,7 +229,7 @@ def test_edge_gradients_equal_autograd_through_the_patched_forward(problems, nam
 @pytest.mark.parametrize("name", [n for n in GRADIENT_FAMILIES if n != "olmoe"])
 def test_eap_equals_finite_differences_of_the_mask(problems, name):
     from circuitfind.algorithms import run_eap
-    from tests.algorithms.test_attribution import central_difference, some_edges
+    from tests.toy_problems import central_difference, some_edges
 
     p = problems[name]
     scores = run_eap(p).scores
