@@ -124,3 +124,18 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -
     assert scale > 0, "the reference is all zeros: the test would prove nothing"
     err = float((actual - expected).abs().max())
     assert err <= rel * scale, f"max difference {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+def aligned_task(pm: PatchableModel, seed: int = 0, n: int = 4, t: int = 6) -> Task:
+    """``n`` prompts of one length ``t`` (no padding), labelled BOS A B C D END, the model's own top tokens as
+    answer and wrong answer: the task of the position-aware tests (``by_position=True``)."""
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = torch.randint(1, VOCAB, (2, n, t), generator=g)
+    am, last = torch.ones(n, t, dtype=torch.long), torch.full((n,), t - 1)
+    with torch.no_grad():
+        full, zero = pm.graph.full_mask(), pm.ablation("zero")
+        top_clean = pm.forward(clean, zero, full, positions=last).argmax(-1, keepdim=True)
+        second = pm.forward(corrupt, zero, full, positions=last).topk(2, dim=-1).indices
+    wrong = torch.where(second[:, :1] == top_clean, second[:, 1:], second[:, :1])
+    labels = [("BOS", "A", "B", "C", "D", "END")] * n
+    return Task("aligned", clean, corrupt, am, last, top_clean, wrong, position_labels=labels)

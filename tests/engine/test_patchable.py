@@ -413,3 +413,47 @@ def test_bfloat16_metric_faithfulness_and_eap_ig_match_float32(name):
     k = len(s32) // 20
     shared = set(s32.topk(k).indices.tolist()) & set(s16.topk(k).indices.tolist())
     assert len(shared) >= TOP_OVERLAP * k
+
+
+# --- position-aware masks (S, R, T) against the slow reference --------------------------------------------------------
+TP = 6  # tokens per prompt of the position-aware tests
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_position_masks_match_the_slow_reference_and_the_2d_forward(name):
+    pm = PatchableModel(MODELS[name])
+    g = pm.graph
+    gen = torch.Generator().manual_seed(1)
+    clean, corrupt = torch.randint(0, VOCAB, (2, 3, TP), generator=gen)
+    abl = pm.ablation("resample", corrupt)
+    mask3 = (torch.rand(g.n_senders, g.n_receivers, TP, generator=gen) < 0.5) & g.edge_mask[..., None]
+    with torch.no_grad():
+        out = pm.forward(clean, abl, mask3)
+        ref = reference_forward(pm.spec, g, clean, abl.outputs, mask3.float().unsqueeze(-1))
+        assert_close(out, ref)
+        # a mask constant over positions is the 2-D mask
+        mask2 = (torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5) & g.edge_mask
+        flat = pm.forward(clean, abl, mask2)
+        assert torch.allclose(pm.forward(clean, abl, mask2[..., None].expand(-1, -1, TP)), flat, atol=1e-5)
+        # all kept: the model's logits; none kept: the corrupted run
+        hf = pm.module(clean).logits
+        full = g.full_mask()[..., None].expand(-1, -1, TP).clone()
+        assert torch.allclose(pm.forward(clean, abl, full), hf, atol=1e-4)
+        corrupted = pm.module(corrupt).logits
+        none = torch.zeros(g.n_senders, g.n_receivers, TP, dtype=torch.bool)
+        assert torch.allclose(pm.forward(clean, abl, none), corrupted, atol=1e-4)
+        # a stack (K, S, R, TP) is the masks one by one, answer positions and vocab columns included
+        stack = torch.stack([mask3, ~mask3])
+        last, vocab = torch.full((3,), TP - 1), torch.tensor([1, 5])
+        many = pm.forward(clean, abl, stack, positions=last, vocab=vocab)
+        assert torch.allclose(many[1], pm.forward(clean, abl, ~mask3, positions=last, vocab=vocab), atol=1e-5)
+        assert torch.allclose(many[0], out[:, -1, vocab], atol=1e-5)
+
+
+def test_position_masks_are_checked():
+    pm = PatchableModel(MODELS["gpt2"])
+    g = pm.graph
+    ids = torch.randint(0, VOCAB, (2, TP))
+    abl = pm.ablation("resample", ids)
+    with pytest.raises(ShapeError, match="one position per token"):
+        pm.forward(ids, abl, torch.ones(g.n_senders, g.n_receivers, TP + 1))
