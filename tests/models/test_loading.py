@@ -175,7 +175,6 @@ def test_cache_write_replaces_a_damaged_cache(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_is_cached_and_answers_mary(tmp_path):
-    pytest.importorskip("gguf")
     start = time.perf_counter()
     model, tok = load_model(cache_dir=tmp_path, progress=False)
     first = time.perf_counter() - start
