@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from circuitfind.algorithms.base import (
-    Faithfulness,
     MethodOptions,
     MethodResult,
     NullProgress,
@@ -32,7 +31,7 @@ from circuitfind.engine.memory import check_chunk_size, peak_memory
 from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import Metric
-from circuitfind.problem import Problem, prepare_problem
+from circuitfind.problem import Faithfulness, Problem, prepare_problem
 from circuitfind.selection.bootstrap import faithfulness_interval
 from circuitfind.selection.cuts import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
 from circuitfind.selection.rule import SIZE_RULES, Cut

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitfind.algorithms.base import (
-    Faithfulness,
     MethodOptions,
     MethodResult,
     NullProgress,
@@ -47,7 +46,7 @@ from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import prune_dangling, top_n
 
 __all__ = ["EdgePruning", "EdgePruningOptions", "Objective", "run", "expected_open", "run_edge_pruning", "sample_gates"]

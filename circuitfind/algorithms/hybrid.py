@@ -27,7 +27,6 @@ from torch import Tensor
 
 from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, parse_sender_order, run_acdc_fast
 from circuitfind.algorithms.base import (
-    Faithfulness,
     MethodOptions,
     MethodResult,
     NullProgress,
@@ -42,7 +41,7 @@ from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.exact import layer_cost
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_optional_int
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import prune_dangling, smallest_faithful
 from circuitfind.selection.rule import check_target
 
