@@ -121,6 +121,8 @@ def test_a_name_with_keyword_options_finds_the_circuit_of_its_method_object(name
     assert torch.equal(by_name.mask, by_object.mask)
     assert torch.allclose(by_name.scores, by_object.scores, equal_nan=True)
     assert by_name.config == by_object.config and by_name.config["method"] == name
+    if "n_edges" in cut:  # the top n were cut (edge pruning's budget included), dangling ones dropped after
+        assert by_name.stats["selected_before_pruning"] == cut["n_edges"] >= by_name.n_edges
     if name == "eap-ig":  # the circuit is the top 6 of EAP-IG's scores, dangling edges dropped (recomputed here)
         from circuitfind.selection.cuts import prune_dangling, top_n
 
