@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
@@ -200,9 +202,6 @@ class _Trainer:
         E = g.n_senders if self.node else int(self.edges.numel())
         if not o.warm_start:
             return torch.full((E,), o.init_logit, dtype=torch.float64, device=self.edges.device)
-        from circuitfind.algorithms.eap import EapOptions
-        from circuitfind.algorithms.eap_ig import run_eap_ig
-
         edge_scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores
         scores = node_scores_of_edges(g, edge_scores) if self.node else edge_scores.flatten()[self.edges.cpu()]
         rank = torch.empty(E, dtype=torch.float64)

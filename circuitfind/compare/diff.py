@@ -27,8 +27,12 @@ import torch
 from torch import Tensor
 
 from circuitfind.analysis.activations import clean_run
+from circuitfind.discovery import discover
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError, check_int
 from circuitfind.models.weights import node_weights
+from circuitfind.tasks import resolve_task
+from circuitfind.viewer.diffview import diff_html
 
 __all__ = ["ModelDiff", "activation_diffs", "check_comparable", "diff", "logprob_diffs", "weight_diffs"]
 
@@ -94,8 +98,6 @@ class ModelDiff:
 
     def to_html(self, path, **kwargs):
         """The two-model explorer (:func:`circuitfind.viewer.diffview.diff_html`): both circuits in one graph."""
-        from circuitfind.viewer.diffview import diff_html
-
         return diff_html(self, path, **kwargs)
 
 
@@ -284,10 +286,6 @@ def diff(
         >>> d.jaccard, d.only_a, d.weights[0]["diff"]
         (1.0, [], 0.0)
     """
-    from circuitfind.discovery import discover  # discovery sits above analysis: resolved at call time
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-
     check_int(top, "top", minimum=0, what="log-prob differences kept")
     pm_a, tokenizer = resolve_model(model_a, tokenizer)
     pm_b, tokenizer_b = resolve_model(model_b, tokenizer_b)

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from circuitfind.engine.ablations import Ablation
+from circuitfind.engine.gradients import attribution_bytes_per_prompt, default_chunk_size
 from circuitfind.errors import check_optional_int
 
 __all__ = [
@@ -225,9 +227,6 @@ def estimate(
     chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, forward_slices(pm, masks))
     slice_bytes = seq_len * D * item
     groups = 2 * g.n_layers + 1
-    from circuitfind.engine.ablations import Ablation
-    from circuitfind.engine.gradients import attribution_bytes_per_prompt, default_chunk_size
-
     # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
     kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"
     per = {Ablation.RESAMPLE: n_prompts * seq_len, Ablation.MEAN: seq_len, Ablation.ZERO: 1}[kind]

@@ -30,9 +30,10 @@ from torch import Tensor, nn
 from circuitfind.engine.ablations import AblatedOutputs, Ablation
 from circuitfind.engine.cache import PrefixCache
 from circuitfind.engine.forward import MaskedForward, PassInputs
+from circuitfind.engine.receivers import RoutedDiffStore
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
-from circuitfind.models import spec_for
+from circuitfind.models import load_model, spec_for
 from circuitfind.models.spec import ArchSpec
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
@@ -309,8 +310,6 @@ class PatchableModel:
         Returns:
             logits ``([K,] B, V)`` as :meth:`forward`.
         """
-        from circuitfind.engine.receivers import RoutedDiffStore
-
         with _frozen(self.module), torch.no_grad():
             run, single = self._masked_forward(
                 input_ids, ablated, mask, attention_mask, positions, None, 0, None, False
@@ -427,7 +426,5 @@ def resolve_model(
         return model, tokenizer
     by_name = model is None or isinstance(model, str | os.PathLike)
     if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
-        from circuitfind.models import load_model  # loading pulls in the hub stack: only when it is needed
-
         model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
     return PatchableModel(model), tokenizer

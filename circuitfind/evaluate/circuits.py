@@ -33,6 +33,7 @@ from circuitfind.evaluate.scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_ci
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.problem import ablation_for
+from circuitfind.selection.bootstrap import cpr_cmd_interval, faithfulness_intervals
 from circuitfind.tasks import Task, check_task_fits, resolve_task
 
 __all__ = [
@@ -217,8 +218,6 @@ class _Evaluator:
 
 def _add_intervals(rows: list[dict], values: Tensor, full: Tensor, empty: Tensor, interval: dict | None) -> None:
     """Each row's per-prompt metric values and the bootstrap interval of its faithfulness (shared resamples)."""
-    from circuitfind.selection.bootstrap import faithfulness_intervals
-
     opts = {"n_boot": 1000, "level": 0.95, "seed": 0, **(interval or {})}
     cis = faithfulness_intervals(values, full, empty, **opts)
     for row, v, ci in zip(rows, values, cis, strict=True):
@@ -536,8 +535,6 @@ def cpr_cmd_of_scores(
 
 def _cpr_cmd_ci(rows: list[dict[str, Any]], fractions: Sequence[float], **opts: Any) -> tuple[Any, Any]:
     """CPR / CMD intervals from the rows' stored per-prompt values (signed rows first, then absolute)."""
-    from circuitfind.selection.bootstrap import cpr_cmd_interval
-
     k = len(fractions)
     values = torch.tensor([r["per_prompt"]["circuit"] for r in rows], dtype=torch.float64)  # (2K, n)
     pp = rows[0]["per_prompt"]

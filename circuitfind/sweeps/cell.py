@@ -17,10 +17,18 @@ from typing import Any
 
 import torch
 
+from circuitfind.algorithms.acdc import FastEvaluator
+from circuitfind.algorithms.exact import exact_plan, score_batches
+from circuitfind.discovery import discover
 from circuitfind.engine.memory import peak_memory, reset_peak_memory
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import TaskError
+from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
+from circuitfind.models import load_model
+from circuitfind.problem import prepare_problem
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
+from circuitfind.tasks import from_json, get_task
 
 __all__ = ["CellFn", "ModelWorker", "build_task", "run_cell"]
 
@@ -39,8 +47,6 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
         >>> len(task.train()), len(task.held_out())  # doctest: +SKIP
         (16, 16)
     """
-    from circuitfind.tasks import from_json, get_task
-
     n, held = cell.n_prompts, cell.held_out
     if not cell.task.lower().endswith((".json", ".jsonl")):
         if tokenizer is None:
@@ -69,9 +75,6 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         >>> out = run_cell(Cell(model="smollm2", task="ioi", method="eap-ig"), pm, tok)  # doctest: +SKIP
         >>> out["metrics"]["faithfulness"]  # doctest: +SKIP
     """
-    from circuitfind.discovery import discover
-    from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
-
     task = build_task(cell, tokenizer)
     torch.manual_seed(cell.seed)
     t0 = time.perf_counter()
@@ -150,9 +153,6 @@ class ModelWorker:
             return 0.0
         if self.load_error is not None:
             raise self.load_error
-        from circuitfind.engine.patchable import PatchableModel
-        from circuitfind.models import load_model
-
         t0 = time.perf_counter()
         try:
             model, self.tokenizer = load_model(self.model_source, device=self.device, progress=False)
@@ -192,18 +192,12 @@ class ModelWorker:
 
     # --- exact scoring shards (circuitfind.sweeps.exact) ---------------------------------------------------
     def exact_plan(self, batch_size: int, candidates: Any) -> list[Any]:
-        from circuitfind.algorithms.exact import exact_plan
-
         self.ensure_model()
         return exact_plan(self.pm.graph, candidates, batch_size)
 
     def exact_shard(self, key: str, recipe: dict[str, Any], batches: list[Any]) -> tuple[list[Any], float]:
         """Score ``batches`` (one forward each) of the problem ``recipe`` builds; returns the score changes per
         batch and the full model's loss. The problem and its evaluator are built once per ``key``."""
-        from circuitfind.algorithms.acdc import FastEvaluator
-        from circuitfind.algorithms.exact import score_batches
-        from circuitfind.problem import prepare_problem
-
         self.ensure_model()
         if key not in self.problems:
             problem, _ = prepare_problem(self.pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])

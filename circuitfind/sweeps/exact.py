@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from circuitfind.algorithms.base import ScoreResult
+from circuitfind.algorithms.checkpoint import fingerprint
 from circuitfind.algorithms.exact import ExactBatch, assemble_scores, layer_cost, plan_cost
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import check_int
 from circuitfind.sweeps.cell import ModelWorker
 from circuitfind.sweeps.ray_pool import ActorPool, connect
@@ -88,8 +90,6 @@ def exact_scores(
     Example:
         >>> res = exact_scores("smollm2", task.train(), metric="logit_diff", candidates=top)  # doctest: +SKIP
     """
-    from circuitfind.engine.ablations import Ablation
-
     _check(batch_size)
     kind = Ablation.parse(ablation)
     if isinstance(model, torch.nn.Module):
@@ -187,8 +187,6 @@ def _recipe_key(task: Any, metric: Any, ablation: str, batch_size: int = 1) -> s
     """The key of a worker's problem cache: the task fingerprint
     (:func:`circuitfind.algorithms.checkpoint.fingerprint`) of the recipe, without the weights (a worker's cache
     holds problems of its own model only)."""
-    from circuitfind.algorithms.checkpoint import fingerprint
-
     return fingerprint({"ablation": ablation, "batch_size": batch_size}, task, metric=metric)  # metric: by identity
 
 

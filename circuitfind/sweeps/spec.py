@@ -36,7 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitfind.algorithms import METHODS
+from circuitfind.discovery import _check_selection
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
+from circuitfind.metrics import MetricKind
+from circuitfind.tasks import BUILTIN
 
 __all__ = [
     "CELL_DEFAULTS",
@@ -304,10 +309,6 @@ def _is_task_file(task: str) -> bool:
 
 def _check_field(where: str, key: str, value: Any) -> None:
     """One value of one cell field, checked on its own (types and ranges)."""
-    from circuitfind.algorithms import METHODS
-    from circuitfind.engine.ablations import Ablation
-    from circuitfind.metrics import MetricKind
-    from circuitfind.tasks import BUILTIN
 
     def fail(expected: str) -> None:
         raise SpecError(f"spec field '{where}': expected {expected}; got {value!r}")
@@ -354,8 +355,6 @@ def _check_field(where: str, key: str, value: Any) -> None:
 
 def _check_cell(where: str, cell: Cell, axes: Mapping[str, Any]) -> None:
     """The rules across fields (one cut for scoring methods, ...), as ``discover`` applies them."""
-    from circuitfind.discovery import _check_selection
-
     try:
         _check_selection(cell.method, cell.threshold, cell.n_edges, cell.target, cell.steps)
     except ConfigError as e:

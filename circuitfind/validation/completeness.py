@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.graph import NodeKind
+from circuitfind.tasks import resolve_task
 from circuitfind.validation.probes import NodeProbes, check_probes, circuit_nodes
 
 __all__ = ["DEFAULT_PROBES", "MINIMALITY_THRESHOLD", "completeness", "minimality"]
@@ -49,9 +51,6 @@ class _Ctx:
 
 
 def _context(model, circuit, task, *, metric, ablation, probes, seed, tokenizer) -> _Ctx:
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     mask = circuit.mask if isinstance(circuit, Circuit) else circuit
