@@ -7,7 +7,6 @@ signature). :class:`ModelWorker` is the worker itself: it loads its model once a
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -28,7 +27,7 @@ from circuitfind.models import load_model
 from circuitfind.problem import prepare_problem
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
-from circuitfind.tasks import from_json, get_task
+from circuitfind.tasks import is_task_file, split_task
 
 __all__ = ["CellFn", "ModelWorker", "build_task", "run_cell"]
 
@@ -47,21 +46,12 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
         >>> len(task.train()), len(task.held_out())  # doctest: +SKIP
         (16, 16)
     """
-    n, held = cell.n_prompts, cell.held_out
-    if not cell.task.lower().endswith((".json", ".jsonl")):
-        if tokenizer is None:
-            raise TaskError(
-                f"the built-in task {cell.task!r} must be tokenised but the model {cell.model!r} has no tokenizer; "
-                "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
-            )
-        return get_task(cell.task, tokenizer, n=n + held, seed=cell.seed, n_train=n)
-    task = from_json(cell.task, tokenizer, max_prompts=n + held)  # never tokenises past what the cell uses
-    if len(task) < n + held:
+    if tokenizer is None and not is_task_file(cell.task):
         raise TaskError(
-            f"{cell.task} has {len(task)} prompts; the cell needs n_prompts + held_out = {n} + {held}. Lower "
-            "them in the spec or add prompts to the file"
+            f"the built-in task {cell.task!r} must be tokenised but the model {cell.model!r} has no tokenizer; "
+            "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
         )
-    return dataclasses.replace(task.subset(slice(0, n + held)), n_train=n)
+    return split_task(cell.task, tokenizer, n_prompts=cell.n_prompts, held_out=cell.held_out, seed=cell.seed)
 
 
 def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:

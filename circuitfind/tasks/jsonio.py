@@ -54,7 +54,22 @@ from circuitfind.errors import TaskError, check_int, check_optional_int
 from circuitfind.fileio import atomic_write
 from circuitfind.tasks.base import PAD_ANSWER, Task, build_from_ids, build_from_strings, pad_id_of
 
-__all__ = ["check_task_file", "from_json", "to_json"]
+__all__ = ["TASK_FILE_SUFFIXES", "check_task_file", "from_json", "is_task_file", "to_json"]
+
+TASK_FILE_SUFFIXES = (".json", ".jsonl")
+"""A task argument ending in one of these (any case) names a task file; anything else a built-in task."""
+
+
+def is_task_file(task: str | Path) -> bool:
+    """Whether the task argument ``task`` names a task file (``.json`` / ``.jsonl``, any case) rather than a
+    built-in task: the one rule the API, the command line and sweep specs share.
+
+    Example:
+        >>> is_task_file("prompts/IOI.JSONL"), is_task_file("greater-than")
+        (True, False)
+    """
+    return str(task).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
 
 _TOP_KEYS = ("name", "metric", "seed", "n_train", "prepend_bos", "pad_id", "seq_len", "prompts")
 _STRING_FIELDS = ("clean", "corrupted", "answers", "wrong_answers")
