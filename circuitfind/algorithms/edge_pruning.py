@@ -42,7 +42,7 @@ from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.problem import Problem
-from circuitfind.selection.cuts import prune_dangling, top_n
+from circuitfind.selection.cuts import edge_ranking, prune_dangling, top_n
 
 __all__ = ["EdgePruningOptions", "Objective", "expected_open", "run_edge_pruning", "sample_gates"]
 
@@ -205,7 +205,8 @@ class _Trainer:
         edge_scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores
         scores = node_scores_of_edges(g, edge_scores) if self.node else edge_scores.flatten()[self.edges.cpu()]
         rank = torch.empty(E, dtype=torch.float64)
-        rank[torch.argsort(scores.double(), descending=True, stable=True)] = torch.arange(E, dtype=torch.float64)
+        order = edge_ranking(torch.ones(E, dtype=torch.bool), scores.double().cpu())  # best first, NaN last
+        rank[order] = torch.arange(E, dtype=torch.float64)
         pool = min(E, max(1, round(o.pool * self.budget)))
         # the pool opens (its EAP-IG order kept as a small tilt), the rest starts firmly closed
         logits = torch.where(rank < pool, o.init_logit + 1.0 - rank / pool, torch.tensor(-3.0 * o.init_logit))

@@ -27,13 +27,14 @@ import torch
 from einops import einsum
 from torch import Tensor, nn
 
+from circuitfind import models
 from circuitfind.engine.ablations import AblatedOutputs, Ablation
 from circuitfind.engine.cache import PrefixCache
 from circuitfind.engine.forward import MaskedForward, PassInputs
 from circuitfind.engine.receivers import RoutedDiffStore
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
-from circuitfind.models import load_model, spec_for
+from circuitfind.models import spec_for
 from circuitfind.models.spec import ArchSpec
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
@@ -426,5 +427,6 @@ def resolve_model(
         return model, tokenizer
     by_name = model is None or isinstance(model, str | os.PathLike)
     if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
-        model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        # through the package attribute, so that a replaced circuitfind.models.load_model is the one called
+        model, tokenizer = models.load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
     return PatchableModel(model), tokenizer

@@ -34,6 +34,7 @@ from circuitfind.graph import Graph, is_position_mask
 from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
 from circuitfind.problem import ablation_for
 from circuitfind.selection.bootstrap import cpr_cmd_interval, faithfulness_intervals
+from circuitfind.selection.validated import negative_excluded
 from circuitfind.tasks import Task, check_task_fits, resolve_task
 
 __all__ = [
@@ -244,9 +245,7 @@ def excluded_negative(circuit: Circuit, n: int = 10) -> list[dict[str, Any]]:
     """
     g = circuit.graph
     s = circuit.scores.detach().cpu().double()  # (S, R)
-    out = g.edge_mask & ~circuit.mask.cpu().bool() & (s < 0)  # NaN compares False
-    flat = out.flatten().nonzero().squeeze(1)
-    order = flat[torch.argsort(s.flatten()[flat], stable=True)][:n]  # most negative first
+    order = negative_excluded(g, circuit.mask, s)[:n]  # most negative first
     R = g.n_receivers
     return [{"edge": g.edge(int(i) // R, int(i) % R).name, "score": float(s.flatten()[i])} for i in order]
 

@@ -217,7 +217,7 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
         ...     parse_spec({"out": "o", "grid": {"model": "m", "task": "ioi", "seed": "0"}})
         ... except SpecError as e:
         ...     print(e)
-        spec field 'grid.seed': expected an integer; got '0'
+        spec field 'grid.seed' must be an integer; got '0'. Pass 0 as a number, not a string
     """
     if not isinstance(data, Mapping):
         raise SpecError(f"a sweep spec must be a JSON object with 'out' and 'grid'; got {type(data).__name__}")

@@ -156,3 +156,21 @@ def test_cli_heads_prints_top_heads_per_role(model_dir, tmp_path, capsys):
         assert re.search(rf"^{column}\s+a\d\.h\d", out, re.M), out
     table = json.loads(js.read_text())
     assert len(table["rows"]) == 4 and table["rows"][0]["head"] == "a0.h0"
+
+
+def test_the_payload_carries_graph_names_and_places_so_the_explorer_never_spells_them():
+    from circuitfind.graph import Graph
+    from circuitfind.viewer.payload import _graph_section
+
+    section = _graph_section(Graph(1, 2))  # receivers: q, k, v of each head (channel-major), m0, logits
+    assert section["nodes"] == {
+        "name": ["input", "a0.h0", "a0.h1", "m0", "logits"],
+        "kind": ["input", "head", "head", "mlp", "logits"],
+        "layer": [-1, 0, 0, 0, 1],  # the logits sit above the last layer
+        "head": [-1, 0, 1, -1, -1],
+    }
+    assert section["receivers"] == {
+        "node": [1, 2, 1, 2, 1, 2, 3, 4],
+        "channel": ["q", "q", "k", "k", "v", "v", None, None],
+        "name": ["a0.h0<q>", "a0.h1<q>", "a0.h0<k>", "a0.h1<k>", "a0.h0<v>", "a0.h1<v>", "m0", "logits"],
+    }
