@@ -17,6 +17,10 @@ from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
 from circuitfind.cli.main import CHECKPOINT_NAME, build_parser, main
 from circuitfind.discovery import discover
+from circuitfind.tasks import Task, to_json
+from tests.cli_runs import discover_cli
+from tests.models_tiny import VOCAB, tiny_gpt2
+from tests.toy_tasks import ITEMS, CountingTokenizer, random_task
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
 IOI = "When {} and {} went to the {}, {} gave a drink to"
@@ -390,3 +394,64 @@ def test_discover_edge_pruning_takes_lr_seed_and_warm_start(model_dir, tmp_path,
     assert circuit.n_edges <= 8
     assert main([*base, "--method", "eap", "--n-edges", "8", "--lr", "0.2", "--out", str(tmp_path / "b")]) == 2
     assert "edge-pruning" in capsys.readouterr().err
+
+
+# --- a model folder saved without a tokenizer (bare_model_dir): token-id task files ----------------------------
+def test_cli_runs_a_token_id_task_file_without_a_tokenizer(bare_model_dir, tmp_path, capsys):
+    task_file = tmp_path / "ids.json"
+    to_json(random_task(), task_file)
+    assert discover_cli(bare_model_dir, task_file, tmp_path / "run") == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "circuit.json").is_file()
+
+
+def test_cli_without_a_tokenizer_says_how_to_pass_one(bare_model_dir, tmp_path, capsys):
+    task_file = tmp_path / "strings.json"
+    task_file.write_text(json.dumps(ITEMS))
+    for task in ("ioi", task_file):
+        assert discover_cli(bare_model_dir, task, tmp_path / "run") == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and "--tokenizer" in err and "Traceback" not in err
+
+
+def test_cli_tokenizer_option_is_used(bare_model_dir, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_load(name, **kwargs):
+        seen.update(kwargs)
+        return tiny_gpt2(), None
+
+    monkeypatch.setattr("circuitfind.models.load_model", fake_load)
+    task_file = tmp_path / "ids.json"
+    to_json(random_task(), task_file)
+    assert discover_cli(bare_model_dir, task_file, tmp_path / "run", "--tokenizer", "some/tokenizer") == 0
+    assert seen["tokenizer"] == "some/tokenizer"
+
+
+def test_cli_with_a_huge_token_id_exits_with_a_message(bare_model_dir, tmp_path, capsys):
+    """Issue 19, item 11: a token id outside int64 or the model's vocabulary is a message, not a traceback."""
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps([{"clean_ids": [1, 10**20], "corrupted_ids": [1, 3], "answer_ids": [5]}]))
+    assert discover_cli(bare_model_dir, path, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "ids.json: item 0: field 'clean_ids' holds token id" in err and "Traceback" not in err
+    path.write_text(json.dumps([{"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5]}] * 2
+                               + [{"clean_ids": [1, VOCAB], "corrupted_ids": [1, 3], "answer_ids": [5]}]))  # fmt: skip
+    assert discover_cli(bare_model_dir, path, tmp_path / "run") == 2  # no tokenizer: the vocabulary is the limit
+    err = capsys.readouterr().err
+    assert f"task file {path}: prompt 2 holds token id {VOCAB} in clean_ids" in err and "Traceback" not in err
+
+
+def test_cli_reads_only_n_prompts_plus_held_out_of_a_task_file(bare_model_dir, tmp_path, capsys):
+    """Issue 19, item 15: ``--n-prompts`` + ``--held-out`` prompts are read, and nothing after them."""
+    tok = CountingTokenizer()
+    task = Task.from_strings(tok, [f"ab{i}" for i in range(5)], [f"cd{i}" for i in range(5)], ["e"] * 5, ["f"] * 5)
+    ids = tmp_path / "ids.json"
+    to_json(task, ids)
+    lines = json.loads(ids.read_text())["prompts"]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in lines) + "\n{this line is never read\n")
+    # logit difference: on this near-uniform model KL's full-to-empty gap (5e-6) is below check_gap's noise floor
+    extra = ("--n-prompts", "3", "--held-out", "2", "--metric", "logit_diff")
+    assert discover_cli(bare_model_dir, path, tmp_path / "run", *extra) == 0
+    out = capsys.readouterr().out
+    assert "held-out faithfulness" in out and "on 2 prompts" in out

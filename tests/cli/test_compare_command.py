@@ -59,6 +59,14 @@ def test_diff_of_models_with_different_graphs_is_a_clear_error(dirs, capsys):
     assert "error: the two models differ in graph: A has 2 layers" in err and "3 layers" in err
 
 
+def test_diff_of_one_model_with_itself_has_no_differences(dirs, tmp_path, capsys):
+    out = tmp_path / "diff.json"
+    args = ["diff", "--model", str(dirs["a"]), "--model-b", str(dirs["a"]), "--task", "ioi"]
+    assert main([*args, "--n-prompts", "4", "--n-edges", "8", "--json", str(out), "--no-progress"]) == 0
+    d = json.loads(out.read_text())
+    assert d["jaccard"] == 1.0 and d["only_a"] == [] and d["only_b"] == []
+    assert all(r["diff"] in (0.0, None) for r in d["weights"] + d["activations"] + d["logprobs"])
+
 def test_heads_classes_needs_an_ioi_task(dirs, capsys):
     assert main(["heads", "--model", str(dirs["a"]), "--classes", "--no-progress"]) == 2
     assert "--classes needs an IOI task" in capsys.readouterr().err

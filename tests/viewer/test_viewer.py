@@ -35,13 +35,12 @@ def test_embedded_ranking_is_discoverys_top_k():
     n = payload["edges"]["n_ranked"]
     assert n == min(DEFAULT_MAX_EDGES, int(torch.isfinite(circuit.scores[circuit.graph.edge_mask]).sum()))
     for k in (1, 7, 30, n):
-        names = _payload_names(circuit, payload, range(k))
-        assert sorted(names) == sorted(ranked_names(circuit, k))
+        assert _payload_names(circuit, payload, range(k)) == ranked_names(circuit, k)  # the same order, best first
     assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
     assert payload["circuit"]["k"] == circuit.stats["k"] and payload["circuit"]["probes"] == circuit.stats["probes"]
     by_size = circuit.with_config(absolute=True)  # a run that ranked by |score|
     absolute = build_payload(by_size)
-    assert sorted(_payload_names(by_size, absolute, range(30))) == sorted(ranked_names(by_size, 30))
+    assert _payload_names(by_size, absolute, range(30)) == ranked_names(by_size, 30)
     assert sorted(ranked_names(by_size, 30)) != sorted(ranked_names(circuit, 30))
 
 
@@ -49,9 +48,7 @@ def test_cap_keeps_the_saved_circuit():
     _, _, circuit, _ = tiny_case()
     payload = build_payload(circuit, max_edges=3)
     assert payload["edges"]["n_ranked"] == 3 and len(payload["edges"]["s"]) >= 3
-    assert _payload_names(circuit, payload, range(3)) == [n for n in ranked_names(circuit, 3)] or sorted(
-        _payload_names(circuit, payload, range(3))
-    ) == sorted(ranked_names(circuit, 3))
+    assert _payload_names(circuit, payload, range(3)) == ranked_names(circuit, 3)
     assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
 
 
@@ -60,7 +57,7 @@ def test_acdc_circuit_ranks_its_tested_edges_and_carries_its_trace():
     payload = build_payload(circuit)
     tested = int((~circuit.scores.isnan() & circuit.graph.edge_mask).sum())
     assert 0 < tested < circuit.graph.n_edges and payload["edges"]["n_ranked"] == tested
-    assert sorted(_payload_names(circuit, payload, range(tested))) == sorted(ranked_names(circuit, tested))
+    assert _payload_names(circuit, payload, range(tested)) == ranked_names(circuit, tested)
     assert sorted(_payload_names(circuit, payload, payload["kept"])) == sorted(circuit.edge_names)
     assert payload["circuit"]["trace"] and payload["circuit"]["probes"] == []
 
@@ -113,6 +110,16 @@ def test_circuit_to_html_runs_the_model(tmp_path):
     assert "attention" not in no_model and "roles" not in no_model
     with pytest.raises(ConfigError, match="both model= and task="):
         circuit.to_html(tmp_path / "x.html", model=pm)
+
+
+def test_the_explorer_of_an_n_edges_cut_opens_on_the_circuit_as_cut(n_edges_circuits):
+    """Issue 19, item 9: after ``--n-edges`` the explorer opened on 0 edges."""
+    for n, circuit in n_edges_circuits.items():
+        c = build_payload(circuit)["circuit"]
+        # the explorer opens on the top k (dangling edges hidden): the cut's own k, which gives the circuit back
+        assert c["k"] == circuit.stats["selected_before_pruning"] and (n == "threshold" or c["k"] == n)
+        assert circuit.n_edges > 0 and sorted(ranked_names(circuit, c["k"], prune=True)) == sorted(circuit.edge_names)
+    assert n_edges_circuits[10].n_edges < 10  # pruning dropped edges: opening on top-n_edges would show fewer
 
 
 # --- the command line, on a tiny GPT-2 with SmolLM2's tokenizer --------------------------------------------------

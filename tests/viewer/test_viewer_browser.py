@@ -210,3 +210,12 @@ def test_markup_in_prompts_labels_and_notes_does_not_blank_the_page(driver, tmp_
     text = driver.execute_script("return JSON.parse(document.getElementById('circuit-data').textContent)")
     assert text["task"]["name"] == HOSTILE and text["task"]["prompts"][0]["tokens"][0] == tokens[0]
     assert _errors(driver) == []
+
+
+def test_the_explorer_page_of_an_n_edges_cut_draws_the_circuit(driver, n_edges_circuits, tmp_path):
+    """Issue 19, item 9: the page of a circuit cut with ``n_edges`` draws that circuit when it opens."""
+    for n in (10, 40):
+        circuit = n_edges_circuits[n]
+        _open(driver, to_html(circuit, tmp_path / f"cut{n}.html"))
+        drawn = _drawn(driver)
+        assert sorted(drawn) == sorted(circuit.edge_names) and len(drawn) == circuit.n_edges > 0
