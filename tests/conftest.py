@@ -49,3 +49,36 @@ def bare_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("bare-gpt2")
     tiny_gpt2(n_layer=2, n_head=2, n_embd=16).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def driver():
+    """Headless Chromium driven by Selenium, one per test module (helpers: tests/browser.py).
+
+    Skipped, saying why, where Chromium, chromedriver or Selenium is missing; under CI (which installs them in
+    scripts/setup.sh) missing is a failure.
+    """
+    import importlib.util
+
+    from tests.browser import browser_paths
+
+    browser, chromedriver = browser_paths()
+    if browser is None or chromedriver is None or importlib.util.find_spec("selenium") is None:
+        why = ("Chromium, chromedriver or selenium is not installed (apt-get install chromium chromium-driver; "
+               "pip install -e '.[dev]')")  # fmt: skip
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(chromedriver), options=opts)  # the given driver: nothing is downloaded
+    try:
+        yield d
+    finally:
+        d.quit()

@@ -4,7 +4,9 @@ default model's size (30 layers x 9 heads, 123,211 edges, 20 prompts of 21 token
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 
 import torch
 
@@ -108,3 +110,9 @@ def tiny_acdc_case() -> Circuit:
     """ACDC on the same model: effects only for tested edges (NaN elsewhere) and a per-layer trace, no probes."""
     pm, task, _, _ = tiny_case()
     return cf.discover(pm, task, method="acdc", threshold=0.02, progress=False)
+
+
+def embedded_payload(html_text: str) -> dict:
+    """The explorer data a written page embeds (its ``circuit-data`` JSON block)."""
+    m = re.search(r'<script type="application/json" id="circuit-data">(.*?)</script>', html_text, re.S)
+    return json.loads(m.group(1))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.gated_forward import gated_forward
@@ -41,7 +41,7 @@ from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import edge_ranking, prune_dangling, top_n
 
 __all__ = ["EdgePruningOptions", "Objective", "expected_open", "run_edge_pruning", "sample_gates"]

@@ -43,10 +43,15 @@ RotaryTables = dict[Any, tuple[Tensor, Tensor]]
 """``(cos, sin)`` per distinct rotary function of a model's layers (from :func:`rotary_tables`)."""
 
 
-def project_qkv(lay: Any, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``.
+def project_qkv(
+    lay: Any, x: Tensor, heads: Tensor | None = None, which: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|U|1, B, T, D)``.
 
     Includes the layer's q/k norms, if any: head ``h``'s query depends on its own receiver's input only.
+    ``which (3h,)``: receiver ``j`` of the q, k, v receivers reads ``x[:, which[j]]`` (inputs shared by receivers
+    that agree, see :func:`~circuitfind.engine.receivers.distinct_columns`); None: ``x`` has one column per
+    receiver, or a single one that all share.
     """
     a = lay.attn
     pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
@@ -55,15 +60,32 @@ def project_qkv(lay: Any, x: Tensor, heads: Tensor | None = None) -> tuple[Tenso
     H = pairs[0][0].shape[0]
     qkv = []
     for j, (w, b) in enumerate(pairs):
-        xj = x if x.shape[1] == 1 else x[:, j * H : (j + 1) * H]  # (K, h|1, B, T, D)
-        if x.shape[1] == 1:  # every receiver of the layer sees the same input
-            t = einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
-        else:
-            t = einsum(xj, w, "k h b t d, h d e -> k b h t e")
-        t = t if b is None else t + b[:, None, :]
         norm = (lay.q_norm, lay.k_norm, None)[j]
+        xj: Tensor | None
+        if x.shape[1] == 1:  # every receiver of the layer sees the same input
+            xj, t = x, einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
+        elif which is None:
+            xj = x[:, j * H : (j + 1) * H]  # (K, h, B, T, D)
+            t = einsum(xj, w, "k h b t d, h d e -> k b h t e")
+        else:
+            t = _project_grouped(x, w, which[j * H : (j + 1) * H])
+            xj = None if norm is None else x[:, which[j * H : (j + 1) * H]]
+        t = t if b is None else t + b[:, None, :]
         qkv.append(t if norm is None else norm(t, xj, heads))
     return qkv[0], qkv[1], qkv[2]
+
+
+def _project_grouped(x: Tensor, w: Tensor, which: Tensor) -> Tensor:
+    """``(K, B, h, T, E)``: head ``i``'s projection ``x[:, which[i]] @ w[i]``, one product per distinct input.
+
+    ``x (K, U, B, T, D)``, ``w (h, D, E)``, ``which (h,)``.
+    """
+    K, _, B, T, _ = x.shape
+    out = x.new_empty((K, B, len(which), T, w.shape[-1]))
+    for u in which.unique().tolist():
+        hs = (which == u).nonzero().squeeze(1)
+        out.index_copy_(2, hs, einsum(x[:, u], w[hs], "k b t d, h d e -> k b h t e"))
+    return out
 
 
 def rotary_tables(spec: ArchSpec, position_ids: Tensor, dtype: torch.dtype) -> RotaryTables:
