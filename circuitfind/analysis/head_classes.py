@@ -272,6 +272,7 @@ def _problem(pm, task, ablation: str) -> Problem:
     check_task_fits(task, pm.spec)
     task = task.to(pm.device)
     metric = make_metric("logit_diff", answers=task.answers, wrong_answers=task.wrong_answers)
+    assert metric.columns is not None  # a logit difference reads only its answer columns
     return Problem(
         pm, task.clean_ids, task.attention_mask, task.answer_pos, ablation_for(pm, task, ablation), metric.column_loss,
         vocab=metric.columns.to(pm.device), separable=True,

@@ -222,6 +222,8 @@ class PatchableModel:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model, ``chunk_size`` prompts per pass."""
         zero = self.ablation(Ablation.ZERO)
         B = input_ids.shape[0]
+        if B == 0:
+            raise ShapeError(f"sender_outputs needs at least one prompt; input_ids has shape {tuple(input_ids.shape)}")
         step = chunk_size or B
         out = None
         for i in range(0, B, step):
@@ -232,6 +234,7 @@ class PatchableModel:
             if out is None:  # filled in place: the chunks are never held twice
                 out = diffs.new_empty((diffs.shape[0], B, *diffs.shape[2:]))
             out[:, i : i + step] = diffs
+        assert out is not None  # B >= 1 prompts went through the loop
         return out
 
     # --- caches ----------------------------------------------------------------------------------
@@ -426,7 +429,7 @@ class PatchableModel:
         Includes the layer's q/k norms, if any: head ``h``'s query depends on its own receiver's input only.
         """
         a = lay.attn
-        pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
+        pairs: tuple[tuple[Tensor, Tensor | None], ...] = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
         if heads is not None:
             pairs = tuple((w[heads], None if b is None else b[heads]) for w, b in pairs)
         H = pairs[0][0].shape[0]
@@ -444,7 +447,7 @@ class PatchableModel:
 
     def rotary_tables(self, position_ids: Tensor) -> dict:
         """``(cos, sin)`` for every distinct rotary of the model's layers, keyed by the rotary (for :meth:`attend`)."""
-        fns = {self.spec.layer_rotary(i) for i in range(self.spec.n_layers)} - {None}
+        fns = {fn for i in range(self.spec.n_layers) if (fn := self.spec.layer_rotary(i)) is not None}
         return {fn: fn(position_ids, self.dtype) for fn in fns}
 
     def attend(self, lay, q: Tensor, k: Tensor, v: Tensor, rot, attn_bias: Tensor) -> Tensor:
@@ -598,5 +601,7 @@ def resolve_model(
     if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
         from circuitfind.models import load_model  # loading pulls in the hub stack: only when it is needed
 
-        model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        loaded, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        return PatchableModel(loaded), tokenizer
+    assert model is not None and not isinstance(model, str | os.PathLike)  # by_name is False
     return PatchableModel(model), tokenizer

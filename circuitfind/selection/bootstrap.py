@@ -84,7 +84,7 @@ class Interval:
 def _check_options(n_boot: Any, level: Any, seed: Any) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise ConfigError(f"n_boot (bootstrap resamples) must be a positive integer; got {n_boot!r}")
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < float(level) < 1:
         raise ConfigError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer; got {seed!r}")
