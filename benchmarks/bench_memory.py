@@ -152,10 +152,9 @@ def n_params(cfg: dict[str, Any]) -> int:
 
 
 def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    from circuitfind.engine.memory import resident_bytes
+
+    return resident_bytes() or 0
 
 
 def build(name: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -275,18 +274,16 @@ def run_one(name: str, dtype_name: str, device_name: str, prompts: int, seq: int
 
 
 def _hwm_lifetime() -> int:
-    import resource
+    from circuitfind.engine.memory import lifetime_peak_rss
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return lifetime_peak_rss()
 
 
 def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 1 << 62
+    from circuitfind.engine.memory import available_bytes
+
+    free = available_bytes(device)
+    return 1 << 62 if free is None else free
 
 
 def _needed_bytes(name: str, dtype: torch.dtype) -> int:

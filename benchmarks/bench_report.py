@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,7 +49,9 @@ def _run(task: str, args: argparse.Namespace, folder: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); its error is above")
     print(proc.stdout)
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    from circuitfind.engine.memory import lifetime_peak_rss  # the child's peak (getrusage of finished children)
+
+    peak_mb = lifetime_peak_rss(children=True) / 2**20
     data = json.loads((folder / "report.json").read_text())
     return _row(task, data, wall, peak_mb, before, os.getloadavg()[0], cmd)
 

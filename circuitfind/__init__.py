@@ -12,7 +12,8 @@ from __future__ import annotations
 from circuitfind import errors
 from circuitfind.circuit import Circuit
 from circuitfind.discovery import discover
-from circuitfind.engine.patchable import Ablation, PatchableModel
+from circuitfind.engine.ablations import Ablation
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import CircuitfindError
 from circuitfind.graph import Edge, Graph, Node
 from circuitfind.models import load_model

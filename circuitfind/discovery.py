@@ -20,8 +20,9 @@ from circuitfind.algorithms.exact import ExactOptions, layer_cost
 from circuitfind.algorithms.hybrid import HybridOptions, check_target, run_hybrid
 from circuitfind.algorithms.units import check_level, node_cut, position_cut
 from circuitfind.circuit import Circuit
+from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.memory import check_chunk_size, peak_memory
-from circuitfind.engine.patchable import Ablation, PatchableModel, resolve_model
+from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import Metric
 from circuitfind.problem import Problem, prepare_problem

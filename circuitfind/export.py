@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from circuitfind.errors import ConfigError, RenderError, ShapeError
+from circuitfind.errors import ConfigError, RenderError, ShapeError, check_int
 from circuitfind.fileio import atomic_write
 from circuitfind.graph import Channel, Graph, NodeKind, position_edge_name
 
@@ -315,10 +315,7 @@ def _graph_from_cfg(cfg: Any) -> Graph:
         raise ConfigError(f"a circuit file needs a 'cfg' object with n_layers and n_heads; got {cfg!r}")
     values = {}
     for key, most in (("n_layers", MAX_LAYERS), ("n_heads", MAX_HEADS)):
-        v = cfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
-            raise ConfigError(f"'cfg.{key}' must be an integer in 1..{most}; got {v!r}")
-        values[key] = v
+        values[key] = check_int(cfg.get(key), f"'cfg.{key}'", minimum=1, maximum=most)
     parallel = cfg.get("parallel_attn_mlp", False)
     if not isinstance(parallel, bool):
         raise ConfigError(f"'cfg.parallel_attn_mlp' must be true or false; got {parallel!r}")

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.engine.ablations import AblatedOutputs, Ablation
 from circuitfind.engine.memory import check_chunk_size, forward_slices, prompt_slices, prompts_per_pass
-from circuitfind.engine.patchable import AblatedOutputs, Ablation, PatchableModel
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, TaskError
 from circuitfind.metrics import Metric, make_metric, metric_site
 from circuitfind.tasks import Task, check_task_fits

@@ -183,3 +183,15 @@ def test_no_import_goes_up_the_layers():
 def test_package_root_holds_at_most_12_modules():
     root = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
     assert len(root) <= 12, root
+
+
+def test_only_the_memory_module_reads_proc():
+    """One memory reader: /proc and getrusage are read in circuitfind/engine/memory.py only (package and benchmarks)."""
+    root = PACKAGE.parent
+    readers = sorted(
+        str(p.relative_to(root))
+        for folder in ("circuitfind", "benchmarks", "scripts")
+        for p in (root / folder).rglob("*.py")
+        if re.search(r"""["']/proc/|getrusage\(""", p.read_text())
+    )
+    assert readers == ["circuitfind/engine/memory.py"], readers

@@ -4,6 +4,9 @@ default model's size (30 layers x 9 heads, 123,211 edges, 20 prompts of 21 token
 from __future__ import annotations
 
 import functools
+import json
+import math
+import re
 
 import torch
 
@@ -11,7 +14,7 @@ import circuitfind as cf
 from circuitfind.analysis import COLUMNS, HeadRoles
 from circuitfind.circuit import Circuit
 from circuitfind.engine.patchable import PatchableModel
-from circuitfind.graph import Graph
+from circuitfind.graph import Edge, Graph
 from circuitfind.selection.cuts import prune_dangling, top_n
 from circuitfind.viewer import ExplorerData, PromptView, collect
 from tests.models_tiny import tiny_gpt2
@@ -28,11 +31,43 @@ def tiny_case() -> tuple[PatchableModel, cf.Task, Circuit, ExplorerData]:
 
 
 def ranked_names(circuit: Circuit, k: int, prune: bool = False) -> list[str]:
-    """The circuit's top-k edge names (as discovery ranks them), optionally without dangling edges."""
-    mask = top_n(circuit.graph, circuit.scores, k, absolute=bool(circuit.config.get("absolute", False)))  # NaN last
+    """The circuit's top-k edge names, best first, ranked by hand: an independent slow path for the explorer's
+    ranking (which goes through ``selection.edge_ranking``). Score descending (``|score|`` when the run ranked by
+    absolute value), untested (NaN) edges after every tested one, ties in position order (Python's sort is
+    stable); with ``prune``, without the edges on no kept ``input -> logits`` path (:func:`_without_dangling`)."""
+    g = circuit.graph
+    absolute = bool(circuit.config.get("absolute", False))
+    scores = circuit.scores.tolist()
+
+    def key(edge: tuple[int, int]) -> tuple[int, float]:
+        v = scores[edge[0]][edge[1]]
+        return (1, 0.0) if math.isnan(v) else (0, -abs(v) if absolute else -v)
+
+    in_position_order = [(s, r) for s, r in g.edge_mask.nonzero().tolist()]  # row-major, as the flat index
+    top = [g.edge(s, r) for s, r in sorted(in_position_order, key=key)[:k]]
     if prune:
-        mask = prune_dangling(circuit.graph, mask, from_input=circuit.config.get("ablation", "resample") == "resample")
-    return [e.name for e in circuit.graph.edges_of(mask)]
+        top = _without_dangling(top, from_input=circuit.config.get("ablation", "resample") == "resample")
+    return [e.name for e in top]
+
+
+def _without_dangling(edges: list[Edge], from_input: bool) -> list[Edge]:
+    """``edges`` less those whose receiver's node has no path on to ``logits`` through ``edges`` and, with
+    ``from_input``, those whose sender no path from ``input`` reaches, by fixed points over nodes."""
+
+    def closure(start: str, step) -> set[str]:
+        nodes, grew = {start}, True
+        while grew:
+            grew = False
+            for e in edges:
+                here, there = step(e)
+                if here in nodes and there not in nodes:
+                    nodes.add(there)
+                    grew = True
+        return nodes
+
+    reached = closure("input", lambda e: (e.sender.name, e.receiver.node.name))
+    reaches = closure("logits", lambda e: (e.receiver.node.name, e.sender.name))
+    return [e for e in edges if e.receiver.node.name in reaches and (not from_input or e.sender.name in reached)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,3 +110,9 @@ def tiny_acdc_case() -> Circuit:
     """ACDC on the same model: effects only for tested edges (NaN elsewhere) and a per-layer trace, no probes."""
     pm, task, _, _ = tiny_case()
     return cf.discover(pm, task, method="acdc", threshold=0.02, progress=False)
+
+
+def embedded_payload(html_text: str) -> dict:
+    """The explorer data a written page embeds (its ``circuit-data`` JSON block)."""
+    m = re.search(r'<script type="application/json" id="circuit-data">(.*?)</script>', html_text, re.S)
+    return json.loads(m.group(1))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
 from circuitfind.problem import Problem
@@ -77,8 +77,7 @@ class AcdcOptions:
             raise ConfigError(
                 f"threshold must be a number >= 0 (math.inf keeps nothing); got {t!r}. Typical values: 0.001-0.1 for KL"
             )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer (or None: automatic); got {self.batch_size!r}")
+        check_int(self.batch_size, "batch_size", what="senders tested per pass")
         if not isinstance(self.absolute, bool):
             raise ConfigError(f"absolute must be True or False; got {self.absolute!r}")
 

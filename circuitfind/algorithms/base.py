@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_int
 from circuitfind.metrics import check_gap, metric_site
 from circuitfind.problem import Problem
 from circuitfind.selection.cuts import probes_left
@@ -97,9 +97,7 @@ class ScoreResult:
 
 def check_steps(steps: Any) -> int:
     """``steps`` as a positive int, or a :class:`ConfigError`."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be an integer >= 1 (points on the integration path); got {steps!r}")
-    return steps
+    return check_int(steps, "steps", what="points on the integration path")
 
 
 class Faithfulness:

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from circuitfind.algorithms import AcdcState
-from circuitfind.engine.patchable import Ablation, PatchableModel
+from circuitfind.engine.ablations import Ablation
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import CheckpointError, OutputError
 from circuitfind.fileio import atomic_write
 from circuitfind.problem import Problem

@@ -29,9 +29,10 @@ from torch import Tensor
 
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult, check_steps
 from circuitfind.algorithms.eap import EapOptions
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
 from circuitfind.engine.patchable import _frozen
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_int
 from circuitfind.problem import Problem
 
 __all__ = ["SenderGroup", "activation_gradients", "run_eap_ig_act", "sender_groups"]
@@ -108,8 +109,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
     steps = check_steps(steps)
     B = problem.clean_ids.shape[0]
     chunk = chunk_size or problem.chunk_size or default_chunk_size(problem)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    chunk = check_int(chunk, "chunk_size", what="prompts per pass")
     groups = sender_groups(g)
     alphas = [k / steps for k in range(1, steps + 1)]
     whole = chunk >= B or problem.separable
@@ -207,16 +207,16 @@ def _layers_from(problem, rows: slice, outputs: Tensor, bases: Tensor, acc: Tens
     pm, g, spec = problem.pm, problem.pm.graph, problem.pm.spec
     am = problem.attention_mask[rows].to(pm.device)
     pos_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
-    biases = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
-    rot = pm.rotary_tables(pos_ids)
+    biases = attention_biases(pm.spec, am, 1, dtype=pm.dtype, device=pm.device)
+    rot = rotary_tables(pm.spec, pos_ids, pm.dtype)
     H = spec.n_heads
     for layer in range(start, g.n_layers):
         lay, first = spec.layers[layer], g.head_sender(layer, 0)
         x = tap(f"x{layer}", bases[2 * layer] + acc)  # (b, T, D)
-        q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
+        q, k, v = project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
         q, k, v = tap(f"q{layer}", q), tap(f"k{layer}", k), tap(f"v{layer}", v)
-        z = pm.attend(lay, q, k, v, rot, biases[lay.sliding_window])
-        head_sum = (pm.head_outputs(lay, z)[0] - outputs[first : first + H]).sum(0)  # (b, T, D)
+        z = attend(pm.spec, lay, q, k, v, rot, biases[lay.sliding_window])
+        head_sum = (head_outputs(lay, z)[0] - outputs[first : first + H]).sum(0)  # (b, T, D)
         xm = tap(f"m{layer}", bases[2 * layer + 1] + (acc if g.parallel else acc + head_sum))
         acc = acc + head_sum + lay.mlp(lay.mlp_norm(xm)) - outputs[g.mlp_sender(layer)]
     return acc

@@ -37,8 +37,8 @@ from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, Sc
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
-from circuitfind.engine.patchable import Ablation
-from circuitfind.errors import ConfigError
+from circuitfind.engine.ablations import Ablation
+from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.problem import Problem
 from circuitfind.selection.cuts import prune_dangling, top_n
 
@@ -96,12 +96,8 @@ class EdgePruningOptions:
     def __post_init__(self) -> None:
         check_level(self.level)
         for name in ("steps", "warm_steps", "eval_every", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
-                raise ConfigError(f"edge-pruning {name} must be an integer >= {0 if name == 'seed' else 1}; got {v!r}")
-        n = self.n_edges
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ConfigError(f"n_edges must be an integer >= 1 (the budget of kept edges); got {n!r}")
+            check_int(getattr(self, name), f"edge-pruning {name}", minimum=0 if name == "seed" else 1)
+        check_optional_int(self.n_edges, "n_edges", what="the budget of kept edges")
         for name, lo, hi in (("density", 0, 1), ("warmup", 0, 1), ("lr", 0, math.inf), ("lambda_lr", 0, math.inf)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:

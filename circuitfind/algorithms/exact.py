@@ -20,7 +20,7 @@ from circuitfind.algorithms.acdc import FastEvaluator
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.nodes import node_layers
 from circuitfind.algorithms.units import check_level
-from circuitfind.errors import ConfigError, MetricError
+from circuitfind.errors import ConfigError, MetricError, check_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
 from circuitfind.problem import Problem
@@ -57,8 +57,7 @@ class ExactOptions:
         check_level(self.level)
         if self.level == "node" and self.candidates is not None:
             raise ConfigError("candidates restricts edge scoring; at level='node' every node is scored")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        check_int(self.batch_size, "batch_size", what="senders tested per pass")
 
 
 def layer_cost(n_layers: int, layer: int) -> float:
@@ -91,8 +90,7 @@ def exact_plan(graph: Graph, candidates: Tensor | None = None, batch_size: int =
         >>> sum(len(b.senders) for b in plan) == graph.n_edges  # doctest: +SKIP
         True
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_int(batch_size, "batch_size", what="senders tested per pass")
     todo = graph.edge_mask.clone()
     if candidates is not None:
         graph.check_mask(candidates)

@@ -19,6 +19,7 @@ import torch
 from einops import einsum
 from torch import Tensor
 
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.patchable import _frozen
 
 __all__ = ["gated_forward"]
@@ -53,8 +54,8 @@ def gated_forward(problem, gates: Tensor) -> Tensor:
     with _frozen(pm.module):
         if live[0]:
             diffs[0] = spec.embed(ids, pos_ids) - outputs[0]
-        biases = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
-        rot = pm.rotary_tables(pos_ids)
+        biases = attention_biases(pm.spec, am, 1, dtype=pm.dtype, device=pm.device)
+        rot = rotary_tables(pm.spec, pos_ids, pm.dtype)
         for layer in range(g.n_layers):
             _heads(pm, problem, layer, gates, diffs, live, biases, rot)
             m, r = g.mlp_sender(layer), g.mlp_receiver(layer)
@@ -82,9 +83,9 @@ def _heads(pm, problem, layer: int, gates: Tensor, diffs: dict, live: list, bias
     base = problem.ablated.bases[2 * layer].expand(*problem.clean_ids.shape, -1)  # (B, T, D)
     x = _inputs(base, diffs, gates[:, cols])  # (3h, B, T, D)
     pick = None if len(wanted) == H else heads
-    q, k, v = pm.project_qkv(lay, lay.attn_norm(x).unsqueeze(0), pick)  # (1, B, h, T, E) each
-    z = pm.attend(lay, q, k, v, rot, biases[lay.sliding_window])
-    out = pm.head_outputs(lay, z, pick)[0] - problem.ablated.outputs[first + heads]  # (h, B, T, D)
+    q, k, v = project_qkv(lay, lay.attn_norm(x).unsqueeze(0), pick)  # (1, B, h, T, E) each
+    z = attend(pm.spec, lay, q, k, v, rot, biases[lay.sliding_window])
+    out = head_outputs(lay, z, pick)[0] - problem.ablated.outputs[first + heads]  # (h, B, T, D)
     for j, h in enumerate(wanted):
         if live[first + h]:
             diffs[first + h] = out[j]

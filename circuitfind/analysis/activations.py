@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from circuitfind.engine.attention import attention_biases, attention_probs, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models.norms import frozen_norm
 
@@ -74,15 +75,15 @@ def clean_run(
 
     layers = spec.layers[:n_blocks]
     with torch.no_grad():
-        rot = pm.rotary_tables(pos_ids)
-        bias = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in layers}}
+        rot = rotary_tables(pm.spec, pos_ids, pm.dtype)
+        bias = attention_biases(pm.spec, am, 1, layers, dtype=pm.dtype, device=pm.device)
         x = spec.embed(ids, pos_ids)  # (B, T, D)
         outputs, patterns = [keep(x)[None]], []
         for lay in layers:
             # the patched forward's own steps, with every receiver of the layer reading the same residual
-            q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, B, H, T, E) each
-            probs = pm.attention_probs(lay, q, k, rot, bias[lay.sliding_window])  # (1, B, H, T, T)
-            heads = pm.head_outputs(lay, probs @ v)[0]  # (H, B, T, D)
+            q, k, v = project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, B, H, T, E) each
+            probs = attention_probs(pm.spec, lay, q, k, rot, bias[lay.sliding_window])  # (1, B, H, T, T)
+            heads = head_outputs(lay, probs @ v)[0]  # (H, B, T, D)
             attn_out = heads.sum(0) + (0 if lay.attn.b_O is None else lay.attn.b_O)
             mlp = lay.mlp(lay.mlp_norm(x if spec.parallel else x + attn_out))  # (B, T, D)
             x = x + attn_out + mlp

@@ -42,7 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circuitfind.algorithms import METHODS, MethodKind, SenderOrder
-from circuitfind.engine.patchable import Ablation
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, OutputError, RenderError, TaskError
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.analysis.activations import clean_run
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 from circuitfind.models.weights import node_weights
 
 __all__ = ["ModelDiff", "activation_diffs", "check_comparable", "diff", "logprob_diffs", "weight_diffs"]
@@ -288,8 +288,7 @@ def diff(
     from circuitfind.engine.patchable import resolve_model
     from circuitfind.tasks import resolve_task
 
-    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-        raise ConfigError(f"top (log-prob differences kept) must be a non-negative integer; got {top!r}")
+    check_int(top, "top", minimum=0, what="log-prob differences kept")
     pm_a, tokenizer = resolve_model(model_a, tokenizer)
     pm_b, tokenizer_b = resolve_model(model_b, tokenizer_b)
     check_comparable(pm_a, pm_b, tokenizer, tokenizer_b)

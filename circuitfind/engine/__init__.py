@@ -2,6 +2,8 @@
 
 * :mod:`~circuitfind.engine.patchable`: :class:`PatchableModel` (``cf.PatchableModel``), its ablation sources
   (:class:`Ablation`: resample, mean, zero) and the plain and routed forwards;
+* :mod:`~circuitfind.engine.ablations`: the ablation kinds and ablated outputs; :mod:`~circuitfind.engine.cache`:
+  the prefix cache exact tests restart from; :mod:`~circuitfind.engine.attention`: the attention kernels;
 * :mod:`~circuitfind.engine.forward`: that forward pass step by step (receiver inputs, attention, MLP, unembedding);
 * :mod:`~circuitfind.engine.receivers`: the store of sender differences and row-sparse input mixing;
 * :mod:`~circuitfind.engine.gradients`: edge-mask gradients for every edge at once (EAP, EAP-IG);
@@ -13,6 +15,8 @@ tensors. Layer order (bottom up): errors / fileio -> graph -> models -> engine -
 
 from __future__ import annotations
 
-from circuitfind.engine.patchable import AblatedOutputs, Ablation, PatchableModel, PrefixCache, resolve_model
+from circuitfind.engine.ablations import AblatedOutputs, Ablation
+from circuitfind.engine.cache import PrefixCache
+from circuitfind.engine.patchable import PatchableModel, resolve_model
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]

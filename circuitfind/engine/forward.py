@@ -18,7 +18,8 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-from circuitfind.engine.receivers import DiffStore, mix_rows
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
+from circuitfind.engine.receivers import DiffStore, distinct_columns, mix_onto, mix_rows
 
 __all__ = ["MaskedForward", "PassInputs"]
 
@@ -73,11 +74,10 @@ class MaskedForward:
         self.post = DiffStore(
             self.K, self.g.n_senders - self.s_pre, (self.B, self.T, self.spec.d_model), self.pre, grad
         )
-        self.attn_bias = {  # window -> (K*B, 1, T, T)
-            lay.sliding_window: pm.attention_bias(inputs.attention_mask, self.K, lay.sliding_window)
-            for lay in self.spec.layers[start_layer:]
-        }
-        self.rot = pm.rotary_tables(inputs.position_ids)  # (cos, sin) per distinct rotary of the layers
+        self.attn_bias = attention_biases(  # window -> (K*B, 1, T, T)
+            pm.spec, inputs.attention_mask, self.K, self.spec.layers[start_layer:], dtype=pm.dtype, device=pm.device
+        )
+        self.rot = rotary_tables(pm.spec, inputs.position_ids, pm.dtype)  # (cos, sin) per distinct rotary of the layers
         self.top = self._top_mixing_layer(keep_positions)
 
     # --- the pass ----------------------------------------------------------------------------------
@@ -129,6 +129,8 @@ class MaskedForward:
     # --- receiver inputs ---------------------------------------------------------------------------
     def receiver_inputs(self, cols: slice | Tensor, layer: int) -> Tensor:
         """Inputs ``(K, C|1, B, T, D)`` of the receivers ``cols`` (a slice or an index tensor) of ``layer``."""
+        if self.K == 1 and self.M.dim() == 3 and not self.grad:
+            return self._one_mask_inputs(cols, layer).unsqueeze(0)
         g = self.g
         first = cols.start if isinstance(cols, slice) else int(cols[0])
         n_up = int(g.n_upstream[first])
@@ -145,6 +147,29 @@ class MaskedForward:
             total = None if self.grad else self.post.total(n)
             x = x + mix_rows(self.post.first(n), self.M[:, self.s_pre : n_up, cols], total, self.grad)
         return x.expand(self.K, *x.shape[1:])  # inputs shared by all K candidates stay views
+
+    def _one_mask_inputs(self, cols: slice | Tensor, layer: int) -> Tensor:
+        """:meth:`receiver_inputs` for one ``(S, R)`` mask without autograd: ``(C|1, B, T, D)`` in one buffer,
+        each product from the cheaper of the kept and the removed senders (:func:`mix_onto`)."""
+        g = self.g
+        first = cols.start if isinstance(cols, slice) else int(cols[0])
+        n_up, s_pre = int(g.n_upstream[first]), self.s_pre
+        w = self.M[0, :n_up, cols]  # (n_up, C)
+        n_post = max(0, n_up - s_pre)
+        parts = [(self.post.first(n_post)[0], w[s_pre:])] if n_post else []
+        post_total = self.post.total(n_post)[0] if n_post else None  # (B, T, D)
+        if self.partial is not None and layer > self.start_layer:
+            x0 = self.partial[_shift(cols, g.receivers_from(self.start_layer + 1))]  # (C, B, T, D)
+            total = None if post_total is None else post_total.unsqueeze(0)
+        elif self.start_inputs is not None and layer == self.start_layer:
+            x0 = self._start_layer_inputs(cols)[0]
+            total = None if post_total is None else post_total.unsqueeze(0)
+        else:
+            x0 = self.sel(self.ablated.bases[int(g.receiver_groups[first])]).unsqueeze(0)  # (1, B'|B, T'|T, D)
+            parts.insert(0, (self.pre, w[: min(n_up, s_pre)]))
+            pre_total = self.pre.sum(0, keepdim=True) if self.pre_total is None else self.pre_total  # (1, B, T, D)
+            total = pre_total if post_total is None else pre_total + post_total
+        return mix_onto(x0, parts, total)
 
     def _start_layer_inputs(self, cols: slice | Tensor) -> Tensor:
         """The cached inputs of the start layer's receivers, corrected where this mask differs from the cache's."""
@@ -176,12 +201,21 @@ class MaskedForward:
         self.post.append_some(H, idx, values)
 
     def _heads(self, layer: int, cols: slice | Tensor, heads: Tensor | None) -> Tensor:
-        """Outputs ``(K, h, B, T, D)`` of the given heads (all if None) from their receivers ``cols``."""
+        """Outputs ``(K, h, B, T, D)`` of the given heads (all if None) from their receivers ``cols``.
+
+        Receivers whose upstream weights agree (all kept, or the untouched ones of an ACDC test) share one input,
+        one norm and one projection per head group; the rest get their own.
+        """
         lay = self.spec.layers[layer]
-        x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|1, B, T, D)
-        q, k, v = self.pm.project_qkv(lay, x, heads)
-        z = self.pm.attend(lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
-        return self.pm.head_outputs(lay, z, heads)
+        shared = None
+        if not self.grad:
+            idx = torch.arange(cols.start, cols.stop, device=self.M.device) if isinstance(cols, slice) else cols
+            shared = distinct_columns(self.M[:, : int(self.g.n_upstream[int(idx[0])]), idx])
+            cols = cols if shared is None else idx[shared[0]]
+        x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|U|1, B, T, D)
+        q, k, v = project_qkv(lay, x, heads, None if shared is None or x.shape[1] == 1 else shared[1])
+        z = attend(self.pm.spec, lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
+        return head_outputs(lay, z, heads)
 
     def mlp_layer(self, layer: int) -> None:
         """The MLP of ``layer`` when it has a kept outgoing edge (or under autograd); otherwise diff 0."""

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
 from circuitfind.engine.patchable import _frozen
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 
 __all__ = ["GradientPass", "Point", "attribution_bytes_per_prompt", "default_chunk_size", "edge_gradients"]
 
@@ -144,9 +145,7 @@ def edge_gradients(
     B = problem.clean_ids.shape[0]
     if chunk_size is None:
         chunk_size = getattr(problem, "chunk_size", None) or default_chunk_size(problem)
-    chunk = chunk_size
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ConfigError(f"chunk_size must be a positive integer; got {chunk_size!r}")
+    chunk = check_int(chunk_size, "chunk_size", what="prompts per pass")
     pm = problem.pm
     g = pm.graph
     shape = (g.n_senders, g.n_receivers, *((problem.clean_ids.shape[1],) if by_position else ()))
@@ -234,16 +233,16 @@ def _forward(problem, point: Point, rows: slice, taps: bool | None):
             diff = diff.detach().requires_grad_(True)
         note(0, diff.unsqueeze(0))
         acc = diff  # sum of the diffs of every sender so far
-        biases = {w: pm.attention_bias(am, 1, w) for w in {lay.sliding_window for lay in spec.layers}}
-        rot = pm.rotary_tables(pos_ids)
+        biases = attention_biases(pm.spec, am, 1, dtype=pm.dtype, device=pm.device)
+        rot = rotary_tables(pm.spec, pos_ids, pm.dtype)
         H = spec.n_heads
         for layer, lay in enumerate(spec.layers):
             first = g.head_sender(layer, 0)
             x = tap(f"x{layer}", bases[2 * layer] + a * acc)  # (b, T, D)
-            q, k, v = pm.project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
+            q, k, v = project_qkv(lay, lay.attn_norm(x)[None, None])  # (1, b, H, T, E) each
             q, k, v = tap(f"q{layer}", q), tap(f"k{layer}", k), tap(f"v{layer}", v)
-            z = pm.attend(lay, q, k, v, rot, biases[lay.sliding_window])  # (1, b, H, T, E)
-            heads = pm.head_outputs(lay, z)[0] - outputs[first : first + H]  # (H, b, T, D)
+            z = attend(pm.spec, lay, q, k, v, rot, biases[lay.sliding_window])  # (1, b, H, T, E)
+            heads = head_outputs(lay, z)[0] - outputs[first : first + H]  # (H, b, T, D)
             note(first, heads)
             head_sum = heads.sum(0)  # (b, T, D)
             xm = tap(f"m{layer}", bases[2 * layer + 1] + a * (acc if g.parallel else acc + head_sum))
@@ -283,7 +282,7 @@ def _receiver_grads(
         cots = tuple(grad_of(f"{c}{layer}") for c in "qkv")  # (1, b, H, T, E) each
         with torch.enable_grad():
             xs = x.unsqueeze(0).expand(3 * H, *x.shape).clone().requires_grad_(True)  # (3H, b, T, D)
-            qkv = pm.project_qkv(lay, lay.attn_norm(xs).unsqueeze(0))
+            qkv = project_qkv(lay, lay.attn_norm(xs).unsqueeze(0))
             (per_receiver,) = torch.autograd.grad(qkv, xs, grad_outputs=cots)  # (3H, b, T, D)
         r0 = g.receivers_from(layer)
         out[r0 : r0 + 3 * H].add_(per_receiver, alpha=weight)

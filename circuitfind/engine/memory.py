@@ -20,7 +20,9 @@ computes these numbers for a model. ``chunk_size=None`` sizes the chunk so that 
 
 Peaks: :func:`peak_memory` reads the process's peak resident set (CPU, ``VmHWM``) or
 ``torch.cuda.max_memory_allocated`` (CUDA) without resetting anything; :func:`reset_peak_memory` resets it (the
-benchmarks do, once per measured step).
+benchmarks do, once per measured step). :func:`resident_bytes` (now), :func:`lifetime_peak_rss` (never reset) and
+:func:`available_bytes` (what is left) complete the one reader of ``/proc``: nothing else in the package or the
+benchmarks reads it.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ from typing import Any
 
 import torch
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_optional_int
 
 __all__ = [
     "PASS_BUDGET_BYTES",
     "PeakMemory",
+    "available_bytes",
     "check_chunk_size",
     "estimate",
+    "lifetime_peak_rss",
     "peak_memory",
     "prompt_slices",
     "prompts_per_pass",
     "reset_peak_memory",
+    "resident_bytes",
 ]
 
 PASS_BUDGET_BYTES = 1 << 30
@@ -52,6 +57,7 @@ PASS_BUDGET_BYTES = 1 << 30
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True)
@@ -114,27 +120,61 @@ def reset_peak_memory(device: str | torch.device | None = None) -> bool:
     return True
 
 
-def _peak_rss() -> int:
-    try:
-        found = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        found = None
-    if found is not None:
-        return int(found.group(1)) * 1024
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+def resident_bytes() -> int | None:
+    """The process's resident set now (``VmRSS``), or None where ``/proc`` is absent.
+
+    Example:
+        >>> resident_bytes() is None or resident_bytes() > 0
+        True
+    """
+    return _proc_kb(_STATUS, "VmRSS")
+
+
+def lifetime_peak_rss(*, children: bool = False) -> int:
+    """The process's peak resident set since it started (``getrusage``; never reset by :func:`reset_peak_memory`);
+    ``children=True``: the largest peak of its finished child processes.
+
+    Example:
+        >>> lifetime_peak_rss() > 0
+        True
+    """
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    rss = resource.getrusage(who).ru_maxrss  # kB on Linux, bytes on macOS
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def available_bytes(device: str | torch.device | None = None) -> int | None:
+    """Memory a new allocation can still take: ``MemAvailable`` (CPU) or the free memory of a CUDA device; None
+    when the platform does not say.
+
+    Example:
+        >>> available_bytes() is None or available_bytes() > 0
+        True
+    """
+    dev = _device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    return _proc_kb(_MEMINFO, "MemAvailable")
+
+
+def _peak_rss() -> int:
+    peak = _proc_kb(_STATUS, "VmHWM")
+    return lifetime_peak_rss() if peak is None else peak
+
+
+def _proc_kb(path: Path, field: str) -> int | None:
+    """``field`` of a ``/proc`` file (``VmHWM:   1234 kB``) in bytes; None when the file or field is absent."""
+    try:
+        found = re.search(rf"^{field}:\s+(\d+)\s+kB", path.read_text(), re.M)
+    except OSError:
+        return None
+    return None if found is None else int(found.group(1)) * 1024
 
 
 def check_chunk_size(chunk_size: Any) -> int | None:
     """``chunk_size`` (prompts per pass) as a positive int or None, or a :class:`ConfigError`."""
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(
-            f"chunk_size must be a positive integer (prompts per forward pass) or None (sized to "
-            f"{PASS_BUDGET_BYTES / 2**30:.0f} GiB of activations); got {chunk_size!r}"
-        )
-    return chunk_size
+    budget = f"None sizes it to {PASS_BUDGET_BYTES / 2**30:.0f} GiB of activations"
+    return check_optional_int(chunk_size, "chunk_size", what="prompts per forward pass", fix=budget)
 
 
 def prompt_slices(n_prompts: int, chunk_size: int) -> list[slice]:
@@ -185,8 +225,8 @@ def estimate(
     chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, forward_slices(pm, masks))
     slice_bytes = seq_len * D * item
     groups = 2 * g.n_layers + 1
+    from circuitfind.engine.ablations import Ablation
     from circuitfind.engine.gradients import attribution_bytes_per_prompt, default_chunk_size
-    from circuitfind.engine.patchable import Ablation
 
     # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
     kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"

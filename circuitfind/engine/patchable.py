@@ -19,89 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 
+from circuitfind.engine.ablations import AblatedOutputs, Ablation
+from circuitfind.engine.cache import PrefixCache
 from circuitfind.engine.forward import MaskedForward, PassInputs
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.models import spec_for
-from circuitfind.models.spec import ArchSpec, RotaryStyle, rotate_every_two, rotate_half
+from circuitfind.models.spec import ArchSpec
 
 __all__ = ["AblatedOutputs", "Ablation", "PatchableModel", "PrefixCache", "resolve_model"]
-
-
-class Ablation(enum.Enum):
-    """What a removed edge carries instead of its sender's live output."""
-
-    RESAMPLE = "resample"
-    """The sender's output on the paired corrupted prompt (the default and the most robust)."""
-    MEAN = "mean"
-    """The sender's mean output over a reference batch (per position when lengths agree)."""
-    ZERO = "zero"
-    """Zero; biases that belong to no single node (attention output biases) stay."""
-
-    @classmethod
-    def parse(cls, value: Ablation | str) -> Ablation:
-        try:
-            return value if isinstance(value, Ablation) else cls(str(value).lower())
-        except ValueError:
-            raise ConfigError(f"unknown ablation {value!r}; expected one of {[a.value for a in cls]}") from None
-
-
-@dataclass(frozen=True)
-class AblatedOutputs:
-    """The ablated output of every sender and the per-group residual sums they form.
-
-    Attributes:
-        kind: how they were made.
-        outputs: ``(S, B', T', D)`` with ``B'`` in {1, B} and ``T'`` in {1, T} (broadcast over the batch).
-        bases: ``(G, B', T', D)``, one per receiver group (attention inputs of a layer, MLP input of a layer,
-            logits): constant biases plus the sum of the group's upstream ablated outputs.
-    """
-
-    kind: Ablation
-    outputs: Tensor
-    bases: Tensor
-
-    def select(self, rows: slice, batch: int) -> AblatedOutputs:
-        """The ablation of prompts ``rows`` of a batch of ``batch`` prompts (broadcast ones stay as they are)."""
-
-        def pick(t: Tensor) -> Tensor:  # (N, B'|B, T', D)
-            return t[:, rows] if t.shape[1] == batch else t
-
-        return AblatedOutputs(self.kind, pick(self.outputs), pick(self.bases))
-
-
-@dataclass(frozen=True)
-class PrefixCache:
-    """Everything below ``start_layer``, so that a forward can restart there.
-
-    Attributes:
-        start_layer: the first block the forward computes.
-        diffs: ``(S_pre, B, T, D)`` live-minus-ablated outputs of the senders below ``start_layer``.
-        mask: ``(S, R)`` float mask those were computed under.
-        partial: ``(R_after, B, T, D)``: for every receiver above ``start_layer``, its base plus the
-            contributions of the senders below ``start_layer`` under ``mask``.
-        start_inputs: ``(C, B, T, D)``: the same for the receivers *of* ``start_layer``, under ``start_mask``
-            (``(S_pre, C)``); a forward adds only the rows where its mask differs, so candidates that change one
-            edge there cost one row. :meth:`PatchableModel.refresh_cache` moves them to a newer mask.
-    """
-
-    start_layer: int
-    diffs: Tensor
-    mask: Tensor
-    partial: Tensor
-    start_inputs: Tensor
-    start_mask: Tensor
 
 
 @contextlib.contextmanager
@@ -421,109 +355,6 @@ class PatchableModel:
                 keep_positions=keep_positions,
             )
         return run, single
-
-    @staticmethod
-    def project_qkv(lay, x: Tensor, heads: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v ``(K, B, h, T, E)`` before rotary, from normed inputs ``x (K, 3h|1, B, T, D)``.
-
-        Includes the layer's q/k norms, if any: head ``h``'s query depends on its own receiver's input only.
-        """
-        a = lay.attn
-        pairs: tuple[tuple[Tensor, Tensor | None], ...] = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
-        if heads is not None:
-            pairs = tuple((w[heads], None if b is None else b[heads]) for w, b in pairs)
-        H = pairs[0][0].shape[0]
-        qkv = []
-        for j, (w, b) in enumerate(pairs):
-            xj = x if x.shape[1] == 1 else x[:, j * H : (j + 1) * H]  # (K, h|1, B, T, D)
-            if x.shape[1] == 1:  # every receiver of the layer sees the same input
-                t = einsum(x[:, 0], w, "k b t d, h d e -> k b h t e")
-            else:
-                t = einsum(xj, w, "k h b t d, h d e -> k b h t e")
-            t = t if b is None else t + b[:, None, :]
-            norm = (lay.q_norm, lay.k_norm, None)[j]
-            qkv.append(t if norm is None else norm(t, xj, heads))
-        return qkv[0], qkv[1], qkv[2]
-
-    def rotary_tables(self, position_ids: Tensor) -> dict:
-        """``(cos, sin)`` for every distinct rotary of the model's layers, keyed by the rotary (for :meth:`attend`)."""
-        fns = {fn for i in range(self.spec.n_layers) if (fn := self.spec.layer_rotary(i)) is not None}
-        return {fn: fn(position_ids, self.dtype) for fn in fns}
-
-    def attend(self, lay, q: Tensor, k: Tensor, v: Tensor, rot, attn_bias: Tensor) -> Tensor:
-        """``z (K, B, h, T, E)`` from projections ``(K, B, h, T, E)``: rotary, then masked softmax attention.
-
-        ``rot``: from :meth:`rotary_tables` (or one ``(cos, sin)`` pair, or None for no rotary).
-        """
-        if lay.attn_softcap is not None:  # soft-capped logits (Gemma-2): written out, as SDPA has no cap
-            return self.attention_probs(lay, q, k, rot, attn_bias) @ v
-        q, k = self._rotated(lay, q, k, rot)
-        K, B, H, T, E = q.shape
-        q, k, v = (t.reshape(K * B, H, T, E) for t in (q, k, v))
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=lay.attn_scale)
-        return z.reshape(K, B, H, T, E)
-
-    def attention_probs(self, lay, q: Tensor, k: Tensor, rot, attn_bias: Tensor) -> Tensor:
-        """The attention probabilities ``(K, B, h, T, T)`` (query, key) that :meth:`attend` weighs ``v`` by.
-
-        Args:
-            lay: the layer's spec.
-            q, k: ``(K, B, h, T, E)`` projections before rotary (from :meth:`project_qkv`).
-            rot: as for :meth:`attend`.
-            attn_bias: ``(K*B, 1, T, T)`` from :meth:`attention_bias`.
-        """
-        q, k = self._rotated(lay, q, k, rot)
-        K, B, H, T, _ = q.shape
-        scores = einsum(q, k, "k b h i e, k b h j e -> k b h i j") * lay.attn_scale
-        if lay.attn_softcap is not None:
-            scores = torch.tanh(scores / lay.attn_softcap) * lay.attn_softcap
-        scores = scores + attn_bias.reshape(K, B, 1, T, T)
-        return torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
-
-    def _rotated(self, lay, q: Tensor, k: Tensor, rot) -> tuple[Tensor, Tensor]:
-        """``q``, ``k`` ``(K, B, h, T, E)`` with the layer's rotary applied (``rot`` as for :meth:`attend`)."""
-        if isinstance(rot, dict):
-            rot = rot.get(lay.rotary if lay.rotary is not None else self.spec.rotary)
-        if rot is None:
-            return q, k
-        cos, sin = (c[None, :, None] for c in rot)  # (1, B, 1, T, rot)
-        # in the tables' dtype, then back (as HF does when a family's rotary tables stay float32 in bfloat16)
-        return self._rotate(q, cos, sin).to(q.dtype), self._rotate(k, cos, sin).to(k.dtype)
-
-    @staticmethod
-    def head_outputs(lay, z: Tensor, heads: Tensor | None = None) -> Tensor:
-        """``(K, h, B, T, D)``: each head's output ``z @ W_O``, times the layer's attention-output norm scale if any.
-
-        A norm on the attention output acts on the sum of *all* the layer's heads, so ``heads`` must then be None.
-        """
-        w_o = lay.attn.W_O if heads is None else lay.attn.W_O[heads]
-        out = einsum(z, w_o, "k b h t e, h e d -> k h b t d")
-        if lay.attn_out_scale is None:
-            return out
-        if heads is not None:
-            raise ConfigError("a norm on the attention output needs every head of the layer")
-        return out * lay.attn_out_scale(out.sum(1)).unsqueeze(1)
-
-    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        turn = rotate_every_two if self.spec.rotary_style is RotaryStyle.INTERLEAVED else rotate_half
-        rd = cos.shape[-1]
-        if rd == x.shape[-1]:
-            return x * cos + turn(x) * sin
-        xr, xp = x[..., :rd], x[..., rd:]
-        return torch.cat((xr * cos + turn(xr) * sin, xp), dim=-1)
-
-    def attention_bias(self, am: Tensor, K: int, window: int | None = None) -> Tensor:
-        """Additive ``(K*B, 1, T, T)`` mask: causal (if the model is), padding keys masked, and with a sliding
-        ``window`` query ``i`` sees key ``j`` only when ``i - j < window`` (HF's convention)."""
-        B, T = am.shape
-        allowed = am.bool()[:, None, None, :].expand(B, 1, T, T)
-        if self.spec.causal:
-            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
-        if window is not None:
-            allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=self.device).triu(-(window - 1))
-        bias = torch.zeros(B, 1, T, T, dtype=self.dtype, device=self.device)
-        bias = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
-        return bias.repeat(K, 1, 1, 1)
 
     # --- validation ------------------------------------------------------------------------------
     def _check_inputs(self, input_ids, attention_mask, position_ids, positions, ablated):

@@ -12,7 +12,11 @@ import torch
 from einops import einsum
 from torch import Tensor
 
-__all__ = ["DiffStore", "RoutedDiffStore", "mix_rows", "mix_rows_by_position"]
+__all__ = ["DiffStore", "RoutedDiffStore", "distinct_columns", "mix_onto", "mix_rows", "mix_rows_by_position"]
+
+# Gathering sender rows copies them, which on a CPU costs about as much per row as a dense pass over them costs
+# per row *and column*: gather only when at most 1/GATHER_AT_MOST of the rows take part (few columns: 1/12).
+GATHER_AT_MOST, GATHER_AT_MOST_NARROW = 3, 12
 
 
 class DiffStore:
@@ -95,6 +99,56 @@ def mix_rows(rows: Tensor, w: Tensor, total: Tensor | None, dense: bool) -> Tens
     if from_total:
         return total.unsqueeze(1) if mixed is None else total.unsqueeze(1) + mixed
     return rows.new_zeros((1, 1, *rows.shape[2:])) if mixed is None else mixed
+
+
+def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | None) -> Tensor:
+    """``x0 + sum_parts sum_s w[s, c] * rows[s]`` -> ``(C|1, *S)``, one mask, no autograd, from the cheaper side.
+
+    ``x0`` is ``(C0, *S')`` with ``C0`` in {1, C} and ``S'`` broadcasting to the rows' ``S = (B, T, D)``; each
+    part is ``(rows (n_i, *S), w (n_i, C))``; ``total`` is ``(1, *S)``, the sum of every part's rows (None: not
+    known). Exactly the dense sum, computed either over the rows with some non-zero weight, or as ``x0 + total``
+    plus ``(w - 1)`` over the rows with some weight other than one: whichever touches fewer rows, so the cost
+    follows min(kept, removed). The products accumulate into one buffer (``addmm``): no per-part temporaries.
+    When no row takes part the result has one column (every column equals it).
+    """
+    C = parts[0][1].shape[1] if parts else x0.shape[0]
+    nonzero = [(w != 0).any(dim=1) for _, w in parts]  # (n_i,) per part
+    nonone = [(w != 1).any(dim=1) for _, w in parts]
+    n_nonzero, n_nonone = sum(int(a.sum()) for a in nonzero), sum(int(a.sum()) for a in nonone)
+    from_total = total is not None and n_nonone < n_nonzero
+    shape = parts[0][0].shape[1:] if parts else x0.shape[1:]
+    acc = x0 + total if total is not None and from_total else x0
+    acc = acc.expand(acc.shape[0], *shape).reshape(acc.shape[0], -1)  # (C0, N): a view when x0 is full
+    owned = from_total and acc.shape[0] == C  # may be written in place
+    for (rows, w), active in zip(parts, nonone if from_total else nonzero, strict=True):
+        n_active = int(active.sum())
+        if n_active == 0:
+            continue
+        flat, weights = rows.reshape(rows.shape[0], -1), (w - 1 if from_total else w)  # (n, N), (n, C)
+        if n_active * (GATHER_AT_MOST if C >= 8 else GATHER_AT_MOST_NARROW) <= len(flat):
+            idx = active.nonzero().squeeze(1)
+            flat, weights = flat.index_select(0, idx), weights[idx]
+        if owned:
+            acc.addmm_(weights.T, flat)
+        else:  # the first product: x0 broadcast over the columns, into a new buffer
+            acc, owned = torch.addmm(acc, weights.T, flat), True
+    return acc.reshape(acc.shape[0], *shape)
+
+
+def distinct_columns(w: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The distinct columns of ``w (K, n, C[, T])``: ``(first, which)`` with ``first (U,)`` the first column of
+    each distinct one and ``which (C,)`` the distinct column each column equals; None when all ``C`` differ.
+
+    Receivers of one group whose upstream weights agree receive the same input, so it is computed once.
+    """
+    C = w.shape[2]
+    sig = w.movedim(2, 0).reshape(C, -1)  # (C, K*n[*T])
+    uniq, which = torch.unique(sig, dim=0, return_inverse=True)
+    if len(uniq) == C:
+        return None
+    cols = torch.arange(C, device=w.device)
+    first = torch.full((len(uniq),), C, device=w.device).scatter_reduce(0, which, cols, "amin")
+    return first, which
 
 
 def mix_rows_by_position(rows: Tensor, w: Tensor, dense: bool) -> Tensor:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuitfind.circuit import Circuit
+from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.memory import check_chunk_size, prompt_slices
-from circuitfind.engine.patchable import Ablation, PatchableModel, resolve_model
-from circuitfind.errors import ConfigError, ShapeError, TaskError
+from circuitfind.engine.patchable import PatchableModel, resolve_model
+from circuitfind.errors import ConfigError, ShapeError, TaskError, check_int
 from circuitfind.evaluate.scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
@@ -401,10 +402,8 @@ def random_circuits(graph: Graph, n_edges: int, n: int, seed: int = 0) -> list[T
         >>> [int(m.sum()) for m in ms]
         [5, 5, 5]
     """
-    if isinstance(n_edges, bool) or not isinstance(n_edges, int) or not 0 <= n_edges <= graph.n_edges:
-        raise ConfigError(f"n_edges must be an integer in 0..{graph.n_edges} (the graph's edges); got {n_edges!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n (number of random circuits) must be a positive integer; got {n!r}")
+    check_int(n_edges, "n_edges", minimum=0, maximum=graph.n_edges, what="edges kept, out of the graph's")
+    check_int(n, "n", what="number of random circuits")
     gen = torch.Generator().manual_seed(int(seed))
     edges = graph.edge_mask.flatten().nonzero().squeeze(1)  # (E,) flat indices of existing edges
     out = []

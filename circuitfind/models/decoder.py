@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from circuitfind.errors import UnsupportedModelError
+from circuitfind.errors import UnsupportedModelError, check_int
 from circuitfind.models.spec import ArchSpec, AttentionWeights, HFModule, LayerSpec, ProjectionNorm, RMSScale
 
 __all__ = [
@@ -101,8 +101,7 @@ def windows(cfg: HFModule, n_layers: int, policy: Windows) -> list[int | None]:
         window = None  # Qwen2-MoE writes 0 for "no window"
     if policy is Windows.NONE or window is None:
         return [None] * n_layers
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise UnsupportedModelError(f"config.sliding_window must be a positive integer or None; got {window!r}")
+    window = check_int(window, "config.sliding_window", fix="None or 0 means no window", error=UnsupportedModelError)
     if policy is Windows.EVERY_LAYER:
         return [window] * n_layers
     out = []

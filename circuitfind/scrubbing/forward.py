@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitfind.engine.patchable import AblatedOutputs, _frozen
+from circuitfind.engine.ablations import AblatedOutputs
+from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
+from circuitfind.engine.patchable import _frozen
 
 __all__ = ["draws_per_pass", "joint_logits", "treeified_logits"]
 
@@ -109,7 +111,8 @@ def treeified_logits(
     const = pm.ablation("zero").bases  # (G, 1, 1, D): the biases that belong to no node
     pool = torch.cat([clean_outputs, clean_outputs.new_zeros((g.n_senders, C * B, *clean_outputs.shape[2:]))], 1)
     active = plan.tree.active.any(0)
-    rot = pm.rotary_tables(position_ids)
+    rot = rotary_tables(pm.spec, position_ids, pm.dtype)
+    biases = attention_biases(pm.spec, am, 1, dtype=pm.dtype, device=pm.device)
 
     def inputs(rs: list[int]) -> Tensor:  # (len(rs), C*B, T, D); an unused receiver gets its constant only
         rows = []
@@ -126,10 +129,10 @@ def treeified_logits(
             lay, H, r0 = spec.layers[layer], g.n_heads, g.receivers_from(layer)
             if bool(active[r0 : r0 + 3 * H].any()):
                 x = lay.attn_norm(inputs(list(range(r0, r0 + 3 * H))).unsqueeze(0))  # (1, 3H, C*B, T, D)
-                q, k, v = pm.project_qkv(lay, x)
-                z = pm.attend(lay, q, k, v, rot, pm.attention_bias(am, 1, lay.sliding_window))
+                q, k, v = project_qkv(lay, x)
+                z = attend(pm.spec, lay, q, k, v, rot, biases[lay.sliding_window])
                 first = g.head_sender(layer, 0)
-                pool[first : first + H, n:] = pm.head_outputs(lay, z)[0]
+                pool[first : first + H, n:] = head_outputs(lay, z)[0]
             r = g.mlp_receiver(layer)
             if bool(active[r]):
                 pool[g.mlp_sender(layer), n:] = lay.mlp(lay.mlp_norm(inputs([r])[0]))

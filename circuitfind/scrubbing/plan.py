@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, TaskError
+from circuitfind.errors import ConfigError, TaskError, check_int
 
 __all__ = ["MAX_CONTEXTS", "MAX_SAMPLES", "ContextTree", "ScrubPlan", "context_tree", "make_plan"]
 
@@ -144,8 +144,7 @@ def make_plan(graph, hyp, attention_mask: Tensor, n_samples: int, seed: int, ind
         >>> sorted(plan.originals.tolist()), bool((plan.resamples != plan.originals).all())
         ([0, 0, 1, 1, 2, 2], True)
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ConfigError(f"n_samples (draws of (prompt, resample)) must be a positive integer; got {n_samples!r}")
+    check_int(n_samples, "n_samples", what="draws of (prompt, resample)")
     if n_samples > MAX_SAMPLES:
         raise ConfigError(
             f"n_samples must be at most {MAX_SAMPLES} (every draw keeps a row of logits); got {n_samples}. The "

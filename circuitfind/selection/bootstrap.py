@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.errors import ConfigError, ShapeError, check_int
 
 __all__ = [
     "Interval",
@@ -82,12 +82,10 @@ class Interval:
 
 
 def _check_options(n_boot: Any, level: Any, seed: Any) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ConfigError(f"n_boot (bootstrap resamples) must be a positive integer; got {n_boot!r}")
+    check_int(n_boot, "n_boot", what="bootstrap resamples")
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < float(level) < 1:
         raise ConfigError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer; got {seed!r}")
+    check_int(seed, "seed", minimum=None)
 
 
 def lower_bound_level(confidence: float) -> float:
@@ -111,8 +109,7 @@ def resample_indices(n: int, n_boot: int, seed: int) -> Tensor:
         >>> tuple(idx.shape), bool((idx == resample_indices(5, 3, seed=0)).all())
         ((3, 5), True)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"the number of prompts to resample must be a positive integer; got {n!r}")
+    check_int(n, "n", what="prompts to resample")
     _check_options(n_boot, 0.5, seed)
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randint(0, n, (n_boot, n), generator=gen)

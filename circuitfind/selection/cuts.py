@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, ShapeError
+from circuitfind.errors import ConfigError, ShapeError, check_int
 from circuitfind.graph import Graph
 
 __all__ = [
@@ -440,7 +440,4 @@ def _first(order: Tensor, k: int, like: Tensor) -> Tensor:
 
 
 def _check_count(n: int, n_edges: int, name: str = "n") -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= n_edges:
-        raise ConfigError(
-            f"n_edges must be between 1 and {n_edges}; got {name}={n!r} ({name} counts top-ranked edges, an int)"
-        )
+    check_int(n, "n_edges" if name == "n" else name, minimum=1, maximum=n_edges, what="top-ranked edges kept")

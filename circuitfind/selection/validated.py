@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 from circuitfind.graph import Graph
 from circuitfind.selection.bootstrap import faithfulness_interval, lower_bound_level
 from circuitfind.selection.cuts import edge_ranking, prune_dangling
@@ -107,9 +107,7 @@ class SelectOptions:
         if isinstance(self.margin, bool) or not isinstance(self.margin, numbers.Real) or not self.margin >= 1:
             raise ConfigError(f"margin must be a number >= 1; got {self.margin!r}")
         for name in ("first", "confirm", "max_add"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer; got {v!r}")
+            check_int(getattr(self, name), name)
 
 
 def check_band(band: Any, target: float | None) -> tuple[float, float] | None:
@@ -143,12 +141,9 @@ def fold_indices(n: int) -> list[Tensor]:
         >>> [len(f) for f in folds], sorted(torch.cat(folds).tolist()) == list(range(10))
         ([3, 3, 2, 2], True)
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 4:
-        raise ConfigError(
-            f"the validated cut splits the discovery prompts into folds of at least 2 (two folds at least); got {n} "
-            "prompts. Give at least 4 discovery prompts, or pass select='train' (the size chosen on the scoring "
-            "prompts)."
-        )
+    fix = "Give at least 4 discovery prompts, or pass select='train' (the size chosen on the scoring prompts)"
+    what = "discovery prompts; the validated cut splits them into two folds of 2 at least"
+    check_int(n, "the prompt count", minimum=4, what=what, fix=fix)
     k = min(MAX_FOLDS, n // 2)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(FOLD_SEED))
     return [perm[j::k].sort().values for j in range(k)]

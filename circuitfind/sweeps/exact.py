@@ -19,7 +19,7 @@ import torch
 
 from circuitfind.algorithms.base import ScoreResult
 from circuitfind.algorithms.exact import ExactBatch, assemble_scores, layer_cost, plan_cost
-from circuitfind.errors import ConfigError
+from circuitfind.errors import check_int
 from circuitfind.sweeps.cell import ModelWorker
 from circuitfind.sweeps.ray_pool import ActorPool, connect
 
@@ -88,7 +88,7 @@ def exact_scores(
     Example:
         >>> res = exact_scores("smollm2", task.train(), metric="logit_diff", candidates=top)  # doctest: +SKIP
     """
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
 
     _check(batch_size)
     kind = Ablation.parse(ablation)
@@ -207,5 +207,4 @@ def _workers_that_fit(resources: dict[str, float], num_cpus: float, num_gpus: fl
 
 
 def _check(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_int(batch_size, "batch_size", what="senders tested per pass")

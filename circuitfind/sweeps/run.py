@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_optional_int
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.sweeps.cell import CellFn, ModelWorker
 from circuitfind.sweeps.ray_pool import ActorPool, Done, connect
@@ -93,8 +93,7 @@ def sweep(
     """
     if not isinstance(spec, SweepSpec):
         spec = parse_spec(spec) if isinstance(spec, dict) else load_spec(spec)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers must be an integer >= 1; got {workers!r}")
+    check_optional_int(workers, "workers", what="cells at once")
     check_writable(spec.circuit_dir)
     ids = tuple(c.id for c in spec.cells)
     with _locked(spec.out, wait, progress), ResultsStore(spec.store_path) as store:

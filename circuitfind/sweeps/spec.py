@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int, check_optional_int
 
 __all__ = [
     "CELL_DEFAULTS",
@@ -237,12 +237,10 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
         where = f"grid[{i}]" if len(grids) > 1 or isinstance(data["grid"], list) else "grid"
         for cell in _expand(where, grid, defaults):
             cells.setdefault(cell.id, cell)
-    workers = data.get("workers")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise SpecError(f"spec field 'workers' must be an integer >= 1 (cells at once); got {workers!r}")
-    retries = data.get("max_retries", DEFAULT_MAX_RETRIES)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise SpecError(f"spec field 'max_retries' must be an integer >= 0; got {retries!r}")
+    workers = check_optional_int(data.get("workers"), "spec field 'workers'", what="cells at once", error=SpecError)
+    retries = check_int(
+        data.get("max_retries", DEFAULT_MAX_RETRIES), "spec field 'max_retries'", minimum=0, error=SpecError
+    )
     name = data.get("name", default_name)
     if not isinstance(name, str):
         raise SpecError(f"spec field 'name' must be a string; got {name!r}")
@@ -251,8 +249,7 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
 
 def _check_cell_count(grids: list[Any], max_cells: Any) -> None:
     """Refuse, before building any cell, grids whose cartesian products hold more than ``max_cells`` cells."""
-    if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
-        raise SpecError(f"spec field 'max_cells' must be an integer >= 1; got {max_cells!r}")
+    check_int(max_cells, "spec field 'max_cells'", error=SpecError)
     sizes = [
         math.prod(len(v) if isinstance(v, list) else 1 for v in g.values()) for g in grids if isinstance(g, Mapping)
     ]
@@ -308,15 +305,12 @@ def _is_task_file(task: str) -> bool:
 def _check_field(where: str, key: str, value: Any) -> None:
     """One value of one cell field, checked on its own (types and ranges)."""
     from circuitfind.algorithms import METHODS
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
     from circuitfind.metrics import MetricKind
     from circuitfind.tasks import BUILTIN
 
     def fail(expected: str) -> None:
         raise SpecError(f"spec field '{where}': expected {expected}; got {value!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
 
     def is_num(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
@@ -339,16 +333,15 @@ def _check_field(where: str, key: str, value: Any) -> None:
         fail("a number (or null)")
     if key == "target" and value is not None and not (is_num(value) and 0 < value <= 1):
         fail("a faithfulness in (0, 1] (or null)")
-    if key == "n_edges" and value is not None and not (is_int(value) and value >= 1):
-        fail("an integer >= 1 (or null)")
-    if key == "seed" and not is_int(value):
-        fail("an integer")
-    if key in ("n_prompts", "steps") and not (is_int(value) and value >= 1):
-        fail("an integer >= 1")
-    if key == "held_out" and not (is_int(value) and value >= 1):
-        fail("an integer >= 1 (held-out prompts the cell is evaluated on)")
-    if key == "batch_size" and value is not None and not (is_int(value) and value >= 1):
-        fail("an integer >= 1 (or null)")
+    field = f"spec field '{where}'"
+    if key in ("n_edges", "batch_size"):
+        check_optional_int(value, field, error=SpecError)
+    if key == "seed":
+        check_int(value, field, minimum=None, error=SpecError)
+    if key in ("n_prompts", "steps"):
+        check_int(value, field, error=SpecError)
+    if key == "held_out":
+        check_int(value, field, what="held-out prompts the cell is evaluated on", error=SpecError)
     if key in ("absolute", "cpr_cmd") and not isinstance(value, bool):
         fail("true or false")
     if key == "num_cpus" and not (is_num(value) and value > 0):

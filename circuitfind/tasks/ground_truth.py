@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from itertools import product
 from typing import Any
 
-from circuitfind.engine.patchable import Ablation
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import TaskError
+from circuitfind.errors import TaskError, check_int
 from circuitfind.tasks.base import Task, bos_prefix, encode
 from circuitfind.tasks.templates import slot_labels, with_labels
 
@@ -176,8 +176,10 @@ def make_ioi(
 def _templates(template: int | None) -> tuple[str, ...]:
     if template is None:
         return IOI_TEMPLATES
-    if isinstance(template, bool) or not isinstance(template, int) or not 0 <= template < len(IOI_TEMPLATES):
-        raise TaskError(f"template must be an index in 0..{len(IOI_TEMPLATES) - 1} of IOI_TEMPLATES; got {template!r}")
+    last = len(IOI_TEMPLATES) - 1
+    template = check_int(
+        template, "template", minimum=0, maximum=last, what="an index of IOI_TEMPLATES", error=TaskError
+    )
     return (IOI_TEMPLATES[template],)
 
 

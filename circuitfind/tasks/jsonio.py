@@ -50,7 +50,7 @@ from typing import Any, TypeGuard
 
 import torch
 
-from circuitfind.errors import TaskError
+from circuitfind.errors import TaskError, check_int, check_optional_int
 from circuitfind.fileio import atomic_write
 from circuitfind.tasks.base import PAD_ANSWER, Task, build_from_ids, build_from_strings, pad_id_of
 
@@ -106,8 +106,7 @@ def from_json(
     Example:
         >>> task = from_json("tasks/my_ioi.json", tokenizer, n_train=80)  # doctest: +SKIP
     """
-    if max_prompts is not None and not (_is_int(max_prompts) and max_prompts >= 1):
-        raise TaskError(f"max_prompts must be an integer >= 1 or None; got {max_prompts!r}")
+    check_optional_int(max_prompts, "max_prompts", error=TaskError)
     path = check_task_file(path)
     label = path.name
     options, items, where = _read(path, label, max_prompts)
@@ -395,10 +394,8 @@ def _check_option_types(opts: dict[str, Any], label: str) -> None:
         raise TaskError(f"{label}: option 'name' must be a string; got {opts['name']!r}")
     if not isinstance(opts["metric"], str):
         raise TaskError(f"{label}: option 'metric' must be a string; got {opts['metric']!r}")
-    if not _is_int(opts["seed"]):
-        raise TaskError(f"{label}: option 'seed' must be an integer; got {opts['seed']!r}")
-    if opts["n_train"] is not None and not _is_int(opts["n_train"]):
-        raise TaskError(f"{label}: option 'n_train' must be an integer or null; got {opts['n_train']!r}")
+    check_int(opts["seed"], f"{label}: option 'seed'", minimum=None, error=TaskError)
+    check_optional_int(opts["n_train"], f"{label}: option 'n_train'", minimum=None, error=TaskError)
 
 
 def _check_fields(item: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> None:

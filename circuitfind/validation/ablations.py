@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
-from circuitfind.engine.patchable import Ablation
+from circuitfind.engine.ablations import Ablation
 
 __all__ = ["ABLATIONS", "ablation_sensitivity", "jaccard"]
 

@@ -15,16 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 
 __all__ = ["NodeProbes", "circuit_nodes", "check_probes"]
 
 
 def check_probes(probes: Any, least: int = 1) -> int:
     """``probes`` as an int >= ``least``, or a :class:`ConfigError`."""
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < least:
-        raise ConfigError(f"probes (the budget of masks to evaluate) must be an integer >= {least}; got {probes!r}")
-    return probes
+    return check_int(probes, "probes", minimum=least, what="the budget of masks to evaluate")
 
 
 def circuit_nodes(graph: Any, mask: Tensor) -> list[int]:

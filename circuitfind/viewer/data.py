@@ -14,7 +14,7 @@ from torch import Tensor
 
 from circuitfind.analysis import HeadClasses, HeadRoles, attention_patterns, direct_effects, head_roles
 from circuitfind.engine.patchable import PatchableModel
-from circuitfind.errors import TaskError
+from circuitfind.errors import TaskError, check_int
 
 __all__ = ["DEFAULT_MAX_PROMPTS", "ExplorerData", "PromptView", "collect", "empty"]
 
@@ -91,8 +91,7 @@ def collect(
         >>> data.patterns[0].shape, data.prompts[0].tokens[:2]  # (layers, heads, tokens, tokens)
         (torch.Size([1, 2, 4, 4]), ('#16', '#5'))
     """
-    if max_prompts < 1:
-        raise TaskError(f"max_prompts must be at least 1; got {max_prompts}")
+    check_int(max_prompts, "max_prompts", what="prompts to embed", error=TaskError)
     task = task.train()
     task = task.subset(slice(0, min(max_prompts, len(task))))
     cpu = task.to("cpu")

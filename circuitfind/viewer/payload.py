@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from circuitfind.errors import ConfigError
+from circuitfind.errors import ConfigError, check_int
 from circuitfind.export import _jsonable
 from circuitfind.selection.cuts import edge_ranking
 from circuitfind.viewer.data import ExplorerData
@@ -183,8 +183,7 @@ def build_payload(
         >>> payload["edges"]["n_ranked"], len(payload["kept"])
         (13, 4)
     """
-    if isinstance(max_edges, bool) or not isinstance(max_edges, int) or max_edges < 1:
-        raise ConfigError(f"max_edges must be a positive integer; got {max_edges!r}")
+    check_int(max_edges, "max_edges", what="edges shown")
     g = circuit.graph
     s_idx, r_idx, n_scored = ranked_edges(circuit, max_edges)
     flat = (s_idx * g.n_receivers + r_idx).tolist()

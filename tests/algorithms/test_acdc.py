@@ -16,6 +16,7 @@ from circuitfind.graph import Graph
 from circuitfind.problem import prepare_problem
 from circuitfind.tasks import Task
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2, tiny_llama, tiny_neox
+from tests.toy_tasks import random_task
 
 N, T = 5, 8
 
@@ -237,6 +238,18 @@ def test_bad_options_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         cf.discover(MODELS["gpt2"], _task(), progress=False, **{"threshold": 0.01, **kwargs})
 
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": True}, r"batch_size .*must be a positive integer.*True"),
+        ({"batch_size": 0}, r"batch_size .*must be a positive integer.*0"),
+        ({"absolute": "no"}, r"absolute must be True or False; got 'no'"),
+    ],
+)
+def test_bad_option_types_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        cf.discover(tiny_gpt2(), random_task(), progress=False, **kwargs)
 
 def test_bad_tasks_raise_clear_errors():
     model = MODELS["gpt2"]

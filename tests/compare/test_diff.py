@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
 from circuitfind.graph import NodeKind
 from circuitfind.models.weights import node_weights
-from tests.models_tiny import tiny_gpt2, tiny_llama
+from tests.models_tiny import tiny_gpt2, tiny_llama, tiny_qwen2
 from tests.toy_problems import natural_task
 
 
@@ -136,3 +137,24 @@ def test_gqa_shared_kv_change_goes_to_every_query_head_of_its_group():
         if any(not torch.equal(p, q) for p, q in zip(x, y, strict=True))
     ]
     assert changed == ["a0.h0", "a0.h1"]
+
+
+def test_diff_of_models_of_different_families_with_one_graph_is_a_clear_error():
+    # GPT-2 and Llama of one shape share the graph, but not the weights of a node: the weight table was NaN
+    a, b = PatchableModel(tiny_gpt2(seed=0)), PatchableModel(tiny_llama())
+    assert a.graph.describe() == b.graph.describe()
+    with pytest.raises(ConfigError, match="weights of node a0.h0 differ in layout"):
+        check_comparable(a, b)
+    with pytest.raises(ConfigError, match="differ in layout"):  # Qwen2's q/k/v biases, Llama has none
+        check_comparable(PatchableModel(tiny_llama()), PatchableModel(tiny_qwen2(sliding_window=None)))
+
+
+def test_diff_of_a_model_with_itself_has_no_differences_and_top_is_checked():
+    pm = PatchableModel(tiny_gpt2(seed=3, init=0.2))
+    task = natural_task(pm)
+    d = diff(pm, pm, task, n_edges=10, metric="logit_diff")
+    assert d.jaccard == 1.0 and d.only_a == [] and d.only_b == []
+    assert all(r["diff"] == 0.0 for r in d.weights + d.activations + d.logprobs if math.isfinite(r["diff"]))
+    assert len(d.logprobs) == 20
+    with pytest.raises(ConfigError, match="top .* non-negative integer; got -1"):  # was all rows but the last
+        diff(pm, pm, task, top=-1, n_edges=10, metric="logit_diff")

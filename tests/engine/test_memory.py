@@ -108,6 +108,32 @@ def test_peak_memory_sees_a_large_allocation_after_a_reset():
     assert set(during.to_dict()) == {"bytes", "kind", "device", "mib"}
 
 
+def test_resident_and_available_readings_follow_an_allocation_and_the_proc_format(tmp_path, monkeypatch):
+    import mmap
+
+    from circuitfind.engine import memory
+
+    size = 64 * 2**20
+    before = memory.resident_bytes()
+    block = mmap.mmap(-1, size)
+    block.write(b"x" * size)  # 64 MiB of fresh pages, resident now
+    during = memory.resident_bytes()
+    assert before is not None and during is not None and during - before > 48 * 2**20
+    assert memory.lifetime_peak_rss() >= during - 2**20  # never reset: at least what is resident now
+    block.close()
+    # the parser, on a hand-written /proc file: kB to bytes, the exact field, None when absent
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    monkeypatch.setattr(memory, "_STATUS", status)
+    assert (memory.resident_bytes(), memory.peak_memory().bytes) == (1024 * 1024, 2048 * 1024)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16 kB\nMemFree:         4 kB\nMemAvailable:    8 kB\n")
+    monkeypatch.setattr(memory, "_MEMINFO", meminfo)
+    assert memory.available_bytes() == 8 * 1024
+    monkeypatch.setattr(memory, "_MEMINFO", tmp_path / "absent")
+    assert memory.available_bytes() is None
+
+
 def test_estimate_counts_the_tensors_the_code_holds():
     pm, task = PMS["gpt2"], TASKS["gpt2"]
     problem = _problem("gpt2", None)
@@ -123,7 +149,7 @@ def test_estimate_counts_the_tensors_the_code_holds():
 @pytest.mark.parametrize("kind", ["mean", "zero", "resample"])
 def test_estimate_sizes_each_ablation_given_as_enum_or_name_as_held(kind):
     """Issue 19 item 6: ``Ablation.MEAN`` (an enum, not the string) was sized as resample, N times too large."""
-    from circuitfind.engine.patchable import Ablation
+    from circuitfind.engine.ablations import Ablation
 
     pm, t = PMS["gpt2"], TASKS["gpt2"]
     full = torch.ones_like(t.attention_mask)  # equal lengths: the mean is taken per position

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitfind.engine.patchable import Ablation, PatchableModel
+from circuitfind.engine.ablations import Ablation
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
 from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_mistral, tiny_neox, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward

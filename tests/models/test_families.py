@@ -18,10 +18,10 @@ from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.spec import RotaryStyle
 from circuitfind.problem import prepare_problem
 from circuitfind.tasks import Task
+from tests.algorithms.test_acdc import _assert_same
 from tests.families_tiny import NEW_FAMILIES, WINDOW, gemma2, gemma3, olmo2, olmoe, opt, phi3, qwen3
 from tests.models_tiny import VOCAB, randomize_biases, tiny_mistral, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward
-from tests.algorithms.test_acdc import _assert_same
 
 
 def randomized(model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import time
 import warnings
 from pathlib import Path
@@ -12,9 +13,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from circuitfind.cli.main import main
 from circuitfind.errors import ConfigError, ModelLoadError
 from circuitfind.models import loading
 from circuitfind.models.loading import default_cache_dir, load_model
+from tests.models_tiny import tiny_gpt2, tiny_llama
 
 UNKNOWN = "no-such-org/no-such-model-xyz"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -231,3 +234,133 @@ def test_local_directory_with_a_broken_weights_file_names_it(tmp_path):
     _truncate(tmp_path / "model.safetensors")
     with pytest.raises(ModelLoadError, match=r"weights file .*model\.safetensors.* cannot be read.*truncated"):
         load_model(tmp_path, progress=False)
+
+
+# --- a GGUF file as --model, and an empty model name (issue 19, item 14) -----------------------------------------
+def _permute(w, n_head):  # llama.cpp's layout of q/k rows (its converter's permute; transformers undoes it)
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_tiny_gguf(path, arch: str = "llama"):
+    """A float32 GGUF file of tests.models_tiny.tiny_llama, written with the `gguf` package (no tokenizer)."""
+    import gguf
+
+    model = tiny_llama(init=0.2)
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny-llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(c.vocab_size)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    names["lm_head.weight"] = "output.weight"
+    parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    for i in range(c.num_hidden_layers):
+        names.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{gg}.weight" for hf, gg in parts.items()})
+    state = model.state_dict()
+    for hf, gg in names.items():
+        t = state[hf].detach().float().numpy()
+        if gg.endswith("attn_q.weight"):
+            t = _permute(t, c.num_attention_heads)
+        if gg.endswith("attn_k.weight"):
+            t = _permute(t, c.num_key_value_heads)
+        w.add_tensor(gg, t.copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return model
+
+
+def test_a_gguf_file_as_model_loads_through_the_gguf_reader(tmp_path, capsys):
+    path = tmp_path / "tiny-llama.gguf"
+    source = _write_tiny_gguf(path)
+    model, tok = load_model(path, progress=False)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, source(ids).logits, atol=1e-5)
+    assert tok is None and type(model).__name__ == "LlamaForCausalLM"
+    assert main(["info", "--model", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "LlamaForCausalLM" in out and str(path) in out
+
+
+def test_a_file_that_is_not_a_model_or_an_unreadable_gguf_says_why(tmp_path, capsys):
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(b"\x80\x02junk")
+    with pytest.raises(ModelLoadError, match=r"is a file, not a model: pass the folder written by save_pretrained"):
+        load_model(weights, progress=False)
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04 a zip file renamed")
+    with pytest.raises(ModelLoadError, match=r"is named like a GGUF file but is not one: it starts with b'PK"):
+        load_model(fake, progress=False)
+    odd = tmp_path / "odd.gguf"
+    _write_tiny_gguf(odd, arch="no-such-arch")
+    with pytest.raises(ModelLoadError, match=r"could not read the GGUF model .*odd\.gguf.* GGUF reader .*no-such-arch"):
+        load_model(odd, progress=False)
+    for path, message in ((weights, "is a file, not a model"), (odd, "GGUF reader")):
+        assert main(["info", "--model", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "does not exist" not in err and "Traceback" not in err
+
+
+def test_an_empty_model_name_is_refused(tmp_path, monkeypatch, capsys):
+    tiny_gpt2(n_layer=1, n_head=2, n_embd=8).save_pretrained(tmp_path)  # a model in the current folder
+    monkeypatch.chdir(tmp_path)
+    for name in ("", "  "):
+        with pytest.raises(ConfigError, match=r"the model name is empty"):
+            load_model(name, progress=False)
+    assert main(["info", "--model", "", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the model name is empty" in err and "leave --model out" in err
+
+
+# --- a same-size but corrupted cached default model (issue 19, item 8) -----------------------------------------
+def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_path):
+    gguf = tmp_path / "fake.gguf"  # stands in for the package's GGUF file: never the real cache
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    monkeypatch.setattr(loading, "default_gguf_path", lambda: gguf)
+    conversions = []
+
+    def convert(source, cached, progress):  # the slow dequantisation of the real model, replaced by a tiny one
+        conversions.append(source)
+        return _tiny_gpt2().eval(), _tiny_tokenizer()
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    cache = tmp_path / "cache"
+    first, _ = loading.load_model(cache_dir=cache, progress=False)
+    (cached,) = cache.iterdir()
+    weights = cached / "model.safetensors"
+
+    def corrupt() -> None:  # NaN bytes over the end of the last tensor; the file keeps its size and header
+        data = bytearray(weights.read_bytes())
+        data[-64:] = b"\xff" * 64
+        size = weights.stat().st_size
+        weights.write_bytes(bytes(data))
+        assert weights.stat().st_size == size
+
+    ids = torch.tensor([[1, 2, 3]])
+    for why, drop_record in ((r"model\.safetensors does not match its checksum", False), (r"holds NaN", True)):
+        corrupt()
+        if drop_record:  # a cache written before checksums were recorded: the finite-weights check finds it
+            record = json.loads((cached / "circuitfind_cache.json").read_text())
+            assert set(record.pop("weights_sha256")) == {"model.safetensors"}
+            (cached / "circuitfind_cache.json").write_text(json.dumps(record))
+        with pytest.warns(UserWarning, match=rf"ignoring the damaged model cache .*{why}.*converting again"):
+            model, tok = loading.load_model(cache_dir=cache, progress=False)
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters()) and tok is not None
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, first(ids).logits)
+    assert len(conversions) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loading.load_model(cache_dir=cache, progress=False)  # the rebuilt cache reads without converting
+    assert len(conversions) == 3

@@ -12,8 +12,6 @@ from circuitfind.circuit import Circuit
 from circuitfind.cli.main import main
 from circuitfind.validation.report_html import embed_json, render_report
 
-pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module")
 def model_dir(tok, tmp_path_factory):
@@ -51,7 +49,7 @@ def test_report_writes_the_three_files_and_they_parse(report_dir, capsys):
                                       "core_heldout_faithfulness"}  # fmt: skip
     assert data["stability"]["n_boot"] == 3 and 0 < data["stability"]["jaccard_mean"] <= 1
     freq = data["stability"]["edge_frequency"]
-    assert all(v in (1 / 3, 2 / 3, 1.0) or abs(v * 3 - round(v * 3)) < 1e-9 for v in freq.values())
+    assert freq and all(min(abs(v - j / 3) for j in (1, 2, 3)) < 1e-9 for v in freq.values())  # kept by 1, 2 or 3
     assert set(data["stability"]["core_edges"]) <= set(freq)
     assert set(data["ablations"]) >= {"resample", "mean", "zero"}
     assert data["ablations"]["resample"]["jaccard"] == 1.0  # the circuit was found under resample ablation

@@ -1,4 +1,4 @@
-"""The explorer's two-model view and head classes, opened in headless Chromium (as tests/viewer/test_viewer_browser.py)."""
+"""The explorer's two-model view and head classes, opened in headless Chromium (as test_html_browser.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from circuitfind.circuit import Circuit
 from circuitfind.compare import diff
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.viewer import to_html
+from tests.browser import console_errors, open_page
 from tests.ioi_planted import planted_ioi_spec, planted_ioi_task
 from tests.models_tiny import tiny_gpt2
-from tests.viewer.test_viewer_browser import _errors, _open, driver  # noqa: F401 (driver is a fixture)
 from tests.toy_problems import natural_task
 
 
@@ -33,8 +33,8 @@ def test_two_model_view_colours_the_edges_by_side_and_shows_node_differences(dri
         b.transformer.h[1].attn.c_proj.weight[:8] = 0.0  # head a1.h0's W_O
     pm_a, pm_b = PatchableModel(a), PatchableModel(b)
     d = diff(pm_a, pm_b, natural_task(pm_a), n_edges=30, metric="logit_diff", progress=False)
-    _open(driver, d.to_html(tmp_path / "diff.html"))
-    assert _errors(driver) == []
+    open_page(driver, d.to_html(tmp_path / "diff.html"))
+    assert console_errors(driver) == []
     driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(1000)")
     sides = driver.execute_script(
         "const out = {}; for (const p of document.querySelectorAll('#edges path'))"
@@ -56,8 +56,8 @@ def test_heads_show_their_ioi_class(driver, tmp_path):  # noqa: F811
     hc = head_classes(pm, planted_ioi_task(), copy_sample=12)
     g = pm.graph
     circuit = Circuit(g, g.full_mask(), torch.ones(g.n_senders, g.n_receivers))
-    _open(driver, to_html(circuit, tmp_path / "classes.html", head_classes=hc))
-    assert _errors(driver) == []
+    open_page(driver, to_html(circuit, tmp_path / "classes.html", head_classes=hc))
+    assert console_errors(driver) == []
     classes = driver.execute_script(
         "return [...document.querySelectorAll('#nodes g.head')].map((g) => [g.dataset.name,"
         " ([...g.classList].find((c) => c.startsWith('cls-')) || '').slice(4)]);"

@@ -6,7 +6,7 @@ import pytest
 
 from circuitfind.validation.report import build_report, write_report
 from circuitfind.viewer import to_html
-from tests.viewer.test_viewer_browser import _errors, _open, driver  # noqa: F401  (the browser fixture)
+from tests.browser import console_errors, open_page
 from tests.viewer_cases import tiny_case
 
 
@@ -25,7 +25,7 @@ def case(tmp_path_factory):
 def test_report_page_opens_without_errors_and_draws_its_figures(driver, case):  # noqa: F811
     out, rep, _ = case
     driver.get((out / "report.html").resolve().as_uri())
-    assert _errors(driver) == []
+    assert console_errors(driver) == []
     sizes = driver.execute_script(
         "return [...document.querySelectorAll('figure svg')].map(s => s.getBoundingClientRect().width)"
     )
@@ -39,8 +39,8 @@ def test_explorer_colours_edges_by_inclusion_frequency(driver, case, tmp_path): 
     out, rep, data = case
     freq = rep.data["stability"]["edge_frequency"]
     path = to_html(rep.circuit, tmp_path / "explorer.html", data=data, frequency=freq)
-    _open(driver, path)
-    assert _errors(driver) == []
+    open_page(driver, path)
+    assert console_errors(driver) == []
     colours = driver.execute_script(
         "return Object.fromEntries([...document.querySelectorAll('path.edge')].map(p => [p.dataset.name, "
         "getComputedStyle(p).stroke]))"

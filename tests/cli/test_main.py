@@ -1,9 +1,11 @@
-"""The command line: files written, resume after Ctrl-C, clean errors. A tiny GPT-2 with SmolLM2's tokenizer."""
+"""The command line (cli/main.py): files written, resume after Ctrl-C, clean errors, `diff` and `heads --classes`.
+Tiny GPT-2s with SmolLM2's tokenizer, saved as folders (what `--model DIR` reads)."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import re
 import runpy
 import shutil
 import sys
@@ -17,6 +19,11 @@ from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
 from circuitfind.cli.main import CHECKPOINT_NAME, build_parser, main
 from circuitfind.discovery import discover
+from circuitfind.tasks import Task, to_json
+from tests.cli_runs import discover_cli
+from tests.models_tiny import VOCAB, tiny_gpt2
+from tests.toy_tasks import ITEMS, CountingTokenizer, random_task
+from tests.viewer_cases import embedded_payload
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 64, "initializer_range": 0.5}
 IOI = "When {} and {} went to the {}, {} gave a drink to"
@@ -390,3 +397,188 @@ def test_discover_edge_pruning_takes_lr_seed_and_warm_start(model_dir, tmp_path,
     assert circuit.n_edges <= 8
     assert main([*base, "--method", "eap", "--n-edges", "8", "--lr", "0.2", "--out", str(tmp_path / "b")]) == 2
     assert "edge-pruning" in capsys.readouterr().err
+
+
+# --- a model folder saved without a tokenizer (bare_model_dir): token-id task files ----------------------------
+def test_cli_runs_a_token_id_task_file_without_a_tokenizer(bare_model_dir, tmp_path, capsys):
+    task_file = tmp_path / "ids.json"
+    to_json(random_task(), task_file)
+    assert discover_cli(bare_model_dir, task_file, tmp_path / "run") == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "circuit.json").is_file()
+
+
+def test_cli_without_a_tokenizer_says_how_to_pass_one(bare_model_dir, tmp_path, capsys):
+    task_file = tmp_path / "strings.json"
+    task_file.write_text(json.dumps(ITEMS))
+    for task in ("ioi", task_file):
+        assert discover_cli(bare_model_dir, task, tmp_path / "run") == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and "--tokenizer" in err and "Traceback" not in err
+
+
+def test_cli_tokenizer_option_is_used(bare_model_dir, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_load(name, **kwargs):
+        seen.update(kwargs)
+        return tiny_gpt2(), None
+
+    monkeypatch.setattr("circuitfind.models.load_model", fake_load)
+    task_file = tmp_path / "ids.json"
+    to_json(random_task(), task_file)
+    assert discover_cli(bare_model_dir, task_file, tmp_path / "run", "--tokenizer", "some/tokenizer") == 0
+    assert seen["tokenizer"] == "some/tokenizer"
+
+
+def test_cli_with_a_huge_token_id_exits_with_a_message(bare_model_dir, tmp_path, capsys):
+    """Issue 19, item 11: a token id outside int64 or the model's vocabulary is a message, not a traceback."""
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps([{"clean_ids": [1, 10**20], "corrupted_ids": [1, 3], "answer_ids": [5]}]))
+    assert discover_cli(bare_model_dir, path, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "ids.json: item 0: field 'clean_ids' holds token id" in err and "Traceback" not in err
+    path.write_text(json.dumps([{"clean_ids": [1, 2], "corrupted_ids": [1, 3], "answer_ids": [5]}] * 2
+                               + [{"clean_ids": [1, VOCAB], "corrupted_ids": [1, 3], "answer_ids": [5]}]))  # fmt: skip
+    assert discover_cli(bare_model_dir, path, tmp_path / "run") == 2  # no tokenizer: the vocabulary is the limit
+    err = capsys.readouterr().err
+    assert f"task file {path}: prompt 2 holds token id {VOCAB} in clean_ids" in err and "Traceback" not in err
+
+
+def test_cli_reads_only_n_prompts_plus_held_out_of_a_task_file(bare_model_dir, tmp_path, capsys):
+    """Issue 19, item 15: ``--n-prompts`` + ``--held-out`` prompts are read, and nothing after them."""
+    tok = CountingTokenizer()
+    task = Task.from_strings(tok, [f"ab{i}" for i in range(5)], [f"cd{i}" for i in range(5)], ["e"] * 5, ["f"] * 5)
+    ids = tmp_path / "ids.json"
+    to_json(task, ids)
+    lines = json.loads(ids.read_text())["prompts"]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in lines) + "\n{this line is never read\n")
+    # logit difference: on this near-uniform model KL's full-to-empty gap (5e-6) is below check_gap's noise floor
+    extra = ("--n-prompts", "3", "--held-out", "2", "--metric", "logit_diff")
+    assert discover_cli(bare_model_dir, path, tmp_path / "run", *extra) == 0
+    out = capsys.readouterr().out
+    assert "held-out faithfulness" in out and "on 2 prompts" in out
+
+
+# --- `circuitfind diff` and `circuitfind heads --classes` ---------------------------------------------------------
+def _save_gpt2(tok, path, n_layer: int, zero_head: tuple[int, int] | None = None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos, **{**TINY, "n_layer": n_layer})
+    model = GPT2LMHeadModel(config)
+    if zero_head is not None:
+        layer, h = zero_head
+        e = TINY["n_embd"] // TINY["n_head"]
+        with torch.no_grad():
+            model.transformer.h[layer].attn.c_proj.weight[h * e : (h + 1) * e] = 0.0
+    model.eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    return {
+        "a": _save_gpt2(tok, root / "a", 2),
+        "b": _save_gpt2(tok, root / "b", 2, zero_head=(1, 1)),
+        "deep": _save_gpt2(tok, root / "deep", 3),
+    }
+
+
+def test_diff_prints_and_writes_json_and_html(dirs, tmp_path, capsys):
+    out, html = tmp_path / "diff.json", tmp_path / "diff.html"
+    args = ["diff", "--model", str(dirs["a"]), "--model-b", str(dirs["b"]), "--task", "ioi", "--n-prompts", "4"]
+    assert main([*args, "--n-edges", "10", "--json", str(out), "--html", str(html), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["weights"][0]["node"] == "a1.h1" and d["activations"][0]["node"] == "a1.h1"
+    assert d["model_a"] == str(dirs["a"]) and d["model_b"] == str(dirs["b"])
+    assert "Jaccard" in stdout and "weights ||A-B||: a1.h1" in stdout and str(out) in stdout
+    assert '"diff":' in html.read_text()
+
+
+def test_diff_of_models_with_different_graphs_is_a_clear_error(dirs, capsys):
+    args = ["diff", "--model", str(dirs["a"]), "--model-b", str(dirs["deep"]), "--task", "ioi", "--n-prompts", "2"]
+    assert main([*args, "--n-edges", "5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the two models differ in graph: A has 2 layers" in err and "3 layers" in err
+
+
+def test_diff_of_one_model_with_itself_has_no_differences(dirs, tmp_path, capsys):
+    out = tmp_path / "diff.json"
+    args = ["diff", "--model", str(dirs["a"]), "--model-b", str(dirs["a"]), "--task", "ioi"]
+    assert main([*args, "--n-prompts", "4", "--n-edges", "8", "--json", str(out), "--no-progress"]) == 0
+    d = json.loads(out.read_text())
+    assert d["jaccard"] == 1.0 and d["only_a"] == [] and d["only_b"] == []
+    assert all(r["diff"] in (0.0, None) for r in d["weights"] + d["activations"] + d["logprobs"])
+
+
+def test_heads_classes_needs_an_ioi_task(dirs, capsys):
+    assert main(["heads", "--model", str(dirs["a"]), "--classes", "--no-progress"]) == 2
+    assert "--classes needs an IOI task" in capsys.readouterr().err
+
+
+def test_heads_classes_prints_every_class_and_writes_json_and_csv(tmp_path, capsys):
+    import argparse
+
+    from circuitfind.cli.main import _run_head_classes
+    from circuitfind.engine.patchable import PatchableModel
+    from tests.ioi_planted import planted_ioi_spec, planted_ioi_task
+
+    out, csv = tmp_path / "classes.json", tmp_path / "classes.csv"
+    args = argparse.Namespace(
+        effect_threshold=None, attention_threshold=0.5, copying_threshold=None, seed=0, progress=False, all=True,
+        json=out, csv=csv,
+    )  # fmt: skip
+    assert _run_head_classes(args, PatchableModel(planted_ioi_spec()), planted_ioi_task(), 0.0) == 0
+    stdout = capsys.readouterr().out
+    assert "name_mover           a3.h0 (2.00)" in stdout  # attention 1.0 over the 0.5 threshold given
+    assert "duplicate_token      a0.h1 (2.00)" in stdout and "attention 0.5" in stdout
+    assert json.loads(out.read_text())["members"]["backup_name_mover"] == ["a4.h0"]
+    assert csv.read_text().splitlines()[0].startswith("head,layer,index,class")
+
+
+# --- the explorer from the command line (discover --html, view, heads), a GPT-2 of HF's default init ----------
+@pytest.fixture(scope="module")
+def view_dir(tok, tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos, n_layer=2, n_head=2, n_embd=16)
+    path = tmp_path_factory.mktemp("tiny-gpt2-viewer")
+    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_cli_discover_html_then_view(view_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["discover", "--model", str(view_dir), "--task", "ioi", "--n-prompts", "3", "--held-out", "0"]
+    assert main([*args, "--method", "eap", "--n-edges", "20", "--out", str(out), "--no-progress", "--html"]) == 0
+    html_path = out / "circuit.html"
+    assert str(html_path) in capsys.readouterr().out
+    payload = embedded_payload(html_path.read_text())
+    assert len(payload["task"]["prompts"]) == 3
+    assert any(" and " in p["clean"] for p in payload["task"]["prompts"])  # IOI text, tokens decoded
+    assert "roles" in payload and "direct" in payload
+
+    assert main(["view", str(out / "circuit.json"), "--model", str(view_dir), "--out", str(tmp_path / "v.html")]) == 0
+    viewed = embedded_payload((tmp_path / "v.html").read_text())
+    assert viewed["edges"] == payload["edges"] and viewed["task"] == payload["task"]
+    assert main(["view", str(out / "circuit.json"), "--no-model"]) == 0
+    assert "wrote " + str(out / "circuit.html") in capsys.readouterr().out
+
+
+def test_cli_heads_prints_top_heads_per_role(view_dir, tmp_path, capsys):
+    js = tmp_path / "heads.json"
+    argv = ["heads", "--model", str(view_dir), "--task", "ioi", "--n-prompts", "3", "--top", "2", "--json", str(js)]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for column in ("previous_token", "duplicate_token", "induction", "copying", "direct_effect"):
+        assert re.search(rf"^{column}\s+a\d\.h\d", out, re.M), out
+    table = json.loads(js.read_text())
+    assert len(table["rows"]) == 4 and table["rows"][0]["head"] == "a0.h0"

@@ -1,62 +1,17 @@
-"""The explorer in a real browser: headless Chromium (Debian's package) driven by Selenium opens the file from
-file://, with no console errors; the slider redraws exactly the top-k edges; clicking a head opens its heatmap.
-
-Skipped, with the reason, only where Chromium, its driver or Selenium is missing (``scripts/setup.sh`` installs
-them: apt ``chromium chromium-driver``, pip ``selenium`` from the dev extras).
+"""The explorer's page (viewer/html.py and its static/ code) in a real browser: headless Chromium (Debian's
+package) driven by Selenium opens the file from file://, with no console errors; the slider redraws exactly the
+top-k edges; clicking a head opens its heatmap. The browser: tests/browser.py and the ``driver`` fixture.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from circuitfind.viewer import to_html
+from tests.browser import console_errors, drawn_edges, open_page
 from tests.viewer_cases import default_size_case, ranked_names, tiny_acdc_case, tiny_case
 
 OPEN_BUDGET_MS = 2000
-
-
-def _browser_paths() -> tuple[str | None, str | None]:
-    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    return browser, shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def driver():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    browser, chromedriver = _browser_paths()
-    if browser is None or chromedriver is None:
-        why = "Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI") == "true":  # CI installs them in scripts/setup.sh: missing there is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
-        opts.add_argument(arg)
-    opts.binary_location = browser
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(chromedriver), options=opts)  # the given driver: nothing is downloaded
-    try:
-        yield d
-    finally:
-        d.quit()
-
-
-def _open(driver, path) -> None:
-    driver.get(path.resolve().as_uri())
-    assert driver.execute_script("return document.body.dataset.ready") == "1"
-
-
-def _errors(driver) -> list:
-    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-
-
-def _drawn(driver) -> list[str]:
-    return driver.execute_script("return window.circuitExplorer.drawnEdgeNames()")
 
 
 def _through(edges: list[str], node: str) -> list[str]:
@@ -76,8 +31,8 @@ def _through(edges: list[str], node: str) -> list[str]:
 def tiny_page(driver, tmp_path_factory):
     pm, task, circuit, data = tiny_case()
     path = to_html(circuit, tmp_path_factory.mktemp("explorer") / "tiny.html", data=data)
-    _open(driver, path)
-    assert _errors(driver) == []
+    open_page(driver, path)
+    assert console_errors(driver) == []
     return driver, circuit, data
 
 
@@ -86,9 +41,9 @@ def test_opens_at_the_runs_cut_with_the_saved_circuit(tiny_page):
     k = circuit.stats["k"]
     assert driver.find_element("id", "size").get_attribute("value") == str(k)
     # hiding dangling edges, the run's own cut draws exactly the saved circuit
-    assert sorted(_drawn(driver)) == sorted(circuit.edge_names) == sorted(ranked_names(circuit, k, prune=True))
+    assert sorted(drawn_edges(driver)) == sorted(circuit.edge_names) == sorted(ranked_names(circuit, k, prune=True))
     driver.find_element("id", "saved").click()
-    assert sorted(_drawn(driver)) == sorted(circuit.edge_names)
+    assert sorted(drawn_edges(driver)) == sorted(circuit.edge_names)
 
 
 def test_slider_redraws_exactly_the_top_k(tiny_page):
@@ -99,7 +54,7 @@ def test_slider_redraws_exactly_the_top_k(tiny_page):
     n = driver.execute_script("return window.circuitExplorer.maxK")
     for k in (1, 2, 9, 40, n):
         driver.execute_script("window.circuitExplorer.setK(arguments[0])", k)
-        drawn = _drawn(driver)
+        drawn = drawn_edges(driver)
         assert len(drawn) == k == len(driver.find_elements("css selector", "#edges path.edge"))
         assert sorted(drawn) == sorted(ranked_names(circuit, k))
     # the keyboard moves the real slider one step, and the graph follows
@@ -107,18 +62,18 @@ def test_slider_redraws_exactly_the_top_k(tiny_page):
     slider = driver.find_element("id", "size")
     slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
     driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    assert slider.get_attribute("value") == "12" and sorted(_drawn(driver)) == sorted(ranked_names(circuit, 12))
+    assert slider.get_attribute("value") == "12" and sorted(drawn_edges(driver)) == sorted(ranked_names(circuit, 12))
     driver.execute_script("window.circuitExplorer.setPrune(true)")
     for k in (5, 12, 33):
         driver.execute_script("window.circuitExplorer.setK(arguments[0])", k)
-        assert sorted(_drawn(driver)) == sorted(ranked_names(circuit, k, prune=True))
-    assert _errors(driver) == []
+        assert sorted(drawn_edges(driver)) == sorted(ranked_names(circuit, k, prune=True))
+    assert console_errors(driver) == []
 
 
 def test_clicking_a_head_opens_its_heatmap_and_paths(tiny_page):
     driver, circuit, data = tiny_page
     driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(60)")
-    head = next(n for n in ("a2.h0", "a1.h1", "a0.h2") if any(e.startswith(n + "->") for e in _drawn(driver)))
+    head = next(n for n in ("a2.h0", "a1.h1", "a0.h2") if any(e.startswith(n + "->") for e in drawn_edges(driver)))
     driver.find_element("css selector", f'g.node[data-name="{head}"] .shape').click()
     assert driver.find_element("id", "node-title").text.startswith(head)
     labels = [t.text for t in driver.find_elements("css selector", "#heatmap text.tok")]
@@ -128,11 +83,11 @@ def test_clicking_a_head_opens_its_heatmap_and_paths(tiny_page):
     assert len(driver.find_elements("css selector", "#heatmap rect.cell")) == n * (n + 1) // 2
     # every edge on a drawn path through the head is highlighted, the rest dimmed
     lit = driver.execute_script("return Array.from(document.querySelectorAll('#edges path.hl'), p => p.dataset.name)")
-    assert sorted(lit) == sorted(_through(_drawn(driver), head)) and any(e.startswith(head + "->") for e in lit)
+    assert sorted(lit) == sorted(_through(drawn_edges(driver), head)) and any(e.startswith(head + "->") for e in lit)
     driver.find_element("id", "next-prompt").click()
     labels = [t.text for t in driver.find_elements("css selector", "#heatmap text.tok")]
     assert labels[: 2 * len(data.prompts[1].tokens) : 2] == list(data.prompts[1].tokens)
-    assert _errors(driver) == []
+    assert console_errors(driver) == []
 
 
 def test_hovering_an_edge_names_it_with_its_score_and_effect(tiny_page):
@@ -157,35 +112,35 @@ def test_an_mlp_panel_shows_its_direct_effect(tiny_page):
     assert panel.startswith("m1") and "direct effect on the logit difference" in panel
     assert f"mean over {len(data.prompts)} prompts" in panel
     assert not driver.find_elements("css selector", "#heatmap")  # heads only
-    assert _errors(driver) == []
+    assert console_errors(driver) == []
 
 
 def test_acdc_circuit_shows_its_trace_and_draws_its_saved_edges(driver, tmp_path):
     circuit = tiny_acdc_case()
-    _open(driver, to_html(circuit, tmp_path / "acdc.html"))
+    open_page(driver, to_html(circuit, tmp_path / "acdc.html"))
     # ACDC's circuit is not a top-k cut: the button draws exactly the saved edges
     driver.find_element("id", "saved").click()
-    assert sorted(_drawn(driver)) == sorted(circuit.edge_names)
+    assert sorted(drawn_edges(driver)) == sorted(circuit.edge_names)
     panel = driver.find_element("id", "circuit-panel").text
     assert "ACDC trace" in panel and "no faithfulness curve" in driver.find_element("id", "curve-note").text
     driver.execute_script("window.circuitExplorer.setPrune(false); window.circuitExplorer.setK(7)")
-    assert sorted(_drawn(driver)) == sorted(ranked_names(circuit, 7))
-    assert _errors(driver) == []
+    assert sorted(drawn_edges(driver)) == sorted(ranked_names(circuit, 7))
+    assert console_errors(driver) == []
 
 
 def test_default_model_size_opens_within_budget(driver, tmp_path):
     circuit, data = default_size_case()
     path = to_html(circuit, tmp_path / "big.html", data=data)
-    _open(driver, path)
+    open_page(driver, path)
     load_ms = driver.execute_script("return window.circuitExplorer.loadMs")
     assert load_ms < OPEN_BUDGET_MS, f"opened in {load_ms:.0f} ms"
     driver.execute_script("window.circuitExplorer.setPrune(false)")
     n = driver.execute_script("return window.circuitExplorer.maxK")
     driver.execute_script("window.circuitExplorer.setK(arguments[0])", n)
-    assert len(_drawn(driver)) == n == 5000
+    assert len(drawn_edges(driver)) == n == 5000
     driver.execute_script("window.circuitExplorer.selectNode('a9.h6')")
     assert len(driver.find_elements("css selector", "#heatmap rect.cell")) == 21 * 22 // 2
-    assert _errors(driver) == []
+    assert console_errors(driver) == []
 
 
 HOSTILE = "<!--<script>"  # inside a <script>, an HTML parser reads this as the start of an escaped comment
@@ -202,11 +157,20 @@ def test_markup_in_prompts_labels_and_notes_does_not_blank_the_page(driver, tmp_
     data = dataclasses.replace(data, task=HOSTILE, prompts=(prompt, *data.prompts[1:]))
     circuit = circuit.with_config(task=HOSTILE, label=HOSTILE + "</script>")
     circuit = circuit.replace(stats={**circuit.stats, "note": HOSTILE + " & more"})
-    _open(driver, to_html(circuit, tmp_path / "hostile.html", data=data))
+    open_page(driver, to_html(circuit, tmp_path / "hostile.html", data=data))
     driver.find_element("id", "saved").click()
-    drawn = _drawn(driver)
+    drawn = drawn_edges(driver)
     assert drawn and sorted(drawn) == sorted(circuit.edge_names)
     assert len(driver.find_elements("css selector", "#edges path.edge")) == len(drawn)
     text = driver.execute_script("return JSON.parse(document.getElementById('circuit-data').textContent)")
     assert text["task"]["name"] == HOSTILE and text["task"]["prompts"][0]["tokens"][0] == tokens[0]
-    assert _errors(driver) == []
+    assert console_errors(driver) == []
+
+
+def test_the_explorer_page_of_an_n_edges_cut_draws_the_circuit(driver, n_edges_circuits, tmp_path):
+    """Issue 19, item 9: the page of a circuit cut with ``n_edges`` draws that circuit when it opens."""
+    for n in (10, 40):
+        circuit = n_edges_circuits[n]
+        open_page(driver, to_html(circuit, tmp_path / f"cut{n}.html"))
+        drawn = drawn_edges(driver)
+        assert sorted(drawn) == sorted(circuit.edge_names) and len(drawn) == circuit.n_edges > 0

@@ -20,7 +20,7 @@ from circuitfind.cli.main import main
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.models import load_model
 from circuitfind.problem import prepare_problem
-from circuitfind.sweeps import ModelWorker, ResultsStore, SpecError, exact_scores, parse_spec, run_cell, sweep
+from circuitfind.sweeps import ModelWorker, ResultsStore, exact_scores, parse_spec, run_cell, sweep
 from circuitfind.sweeps.command import plot_faithfulness_vs_size
 from circuitfind.tasks import get_task
 
@@ -200,41 +200,7 @@ def test_distributed_exact_scores_equal_the_single_process_run(ray_session, mode
     assert spread.stats["loss_full"] == single.stats["loss_full"]
 
 
-# --- specs, table, plot ----------------------------------------------------------------------------------------
-GOOD = {"out": "o", "grid": {"model": "m", "task": "ioi"}}
-
-
-@pytest.mark.parametrize(
-    ("spec", "names"),
-    [
-        ({"grid": {"model": "m", "task": "ioi"}}, "'out'"),
-        ({**GOOD, "grids": []}, "grids"),
-        ({**GOOD, "grid": {"model": "m"}}, "grid.task"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "threshold": ["a"]}}, "grid.threshold[0]"),
-        ({**GOOD, "grid": [GOOD["grid"], {"model": "m", "task": "ioi", "method": "nope"}]}, "grid[1].method"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "seed": 1.5}}, "grid.seed"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "target": 2}}, "grid.target"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "tresh": 1}}, "grid.tresh"),
-        ({**GOOD, "grid": {"model": "m", "task": "unknown-task"}}, "grid.task"),
-        ({**GOOD, "defaults": {"held_out": 0}}, "defaults.held_out"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "n_prompts": []}}, "grid.n_prompts"),
-        ({**GOOD, "grid": {"model": "m", "task": "ioi", "method": "eap", "target": 0.5, "n_edges": 3}}, "n_edges"),
-        ({**GOOD, "workers": 0}, "'workers'"),
-        ({**GOOD, "defaults": {"num_gpus": -1}}, "defaults.num_gpus"),
-    ],
-)
-def test_a_malformed_spec_names_its_field(spec, names):
-    with pytest.raises(SpecError, match="spec field|unknown") as e:
-        parse_spec(spec)
-    assert names in str(e.value)
-
-
-def test_a_spec_file_that_is_not_json_is_refused(tmp_path):
-    path = tmp_path / "spec.json"
-    path.write_text("{not json")
-    assert main(["sweep", str(path), "--table"]) == 2
-
-
+# --- table, plot, progress -------------------------------------------------------------------------------------
 def test_table_and_plot(full_sweep, tmp_path, capsys):
     spec, res = full_sweep
     path = tmp_path / "spec.json"
@@ -255,31 +221,6 @@ def test_import_circuitfind_does_not_import_ray():
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
         == 0
     )
-
-
-def test_a_store_write_is_one_transaction(tmp_path):
-    path = tmp_path / "results.sqlite"
-    good = {"cell_id": "a" * 16, "status": "done", "spec": {"model": "m"}, "metrics": {"faithfulness": 0.5}}
-    with ResultsStore(path) as store:
-        store.put(good)
-        with pytest.raises(Exception, match="CHECK"):
-            store.put({**good, "cell_id": "b" * 16, "status": "half-written"})
-        with pytest.raises(ValueError, match="unknown store columns"):
-            store.put({**good, "cell_id": "c" * 16, "nonsense": 1})
-        rows = store.rows()
-    assert [r["cell_id"] for r in rows] == ["a" * 16] and rows[0]["metrics"] == {"faithfulness": 0.5}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]  # one file at rest, no journal left
-    (tmp_path / "junk.sqlite").write_text("not a database")
-    with pytest.raises(Exception, match="not a circuitfind results store"):
-        ResultsStore(tmp_path / "junk.sqlite")
-
-
-def test_the_example_spec_parses():
-    from circuitfind.sweeps import load_spec
-
-    spec = load_spec(ROOT / "examples" / "sweep.json")
-    assert len(spec.cells) == 50 and len({c.id for c in spec.cells}) == 50
-    assert {c.method for c in spec.cells} == {"eap", "eap-ig", "eap-ig-mask", "hybrid", "acdc"}
 
 
 def test_the_eta_counts_the_work_left_per_method_less_what_is_running():

@@ -227,27 +227,22 @@ def test_bad_hypotheses_are_refused_clearly(pm):
         cf.Hypothesis([1, 2]).resolve(pm.graph, N)
 
 
-def test_cli_scrubs_a_saved_circuit_on_the_held_out_prompts(tok, tmp_path, capsys):
-    import json
+@pytest.mark.parametrize("features", [None, [("a0.h1", [0] * 5)]])
+def test_scrub_features_that_are_not_a_mapping_are_a_clear_error(pm, features):
+    with pytest.raises(ConfigError, match="features must be a mapping of node name"):
+        cf.scrub(pm, cf.Hypothesis(pm.graph.full_mask(), features), _task(), n_samples=4)
 
-    from circuitfind.cli.main import main
-    from circuitfind.tasks import get_task
 
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=16, n_positions=64, initializer_range=0.5)
-    model_dir = tmp_path / "tiny"
-    GPT2LMHeadModel(config).eval().save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
-    task = get_task("ioi", tok, n=16, seed=0, n_train=4)
-    circuit = cf.discover(model, task, method="eap", n_edges=30, metric="logit_diff", progress=False)
-    path = circuit.replace(model=str(model_dir)).with_config(task="ioi").save(tmp_path / "circuit.json")
-    labels = tmp_path / "labels.json"
-    labels.write_text(json.dumps({"a1.h0": [tok.decode(int(a)) for a in task.held_out().answers[:, 0]]}))
-    argv = ["scrub", str(path), "--n-prompts", "4", "--held-out", "12", "--draws", "24", "--labels", str(labels)]
-    assert main([*argv, "--json", str(tmp_path / "scrub.json")]) == 0
-    out = capsys.readouterr().out
-    written = json.loads((tmp_path / "scrub.json").read_text())
-    expected = cf.scrub(model, cf.Hypothesis(circuit, json.loads(labels.read_text())), task.held_out(), n_samples=24)
-    assert written["recovered"] == pytest.approx(expected.recovered, abs=1e-6)
-    assert written["n_samples"] == 24 and f"recovered {expected.recovered:.4f}" in out
+def test_scrub_refuses_a_huge_n_samples_before_allocating(pm):
+    with pytest.raises(ConfigError, match="n_samples must be at most 10000"):
+        cf.scrub(pm, cf.Hypothesis(pm.graph.full_mask()), _task(), n_samples=10_001)  # 10**13 took all memory
+
+
+def test_scrub_seed_that_is_not_an_integer_is_a_clear_error(pm):
+    with pytest.raises(ConfigError, match="seed .* must be an integer; got 'x'"):
+        cf.scrub(pm, cf.Hypothesis(pm.graph.full_mask()), _task(), n_samples=4, seed="x")
+
+
+def test_scrub_contributions_of_the_empty_hypothesis_are_empty(pm):
+    r = cf.scrub(pm, cf.Hypothesis(torch.zeros_like(pm.graph.full_mask())), _task(), n_samples=6, contributions=True)
+    assert r.contributions == {} and abs(r.metric - r.random) < 1e-5  # nothing kept: the everything-resampled run
