@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from circuitfind.algorithms import METHODS, AcdcOptions, AcdcState, MethodKind, SenderOrder
-from circuitfind.algorithms.base import Faithfulness, NullProgress, ScoreResult, check_steps, probe_reporter
+from circuitfind.algorithms.base import NullProgress, ScoreResult, check_steps, probe_reporter
 from circuitfind.algorithms.checkpoint import Checkpointer, fingerprint
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.edge_pruning import EdgePruningOptions
@@ -25,7 +25,7 @@ from circuitfind.engine.memory import check_chunk_size, peak_memory
 from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import Metric
-from circuitfind.problem import Problem, prepare_problem
+from circuitfind.problem import Faithfulness, Problem, prepare_problem
 from circuitfind.selection.bootstrap import faithfulness_interval
 from circuitfind.selection.cuts import above_threshold, edge_ranking, prune_dangling, smallest_faithful, top_n
 from circuitfind.selection.validated import (

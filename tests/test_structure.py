@@ -195,3 +195,22 @@ def test_only_the_memory_module_reads_proc():
         if re.search(r"""["']/proc/|getrusage\(""", p.read_text())
     )
     assert readers == ["circuitfind/engine/memory.py"], readers
+
+
+# the one stated exception to "one test file per module" (tests/__init__.py says why)
+TEST_FILES_NOT_NAMED_AFTER_A_MODULE = {"test_structure.py", "models/test_families.py"}
+
+
+def test_every_test_file_is_named_after_the_module_it_tests():
+    """``tests/<package path>/test_<module>[_real|_browser].py`` for ``circuitfind/<package path>/<module>.py``, or
+    ``tests/<package>/test_<package>.py`` for what a package's ``__init__.py`` defines (tests/__init__.py)."""
+    tests = Path(__file__).resolve().parent
+    wrong = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        module = re.sub(r"_(real|browser)$", "", path.stem.removeprefix("test_"))
+        folder = PACKAGE / rel.parent
+        init = module == rel.parent.name and (folder / "__init__.py").is_file()
+        if not ((folder / f"{module}.py").is_file() or init or rel.as_posix() in TEST_FILES_NOT_NAMED_AFTER_A_MODULE):
+            wrong.append(rel.as_posix())
+    assert not wrong, f"test files named after no module of circuitfind/ (rename, or split by module): {wrong}"

@@ -1,4 +1,5 @@
-"""What every discovery method shares: the score result, progress reporting and exact faithfulness of a mask."""
+"""What every discovery method shares: the score result and progress reporting. (The exact evaluator of a mask,
+:class:`~circuitfind.problem.Faithfulness`, lives with the problem it evaluates and is re-exported here.)"""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
 from torch import Tensor
 
 from circuitfind.errors import check_int
-from circuitfind.metrics import check_gap, metric_site
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness
 from circuitfind.selection.cuts import probes_left
-
-CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
 
 __all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps", "probe_reporter"]
 
@@ -98,54 +95,3 @@ class ScoreResult:
 def check_steps(steps: Any) -> int:
     """``steps`` as a positive int, or a :class:`ConfigError`."""
     return check_int(steps, "steps", what="points on the integration path")
-
-
-class Faithfulness:
-    """Exact faithfulness of edge masks on a problem's prompts: ``(L(empty) - L(C)) / (L(empty) - L(full))``.
-
-    In the loss (what ACDC minimises) this is MIB's ``(m(C) - m(empty)) / (m(full) - m(empty))`` for a metric to
-    maximise and for KL alike. Every call is one patched forward; ``calls`` counts them.
-    """
-
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-        self.calls = 0
-        pm = problem.pm
-        T = problem.clean_ids.shape[1]
-        per_prompt = pm.graph.n_senders * T * pm.spec.d_model * pm.dtype.itemsize  # the forward's sender diffs
-        self.chunk = problem.chunk_size or max(1, int(CHUNK_BYTES // per_prompt))
-        g = problem.pm.graph
-        self.loss_full = self.loss(g.full_mask(), "on the full model")
-        self.loss_empty = self.loss(torch.zeros_like(g.edge_mask), "on the empty circuit (every edge ablated)")
-
-    def loss(self, mask: Tensor, where: str = "on a circuit evaluated for its faithfulness") -> float:
-        """The loss of ``mask`` on all prompts; the forward runs in chunks of prompts (less memory), the loss once
-        on all their logits, so the value is the same for any metric."""
-        p = self.problem
-        B = p.clean_ids.shape[0]
-        with torch.no_grad(), metric_site(where):
-            logits = torch.cat(
-                [
-                    p.pm.forward(
-                        p.clean_ids[i : i + self.chunk],
-                        p.ablated.select(slice(i, i + self.chunk), B),
-                        mask,
-                        attention_mask=p.attention_mask[i : i + self.chunk],
-                        positions=p.positions[i : i + self.chunk],
-                        vocab=p.vocab,
-                    )
-                    for i in range(0, B, self.chunk)
-                ]
-            )
-            value = float(p.loss(logits.unsqueeze(0))[0])
-        self.calls += 1
-        return value
-
-    def of_loss(self, loss: float) -> float:
-        """Faithfulness of a circuit of loss ``loss``; a :class:`MetricError` when full and empty do not differ
-        beyond rounding (:func:`circuitfind.metrics.check_gap`)."""
-        gap = check_gap(self.loss_full, self.loss_empty, self.problem.pm.dtype, name="loss")  # metric, or -metric
-        return (loss - self.loss_empty) / gap
-
-    def __call__(self, mask: Tensor) -> float:
-        return self.of_loss(self.loss(mask))

@@ -34,7 +34,7 @@ def run_eap_ig_mask(problem: Problem, opts: EapOptions | None = None, progress: 
     """Integrated gradients along the edge mask, for every edge.
 
     Example:
-        >>> from circuitfind.algorithms.base import Faithfulness
+        >>> from circuitfind.problem import Faithfulness
         >>> result = run_eap_ig_mask(problem, EapOptions(steps=5))
         >>> f = Faithfulness(problem)  # its loss_empty and loss_full
         >>> gap = f.loss_empty - f.loss_full

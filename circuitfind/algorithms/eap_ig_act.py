@@ -30,7 +30,8 @@ from torch import Tensor
 from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult, check_steps
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
-from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
+from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads
+from circuitfind.engine.memory import PassKind
 from circuitfind.engine.patchable import _frozen
 from circuitfind.errors import check_int
 from circuitfind.problem import Problem
@@ -108,7 +109,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
     pm, g = problem.pm, problem.pm.graph
     steps = check_steps(steps)
     B = problem.clean_ids.shape[0]
-    chunk = chunk_size or problem.chunk_size or default_chunk_size(problem)
+    chunk = chunk_size or problem.prompts_per_pass(PassKind.ATTRIBUTION)
     chunk = check_int(chunk, "chunk_size", what="prompts per pass")
     groups = sender_groups(g)
     alphas = [k / steps for k in range(1, steps + 1)]

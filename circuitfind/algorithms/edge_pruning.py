@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import prune_dangling, top_n
 
 __all__ = ["EdgePruningOptions", "Objective", "expected_open", "run_edge_pruning", "sample_gates"]

@@ -23,7 +23,7 @@ from circuitfind.algorithms.units import check_level
 from circuitfind.errors import ConfigError, MetricError, check_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 
 __all__ = [
     "ExactBatch",
@@ -256,18 +256,5 @@ def _node(graph: Graph, batch: list[int], err) -> str:
 
 
 def _full_losses(problem: Problem, masks: Tensor) -> Tensor:
-    """``(K,)`` losses of stacked masks from full forwards (every layer computed), prompts in chunks."""
-    B = problem.clean_ids.shape[0]
-    with torch.no_grad():
-        logits = [
-            problem.pm.forward(
-                problem.clean_ids[rows],
-                problem.ablated.select(rows, B),
-                masks,
-                attention_mask=problem.attention_mask[rows],
-                positions=problem.positions[rows],
-                vocab=problem.vocab,
-            )
-            for rows in problem.prompt_chunks(masks.shape[0])
-        ]
-    return problem.loss(torch.cat(logits, dim=1)).cpu()
+    """``(K,)`` losses of stacked masks from full forwards (every layer computed): the problem's exact evaluator."""
+    return Faithfulness(problem).losses(masks)

@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, run_acdc_fast
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, check_steps, probe_reporter
+from circuitfind.algorithms.base import NullProgress, Progress, check_steps, probe_reporter
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.exact import layer_cost
 from circuitfind.errors import ConfigError
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import prune_dangling, smallest_faithful
 
 __all__ = ["HybridOptions", "HybridResult", "run_hybrid"]

@@ -919,8 +919,9 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="processes for the stability resamples (default 1)")  # fmt: skip
     p.add_argument("--stability-cut", choices=["size", "same"], default="size",
-                   help="resamples keep the top-k of their own scores with k the run's cut (size, default: one scoring "
-                   "pass each) or rerun the run's own cut, size search included (same)")  # fmt: skip
+                   help="the stability resamples and the rediscovery under each other ablation keep the top-k of their "
+                   "own scores with k the run's cut (size, default: one scoring pass each) or rerun the run's own cut, "
+                   "size search included (same)")  # fmt: skip
     p.add_argument("--check-ablation", choices=[a.value for a in Ablation], default="mean",
                    help="ablation of completeness and minimality (default mean, as in the IOI paper)")  # fmt: skip
     p.add_argument("--classes", type=Path, default=None, metavar="JSON",

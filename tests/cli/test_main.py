@@ -582,3 +582,47 @@ def test_cli_heads_prints_top_heads_per_role(view_dir, tmp_path, capsys):
         assert re.search(rf"^{column}\s+a\d\.h\d", out, re.M), out
     table = json.loads(js.read_text())
     assert len(table["rows"]) == 4 and table["rows"][0]["head"] == "a0.h0"
+
+
+def test_reproduce_subcommand(tmp_path, capsys):
+    argv = ["reproduce", "tracr-proportion", "--thresholds", "0.01", "--n-prompts", "4", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "zero: AUC 1.000 vs ground_truth_acdc" in capsys.readouterr().out
+    assert main(["reproduce", "ioi", "--model", "tracr-reverse"]) == 2  # a tracr model runs its own task
+
+
+# --- --dtype and --device --------------------------------------------------------------------------------------
+def test_cli_takes_dtype_and_device():
+    args = build_parser().parse_args(["info", "--dtype", "bfloat16", "--device", "cpu"])
+    assert (args.dtype, args.device) == ("bfloat16", "cpu")
+    assert build_parser().parse_args(["info"]).dtype is None
+
+
+def test_cli_discovers_in_bfloat16_in_chunks_and_reports_the_peak(tok, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        initializer_range=0.5,
+    )
+    model_dir = tmp_path / "tiny-llama"
+    LlamaForCausalLM(cfg).eval().save_pretrained(model_dir)  # saved in float32
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    args = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--held-out", "0"]
+    args += ["--method", "eap-ig", "--n-edges", "10", "--metric", "logit_diff", "--dtype", "bfloat16"]
+    assert main([*args, "--chunk-size", "3", "--out", str(out), "--no-progress"]) == 0
+    assert "peak memory" in capsys.readouterr().out
+    circuit = Circuit.load(out / "circuit.json")
+    assert 0 < circuit.n_edges <= 10
+    assert circuit.stats["peak_memory"]["kind"] == "rss" and circuit.stats["peak_memory"]["bytes"] > 0
+    assert (circuit.stats["dtype"], circuit.stats["device"]) == ("bfloat16", "cpu")
