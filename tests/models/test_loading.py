@@ -16,8 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from circuitfind.cli.main import main
 from circuitfind.errors import ConfigError, ModelLoadError
 from circuitfind.models import loading
-from circuitfind.models.loading import default_cache_dir, load_model
-from tests.models_tiny import tiny_gpt2, tiny_llama
+from circuitfind.models.loading import DTYPES, default_cache_dir, load_model, parse_dtype
+from tests.models_tiny import FAMILIES, tiny_gpt2, tiny_llama
 
 UNKNOWN = "no-such-org/no-such-model-xyz"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -175,7 +175,6 @@ def test_cache_write_replaces_a_damaged_cache(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_is_cached_and_answers_mary(tmp_path):
-    pytest.importorskip("gguf")
     start = time.perf_counter()
     model, tok = load_model(cache_dir=tmp_path, progress=False)
     first = time.perf_counter() - start
@@ -364,3 +363,50 @@ def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_
         warnings.simplefilter("error")
         loading.load_model(cache_dir=cache, progress=False)  # the rebuilt cache reads without converting
     assert len(conversions) == 3
+
+
+# --- dtype and device (README "Precision and devices") ------------------------------------------------------------
+def test_dtype_names_and_objects():
+    assert parse_dtype("bfloat16") is parse_dtype("bf16") is parse_dtype("torch.bfloat16") is torch.bfloat16
+    assert parse_dtype(" Float16 ") is torch.float16 and parse_dtype("fp32") is torch.float32
+    assert parse_dtype(torch.float64) is torch.float64 and parse_dtype(None) is None
+    assert set(DTYPES.values()) == {torch.float32, torch.bfloat16, torch.float16}
+    model = FAMILIES["llama"]()
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+        loaded = load_model(model, dtype=name)[0]
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+
+
+def test_saved_folder_is_read_in_the_asked_dtype(tmp_path):
+    FAMILIES["gpt2"]().save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path, dtype="bfloat16", progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dtype": "float8"}, "unknown dtype 'float8'.*bfloat16"),
+        ({"dtype": torch.int32}, "floating torch.dtype"),
+        ({"device": "tpu:0:1"}, "unknown device"),
+    ],
+)
+def test_impossible_dtype_or_device_is_a_clear_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        load_model(FAMILIES["gpt2"](), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(ConfigError, match="CUDA is not available here.*device='cpu'"):
+        load_model(FAMILIES["gpt2"](), device="cuda", dtype="bfloat16")
+
+
+def test_an_unsupported_dtype_on_the_device_fails_at_load(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", broken)
+    with pytest.raises(ConfigError, match="float16 is not usable on device cpu.*float32"):
+        load_model(FAMILIES["gpt2"](), dtype="float16")

@@ -15,7 +15,7 @@ from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.evaluate.circuits import faithfulness
 from circuitfind.tasks import Task
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2
-from tests.scrub_reference import ReferenceScrub
+from tests.scrubbing.scrub_reference import ReferenceScrub
 
 N, T = 5, 5
 
