@@ -25,7 +25,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import Tensor, nn
 
-from circuitfind.algorithms import AcdcState
+from circuitfind.algorithms.acdc import AcdcState
 from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import CheckpointError, OutputError

@@ -81,17 +81,12 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
     circuit = discover(
         pm,
         task,
-        method=cell.method,
-        threshold=cell.threshold,
-        n_edges=cell.n_edges,
-        target=cell.target,
-        steps=cell.steps,
+        cell.method,
         metric=cell.metric,
         ablation=cell.ablation,
         tokenizer=tokenizer,
-        absolute=cell.absolute,
-        batch_size=cell.batch_size,
         progress=False,
+        **cell.discover_options(),
     )
     circuit = circuit.replace(model=cell.model).with_config(seed=cell.seed)
     t1 = time.perf_counter()
