@@ -185,6 +185,28 @@ def test_package_root_holds_at_most_12_modules():
     assert len(root) <= 12, root
 
 
+def test_discover_takes_at_most_ten_parameters_and_names_no_method():
+    """``discover``: model, task, method, cut, metric, ablation, tokenizer, progress and ``**options`` (issue 20);
+    what a method does is asked of its registry entry and options object, never of its name."""
+    import circuitfind.discovery as discovery
+    from circuitfind.algorithms import METHODS
+
+    params = inspect.signature(discovery.discover).parameters
+    assert len(params) <= 10, list(params)
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    tree = ast.parse(inspect.getsource(discovery))
+    allowed = {id(d) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for d in f.args.defaults}
+    allowed |= {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef,
+                ast.Module)) and ast.get_docstring(n)}  # fmt: skip
+    named = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in METHODS and id(node) not in allowed
+    ]
+    calls = [n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    assert not named and "startswith" not in calls, named
+
+
 def test_only_the_memory_module_reads_proc():
     """One memory reader: /proc and getrusage are read in circuitfind/engine/memory.py only (package and benchmarks)."""
     root = PACKAGE.parent

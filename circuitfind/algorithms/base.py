@@ -3,17 +3,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
+import torch
 from torch import Tensor
 
 from circuitfind.errors import check_int
-from circuitfind.problem import Faithfulness
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import probes_left
 
-__all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps", "probe_reporter"]
+__all__ = [
+    "Faithfulness",
+    "MethodOptions",
+    "MethodResult",
+    "NullProgress",
+    "Progress",
+    "RunContext",
+    "ScoreResult",
+    "auto_batch_size",
+    "check_steps",
+    "probe_reporter",
+]
 
 
 class Progress(Protocol):
@@ -72,8 +86,8 @@ def probe_reporter(
 
 
 @dataclass
-class ScoreResult:
-    """Per-edge scores from an attribution or exact-scoring method.
+class MethodResult:
+    """What every method's ``run`` returns: per-edge scores, optionally the circuit it decided, and its numbers.
 
     Attributes:
         scores: ``(S, R)`` float64 on the CPU: the change in the loss (the metric negated when higher is better; KL
@@ -84,12 +98,85 @@ class ScoreResult:
             node is removed (all its outgoing edges at once; :meth:`Graph.without_nodes`). Higher = more important.
         position_scores: ``(S, R, T)`` float64 on the CPU, or None: with ``by_position=True``, the loss change
             when the edge is removed at one position only; summed over positions it is ``scores``.
+        mask: ``(S, R)`` bool, or None: the circuit, for a method that decides its edges itself (ACDC, hybrid);
+            ``discover`` returns it unless a cut is asked for.
     """
 
     scores: Tensor
     stats: dict[str, Any] = field(default_factory=dict)
     node_scores: Tensor | None = None
     position_scores: Tensor | None = None
+    mask: Tensor | None = None
+
+
+ScoreResult = MethodResult  # the name of the scoring methods' result before the one protocol
+
+
+@dataclass
+class RunContext:
+    """What a method's ``run`` gets besides its problem and options, from ``discover`` or a caller.
+
+    Attributes:
+        progress: the bar the method reports on (:class:`NullProgress`: nothing shown).
+        metric: the bound metric (reads a loss back as the metric's value in stats); None: losses as they are.
+        run_id: computes the fingerprint of the run (for checkpoints); None: a method that checkpoints refuses.
+
+    The exact faithfulness of masks on the problem (:attr:`faithfulness`) is built on first use and then shared,
+    so a method and the cut after it evaluate with one evaluator (one count of exact evaluations).
+    """
+
+    progress: Progress = field(default_factory=NullProgress)
+    metric: Any = None
+    run_id: Callable[[], str] | None = None
+    _faith: Faithfulness | None = field(default=None, repr=False)
+
+    def faithfulness(self, problem: Problem) -> Faithfulness:
+        """The shared exact evaluator of ``problem`` (built once, on the first call)."""
+        if self._faith is None or self._faith.problem is not problem:
+            self._faith = Faithfulness(problem)
+        return self._faith
+
+    def value_of(self, loss: float) -> float:
+        """The metric's value from a loss (task metrics are minimised negated)."""
+        return -loss if self.metric is not None and self.metric.higher_is_better else loss
+
+
+class MethodOptions:
+    """What every method's frozen options dataclass answers, so ``discover`` asks instead of naming methods.
+
+    ``units()`` says what the method scores and the cut counts; ``implied_cut()`` the cut fields the options fix
+    themselves (edge pruning's budget, ACDC's ranking by ``|effect|``); ``resolved(device)`` fills values chosen
+    by the device (batch sizes); ``config()`` is what the circuit records.
+    """
+
+    RECORDLESS: ClassVar[frozenset[str]] = frozenset()  # fields the circuit's config does not record
+
+    def units(self) -> str:
+        """``"edge"``, ``"node"`` or ``"position"``."""
+        if getattr(self, "by_position", False):
+            return "position"
+        return "node" if getattr(self, "level", "edge") == "node" else "edge"
+
+    def implied_cut(self) -> dict[str, Any]:
+        return {}
+
+    def resolved(self, device: torch.device) -> Any:
+        return self
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name not in self.RECORDLESS and value is not None:
+                out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+
+def auto_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """Candidate removals per forward: ``batch_size``, or 1 on a CPU and 8 on an accelerator."""
+    if batch_size is not None:
+        return batch_size
+    return 1 if device.type == "cpu" else 8
 
 
 def check_steps(steps: Any) -> int:

@@ -107,17 +107,17 @@ class _Evaluator:
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
-        self.kind = Ablation.parse(ablation)
         self.problem, self.metric = prepare_problem(
             pm,
             self.task,
             metric=_default_metric(self.task, metric),
-            ablation=self.kind,
+            ablation=ablation,
             reference=reference,
             chunk_size=chunk_size,
             budget=memory_budget,
         )
         self.faith = Faithfulness(self.problem, detail=True, masks_per_pass=batch_masks)
+        self.kind = self.problem.ablated.kind
         self.interval = interval
         self.m_full = self.m_empty = math.nan
 
@@ -130,7 +130,7 @@ class _Evaluator:
         ref = self.faith.reference
         assert ref is not None and ref.per_prompt is not None and values.per_prompt is not None
         self.m_full, self.m_empty = (float(v) for v in self._metric_of(ref.loss))
-        with metric_site(f"on the {len(self.task)} prompts evaluated ({self.split.replace('_', '-')} split)"):
+        with metric_site(f"on the {self.problem.n_prompts} prompts evaluated ({self.split.replace('_', '-')} split)"):
             check_gap(self.m_full, self.m_empty, self.pm.dtype, name=self.metric.name)  # every ratio divides by it
         self.per_full, self.per_empty = ref.per_prompt[0], ref.per_prompt[1]
         assert values.kl is not None
@@ -157,7 +157,7 @@ class _Evaluator:
             "fraction": n_edges / g.n_edges,
             "ablation": self.kind.value,
             "split": self.split,
-            "n_prompts": len(self.task),
+            "n_prompts": self.problem.n_prompts,
         }
         if self.note:
             row["note"] = self.note

@@ -71,17 +71,12 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
     circuit = discover(
         pm,
         task,
-        method=cell.method,
-        threshold=cell.threshold,
-        n_edges=cell.n_edges,
-        target=cell.target,
-        steps=cell.steps,
+        cell.method,
         metric=cell.metric,
         ablation=cell.ablation,
         tokenizer=tokenizer,
-        absolute=cell.absolute,
-        batch_size=cell.batch_size,
         progress=False,
+        **cell.discover_options(),
     )
     circuit = circuit.replace(model=cell.model).with_config(seed=cell.seed)
     t1 = time.perf_counter()
@@ -132,7 +127,8 @@ class ModelWorker:
         self.device = device
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
-        self.pm = self.tokenizer = None
+        self.pm: PatchableModel | None = None
+        self.tokenizer: Any = None
         self.load_error: BaseException | None = None
         self.load_s = 0.0
         self.problems: dict[str, Any] = {}  # exact scoring: key -> (problem, evaluator)
@@ -152,6 +148,12 @@ class ModelWorker:
             raise
         return time.perf_counter() - t0
 
+    def loaded(self) -> PatchableModel:
+        """The model, loaded on first use (:meth:`ensure_model`)."""
+        self.ensure_model()
+        assert self.pm is not None  # ensure_model loads it or raises
+        return self.pm
+
     def run(self, cell: Cell, cell_fn: CellFn | None = None, attempt: int = 1) -> dict[str, Any]:
         """Run one cell; returns its store row plus ``circuit`` (the circuit's JSON dict) when it is done.
 
@@ -166,7 +168,7 @@ class ModelWorker:
         }
         try:
             row["load_s"] = self.ensure_model()
-            out = (cell_fn or run_cell)(cell, self.pm, self.tokenizer)
+            out = (cell_fn or run_cell)(cell, self.loaded(), self.tokenizer)
             row.update(
                 status=STATUS_DONE,
                 metrics=out["metrics"],
@@ -182,15 +184,14 @@ class ModelWorker:
 
     # --- exact scoring shards (circuitfind.sweeps.exact) ---------------------------------------------------
     def exact_plan(self, batch_size: int, candidates: Any) -> list[Any]:
-        self.ensure_model()
-        return exact_plan(self.pm.graph, candidates, batch_size)
+        return exact_plan(self.loaded().graph, candidates, batch_size)
 
     def exact_shard(self, key: str, recipe: dict[str, Any], batches: list[Any]) -> tuple[list[Any], float]:
         """Score ``batches`` (one forward each) of the problem ``recipe`` builds; returns the score changes per
         batch and the full model's loss. The problem and its evaluator are built once per ``key``."""
-        self.ensure_model()
+        pm = self.loaded()
         if key not in self.problems:
-            problem, _ = prepare_problem(self.pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
+            problem, _ = prepare_problem(pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
             # the same prompt chunks as the single-process run: sized by the masks a pass stacks
             ev = FastEvaluator(problem, masks=recipe.get("batch_size", 1))
             self.problems = {key: (problem, ev)}  # one problem at a time: bounded memory

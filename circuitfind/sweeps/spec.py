@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitfind.algorithms import METHODS
-from circuitfind.discovery import _check_selection
+from circuitfind.algorithms.registry import METHODS, given_options, plan
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.metrics import MetricKind
@@ -59,6 +58,10 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_CELLS = 10_000
 """The most cells a spec may expand to unless it says otherwise (``max_cells``): a typo such as a list of a
 million seeds is refused in milliseconds instead of building the cells for a minute first."""
+
+
+CELL_OPTIONS = ("threshold", "n_edges", "target", "steps", "batch_size", "absolute")
+"""The :class:`Cell` fields that are ``discover`` options (see :meth:`Cell.discover_options`)."""
 
 
 class SpecError(ConfigError):
@@ -126,6 +129,19 @@ class Cell:
     def worker_key(self) -> tuple[str, float, float]:
         """Cells with one key share workers: the model loaded once, the same resources."""
         return (self.model, self.num_cpus, self.num_gpus)
+
+    def discover_options(self) -> dict[str, Any]:
+        """The cell's ``discover`` options: each one set, and one left at the cell's default only when the method
+        takes it (a cell's default ``steps=5`` is not passed to ACDC; ``steps=10`` with ACDC is refused).
+
+        Example:
+            >>> Cell(model="gpt2", task="ioi", method="acdc", threshold=0.05).discover_options()
+            {'threshold': 0.05, 'absolute': False}
+            >>> Cell(model="gpt2", task="ioi", method="eap").discover_options()  # EAP takes no steps
+            {'absolute': False}
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(Cell)}
+        return given_options({name: getattr(self, name) for name in CELL_OPTIONS}, self.method, defaults)
 
     @property
     def cut(self) -> str:
@@ -352,8 +368,8 @@ def _check_field(where: str, key: str, value: Any) -> None:
 def _check_cell(where: str, cell: Cell, axes: Mapping[str, Any]) -> None:
     """The rules across fields (one cut for scoring methods, ...), as ``discover`` applies them."""
     try:
-        _check_selection(cell.method, cell.threshold, cell.n_edges, cell.target, cell.steps)
+        plan(cell.method, None, cell.discover_options())
     except ConfigError as e:
-        named = [k for k in ("method", "threshold", "n_edges", "target", "steps") if k in axes]
+        named = [k for k in ("method", *CELL_OPTIONS) if k in axes]
         fields = ", ".join(f"'{where}.{k}'" for k in named) or f"'{where}'"
         raise SpecError(f"spec field(s) {fields}: the cell {cell.label!r} is invalid: {e}") from None

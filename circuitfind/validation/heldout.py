@@ -46,8 +46,9 @@ def heldout_rows(
     if not rows or any(p is None for p in per) or all("ci" in r for r in rows):  # the evaluator's own intervals
         return [{**{k: v for k, v in r.items() if k != "per_prompt"}, "ci": _pair(r.get("ci"))} for r in rows]
 
+    known = [p for p in per if p is not None]  # all of them (checked above)
     cis = faithfulness_intervals(
-        [p["circuit"] for p in per], per[0]["full"], per[0]["empty"], n_boot=n_boot, level=level, seed=seed
+        [p["circuit"] for p in known], known[0]["full"], known[0]["empty"], n_boot=n_boot, level=level, seed=seed
     )
     out = []
     for r, ci in zip(rows, cis, strict=True):

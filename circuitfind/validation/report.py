@@ -39,9 +39,11 @@ __all__ = ["REPORT_VERSION", "Report", "build_report", "size_curves", "write_rep
 REPORT_VERSION = 1
 CUT_OPTIONS = ("threshold", "n_edges", "n_nodes", "target", "band", "select", "confidence")  # how a run cuts
 STABILITY_CUTS = ("size", "same")
-"""How the stability resamples cut their rankings: ``size`` (the top-k of each resample's own scores, k the main
-run's cut: the selected edges' stability at that size, one scoring pass per resample) or ``same`` (the main run's
-own cut options rerun on each resample, size search included: several times the cost)."""
+"""How the reruns of discovery (the stability resamples, and the rediscovery under each other ablation) cut their
+rankings: ``size`` (the top-k of each rerun's own scores, k the main run's cut: which edges each rerun ranks
+highest at the circuit's size, one scoring pass per rerun) or ``same`` (the main run's own cut options rerun, size
+search included: several times the cost, and under an ablation where no small circuit reaches the target the
+rerun returns the whole graph, so its Jaccard only says that)."""
 CURVE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)  # curve sizes, as multiples of the circuit's cut
 
 
@@ -80,7 +82,8 @@ def build_report(
         probes: the budget of completeness and of minimality (masks each may evaluate).
         workers: processes for the stability resamples.
         check_ablation: the ablation of completeness and minimality (``mean``, as in the IOI paper).
-        stability_cut: ``size`` or ``same`` (:data:`STABILITY_CUTS`).
+        stability_cut: ``size`` or ``same`` (:data:`STABILITY_CUTS`): the cut of the stability resamples and of
+            the rediscovery under each other ablation.
         classes: ``{class: [node names]}`` for completeness (e.g. IOI head classes).
         tokenizer: for tasks given by name.
         progress: progress bars; on_stage: called with each stage's name as it starts.
@@ -117,7 +120,7 @@ def build_report(
     with stage("minimality"):
         mini = minimality(pm, circuit, task, ablation=check_ablation, metric=metric, probes=probes, seed=seed)
     with stage("ablations"):
-        rest = {k: v for k, v in opts.items() if k not in ("ablation",)}
+        rest = {k: v for k, v in _stability_options(opts, circuit, stability_cut).items() if k != "ablation"}
         abl = ablation_sensitivity(pm, circuit, task, method=method, **rest)
     times["total"] = sum(times.values())
     data = {
@@ -255,7 +258,7 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
     return {"n_edges": row["n_edges"], "faithfulness": row["faithfulness"], "ci": row.get("ci")}
 
 
-def _validation_points(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def _validation_points(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The validated size selection's probes: faithfulness on prompts not used to score them, with intervals
     (``circuit.stats["validation"]["probes"]``; none for ``select="train"`` or a method without a size search).
     The size is the mean over folds of the probe's edges after pruning; add-back probes (``m > 0``) are left out."""

@@ -248,7 +248,7 @@ def _small_spec(model: str, out: Path) -> dict:
 SWEEP_DRIVER = """
 import json, sys, ray
 from circuitfind.sweeps import sweep
-from tests.sweep_cells import RUN_LOG, count_run
+from tests.sweeps.sweep_cells import RUN_LOG, count_run
 root, address, spec, log = sys.argv[1:]
 ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root, RUN_LOG: log}})
 res = sweep(json.loads(spec), cell_fn=count_run, workers=1, progress=False, wait=True)
@@ -280,7 +280,7 @@ def test_two_sweeps_started_together_on_one_store_run_each_cell_once(ray_session
 def test_a_sweep_on_a_held_store_says_who_holds_it_and_stops(ray_session, models, tmp_path, capsys):
     from circuitfind.errors import OutputError
     from circuitfind.fileio import lock_folder
-    from tests.sweep_cells import RUN_LOG, count_run
+    from tests.sweeps.sweep_cells import RUN_LOG, count_run
 
     out = tmp_path / "sweep"
     out.mkdir()

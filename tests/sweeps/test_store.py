@@ -63,7 +63,7 @@ def test_a_store_write_is_one_transaction(tmp_path):
     good = {"cell_id": "a" * 16, "status": "done", "spec": {"model": "m"}, "metrics": {"faithfulness": 0.5}}
     with ResultsStore(path) as store:
         store.put(good)
-        with pytest.raises(Exception, match="CHECK"):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             store.put({**good, "cell_id": "b" * 16, "status": "half-written"})
         with pytest.raises(ValueError, match="unknown store columns"):
             store.put({**good, "cell_id": "c" * 16, "nonsense": 1})
@@ -71,7 +71,7 @@ def test_a_store_write_is_one_transaction(tmp_path):
     assert [r["cell_id"] for r in rows] == ["a" * 16] and rows[0]["metrics"] == {"faithfulness": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]  # one file at rest, no journal left
     (tmp_path / "junk.sqlite").write_text("not a database")
-    with pytest.raises(Exception, match="not a circuitfind results store"):
+    with pytest.raises(OutputError, match="not a circuitfind results store"):
         ResultsStore(tmp_path / "junk.sqlite")
 
 
