@@ -326,13 +326,15 @@ class _Trainer:
         )
 
     def result(self, interrupted: bool) -> ScoreResult:
-        if self.best.logits is None:  # interrupted before the first evaluation: the gates as they are
-            self.best = _Best(self.step, math.nan, self.log_alpha.detach().clone(), math.nan)
+        best_logits = self.best.logits
+        if best_logits is None:  # interrupted before the first evaluation: the gates as they are
+            best_logits = self.log_alpha.detach().clone()
+            self.best = _Best(self.step, math.nan, best_logits, math.nan)
         g = self.problem.pm.graph
-        logits = self.gates(self.best.logits).cpu()
+        logits = self.gates(best_logits).cpu()
         scores = torch.where(g.edge_mask, logits, torch.zeros_like(logits))
-        mask = self.mask(self.best.logits)
-        node_scores = self.best.logits.cpu() if self.node else None
+        mask = self.mask(best_logits)
+        node_scores = best_logits.cpu() if self.node else None
         stats = {
             "level": self.opts.level,
             "budget": self.budget,

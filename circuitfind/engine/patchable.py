@@ -156,6 +156,8 @@ class PatchableModel:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model, ``chunk_size`` prompts per pass."""
         zero = self.ablation(Ablation.ZERO)
         B = input_ids.shape[0]
+        if B == 0:
+            raise ShapeError(f"sender_outputs needs at least one prompt; input_ids has shape {tuple(input_ids.shape)}")
         step = chunk_size or B
         out = None
         for i in range(0, B, step):
@@ -166,6 +168,7 @@ class PatchableModel:
             if out is None:  # filled in place: the chunks are never held twice
                 out = diffs.new_empty((diffs.shape[0], B, *diffs.shape[2:]))
             out[:, i : i + step] = diffs
+        assert out is not None  # B >= 1 prompts went through the loop
         return out
 
     # --- caches ----------------------------------------------------------------------------------
@@ -429,5 +432,7 @@ def resolve_model(
     if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
         from circuitfind.models import load_model  # loading pulls in the hub stack: only when it is needed
 
-        model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        loaded, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        return PatchableModel(loaded), tokenizer
+    assert model is not None and not isinstance(model, str | os.PathLike)  # by_name is False
     return PatchableModel(model), tokenizer

@@ -13,7 +13,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from circuitfind.engine.memory import peak_memory, reset_peak_memory
 from circuitfind.errors import TaskError
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
+
+if TYPE_CHECKING:
+    from circuitfind.engine.patchable import PatchableModel
 
 __all__ = ["CellFn", "ModelWorker", "build_task", "run_cell"]
 
@@ -134,7 +137,8 @@ class ModelWorker:
         self.device = device
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
-        self.pm = self.tokenizer = None
+        self.pm: PatchableModel | None = None
+        self.tokenizer: Any = None
         self.load_error: BaseException | None = None
         self.load_s = 0.0
         self.problems: dict[str, Any] = {}  # exact scoring: key -> (problem, evaluator)
@@ -157,6 +161,12 @@ class ModelWorker:
             raise
         return time.perf_counter() - t0
 
+    def loaded(self) -> PatchableModel:
+        """The model, loaded on first use (:meth:`ensure_model`)."""
+        self.ensure_model()
+        assert self.pm is not None  # ensure_model loads it or raises
+        return self.pm
+
     def run(self, cell: Cell, cell_fn: CellFn | None = None, attempt: int = 1) -> dict[str, Any]:
         """Run one cell; returns its store row plus ``circuit`` (the circuit's JSON dict) when it is done.
 
@@ -171,7 +181,7 @@ class ModelWorker:
         }
         try:
             row["load_s"] = self.ensure_model()
-            out = (cell_fn or run_cell)(cell, self.pm, self.tokenizer)
+            out = (cell_fn or run_cell)(cell, self.loaded(), self.tokenizer)
             row.update(
                 status=STATUS_DONE,
                 metrics=out["metrics"],
@@ -189,8 +199,7 @@ class ModelWorker:
     def exact_plan(self, batch_size: int, candidates: Any) -> list[Any]:
         from circuitfind.algorithms.exact import exact_plan
 
-        self.ensure_model()
-        return exact_plan(self.pm.graph, candidates, batch_size)
+        return exact_plan(self.loaded().graph, candidates, batch_size)
 
     def exact_shard(self, key: str, recipe: dict[str, Any], batches: list[Any]) -> tuple[list[Any], float]:
         """Score ``batches`` (one forward each) of the problem ``recipe`` builds; returns the score changes per
@@ -199,9 +208,9 @@ class ModelWorker:
         from circuitfind.algorithms.exact import score_batches
         from circuitfind.problem import prepare_problem
 
-        self.ensure_model()
+        pm = self.loaded()
         if key not in self.problems:
-            problem, _ = prepare_problem(self.pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
+            problem, _ = prepare_problem(pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
             # the same prompt chunks as the single-process run: sized by the masks a pass stacks
             ev = FastEvaluator(problem, masks=recipe.get("batch_size", 1))
             self.problems = {key: (problem, ev)}  # one problem at a time: bounded memory

@@ -122,7 +122,7 @@ def exact_scores(
         )
         for unused in spare:  # no shard to score: the planner never joined the pool
             ray.kill(unused)
-    flat = [d for shard in deltas for d in shard]  # type: ignore[union-attr]
+    flat = [d for shard in deltas for d in shard]
     scores = assemble_scores(graph, plan, flat)
     wall = time.perf_counter() - t0
     n_edges = sum(len(b.senders) for b in plan)
@@ -180,7 +180,7 @@ class _ShippedModelWorker(ModelWorker):
         return super().ensure_model()
 
     def exact_plan_and_graph(self, batch_size: int, candidates: Any) -> tuple[list[ExactBatch], Any]:
-        return self.exact_plan(batch_size, candidates), self.pm.graph
+        return self.exact_plan(batch_size, candidates), self.loaded().graph
 
 
 def _recipe_key(task: Any, metric: Any, ablation: str, batch_size: int = 1) -> str:

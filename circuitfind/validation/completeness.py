@@ -248,7 +248,7 @@ def minimality(
         raise ConfigError(f"threshold must be a number >= 0 (a fraction of |F(M) - F(empty)|); got {threshold!r}")
     ctx = _context(model, circuit, task, metric=metric, ablation=ablation, probes=probes, seed=seed,
                    tokenizer=tokenizer)  # fmt: skip
-    best = {v: {"score": -1.0, "k": [], "tried": 0} for v in ctx.nodes}
+    best: dict[int, dict[str, Any]] = {v: {"score": -1.0, "k": [], "tried": 0} for v in ctx.nodes}
     _minimal_round(ctx, best, [], ctx.nodes)  # K empty
     _minimal_round(ctx, best, None, ctx.nodes)  # K = every other node
     for _ in range(10 * probes):  # bounded: a draw that leaves nothing to test is skipped

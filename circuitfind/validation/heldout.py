@@ -46,8 +46,9 @@ def heldout_rows(
         return [{**{k: v for k, v in r.items() if k != "per_prompt"}, "ci": _pair(r.get("ci"))} for r in rows]
     from circuitfind.selection.bootstrap import faithfulness_intervals
 
+    known = [p for p in per if p is not None]  # all of them (checked above)
     cis = faithfulness_intervals(
-        [p["circuit"] for p in per], per[0]["full"], per[0]["empty"], n_boot=n_boot, level=level, seed=seed
+        [p["circuit"] for p in known], known[0]["full"], known[0]["empty"], n_boot=n_boot, level=level, seed=seed
     )
     out = []
     for r, ci in zip(rows, cis, strict=True):

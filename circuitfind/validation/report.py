@@ -262,7 +262,7 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
     return {"n_edges": row["n_edges"], "faithfulness": row["faithfulness"], "ci": row.get("ci")}
 
 
-def _validation_points(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def _validation_points(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The validated size selection's probes: faithfulness on prompts not used to score them, with intervals
     (``circuit.stats["validation"]["probes"]``; none for ``select="train"`` or a method without a size search).
     The size is the mean over folds of the probe's edges after pruning; add-back probes (``m > 0``) are left out."""

@@ -84,7 +84,11 @@ def _run_forked(pm, train, draws: Tensor, method: str, options: dict[str, Any], 
             bar.update()
     finally:
         for p in procs:
-            p.join(timeout=1.0) if not p.is_alive() else (p.terminate(), p.join())
+            if p.is_alive():
+                p.terminate()
+                p.join()
+            else:
+                p.join(timeout=1.0)
     return torch.stack([masks[b] for b in range(len(draws))])
 
 
@@ -157,7 +161,7 @@ def run_on_ray(spec: dict[str, Any], method, n_boot, seed, options, address, out
         rows = {r["spec"]["options"]["resample"]: r for r in res.rows()}
     pm, tokenizer = resolve_model(model)
     full_task = build_named_task(task, tokenizer, spec["n_prompts"], spec["held_out"], spec["task_seed"])
-    return pm, full_task, _masks_of(rows, n_boot, tuple(pm.graph.edge_mask.shape))
+    return pm, full_task, _masks_of(rows, n_boot, (pm.graph.n_senders, pm.graph.n_receivers))
 
 
 def _masks_of(rows: dict[int, dict[str, Any]], n_boot: int, shape: tuple[int, int]) -> Tensor:
