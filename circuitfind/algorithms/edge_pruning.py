@@ -111,9 +111,7 @@ class EdgePruning(MethodOptions):
 
     def __post_init__(self) -> None:
         check_level(self.level)
-        n = self.n_nodes
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ConfigError(f"n_nodes must be an integer >= 1 (the budget of kept nodes); got {n!r}")
+        n = check_optional_int(self.n_nodes, "n_nodes", what="the budget of kept nodes")
         if n is not None and self.level != "node":
             raise ConfigError("n_nodes is the budget at level='node': pass level='node' with it (or n_edges for edges)")
         if n is not None and self.n_edges is not None:
