@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +61,6 @@ class Problem:
             with ``vocab``, V is ``len(vocab)``.
         vocab: token ids: the forward computes only these logit columns, all the loss reads; None: every column.
         separable: the loss is a mean over prompts of per-prompt terms (see ``Metric.separable``).
-        extra: what a method stores beside the problem for later stages (empty unless a method says).
         chunk_size: the user's prompts per pass for every kind of pass (None: the chunk policy sizes each pass
             to ``budget``). Results do not depend on it beyond float rounding: losses are always taken on all
             prompts' logits.
@@ -82,7 +81,6 @@ class Problem:
     loss: Callable[[Tensor], Tensor]
     vocab: Tensor | None = None
     separable: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
     chunk_size: int | None = None
     metric: Metric | None = None
     budget: int = PASS_BUDGET_BYTES
@@ -209,7 +207,11 @@ class Faithfulness:
         label = references or ride  # else a bad value is left to the caller's metric_site
         parts = [self._pass(stack[i : i + per], i, len(refs), where, label) for i in range(0, len(stack), per)]
         self.calls += len(stack)
-        out = MaskValues(*(None if v[0] is None else torch.cat(v) for v in zip(*parts, strict=True)))
+        out = MaskValues(
+            torch.cat([part[0] for part in parts]),
+            None if parts[0][1] is None else torch.cat([part[1] for part in parts if part[1] is not None]),
+            None if parts[0][2] is None else torch.cat([part[2] for part in parts if part[2] is not None]),
+        )
         if refs:
             self.reference = _rows(out, slice(0, 2))
         return _rows(out, slice(len(refs), None))
@@ -292,7 +294,8 @@ def _stack(graph: Any, masks: list[Tensor], seq_len: int) -> Tensor:
 
 
 def _rows(values: MaskValues, rows: slice) -> MaskValues:
-    return MaskValues(*(None if v is None else v[rows] for v in (values.loss, values.per_prompt, values.kl)))
+    pick = values.per_prompt, values.kl
+    return MaskValues(values.loss[rows], *(None if v is None else v[rows] for v in pick))
 
 
 def _site(i: int, n_refs: int, where: str | None) -> str:
@@ -390,7 +393,8 @@ def prepare_problem(
     if reference is not None:
         check_task_fits(reference, pm.spec, label="the reference task")
     task = task.to(pm.device)
-    chunk = chunk_size or prompts_per_pass(pm, *task.clean_ids.shape, PassKind.FORWARD, 1, budget)
+    n, seq_len = task.clean_ids.shape
+    chunk = chunk_size or prompts_per_pass(pm, n, seq_len, PassKind.FORWARD, 1, budget)
     abl = ablation_for(pm, task, ablation, reference, chunk_size=chunk)
     with torch.no_grad():
         clean_logits = torch.cat(

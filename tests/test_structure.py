@@ -219,6 +219,42 @@ def test_only_the_memory_module_reads_proc():
     assert readers == ["circuitfind/engine/memory.py"], readers
 
 
+# Function-level imports of circuitfind modules allowed outside cli/ and __init__ files (issue 20: at most 8), each
+# a documented lazy import: the layering leaves no circle to break, and `import circuitfind` stays cheap without them.
+MAX_FUNCTION_IMPORTS = 8
+
+
+def _function_level_imports() -> list[str]:
+    found: dict[tuple[str, int], str] = {}  # (module, line) -> offender; a nested function's import counts once
+    for name, tree in _modules().items():
+        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
+        if name.startswith("circuitfind.cli") or not path.exists():  # cli/ and the __init__ files do not count
+            continue
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in fn.body:
+                for imp in ast.walk(node):
+                    if (
+                        isinstance(imp, ast.ImportFrom)
+                        and imp.level == 0
+                        and (imp.module or "").startswith("circuitfind")
+                    ):
+                        found.setdefault((name, imp.lineno), f"{name}.{fn.name}:{imp.lineno} -> {imp.module}")
+                    elif isinstance(imp, ast.Import) and any(a.name.startswith("circuitfind") for a in imp.names):
+                        found.setdefault((name, imp.lineno), f"{name}.{fn.name}:{imp.lineno} -> {imp.names[0].name}")
+    return sorted(found.values())
+
+
+def test_at_most_8_function_level_imports_of_circuitfind_modules():
+    found = _function_level_imports()
+    assert any("circuitfind.graph.from_model" in f for f in found)  # the check sees them (Graph.from_model's)
+    assert len(found) <= MAX_FUNCTION_IMPORTS, (
+        f"{len(found)} function-level imports of circuitfind modules (at most {MAX_FUNCTION_IMPORTS}; move them to "
+        "the module's top, the layers allow it):\n" + "\n".join(found)
+    )
+
+
 # the one stated exception to "one test file per module" (tests/__init__.py says why)
 TEST_FILES_NOT_NAMED_AFTER_A_MODULE = {"test_structure.py", "models/test_families.py"}
 

@@ -143,6 +143,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
         True
     """
     pm, g = problem.pm, problem.pm.graph
+    steps = check_steps(steps)
     B = problem.clean_ids.shape[0]
     chunk = chunk_size or problem.prompts_per_pass(PassKind.ATTRIBUTION)
     chunk = check_int(chunk, "chunk_size", what="prompts per pass")
@@ -167,6 +168,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
                 receiver_grads = _receiver_grads(pm, tap_grads, taps, 1.0 / steps, receiver_grads)
                 if on_pass is not None:
                     on_pass(rows.stop - rows.start)
+            assert receiver_grads is not None  # steps >= 1: every point added to it
             _contract(pm, grad[group.first : group.stop], diffs[group.first : group.stop], receiver_grads)
     return grad * g.edge_mask.to(grad.device)
 

@@ -41,13 +41,15 @@ from circuitfind.algorithms.base import (
     RunContext,
     ScoreResult,
 )
+from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.problem import Faithfulness, Problem
-from circuitfind.selection.cuts import prune_dangling, top_n
+from circuitfind.selection.cuts import edge_ranking, prune_dangling, top_n
 
 __all__ = ["EdgePruning", "EdgePruningOptions", "Objective", "run", "expected_open", "run_edge_pruning", "sample_gates"]
 
@@ -109,9 +111,7 @@ class EdgePruning(MethodOptions):
 
     def __post_init__(self) -> None:
         check_level(self.level)
-        n = self.n_nodes
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ConfigError(f"n_nodes must be an integer >= 1 (the budget of kept nodes); got {n!r}")
+        n = check_optional_int(self.n_nodes, "n_nodes", what="the budget of kept nodes")
         if n is not None and self.level != "node":
             raise ConfigError("n_nodes is the budget at level='node': pass level='node' with it (or n_edges for edges)")
         if n is not None and self.n_edges is not None:
@@ -246,13 +246,11 @@ class _Trainer:
         E = g.n_senders if self.node else int(self.edges.numel())
         if not o.warm_start:
             return torch.full((E,), o.init_logit, dtype=torch.float64, device=self.edges.device)
-        from circuitfind.algorithms.eap import EapOptions
-        from circuitfind.algorithms.eap_ig import run_eap_ig
-
         edge_scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores
         scores = node_scores_of_edges(g, edge_scores) if self.node else edge_scores.flatten()[self.edges.cpu()]
         rank = torch.empty(E, dtype=torch.float64)
-        rank[torch.argsort(scores.double(), descending=True, stable=True)] = torch.arange(E, dtype=torch.float64)
+        order = edge_ranking(torch.ones(E, dtype=torch.bool), scores.double().cpu())  # best first, NaN last
+        rank[order] = torch.arange(E, dtype=torch.float64)
         pool = min(E, max(1, round(o.pool * self.budget)))
         # the pool opens (its EAP-IG order kept as a small tilt), the rest starts firmly closed
         logits = torch.where(rank < pool, o.init_logit + 1.0 - rank / pool, torch.tensor(-3.0 * o.init_logit))
@@ -326,13 +324,15 @@ class _Trainer:
         )
 
     def result(self, interrupted: bool) -> ScoreResult:
-        if self.best.logits is None:  # interrupted before the first evaluation: the gates as they are
-            self.best = _Best(self.step, math.nan, self.log_alpha.detach().clone(), math.nan)
+        best_logits = self.best.logits
+        if best_logits is None:  # interrupted before the first evaluation: the gates as they are
+            best_logits = self.log_alpha.detach().clone()
+            self.best = _Best(self.step, math.nan, best_logits, math.nan)
         g = self.problem.pm.graph
-        logits = self.gates(self.best.logits).cpu()
+        logits = self.gates(best_logits).cpu()
         scores = torch.where(g.edge_mask, logits, torch.zeros_like(logits))
-        mask = self.mask(self.best.logits)
-        node_scores = self.best.logits.cpu() if self.node else None
+        mask = self.mask(best_logits)
+        node_scores = best_logits.cpu() if self.node else None
         stats = {
             "level": self.opts.level,
             "budget": self.budget,

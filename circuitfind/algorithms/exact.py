@@ -291,9 +291,10 @@ def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | 
         for i in range(0, len(senders), batch_size):
             batch = senders[i : i + batch_size]
             masks = torch.stack([g.without_nodes(full, [s]) for s in batch])  # (K, S, R)
-            with metric_site(
-                lambda err, batch=batch: f"during exact node scoring, removing node {_node(g, batch, err)}"
-            ):
+            def where(err: MetricError, batch: list[int] = batch) -> str:
+                return f"during exact node scoring, removing node {_node(g, batch, err)}"
+
+            with metric_site(where):
                 losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
             node_scores[batch] = losses.double() - ev.loss_full
             passes += 1

@@ -83,7 +83,7 @@ def node_circuit(graph: Graph, nodes: Tensor, *, from_input: bool = True) -> tup
 def node_cut(
     graph: Graph,
     node_scores: Tensor,
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     threshold: float | None = None,
     n: int | None = None,
@@ -119,7 +119,7 @@ def node_cut(
 def position_cut(
     graph: Graph,
     position_scores: Tensor,
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     threshold: float | None = None,
     n: int | None = None,
@@ -163,7 +163,7 @@ def position_cut(
 def _cut_units(
     n_units: int,
     circuit_of: Callable[[int], tuple[Tensor, Tensor]],
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     above: int | None,
     n: int | None,
@@ -174,6 +174,8 @@ def _cut_units(
     """The one cut rule over ranked units: ``target`` (smallest faithful top-k), ``n`` (the top n), or the
     ``above`` units over the threshold. ``units`` names the option and the units for the range error."""
     if target is not None:
+        if faithfulness is None:
+            raise ConfigError(f"a cut by target faithfulness ({target}) needs a faithfulness function; got None")
         return smallest_k(n_units, circuit_of, faithfulness, target, on_probe=on_probe)
     if n is not None:
         if not 1 <= n <= n_units:

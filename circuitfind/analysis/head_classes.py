@@ -44,6 +44,7 @@ from circuitfind.analysis.path_patching import PathPatcher
 from circuitfind.analysis.roles import copying_scores
 from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError
+from circuitfind.graph import Node, NodeKind
 from circuitfind.problem import Problem, prepare_problem
 from circuitfind.tasks import Task, ioi_positions, resolve_task
 
@@ -143,7 +144,7 @@ class HeadClasses:
     settings: dict[str, Any]
 
     def head_name(self, i: int) -> str:
-        return f"a{i // self.n_heads}.h{i % self.n_heads}"
+        return Node(NodeKind.HEAD, *divmod(i, self.n_heads)).name
 
     def members(self, cls: str) -> list[str]:
         """The heads assigned ``cls``, in layer-then-head order."""

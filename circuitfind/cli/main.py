@@ -47,7 +47,8 @@ from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, R
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.sweeps.command import add_sweep_parser
-from circuitfind.tasks import BUILTIN, resolve_task
+from circuitfind.tasks import BUILTIN, is_task_file, resolve_task, split_task
+from circuitfind.tasks.resolve import DEFAULT_HELD_OUT, DEFAULT_N_PROMPTS
 
 __all__ = ["SUBCOMMANDS", "build_parser", "common_options", "main"]
 
@@ -55,9 +56,6 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary suggests a lower threshold
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # pickles of earlier versions: refused, never opened
-DEFAULT_N_PROMPTS = 20
-DEFAULT_HELD_OUT = 20  # generated held-out prompts of a built-in task
-_JSON_SUFFIXES = (".json", ".jsonl")
 
 
 # --- argument types ---------------------------------------------------------------------------------------------
@@ -123,13 +121,9 @@ def _model_label(args: argparse.Namespace) -> str:
     return args.model if args.model is not None else "smollm2"
 
 
-def _is_task_file(task: str) -> bool:
-    return task.lower().endswith(_JSON_SUFFIXES)
-
-
 def _check_task_arg(task: str) -> None:
     """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
-    if _is_task_file(task):
+    if is_task_file(task):
         from circuitfind.tasks.jsonio import check_task_file
 
         try:
@@ -463,22 +457,7 @@ def _validation_line(stats: dict[str, Any]) -> str | None:
 
 def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     """The task: ``--n-prompts`` for discovery, then ``--held-out`` more prompts that discovery never sees."""
-    held = args.held_out if args.held_out is not None else (0 if _is_task_file(args.task) else DEFAULT_HELD_OUT)
-    if not _is_task_file(args.task):
-        n = args.n_prompts or DEFAULT_N_PROMPTS
-        return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    from circuitfind.tasks import from_json
-
-    # a big file is read and tokenised only as far as the run uses it
-    task = from_json(args.task, tokenizer, max_prompts=args.n_prompts + held if args.n_prompts else None)
-    n = min(args.n_prompts or len(task), len(task) - held)
-    if n < 1:
-        raise TaskError(
-            f"{args.task} has {len(task)} prompts, too few for --held-out {held} and at least one for discovery; "
-            "pass a smaller --held-out"
-        )
-    task = task.subset(slice(0, n + held))
-    return dataclasses.replace(task, n_train=n) if held else task
+    return split_task(args.task, tokenizer, n_prompts=args.n_prompts, held_out=args.held_out, seed=args.seed)
 
 
 def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, Any]:
@@ -487,7 +466,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
-    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+    if is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
         from circuitfind.tasks import check_task_fits
 
         check_task_fits(task, model.spec, label=f"task file {args.task}")
@@ -505,7 +484,7 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
         **options,
     )
     circuit = circuit.replace(model=_model_label(args))
-    if not _is_task_file(args.task):
+    if not is_task_file(args.task):
         circuit = circuit.with_config(seed=args.seed)
     return circuit, model, task, tokenizer
 
@@ -942,7 +921,7 @@ def _run_report(args: argparse.Namespace) -> int:
                            classes=classes, tokenizer=tokenizer, progress=args.progress,
                            on_stage=_stage_printer(), **opts)  # fmt: skip
         circuit = rep.circuit.replace(model=_model_label(args))
-        circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
+        circuit = circuit if is_task_file(args.task) else circuit.with_config(seed=args.seed)
         written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)
     print(report_table(rep.data))
     print("wrote " + ", ".join(map(str, written)))

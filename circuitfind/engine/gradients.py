@@ -151,6 +151,7 @@ def edge_gradients(
             if diffs is None:
                 with torch.no_grad():
                     diffs = _forward(problem, Point(), rows, False)[2]
+            assert receiver_grads is not None  # points is not empty: every point added to it
             contract(pm, grad, diffs, receiver_grads)
     grad *= g.edge_mask.to(grad.device).view(*g.edge_mask.shape, *((1,) if by_position else ()))
     with torch.no_grad():
@@ -243,7 +244,8 @@ def _receiver_grads(
     out = x0.new_zeros((g.n_receivers, *x0.shape), dtype=wide) if into is None else into
 
     def grad_of(name: str) -> Tensor:
-        return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
+        grad = tap_grads[name]
+        return grad if grad is not None else torch.zeros_like(taps[name])
 
     for layer, lay in enumerate(spec.layers):
         # a pass that starts above a receiver (EAP-IG along the activations) has no tap there: its gradient is 0

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import check_optional_int
 
 __all__ = [
@@ -202,6 +203,9 @@ class PassKind(enum.Enum):
     ATTRIBUTION = "attribution"
     """A forward-backward (EAP, EAP-IG, edge pruning): sender diffs and autograd activations in the model's dtype,
     and every receiver's input gradient in at least float32."""
+    ROUTED = "routed"
+    """A masked forward whose removed senders are read per row from other rows (causal scrubbing's joint pass): a
+    forward's slices plus the routed sender outputs and receiver-group sums of every row."""
 
 
 def pass_bytes_per_prompt(pm: Any, seq_len: int, kind: PassKind = PassKind.FORWARD, masks: int = 1) -> int:
@@ -214,6 +218,8 @@ def pass_bytes_per_prompt(pm: Any, seq_len: int, kind: PassKind = PassKind.FORWA
     g, D, item = pm.graph, pm.spec.d_model, pm.dtype.itemsize
     if kind is PassKind.FORWARD:
         return int(forward_slices(pm, masks) * seq_len * D * item)
+    if kind is PassKind.ROUTED:
+        return int((forward_slices(pm, masks) + g.n_senders + g.n_groups) * seq_len * D * item)
     tensors = 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt in the model's dtype
     wide = max(4, item)  # the receivers' input gradients are accumulated in at least float32
     return int(masks * seq_len * D * (item * tensors + wide * g.n_receivers))
@@ -267,8 +273,6 @@ def estimate(
     chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, PassKind.FORWARD, masks)
     slice_bytes = seq_len * D * item
     groups = 2 * g.n_layers + 1
-    from circuitfind.engine.ablations import Ablation
-
     # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
     kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"
     per = {Ablation.RESAMPLE: n_prompts * seq_len, Ablation.MEAN: seq_len, Ablation.ZERO: 1}[kind]

@@ -32,6 +32,8 @@ from circuitfind.evaluate.scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_ci
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.metrics import check_gap, metric_site
 from circuitfind.problem import Faithfulness, prepare_problem
+from circuitfind.selection.bootstrap import cpr_cmd_interval, faithfulness_intervals
+from circuitfind.selection.validated import negative_excluded
 from circuitfind.tasks import Task, resolve_task
 
 __all__ = [
@@ -105,17 +107,17 @@ class _Evaluator:
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
-        self.kind = Ablation.parse(ablation)
         self.problem, self.metric = prepare_problem(
             pm,
             self.task,
             metric=_default_metric(self.task, metric),
-            ablation=self.kind,
+            ablation=ablation,
             reference=reference,
             chunk_size=chunk_size,
             budget=memory_budget,
         )
         self.faith = Faithfulness(self.problem, detail=True, masks_per_pass=batch_masks)
+        self.kind = self.problem.ablated.kind
         self.interval = interval
         self.m_full = self.m_empty = math.nan
 
@@ -128,7 +130,7 @@ class _Evaluator:
         ref = self.faith.reference
         assert ref is not None and ref.per_prompt is not None and values.per_prompt is not None
         self.m_full, self.m_empty = (float(v) for v in self._metric_of(ref.loss))
-        with metric_site(f"on the {len(self.task)} prompts evaluated ({self.split.replace('_', '-')} split)"):
+        with metric_site(f"on the {self.problem.n_prompts} prompts evaluated ({self.split.replace('_', '-')} split)"):
             check_gap(self.m_full, self.m_empty, self.pm.dtype, name=self.metric.name)  # every ratio divides by it
         self.per_full, self.per_empty = ref.per_prompt[0], ref.per_prompt[1]
         assert values.kl is not None
@@ -155,7 +157,7 @@ class _Evaluator:
             "fraction": n_edges / g.n_edges,
             "ablation": self.kind.value,
             "split": self.split,
-            "n_prompts": len(self.task),
+            "n_prompts": self.problem.n_prompts,
         }
         if self.note:
             row["note"] = self.note
@@ -164,8 +166,6 @@ class _Evaluator:
 
 def _add_intervals(rows: list[dict], values: Tensor, full: Tensor, empty: Tensor, interval: dict | None) -> None:
     """Each row's per-prompt metric values and the bootstrap interval of its faithfulness (shared resamples)."""
-    from circuitfind.selection.bootstrap import faithfulness_intervals
-
     opts = {"n_boot": 1000, "level": 0.95, "seed": 0, **(interval or {})}
     cis = faithfulness_intervals(values, full, empty, **opts)
     for row, v, ci in zip(rows, values, cis, strict=True):
@@ -192,9 +192,7 @@ def excluded_negative(circuit: Circuit, n: int = 10) -> list[dict[str, Any]]:
     """
     g = circuit.graph
     s = circuit.scores.detach().cpu().double()  # (S, R)
-    out = g.edge_mask & ~circuit.mask.cpu().bool() & (s < 0)  # NaN compares False
-    flat = out.flatten().nonzero().squeeze(1)
-    order = flat[torch.argsort(s.flatten()[flat], stable=True)][:n]  # most negative first
+    order = negative_excluded(g, circuit.mask, s)[:n]  # most negative first
     R = g.n_receivers
     return [{"edge": g.edge(int(i) // R, int(i) % R).name, "score": float(s.flatten()[i])} for i in order]
 
@@ -485,8 +483,6 @@ def cpr_cmd_of_scores(
 
 def _cpr_cmd_ci(rows: list[dict[str, Any]], fractions: Sequence[float], **opts: Any) -> tuple[Any, Any]:
     """CPR / CMD intervals from the rows' stored per-prompt values (signed rows first, then absolute)."""
-    from circuitfind.selection.bootstrap import cpr_cmd_interval
-
     k = len(fractions)
     values = torch.tensor([r["per_prompt"]["circuit"] for r in rows], dtype=torch.float64)  # (2K, n)
     pp = rows[0]["per_prompt"]

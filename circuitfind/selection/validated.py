@@ -223,11 +223,13 @@ def _owners(graph: Graph) -> Tensor:
 
 
 def negative_excluded(graph: Graph, mask: Tensor, scores: Tensor) -> Tensor:
-    """Flat indices of the edges outside ``mask`` with a negative score, most negative first (NaN skipped)."""
+    """Flat indices of the edges outside ``mask`` with a negative score, most negative first (NaN skipped; ties
+    by position, as :func:`~circuitfind.selection.edge_ranking` ranks ``-scores``)."""
     s = scores.detach().cpu().double()
-    out = graph.edge_mask & ~mask.cpu() & (s < 0)
-    flat = out.flatten().nonzero().squeeze(1)
-    return flat[torch.argsort(s.flatten()[flat], stable=True)]
+    out = graph.edge_mask & ~mask.cpu().bool() & (s < 0)  # (S, R); NaN compares False
+    if not bool(out.any()):
+        return torch.zeros(0, dtype=torch.long)
+    return edge_ranking(out, -s)
 
 
 def add_back(graph: Graph, mask: Tensor, scores: Tensor, m: int, *, from_input: bool) -> Tensor:

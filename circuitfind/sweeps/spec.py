@@ -37,7 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from circuitfind.algorithms.registry import METHODS, given_options, plan
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
+from circuitfind.metrics import MetricKind
+from circuitfind.tasks import BUILTIN, is_task_file
 
 __all__ = [
     "CELL_DEFAULTS",
@@ -300,7 +303,7 @@ def _expand(where: str, grid: Any, defaults: Mapping[str, Any]) -> list[Cell]:
     for combo in itertools.product(*axes.values()):
         fields = {**base, **dict(zip(axes, combo, strict=True))}
         fields["model"] = _local_path(fields["model"])
-        fields["task"] = _local_path(fields["task"]) if _is_task_file(fields["task"]) else fields["task"]
+        fields["task"] = _local_path(fields["task"]) if is_task_file(fields["task"]) else fields["task"]
         for name in ("threshold", "target", "num_cpus", "num_gpus"):
             if fields[name] is not None:
                 fields[name] = float(fields[name])
@@ -316,15 +319,8 @@ def _local_path(text: str) -> str:
     return str(p.absolute()) if p.exists() else text
 
 
-def _is_task_file(task: str) -> bool:
-    return task.lower().endswith((".json", ".jsonl"))
-
-
 def _check_field(where: str, key: str, value: Any) -> None:
     """One value of one cell field, checked on its own (types and ranges)."""
-    from circuitfind.engine.ablations import Ablation
-    from circuitfind.metrics import MetricKind
-    from circuitfind.tasks import BUILTIN
 
     def fail(expected: str) -> None:
         raise SpecError(f"spec field '{where}': expected {expected}; got {value!r}")
@@ -336,7 +332,7 @@ def _check_field(where: str, key: str, value: Any) -> None:
         raise SpecError(f"unknown cell field '{where}'; expected one of {list(CELL_FIELDS)}")
     if key in ("model", "task") and (not isinstance(value, str) or not value.strip()):
         fail("a non-empty string")
-    if key == "task" and not _is_task_file(value) and value.strip().lower().replace("_", "-") not in BUILTIN:
+    if key == "task" and not is_task_file(value) and value.strip().lower().replace("_", "-") not in BUILTIN:
         fail(f"a built-in task ({', '.join(sorted(BUILTIN))}) or a .json/.jsonl task file")
     if key == "method" and value not in METHODS:
         fail(f"one of {sorted(METHODS)}")

@@ -22,8 +22,17 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
-from circuitfind.errors import TaskError
-from circuitfind.validation.completeness import DEFAULT_PROBES
+from circuitfind.discovery import discover
+from circuitfind.engine.patchable import resolve_model
+from circuitfind.errors import ConfigError, TaskError
+from circuitfind.fileio import atomic_write
+from circuitfind.selection.cuts import prune_dangling, top_n
+from circuitfind.tasks import resolve_task
+from circuitfind.validation.ablations import ablation_sensitivity
+from circuitfind.validation.completeness import DEFAULT_PROBES, completeness, minimality
+from circuitfind.validation.heldout import heldout_rows
+from circuitfind.validation.report_html import render_report, summary_rows
+from circuitfind.validation.stability import stability
 
 __all__ = ["REPORT_VERSION", "Report", "build_report", "size_curves", "write_report"]
 
@@ -89,14 +98,6 @@ def build_report(
         >>> rep.data["heldout"]["n_prompts"], rep.data["stability"]["n_boot"], rep.circuit.n_edges <= 4
         (2, 2, True)
     """
-    from circuitfind.discovery import discover
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-    from circuitfind.validation.ablations import ablation_sensitivity
-    from circuitfind.validation.completeness import completeness, minimality
-    from circuitfind.validation.heldout import heldout_rows
-    from circuitfind.validation.stability import stability
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     _check_split(task)
@@ -152,8 +153,6 @@ def build_report(
 
 def _stability_options(opts: dict[str, Any], circuit: Circuit, cut: str) -> dict[str, Any]:
     """The discovery options of the stability resamples (see :data:`STABILITY_CUTS`)."""
-    from circuitfind.errors import ConfigError
-
     if cut not in STABILITY_CUTS:
         raise ConfigError(f"stability_cut must be one of {STABILITY_CUTS}; got {cut!r}")
     if cut == "same":
@@ -237,9 +236,6 @@ def size_curves(pm: Any, circuit: Circuit, task: Any, *, metric: Any, ablation: 
         >>> len(cur["discovery"]) == len(cur["heldout"]) == len(cur["k"])
         True
     """
-    from circuitfind.selection.cuts import prune_dangling, top_n
-    from circuitfind.validation.heldout import heldout_rows
-
     g = pm.graph
     cut = int(circuit.stats.get("k") or circuit.n_edges or 1)
     ks = sorted({min(g.n_edges, max(1, round(cut * s))) for s in CURVE_SCALES})
@@ -262,7 +258,7 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
     return {"n_edges": row["n_edges"], "faithfulness": row["faithfulness"], "ci": row.get("ci")}
 
 
-def _validation_points(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def _validation_points(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The validated size selection's probes: faithfulness on prompts not used to score them, with intervals
     (``circuit.stats["validation"]["probes"]``; none for ``select="train"`` or a method without a size search).
     The size is the mean over folds of the probe's edges after pruning; add-back probes (``m > 0``) are left out."""
@@ -299,8 +295,6 @@ def report_table(data: dict[str, Any]) -> str:
         >>> report_table(rep.data).splitlines()[0].startswith("check")
         True
     """
-    from circuitfind.validation.report_html import summary_rows
-
     rows = summary_rows(data)
     for name in ("resample", "mean", "zero"):
         r = data["ablations"].get(name)
@@ -327,9 +321,6 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
         >>> [p.name for p in write_report(rep, tmp_path)]
         ['circuit.json', 'report.json', 'report.html']
     """
-    from circuitfind.fileio import atomic_write
-    from circuitfind.validation.report_html import render_report
-
     out = Path(out)
     text = json.dumps(report.data, indent=1, allow_nan=False)
     return [

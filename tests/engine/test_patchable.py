@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from circuitfind.algorithms import EapOptions, run_eap_ig
-from circuitfind.algorithms.base import Faithfulness
 from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
 from circuitfind.models.loading import load_model
-from circuitfind.problem import prepare_problem
+from circuitfind.problem import Faithfulness, prepare_problem
 from tests.families_tiny import NEW_FAMILIES
 from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_mistral, tiny_neox, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward
