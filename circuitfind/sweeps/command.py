@@ -17,6 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from circuitfind.sweeps.run import sweep
+from circuitfind.sweeps.spec import load_spec
+from circuitfind.sweeps.store import ResultsStore
+
 __all__ = ["add_sweep_parser", "format_table", "plot_faithfulness_vs_size"]
 
 TABLE_COLUMNS = (
@@ -72,10 +76,6 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from circuitfind.sweeps.run import sweep
-    from circuitfind.sweeps.spec import load_spec
-    from circuitfind.sweeps.store import ResultsStore
-
     spec = load_spec(args.spec, out=args.out, max_cells=args.max_cells)
     if not args.table:
         try:
