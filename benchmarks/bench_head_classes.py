@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
+from circuitfind import PatchableModel, load_model
 from circuitfind.analysis import CLASSES, head_classes
-from circuitfind.engine.patchable import PatchableModel
-from circuitfind.models import load_model
 from circuitfind.tasks import get_task
 
 

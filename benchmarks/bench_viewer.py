@@ -28,10 +28,8 @@ from pathlib import Path
 
 import torch
 
+from circuitfind import Circuit, PatchableModel, load_model
 from circuitfind.analysis import head_roles
-from circuitfind.circuit import Circuit
-from circuitfind.engine.patchable import PatchableModel
-from circuitfind.models import load_model
 from circuitfind.tasks import resolve_task
 
 

@@ -106,23 +106,32 @@ class Circuit:
         S, R = self.graph.n_senders, self.graph.n_receivers
         labels = tuple(str(x) for x in self.position_labels or ())
         want = (S, R, len(labels))
-        for name in ("position_mask", "position_scores"):
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
-                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ShapeError(f"{name} must have shape (senders, receivers, positions) = {want}; got {found}")
-        mask = self.position_mask.detach().cpu().bool() & self.graph.edge_mask[..., None]
-        object.__setattr__(self, "position_mask", mask)
-        object.__setattr__(self, "position_scores", self.position_scores.detach().cpu().float())
+        mask, scores = (self._position_tensor(name, want) for name in ("position_mask", "position_scores"))
+        object.__setattr__(self, "position_mask", mask.detach().cpu().bool() & self.graph.edge_mask[..., None])
+        object.__setattr__(self, "position_scores", scores.detach().cpu().float())
         object.__setattr__(self, "position_labels", labels)
+
+    def _position_tensor(self, name: str, want: tuple[int, int, int]) -> torch.Tensor:
+        value = getattr(self, name)
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != want:
+            found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ShapeError(f"{name} must have shape (senders, receivers, positions) = {want}; got {found}")
+        return value
+
+    def _positions(self) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]] | None:
+        """``(position_mask, position_scores, position_labels)``, or None: ``__post_init__`` sets all or none."""
+        if self.position_mask is None or self.position_scores is None or self.position_labels is None:
+            return None
+        return self.position_mask, self.position_scores, self.position_labels
 
     @property
     def position_edge_names(self) -> list[str]:
         """Names of the kept position-edges (``a0.h1->a3.h7<q>@END``), sender-major; empty for other circuits."""
-        if self.position_mask is None:
+        positions = self._positions()
+        if positions is None:
             return []
-        s_idx, r_idx, t_idx = self.position_mask.nonzero(as_tuple=True)
-        labels = self.position_labels
+        mask, _, labels = positions
+        s_idx, r_idx, t_idx = mask.nonzero(as_tuple=True)
         return [
             position_edge_name(self.graph.edge_name(s, r), labels[t])
             for s, r, t in zip(s_idx.tolist(), r_idx.tolist(), t_idx.tolist(), strict=True)
@@ -213,8 +222,10 @@ class Circuit:
         m = self.config.get("metric", "metric")
         rec = self.recovered
         nodes = "" if self.node_mask is None else f"{self.n_nodes} of {self.graph.n_senders} nodes, "
-        if self.position_mask is not None:
-            nodes = f"{int(self.position_mask.sum()):,} position-edges over {len(self.position_labels)} positions, "
+        positions = self._positions()
+        if positions is not None:
+            mask, _, labels = positions
+            nodes = f"{int(mask.sum()):,} position-edges over {len(labels)} positions, "
         return (
             nodes + f"{self.n_edges:,} of {self.graph.n_edges:,} edges kept ({100 * self.fraction:.2f}%); "
             f"{m}: full {self.metric_full:.4g}, circuit {self.metric_circuit:.4g}, empty {self.metric_empty:.4g}"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from circuitfind.errors import ConfigError, RenderError, check_int
+from circuitfind.errors import ConfigError, RenderError, ShapeError, check_int
 from circuitfind.fileio import atomic_write
 from circuitfind.graph import Channel, Graph, NodeKind, position_edge_name
 
@@ -83,19 +83,47 @@ MAX_LAYOUT = 2 * 10**8  # senders x receivers of the dense (S, R) tensors; Llama
 class CircuitData(Protocol):
     """What the writers read from a circuit: the fields of :class:`~circuitfind.circuit.Circuit`."""
 
-    graph: Graph
-    mask: torch.Tensor  # (S, R) bool
-    scores: torch.Tensor  # (S, R) float
-    metric_full: float
-    metric_empty: float
-    metric_circuit: float
-    config: Mapping[str, Any]
-    stats: Mapping[str, Any]
-    model: str
-    # node-level circuits also carry node_mask / node_scores ((S,) each, read with getattr: optional)
-
+    # Read-only members (properties), so that a frozen dataclass satisfies the protocol.
+    @property
+    def graph(self) -> Graph: ...
+    @property
+    def mask(self) -> torch.Tensor: ...  # (S, R) bool
+    @property
+    def scores(self) -> torch.Tensor: ...  # (S, R) float
+    @property
+    def metric_full(self) -> float: ...
+    @property
+    def metric_empty(self) -> float: ...
+    @property
+    def metric_circuit(self) -> float: ...
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+    @property
+    def stats(self) -> Mapping[str, Any]: ...
+    @property
+    def model(self) -> str: ...
     @property
     def n_edges(self) -> int: ...
+    @property
+    def node_mask(self) -> torch.Tensor | None: ...  # (S,) bool: a node-level circuit
+    @property
+    def node_scores(self) -> torch.Tensor | None: ...  # (S,) float
+    @property
+    def position_mask(self) -> torch.Tensor | None: ...  # (S, R, T) bool: a position-aware circuit
+    @property
+    def position_scores(self) -> torch.Tensor | None: ...  # (S, R, T) float, set with position_mask
+    @property
+    def position_labels(self) -> tuple[str, ...] | None: ...  # T labels, set with position_mask
+
+
+def _positions(circuit: CircuitData) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+    """``(position_mask (S, R, T), position_scores (S, R, T), T labels)`` of a position-aware circuit, else None."""
+    mask, scores, labels = circuit.position_mask, circuit.position_scores, circuit.position_labels
+    if mask is None:
+        return None
+    if scores is None or labels is None:
+        raise ShapeError("a circuit with a position_mask needs position_scores and position_labels too")
+    return mask, scores, list(labels)
 
 
 @lru_cache(maxsize=8)
@@ -205,10 +233,10 @@ def _nodes_json(circuit: CircuitData) -> dict[str, Any]:
     """The 'nodes' entry: ``{name: in_graph}``; for a node-level circuit ``{name: {"in_graph", "score"}}`` (the
     EAP-IG node layout), the kept nodes being its units and ``logits`` always in."""
     graph = circuit.graph
-    node_mask = getattr(circuit, "node_mask", None)
+    node_mask = circuit.node_mask
     if node_mask is None:
         return dict(zip(graph.node_names, graph.nodes_touched(circuit.mask).tolist(), strict=True))
-    scores = getattr(circuit, "node_scores", None)
+    scores = circuit.node_scores
     values = [math.nan] * graph.n_senders if scores is None else scores.tolist()
     out = {
         name: {"in_graph": bool(k), "score": _float_or_none(v)}
@@ -221,12 +249,12 @@ def _nodes_json(circuit: CircuitData) -> dict[str, Any]:
 def _positions_json(circuit: CircuitData) -> dict[str, Any] | None:
     """The 'positions' entry of a position-aware circuit: ``{"labels": [T labels], "edges": {edge name:
     {"scores": [T scores], "in_graph": [labels of the positions it is kept at]}}}`` for every edge; else None."""
-    mask = getattr(circuit, "position_mask", None)
-    if mask is None:
+    positions = _positions(circuit)
+    if positions is None:
         return None
-    graph, labels = circuit.graph, list(circuit.position_labels)
+    (mask, position_scores, labels), graph = positions, circuit.graph
     edge_s, edge_r = graph.edge_mask.nonzero(as_tuple=True)  # (E,), (E,) sender-major, as graph.edge_names
-    scores = circuit.position_scores[edge_s, edge_r].tolist()  # (E, T)
+    scores = position_scores[edge_s, edge_r].tolist()  # (E, T)
     kept = mask[edge_s, edge_r].tolist()  # (E, T)
     edges = {
         name: {
@@ -484,7 +512,7 @@ def _node_attrs(graph: Graph, i: int) -> dict[str, str]:
     return {"shape": "ellipse", "fillcolor": _LAYER_COLORS[node.layer % len(_LAYER_COLORS)]}
 
 
-def _attrs(attrs: dict[str, str | float]) -> str:
+def _attrs(attrs: Mapping[str, str | float]) -> str:
     return ", ".join(f"{k}={_q(str(v))}" for k, v in attrs.items())
 
 
@@ -526,10 +554,10 @@ def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") ->
         if kept:
             lines.append(f"  {_q(names[i])} [{_attrs(_node_attrs(graph, i))}];")
     for layer in range(graph.n_layers):
-        members = [graph.head_sender(layer, h) for h in range(graph.n_heads)]
+        senders = [graph.head_sender(layer, h) for h in range(graph.n_heads)]
         if graph.parallel:  # a parallel MLP reads the same residual stream as the heads
-            members.append(graph.mlp_sender(layer))
-        members = [names[i] for i in members if on[i]]
+            senders.append(graph.mlp_sender(layer))
+        members = [names[i] for i in senders if on[i]]
         if len(members) > 1:
             lines.append("  { rank=same; " + " ".join(f"{_q(m)};" for m in members) + " }")
 
@@ -555,14 +583,14 @@ def to_dot(circuit: CircuitData, *, scores: bool = True, rankdir: str = "BT") ->
 
 def _drawn_edges(circuit: CircuitData) -> list[tuple[int, int, str | None, float]]:
     """``(sender, receiver, position label or None, score)`` of every kept edge (position-edge), sender-major."""
-    mask = getattr(circuit, "position_mask", None)
-    if mask is None:
+    positions = _positions(circuit)
+    if positions is None:
         s_idx, r_idx = circuit.mask.nonzero(as_tuple=True)  # (K,), (K,) sender-major
         scores = circuit.scores[s_idx, r_idx].tolist()
         return [(s, r, None, x) for s, r, x in zip(s_idx.tolist(), r_idx.tolist(), scores, strict=True)]
+    mask, position_scores, labels = positions
     s_idx, r_idx, t_idx = mask.nonzero(as_tuple=True)
-    scores = circuit.position_scores[s_idx, r_idx, t_idx].tolist()
-    labels = circuit.position_labels
+    scores = position_scores[s_idx, r_idx, t_idx].tolist()
     rows = zip(s_idx.tolist(), r_idx.tolist(), t_idx.tolist(), scores, strict=True)
     return [(s, r, labels[t], x) for s, r, t, x in rows]
 

@@ -283,7 +283,7 @@ def metric_site(where: str | Callable[[MetricError], str]) -> Iterator[None]:
 def _scalar(name: str, result: object) -> Tensor:
     """A custom metric's result for one circuit as a 0-d float tensor (autograd kept)."""
     numeric = isinstance(result, Tensor) and not result.dtype.is_complex and result.dtype != torch.bool
-    if numeric and result.numel() == 1:
+    if numeric and isinstance(result, Tensor) and result.numel() == 1:  # (isinstance repeated for the type checker)
         return result.reshape(()).float()
     if isinstance(result, (int, float)) and not isinstance(result, bool):
         return torch.tensor(float(result))
@@ -344,30 +344,31 @@ def make_metric(
         return Metric(
             kind.value, lambda lg: kl_divergence(lg, ref), False, separable=True, rows=lambda lg: _kl_rows(lg, ref)
         )
-    _check_answer_rows(kind.value, answers, wrong_answers)
+    right, wrong = _check_answer_rows(kind.value, answers, wrong_answers)
     if kind is MetricKind.PROB_DIFF:  # the softmax needs every column
         return Metric(
             kind.value,
-            lambda lg: prob_diff(lg, answers, wrong_answers),
+            lambda lg: prob_diff(lg, right, wrong),
             True,
             separable=True,
-            rows=lambda lg: _prob_diff_rows(lg, answers, wrong_answers),
+            rows=lambda lg: _prob_diff_rows(lg, right, wrong),
         )
-    columns, (ans, wrong) = _as_columns(answers, wrong_answers)
+    columns, (right_col, wrong_col) = _as_columns(right, wrong)
     return Metric(
         kind.value,
-        lambda lg: logit_diff(lg, answers, wrong_answers),
+        lambda lg: logit_diff(lg, right, wrong),
         True,
         columns=columns,
-        on_columns=lambda lg: logit_diff(lg, ans, wrong),
+        on_columns=lambda lg: logit_diff(lg, right_col, wrong_col),
         separable=True,
-        rows=lambda lg: _logit_diff_rows(lg, answers, wrong_answers),
+        rows=lambda lg: _logit_diff_rows(lg, right, wrong),
     )
 
 
-def _check_answer_rows(name: str, answers: Tensor | None, wrong_answers: Tensor | None) -> None:
-    """Every prompt must have a correct and a wrong answer id: a prompt without wrong answers would score its
-    raw correct logit (or probability), which is not a difference at all."""
+def _check_answer_rows(name: str, answers: Tensor | None, wrong_answers: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(answers, wrong_answers)``, checked: every prompt must have a correct and a wrong answer id (a prompt
+    without wrong answers would score its raw correct logit or probability, which is not a difference at all)."""
+    checked = []
     for label, ids in (("correct answer", answers), ("wrong answer", wrong_answers)):
         if ids is None or ids.dim() != 2 or ids.shape[1] == 0:
             raise TaskError(
@@ -381,6 +382,8 @@ def _check_answer_rows(name: str, answers: Tensor | None, wrong_answers: Tensor 
                 f"the {name} metric needs a {label} for every prompt; {len(lacking)} of {ids.shape[0]} prompts "
                 f"have none (prompt {shown}). Give those prompts a {label}, drop them, or use metric='kl'."
             )
+        checked.append(ids)
+    return checked[0], checked[1]
 
 
 def _as_columns(*ids: Tensor) -> tuple[Tensor, list[Tensor]]:

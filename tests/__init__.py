@@ -9,6 +9,10 @@
   docstring or section comment says which defect it pins.
 - ``tests/test_structure.py`` checks the package as a whole (layers, import cost, function length, the README's
   layout).
+- ``tests/models/test_families.py`` runs the engine's invariants (all kept = HF, none kept = the corrupted run,
+  random masks = the slow reference, fast ACDC = plain ACDC, gradients = autograd) over every adapter family at
+  once: one matrix, so that a new family is one line of ``tests/families_tiny.py`` and cannot skip an invariant.
+  The config flags of the GPT-2, GPT-NeoX and Llama adapters are in ``tests/models/test_<adapter>.py``.
 - Helpers (tiny models, toy tasks, slow reference paths) are modules without the ``test_`` prefix, at ``tests/`` or
   next to their only user; fixtures shared by a folder live in its ``conftest.py``.
 

@@ -197,6 +197,15 @@ def test_identical_clean_and_corrupted_prompts_are_refused_not_faithful(method, 
             faithfulness(pm, pm.graph.full_mask(), same, metric=metric)
 
 
+def test_a_callable_metric_gets_per_prompt_values_from_each_prompt_alone():
+    def answer_logit(logits):  # (B, V) -> mean over prompts of the logit of token 3
+        return logits[:, 3].mean()
+
+    m = make_metric(answer_logit, higher_is_better=True)
+    logits = torch.arange(24.0).view(1, 4, 6)  # (K, B, V)
+    assert m.per_prompt(logits).tolist() == [[3.0, 9.0, 15.0, 21.0]]
+    assert float(m.per_prompt(logits).mean()) == pytest.approx(float(m(logits)[0]))
+
 # --- the metrics pinned against hand computations on tiny tensors ------------------------------------------------
 # Each expected value is written out from the definition (REFERENCE §3-§4), with numbers chosen so that the usual
 # mistakes -- KL in the wrong direction, a sum where a mean belongs or the reverse -- give a different value.

@@ -84,3 +84,58 @@ def logit_diff_faithfulness(pm: PatchableModel, task: Task, mask: torch.Tensor, 
 
     full, empty = metric(pm.graph.full_mask()), metric(torch.zeros_like(pm.graph.edge_mask))
     return (metric(mask) - empty) / (full - empty)
+
+
+# --- the slow twins of the attribution tests: autograd and finite differences through pm.forward ---------------
+def mask_grad(problem, mask: torch.Tensor) -> torch.Tensor:
+    """``d loss / d mask`` ``(S, R)`` by autograd through ``pm.forward`` at the float mask ``mask``."""
+    m = mask.detach().double().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_at(problem, m), m)
+    return grad
+
+
+def uniform(problem, a: float, input_scale: float = 1.0) -> torch.Tensor:
+    """The float mask of :class:`Point` ``(a, input_scale)``: every edge ``a``, the input's edges ``a * c``."""
+    m = problem.pm.graph.full_mask().double() * a
+    m[0] *= input_scale
+    return m
+
+
+def some_edges(graph, n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """``n`` random edges, plus one into a q, one into an MLP and one into the logits (all receiver kinds)."""
+    edges = graph.edge_mask.nonzero()
+    picked = edges[torch.randperm(len(edges), generator=torch.Generator().manual_seed(seed))[:n]].tolist()
+    for r in (graph.head_receiver(1, 2, "q"), graph.mlp_receiver(1), graph.logits_receiver):
+        picked.append([int(graph.edge_mask[:, r].nonzero()[-1]), r])
+    return [tuple(e) for e in picked]
+
+
+def central_difference(problem, at: torch.Tensor, edge: tuple[int, int], h: float = 1e-4) -> float:
+    up, down = at.clone(), at.clone()
+    up[edge] += h
+    down[edge] -= h
+    with torch.no_grad():
+        return float(loss_at(problem, up) - loss_at(problem, down)) / (2 * h)
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    """Equal up to ``rel`` times the largest expected magnitude (entries near 0 are compared absolutely)."""
+    scale = float(expected.abs().max())
+    assert scale > 0, "the reference is all zeros: the test would prove nothing"
+    err = float((actual - expected).abs().max())
+    assert err <= rel * scale, f"max difference {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+def aligned_task(pm: PatchableModel, seed: int = 0, n: int = 4, t: int = 6) -> Task:
+    """``n`` prompts of one length ``t`` (no padding), labelled BOS A B C D END, the model's own top tokens as
+    answer and wrong answer: the task of the position-aware tests (``by_position=True``)."""
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = torch.randint(1, VOCAB, (2, n, t), generator=g)
+    am, last = torch.ones(n, t, dtype=torch.long), torch.full((n,), t - 1)
+    with torch.no_grad():
+        full, zero = pm.graph.full_mask(), pm.ablation("zero")
+        top_clean = pm.forward(clean, zero, full, positions=last).argmax(-1, keepdim=True)
+        second = pm.forward(corrupt, zero, full, positions=last).topk(2, dim=-1).indices
+    wrong = torch.where(second[:, :1] == top_clean, second[:, 1:], second[:, :1])
+    labels = [("BOS", "A", "B", "C", "D", "END")] * n
+    return Task("aligned", clean, corrupt, am, last, top_clean, wrong, position_labels=labels)

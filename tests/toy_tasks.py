@@ -62,3 +62,31 @@ class CountingTokenizer:
 def string_item(i: int) -> dict:
     """Task-file item ``i`` in the string form (prompts of three characters)."""
     return {"clean": f"ab{i % 10}", "corrupted": f"cd{i % 10}", "answers": "e", "wrong_answers": "f"}
+
+
+TENSOR_FIELDS = ("clean_ids", "corrupted_ids", "attention_mask", "answer_pos", "answers", "wrong_answers")
+
+
+def same_task(a: Task, b: Task) -> bool:
+    """Every tensor field and the prompt strings equal."""
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in TENSOR_FIELDS) and a.prompts == b.prompts
+
+
+def token_ids(tok, text: str) -> list[int]:
+    """``text``'s token ids, without special tokens."""
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def two_prompt_task(**changes) -> Task:
+    """A hand-written two-prompt task (the second right-padded, with two answers), with ``changes`` applied."""
+    fields = dict(
+        name="toy",
+        clean_ids=torch.tensor([[5, 6, 7], [5, 6, 0]]),
+        corrupted_ids=torch.tensor([[5, 8, 7], [5, 9, 0]]),
+        attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        answer_pos=torch.tensor([2, 1]),
+        answers=torch.tensor([[9, -1], [3, 4]]),
+        wrong_answers=torch.tensor([[4], [9]]),
+    )
+    fields.update(changes)
+    return Task(**fields)

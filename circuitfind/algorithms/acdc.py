@@ -25,16 +25,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, check_int
+from circuitfind.algorithms.base import MethodOptions, auto_batch_size
+from circuitfind.engine.ablations import AblatedOutputs
+from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
 from circuitfind.problem import Problem
 
 __all__ = [
+    "ACDC",
+    "ACDCPlain",
     "SenderOrder",
     "AcdcOptions",
     "AcdcState",
@@ -43,6 +49,7 @@ __all__ = [
     "run_acdc_plain",
     "run_acdc_fast",
     "FastEvaluator",
+    "parse_sender_order",
 ]
 
 
@@ -80,6 +87,77 @@ class AcdcOptions:
         check_int(self.batch_size, "batch_size", what="senders tested per pass")
         if not isinstance(self.absolute, bool):
             raise ConfigError(f"absolute must be True or False; got {self.absolute!r}")
+
+
+@dataclass(frozen=True)
+class ACDC(MethodOptions):
+    """ACDC as a method object for ``discover(model, task, method=ACDC(...))`` (name ``"acdc"``: fast and exact).
+
+    Attributes:
+        threshold: tau, ``>= 0``: an edge whose removal raises the loss by less than this is removed
+            (``math.inf`` removes every edge).
+        absolute: compare ``|change|`` with tau; a cut of the effects then ranks by ``|effect|`` too.
+        sender_order: ``"normal"`` or ``"reverse"`` (:class:`SenderOrder`).
+        batch_size: candidate removals per forward (speculation depth); None: 1 on a CPU, 8 on an accelerator.
+        checkpoint: a file the run is checkpointed to (every 30 s, and on interrupt or crash); None: none.
+        resume: continue from ``checkpoint`` when it exists (same model, task and options).
+
+    Example:
+        >>> ACDC(threshold=0.05, sender_order="reverse").sender_order
+        <SenderOrder.REVERSE: 'reverse'>
+    """
+
+    RECORDLESS: ClassVar[frozenset[str]] = frozenset({"checkpoint", "resume"})
+    plain: ClassVar[bool] = False  # the clear, one-full-forward-per-edge implementation (acdc-plain)
+
+    threshold: float = 0.01
+    absolute: bool = False
+    sender_order: SenderOrder = SenderOrder.NORMAL
+    batch_size: int | None = None
+    checkpoint: str | Path | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool):
+            raise ConfigError(f"threshold must be a number >= 0 (math.inf keeps nothing); got {self.threshold!r}")
+        object.__setattr__(self, "sender_order", parse_sender_order(self.sender_order))
+        check_optional_int(self.batch_size, "batch_size", what="removals per forward", fix="or None: automatic")
+        self.search_options()  # raises on a bad threshold or absolute
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume must be True or False; got {self.resume!r}")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, Path)):
+            raise ConfigError(f"checkpoint must be a file path (str or Path) or None; got {self.checkpoint!r}")
+
+    def search_options(self) -> AcdcOptions:
+        """The options of :func:`run_acdc_fast` / :func:`run_acdc_plain` (batch size 1 until resolved)."""
+        return AcdcOptions(self.threshold, self.absolute, self.sender_order, self.batch_size or 1)
+
+    def implied_cut(self) -> dict[str, Any]:
+        return {"absolute": True} if self.absolute else {}  # a cut of the effects ranks as the search decided
+
+    def resolved(self, device: torch.device) -> ACDC:
+        return replace(self, batch_size=auto_batch_size(self.batch_size, device))
+
+
+@dataclass(frozen=True)
+class ACDCPlain(ACDC):
+    """ACDC written for clarity (name ``"acdc-plain"``): one full forward per tested edge, the same result as
+    :class:`ACDC` (for checks). Same options.
+
+    Example:
+        >>> ACDCPlain(threshold=0.05).plain
+        True
+    """
+
+    plain: ClassVar[bool] = True
+
+
+def parse_sender_order(value: Any) -> SenderOrder:
+    """``value`` as a :class:`SenderOrder` (the enum or its name), or a :class:`ConfigError`."""
+    try:
+        return value if isinstance(value, SenderOrder) else SenderOrder(str(value))
+    except ValueError:
+        raise ConfigError(f"unknown sender_order {value!r}; expected 'normal' or 'reverse'") from None
 
 
 @dataclass
@@ -204,6 +282,8 @@ def run_acdc_plain(
     pm, graph = problem.pm, problem.pm.graph
     B = problem.clean_ids.shape[0]
     chunks = problem.prompt_chunks()
+    if state is None:
+        state = _initial_state(graph, 0.0)
 
     def logits_of(mask: Tensor, rows: slice) -> Tensor:  # (b, V') at the answer positions
         logits = pm.forward(
@@ -221,8 +301,6 @@ def run_acdc_plain(
         state.forward_passes += 1
         return float(problem.loss(logits.unsqueeze(0))[0])
 
-    if state is None:
-        state = _initial_state(graph, 0.0)
     with metric_site(_FULL):  # a resumed subgraph too: its loss recomputed, not the value a checkpoint claims
         state.current = loss(state.mask)
 
@@ -273,13 +351,18 @@ class FastEvaluator:
         self.layer: int | None = None
         self.caches: list = [None] * len(self.chunks)
 
-    def _inputs(self, rows: slice) -> tuple[Tensor, object]:
+    def _inputs(self, rows: slice) -> tuple[Tensor, AblatedOutputs]:
         B = self.p.clean_ids.shape[0]
         return self.p.clean_ids[rows], self.p.ablated.select(rows, B)
 
     def _kw(self, rows: slice) -> dict:
         p = self.p
         return {"attention_mask": p.attention_mask[rows], "positions": p.positions[rows], "vocab": p.vocab}
+
+    @property
+    def start(self) -> int:
+        """The block candidates restart at: the visited layer, or 0 (a full forward) before :meth:`start_layer`."""
+        return 0 if self.layer is None else self.layer
 
     def start_layer(self, layer: int, mask: Tensor) -> None:
         """Build the prefix cache for visiting ``layer``'s receivers under the current subgraph."""
@@ -309,7 +392,7 @@ class FastEvaluator:
         with torch.no_grad():
             return [
                 self.p.pm.forward(
-                    *self._inputs(rows), masks, start_layer=self.layer, cache=self.caches[i], **self._kw(rows)
+                    *self._inputs(rows), masks, start_layer=self.start, cache=self.caches[i], **self._kw(rows)
                 )  # (K, b, V')
                 for i, rows in enumerate(self.chunks)
             ]

@@ -1,22 +1,33 @@
-"""What every discovery method shares: the score result, progress reporting and exact faithfulness of a mask."""
+"""What every discovery method shares: the score result and progress reporting. (The exact evaluator of a mask,
+:class:`~circuitfind.problem.Faithfulness`, lives with the problem it evaluates and is re-exported here.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
 from circuitfind.errors import check_int
-from circuitfind.metrics import check_gap, metric_site
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import probes_left
 
-CHUNK_BYTES = 5e8  # sender diffs one evaluation chunk may hold
-
-__all__ = ["Faithfulness", "NullProgress", "Progress", "ScoreResult", "check_steps", "probe_reporter"]
+__all__ = [
+    "Faithfulness",
+    "MethodOptions",
+    "MethodResult",
+    "NullProgress",
+    "Progress",
+    "RunContext",
+    "ScoreResult",
+    "auto_batch_size",
+    "check_steps",
+    "probe_reporter",
+]
 
 
 class Progress(Protocol):
@@ -75,8 +86,8 @@ def probe_reporter(
 
 
 @dataclass
-class ScoreResult:
-    """Per-edge scores from an attribution or exact-scoring method.
+class MethodResult:
+    """What every method's ``run`` returns: per-edge scores, optionally the circuit it decided, and its numbers.
 
     Attributes:
         scores: ``(S, R)`` float64 on the CPU: the change in the loss (the metric negated when higher is better; KL
@@ -87,65 +98,87 @@ class ScoreResult:
             node is removed (all its outgoing edges at once; :meth:`Graph.without_nodes`). Higher = more important.
         position_scores: ``(S, R, T)`` float64 on the CPU, or None: with ``by_position=True``, the loss change
             when the edge is removed at one position only; summed over positions it is ``scores``.
+        mask: ``(S, R)`` bool, or None: the circuit, for a method that decides its edges itself (ACDC, hybrid);
+            ``discover`` returns it unless a cut is asked for.
     """
 
     scores: Tensor
     stats: dict[str, Any] = field(default_factory=dict)
     node_scores: Tensor | None = None
     position_scores: Tensor | None = None
+    mask: Tensor | None = None
+
+
+ScoreResult = MethodResult  # the name of the scoring methods' result before the one protocol
+
+
+@dataclass
+class RunContext:
+    """What a method's ``run`` gets besides its problem and options, from ``discover`` or a caller.
+
+    Attributes:
+        progress: the bar the method reports on (:class:`NullProgress`: nothing shown).
+        metric: the bound metric (reads a loss back as the metric's value in stats); None: losses as they are.
+        run_id: computes the fingerprint of the run (for checkpoints); None: a method that checkpoints refuses.
+
+    The exact faithfulness of masks on the problem (:attr:`faithfulness`) is built on first use and then shared,
+    so a method and the cut after it evaluate with one evaluator (one count of exact evaluations).
+    """
+
+    progress: Progress = field(default_factory=NullProgress)
+    metric: Any = None
+    run_id: Callable[[], str] | None = None
+    _faith: Faithfulness | None = field(default=None, repr=False)
+
+    def faithfulness(self, problem: Problem) -> Faithfulness:
+        """The shared exact evaluator of ``problem`` (built once, on the first call)."""
+        if self._faith is None or self._faith.problem is not problem:
+            self._faith = Faithfulness(problem)
+        return self._faith
+
+    def value_of(self, loss: float) -> float:
+        """The metric's value from a loss (task metrics are minimised negated)."""
+        return -loss if self.metric is not None and self.metric.higher_is_better else loss
+
+
+class MethodOptions:
+    """What every method's frozen options dataclass answers, so ``discover`` asks instead of naming methods.
+
+    ``units()`` says what the method scores and the cut counts; ``implied_cut()`` the cut fields the options fix
+    themselves (edge pruning's budget, ACDC's ranking by ``|effect|``); ``resolved(device)`` fills values chosen
+    by the device (batch sizes); ``config()`` is what the circuit records.
+    """
+
+    RECORDLESS: ClassVar[frozenset[str]] = frozenset()  # fields the circuit's config does not record
+
+    def units(self) -> str:
+        """``"edge"``, ``"node"`` or ``"position"``."""
+        if getattr(self, "by_position", False):
+            return "position"
+        return "node" if getattr(self, "level", "edge") == "node" else "edge"
+
+    def implied_cut(self) -> dict[str, Any]:
+        return {}
+
+    def resolved(self, device: torch.device) -> Any:
+        return self
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name not in self.RECORDLESS and value is not None:
+                out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+
+def auto_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """Candidate removals per forward: ``batch_size``, or 1 on a CPU and 8 on an accelerator."""
+    if batch_size is not None:
+        return batch_size
+    return 1 if device.type == "cpu" else 8
 
 
 def check_steps(steps: Any) -> int:
     """``steps`` as a positive int, or a :class:`ConfigError`."""
     return check_int(steps, "steps", what="points on the integration path")
-
-
-class Faithfulness:
-    """Exact faithfulness of edge masks on a problem's prompts: ``(L(empty) - L(C)) / (L(empty) - L(full))``.
-
-    In the loss (what ACDC minimises) this is MIB's ``(m(C) - m(empty)) / (m(full) - m(empty))`` for a metric to
-    maximise and for KL alike. Every call is one patched forward; ``calls`` counts them.
-    """
-
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-        self.calls = 0
-        pm = problem.pm
-        T = problem.clean_ids.shape[1]
-        per_prompt = pm.graph.n_senders * T * pm.spec.d_model * pm.dtype.itemsize  # the forward's sender diffs
-        self.chunk = problem.chunk_size or max(1, int(CHUNK_BYTES // per_prompt))
-        g = problem.pm.graph
-        self.loss_full = self.loss(g.full_mask(), "on the full model")
-        self.loss_empty = self.loss(torch.zeros_like(g.edge_mask), "on the empty circuit (every edge ablated)")
-
-    def loss(self, mask: Tensor, where: str = "on a circuit evaluated for its faithfulness") -> float:
-        """The loss of ``mask`` on all prompts; the forward runs in chunks of prompts (less memory), the loss once
-        on all their logits, so the value is the same for any metric."""
-        p = self.problem
-        B = p.clean_ids.shape[0]
-        with torch.no_grad(), metric_site(where):
-            logits = torch.cat(
-                [
-                    p.pm.forward(
-                        p.clean_ids[i : i + self.chunk],
-                        p.ablated.select(slice(i, i + self.chunk), B),
-                        mask,
-                        attention_mask=p.attention_mask[i : i + self.chunk],
-                        positions=p.positions[i : i + self.chunk],
-                        vocab=p.vocab,
-                    )
-                    for i in range(0, B, self.chunk)
-                ]
-            )
-            value = float(p.loss(logits.unsqueeze(0))[0])
-        self.calls += 1
-        return value
-
-    def of_loss(self, loss: float) -> float:
-        """Faithfulness of a circuit of loss ``loss``; a :class:`MetricError` when full and empty do not differ
-        beyond rounding (:func:`circuitfind.metrics.check_gap`)."""
-        gap = check_gap(self.loss_full, self.loss_empty, self.problem.pm.dtype, name="loss")  # metric, or -metric
-        return (loss - self.loss_empty) / gap
-
-    def __call__(self, mask: Tensor) -> float:
-        return self.of_loss(self.loss(mask))

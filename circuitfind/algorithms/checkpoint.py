@@ -20,12 +20,12 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
-from circuitfind.algorithms import AcdcState
+from circuitfind.algorithms.acdc import AcdcState
 from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import CheckpointError, OutputError
@@ -249,7 +249,7 @@ def _parse_numbers(path: Path, text: str) -> dict[str, Any]:
     return fields
 
 
-def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+def _is_a(value: Any, types: tuple[type, ...]) -> TypeGuard[float | int]:
     if isinstance(value, bool):  # bool is an int to Python, but not a counter
         return bool in types
     return isinstance(value, types)

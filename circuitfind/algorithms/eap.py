@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.base import MethodOptions, MethodResult, NullProgress, Progress, RunContext, ScoreResult
 from circuitfind.algorithms.nodes import node_scores_of_edges
-from circuitfind.algorithms.units import check_level
+from circuitfind.algorithms.units import check_level, check_units
 from circuitfind.engine.gradients import Point, edge_gradients
 from circuitfind.problem import Problem
 
-__all__ = ["EapOptions", "run_eap"]
+__all__ = ["EAP", "EapOptions", "run", "run_eap"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,39 @@ class EapOptions:
 
     def __post_init__(self) -> None:
         check_level(self.level)
+
+
+@dataclass(frozen=True)
+class EAP(MethodOptions):
+    """EAP as a method object (name ``"eap"``): one gradient at "all edges kept".
+
+    Attributes:
+        level: ``"edge"``, or ``"node"``: also score every node (the sum of its outgoing edge scores) and cut nodes.
+        by_position: score and cut every edge at every position, ``(S, R, T)`` (prompts of one template).
+
+    Example:
+        >>> EAP(level="node").units()
+        'node'
+    """
+
+    level: str = "edge"
+    by_position: bool = False
+
+    def __post_init__(self) -> None:
+        check_units(self.level, self.by_position)
+
+    def attribution_options(self) -> EapOptions:
+        return EapOptions(level=self.level, by_position=self.by_position)
+
+
+def run(problem: Problem, options: EAP, context: RunContext) -> MethodResult:
+    """The registry's entry for ``eap``: :func:`run_eap` with the options' level and positions.
+
+    Example:
+        >>> run(problem, EAP(), RunContext()).scores.shape
+        torch.Size([4, 8])
+    """
+    return run_eap(problem, options.attribution_options(), context.progress)
 
 
 def run_eap(problem: Problem, opts: EapOptions = EapOptions(), progress: Progress | None = None) -> ScoreResult:

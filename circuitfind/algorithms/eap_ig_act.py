@@ -27,15 +27,52 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult, check_steps
+from circuitfind.algorithms.base import (
+    MethodOptions,
+    MethodResult,
+    NullProgress,
+    Progress,
+    RunContext,
+    ScoreResult,
+    check_steps,
+)
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
-from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads, default_chunk_size
+from circuitfind.engine.gradients import Point, _contract, _forward, _receiver_grads
+from circuitfind.engine.memory import PassKind
 from circuitfind.engine.patchable import _frozen
 from circuitfind.errors import check_int
 from circuitfind.problem import Problem
 
-__all__ = ["SenderGroup", "activation_gradients", "run_eap_ig_act", "sender_groups"]
+__all__ = ["EAPIGAct", "SenderGroup", "activation_gradients", "run", "run_eap_ig_act", "sender_groups"]
+
+
+@dataclass(frozen=True)
+class EAPIGAct(MethodOptions):
+    """EAP-IG along the activations as a method object (name ``"eap-ig-act"``).
+
+    Attributes:
+        steps: points per sender layer (right Riemann sum; 1 is EAP).
+
+    Example:
+        >>> EAPIGAct(steps=3).units()
+        'edge'
+    """
+
+    steps: int = 5
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps)
+
+
+def run(problem: Problem, options: EAPIGAct, context: RunContext) -> MethodResult:
+    """The registry's entry for ``eap-ig-act``: :func:`run_eap_ig_act`.
+
+    Example:
+        >>> run(problem, EAPIGAct(steps=1), RunContext()).stats["passes"]  # 3 sender groups, 1 step each
+        3
+    """
+    return run_eap_ig_act(problem, EapOptions(steps=options.steps), context.progress)
 
 
 @dataclass(frozen=True)
@@ -106,8 +143,9 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
         True
     """
     pm, g = problem.pm, problem.pm.graph
+    steps = check_steps(steps)
     B = problem.clean_ids.shape[0]
-    chunk = chunk_size or problem.chunk_size or default_chunk_size(problem)
+    chunk = chunk_size or problem.prompts_per_pass(PassKind.ATTRIBUTION)
     chunk = check_int(chunk, "chunk_size", what="prompts per pass")
     groups = sender_groups(g)
     alphas = [k / steps for k in range(1, steps + 1)]
@@ -130,6 +168,7 @@ def activation_gradients(problem: Problem, steps: int, *, chunk_size: int | None
                 receiver_grads = _receiver_grads(pm, tap_grads, taps, 1.0 / steps, receiver_grads)
                 if on_pass is not None:
                     on_pass(rows.stop - rows.start)
+            assert receiver_grads is not None  # steps >= 1: every point added to it
             _contract(pm, grad[group.first : group.stop], diffs[group.first : group.stop], receiver_grads)
     return grad * g.edge_mask.to(grad.device)
 

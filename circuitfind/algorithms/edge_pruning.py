@@ -33,16 +33,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.base import (
+    MethodOptions,
+    MethodResult,
+    NullProgress,
+    Progress,
+    RunContext,
+    ScoreResult,
+)
+from circuitfind.algorithms.eap import EapOptions
+from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.gated_forward import gated_forward
 from circuitfind.algorithms.nodes import node_scores_of_edges
 from circuitfind.algorithms.units import check_level, node_cut
 from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
-from circuitfind.problem import Problem
-from circuitfind.selection.cuts import prune_dangling, top_n
+from circuitfind.problem import Faithfulness, Problem
+from circuitfind.selection.cuts import edge_ranking, prune_dangling, top_n
 
-__all__ = ["EdgePruningOptions", "Objective", "expected_open", "run_edge_pruning", "sample_gates"]
+__all__ = ["EdgePruning", "EdgePruningOptions", "Objective", "run", "expected_open", "run_edge_pruning", "sample_gates"]
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # the hard-concrete's temperature and stretch (Louizos et al.)
 
@@ -57,11 +66,13 @@ class Objective(enum.Enum):
 
 
 @dataclass(frozen=True)
-class EdgePruningOptions:
-    """Edge-pruning options.
+class EdgePruning(MethodOptions):
+    """Edge pruning as a method object (name ``"edge-pruning"``); ``EdgePruningOptions`` is the same class.
 
     Attributes:
         n_edges: the budget: the circuit keeps the top ``n_edges`` gates. None: ``density`` of the edges.
+        n_nodes: at ``level="node"``: the budget in nodes (``n_edges`` is taken as the node budget there too when
+            this is None, as :func:`run_edge_pruning` always did).
         density: the budget as a fraction of the edges when ``n_edges`` is None (``discover``'s ``target`` cut).
         steps: training steps (each one forward-backward over all prompts).
         lr: Adam's learning rate on the gate logits.
@@ -76,9 +87,14 @@ class EdgePruningOptions:
         init_logit: the gate logit of an edge at the start; a warm start's closed edges start at ``-3 * init_logit``.
         level: ``"edge"``, or ``"node"``: one gate per sender node, applied to its whole outgoing row; the budget
             ``n_edges`` then counts nodes and the result carries ``node_scores`` (the node gate logits).
+
+    Example:
+        >>> EdgePruning(n_edges=20, lr=0.05).implied_cut()  # the budget is the cut discover makes
+        {'n_edges': 20}
     """
 
     n_edges: int | None = None
+    n_nodes: int | None = None
     density: float = 0.01
     steps: int = 200
     lr: float = 0.1
@@ -95,6 +111,13 @@ class EdgePruningOptions:
 
     def __post_init__(self) -> None:
         check_level(self.level)
+        n = check_optional_int(self.n_nodes, "n_nodes", what="the budget of kept nodes")
+        if n is not None and self.level != "node":
+            raise ConfigError("n_nodes is the budget at level='node': pass level='node' with it (or n_edges for edges)")
+        if n is not None and self.n_edges is not None:
+            raise ConfigError("at level='node' the budget counts nodes: pass n_nodes, not both n_nodes and n_edges")
+        if not isinstance(self.warm_start, bool):
+            raise ConfigError(f"warm_start must be True or False; got {self.warm_start!r}")
         for name in ("steps", "warm_steps", "eval_every", "seed"):
             check_int(getattr(self, name), f"edge-pruning {name}", minimum=0 if name == "seed" else 1)
         check_optional_int(self.n_edges, "n_edges", what="the budget of kept edges")
@@ -106,6 +129,29 @@ class EdgePruningOptions:
             raise ConfigError(
                 f"objective must be an Objective ({[o.value for o in Objective]}); got {self.objective!r}"
             )
+
+    @property
+    def budget(self) -> int | None:
+        """The kept units asked for (nodes at ``level="node"``), or None: ``density`` of them."""
+        return self.n_nodes if self.n_nodes is not None else self.n_edges
+
+    def implied_cut(self) -> dict[str, Any]:
+        if self.budget is None:
+            return {}
+        return {"n_nodes" if self.level == "node" else "n_edges": self.budget}
+
+
+EdgePruningOptions = EdgePruning  # the name before method objects
+
+
+def run(problem: Problem, options: EdgePruning, context: RunContext) -> MethodResult:
+    """The registry's entry for ``edge-pruning``: :func:`run_edge_pruning`.
+
+    Example:
+        >>> run(problem, EdgePruning(n_edges=3, steps=4, eval_every=2), RunContext()).stats["budget"]
+        3
+    """
+    return run_edge_pruning(problem, options, context.progress)
 
 
 def sample_gates(log_alpha: Tensor, generator: torch.Generator) -> Tensor:
@@ -145,7 +191,7 @@ def run_edge_pruning(
     opts = opts or EdgePruningOptions()
     g = problem.pm.graph
     units, what = (g.n_senders, "nodes") if opts.level == "node" else (g.n_edges, "edges")
-    budget = opts.n_edges if opts.n_edges is not None else max(1, round(opts.density * units))
+    budget = opts.budget if opts.budget is not None else max(1, round(opts.density * units))
     if budget > units:
         raise ConfigError(f"the budget must be at most {units:,} (this graph's {what}); got {budget:,}")
     progress = progress or NullProgress()
@@ -200,13 +246,11 @@ class _Trainer:
         E = g.n_senders if self.node else int(self.edges.numel())
         if not o.warm_start:
             return torch.full((E,), o.init_logit, dtype=torch.float64, device=self.edges.device)
-        from circuitfind.algorithms.eap import EapOptions
-        from circuitfind.algorithms.eap_ig import run_eap_ig
-
         edge_scores = run_eap_ig(self.problem, EapOptions(steps=o.warm_steps)).scores
         scores = node_scores_of_edges(g, edge_scores) if self.node else edge_scores.flatten()[self.edges.cpu()]
         rank = torch.empty(E, dtype=torch.float64)
-        rank[torch.argsort(scores.double(), descending=True, stable=True)] = torch.arange(E, dtype=torch.float64)
+        order = edge_ranking(torch.ones(E, dtype=torch.bool), scores.double().cpu())  # best first, NaN last
+        rank[order] = torch.arange(E, dtype=torch.float64)
         pool = min(E, max(1, round(o.pool * self.budget)))
         # the pool opens (its EAP-IG order kept as a small tilt), the rest starts firmly closed
         logits = torch.where(rank < pool, o.init_logit + 1.0 - rank / pool, torch.tensor(-3.0 * o.init_logit))
@@ -280,13 +324,15 @@ class _Trainer:
         )
 
     def result(self, interrupted: bool) -> ScoreResult:
-        if self.best.logits is None:  # interrupted before the first evaluation: the gates as they are
-            self.best = _Best(self.step, math.nan, self.log_alpha.detach().clone(), math.nan)
+        best_logits = self.best.logits
+        if best_logits is None:  # interrupted before the first evaluation: the gates as they are
+            best_logits = self.log_alpha.detach().clone()
+            self.best = _Best(self.step, math.nan, best_logits, math.nan)
         g = self.problem.pm.graph
-        logits = self.gates(self.best.logits).cpu()
+        logits = self.gates(best_logits).cpu()
         scores = torch.where(g.edge_mask, logits, torch.zeros_like(logits))
-        mask = self.mask(self.best.logits)
-        node_scores = self.best.logits.cpu() if self.node else None
+        mask = self.mask(best_logits)
+        node_scores = best_logits.cpu() if self.node else None
         stats = {
             "level": self.opts.level,
             "budget": self.budget,

@@ -10,28 +10,40 @@ subset (the hybrid method scores only its attribution-chosen candidates).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from circuitfind.algorithms.acdc import FastEvaluator
-from circuitfind.algorithms.base import NullProgress, Progress, ScoreResult
+from circuitfind.algorithms.base import (
+    MethodOptions,
+    MethodResult,
+    NullProgress,
+    Progress,
+    RunContext,
+    ScoreResult,
+    auto_batch_size,
+)
 from circuitfind.algorithms.nodes import node_layers
 from circuitfind.algorithms.units import check_level
 from circuitfind.errors import ConfigError, MetricError, check_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
-from circuitfind.problem import Problem
+from circuitfind.problem import Faithfulness, Problem
 
 __all__ = [
+    "Exact",
     "ExactBatch",
     "ExactOptions",
     "assemble_scores",
     "exact_plan",
     "layer_cost",
     "plan_cost",
+    "run",
     "run_exact",
     "run_exact_nodes",
     "score_batches",
@@ -58,6 +70,49 @@ class ExactOptions:
         if self.level == "node" and self.candidates is not None:
             raise ConfigError("candidates restricts edge scoring; at level='node' every node is scored")
         check_int(self.batch_size, "batch_size", what="senders tested per pass")
+
+
+@dataclass(frozen=True)
+class Exact(MethodOptions):
+    """Exact scoring as a method object (name ``"exact"``).
+
+    Attributes:
+        batch_size: edges evaluated per forward pass; None: 1 on a CPU, 8 on an accelerator.
+        candidates: ``(S, R)`` bool: score only these edges (the rest are NaN); None: every edge.
+        level: ``"edge"``, or ``"node"``: score (and cut) every node, one patched forward per node.
+
+    Example:
+        >>> Exact(level="node").units(), Exact(batch_size=4).scoring_options().batch_size
+        ('node', 4)
+    """
+
+    RECORDLESS: ClassVar[frozenset[str]] = frozenset({"candidates"})
+
+    batch_size: int | None = None
+    candidates: Tensor | None = None
+    level: str = "edge"
+
+    def __post_init__(self) -> None:
+        if self.candidates is not None and not isinstance(self.candidates, Tensor):
+            raise ConfigError(f"candidates must be an (S, R) bool tensor (the edges to score); got {self.candidates!r}")
+        self.scoring_options()  # raises on a bad batch size, level or candidates
+
+    def scoring_options(self) -> ExactOptions:
+        """The options of :func:`run_exact` (batch size 1 until resolved)."""
+        return ExactOptions(self.batch_size or 1, self.candidates, self.level)
+
+    def resolved(self, device: torch.device) -> Exact:
+        return dataclasses.replace(self, batch_size=auto_batch_size(self.batch_size, device))
+
+
+def run(problem: Problem, options: Exact, context: RunContext) -> MethodResult:
+    """The registry's entry for ``exact``: :func:`run_exact` (or :func:`run_exact_nodes` at node level).
+
+    Example:
+        >>> run(problem, Exact(), RunContext()).stats["edges_scored"] == problem.pm.graph.n_edges
+        True
+    """
+    return run_exact(problem, options.resolved(problem.pm.device).scoring_options(), context.progress)
 
 
 def layer_cost(n_layers: int, layer: int) -> float:
@@ -236,9 +291,10 @@ def run_exact_nodes(problem: Problem, batch_size: int = 1, progress: Progress | 
         for i in range(0, len(senders), batch_size):
             batch = senders[i : i + batch_size]
             masks = torch.stack([g.without_nodes(full, [s]) for s in batch])  # (K, S, R)
-            with metric_site(
-                lambda err, batch=batch: f"during exact node scoring, removing node {_node(g, batch, err)}"
-            ):
+            def where(err: MetricError, batch: list[int] = batch) -> str:
+                return f"during exact node scoring, removing node {_node(g, batch, err)}"
+
+            with metric_site(where):
                 losses = ev.losses(masks) if layer >= 0 else _full_losses(problem, masks)
             node_scores[batch] = losses.double() - ev.loss_full
             passes += 1
@@ -255,18 +311,5 @@ def _node(graph: Graph, batch: list[int], err) -> str:
 
 
 def _full_losses(problem: Problem, masks: Tensor) -> Tensor:
-    """``(K,)`` losses of stacked masks from full forwards (every layer computed), prompts in chunks."""
-    B = problem.clean_ids.shape[0]
-    with torch.no_grad():
-        logits = [
-            problem.pm.forward(
-                problem.clean_ids[rows],
-                problem.ablated.select(rows, B),
-                masks,
-                attention_mask=problem.attention_mask[rows],
-                positions=problem.positions[rows],
-                vocab=problem.vocab,
-            )
-            for rows in problem.prompt_chunks(masks.shape[0])
-        ]
-    return problem.loss(torch.cat(logits, dim=1)).cpu()
+    """``(K,)`` losses of stacked masks from full forwards (every layer computed): the problem's exact evaluator."""
+    return Faithfulness(problem).losses(masks)

@@ -19,22 +19,33 @@ that cannot matter (no kept path from the input or to the logits) are dropped be
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, run_acdc_fast
-from circuitfind.algorithms.base import Faithfulness, NullProgress, Progress, check_steps, probe_reporter
+from circuitfind.algorithms.acdc import AcdcOptions, AcdcState, SenderOrder, parse_sender_order, run_acdc_fast
+from circuitfind.algorithms.base import (
+    MethodOptions,
+    MethodResult,
+    NullProgress,
+    Progress,
+    RunContext,
+    auto_batch_size,
+    check_steps,
+    probe_reporter,
+)
 from circuitfind.algorithms.eap import EapOptions
 from circuitfind.algorithms.eap_ig import run_eap_ig
 from circuitfind.algorithms.exact import layer_cost
-from circuitfind.errors import ConfigError
-from circuitfind.problem import Problem
+from circuitfind.engine.ablations import Ablation
+from circuitfind.errors import ConfigError, check_optional_int
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.cuts import prune_dangling, smallest_faithful
+from circuitfind.selection.rule import check_target
 
-__all__ = ["HybridOptions", "HybridResult", "run_hybrid"]
+__all__ = ["Hybrid", "HybridOptions", "HybridResult", "check_target", "run", "run_hybrid"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,73 @@ class HybridOptions:
         check_steps(self.steps)
 
 
-def check_target(target: Any, name: str = "target") -> float:
-    """``target`` as a float in (0, 1], or a :class:`ConfigError`."""
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ConfigError(f"{name} must be a faithfulness in (0, 1], e.g. 0.8; got {target!r}")
-    return float(target)
+@dataclass(frozen=True)
+class Hybrid(MethodOptions):
+    """Attribute-then-verify as a method object (name ``"hybrid"``): the circuit it returns reaches ``target``
+    on the discovery prompts (see the module docstring).
+
+    Attributes:
+        target: faithfulness the returned circuit must reach on the discovery prompts, in (0, 1].
+        threshold: ACDC's tau for the pruning, in loss units, ``>= 0``; None: 1% of ``|loss(empty) - loss(full)|``.
+        candidate_target: faithfulness of the candidate set; None: ``max(target, 0.95)``.
+        steps: EAP-IG steps of the attribution.
+        batch_size: candidate removals per forward in the pruning; None: 1 on a CPU, 8 on an accelerator.
+        absolute, sender_order: as in ACDC.
+
+    Example:
+        >>> Hybrid(target=0.9, steps=3).target
+        0.9
+    """
+
+    target: float = 0.8
+    threshold: float | None = None
+    candidate_target: float | None = None
+    steps: int = 5
+    batch_size: int | None = None
+    absolute: bool = False
+    sender_order: SenderOrder = SenderOrder.NORMAL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sender_order", parse_sender_order(self.sender_order))
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0):
+            raise ConfigError(f"threshold must be a number >= 0 (the pruning tau in loss units) or None; got {t!r}")
+        check_optional_int(self.batch_size, "batch_size", what="removals per forward", fix="or None: automatic")
+        if not isinstance(self.absolute, bool):
+            raise ConfigError(f"absolute must be True or False; got {self.absolute!r}")
+        self.hybrid_options(True)  # raises on a bad target, candidate_target or steps
+
+    def hybrid_options(self, from_input: bool) -> HybridOptions:
+        """The options of :func:`run_hybrid` (batch size 1 until resolved)."""
+        return HybridOptions(
+            target=self.target,
+            threshold=self.threshold,
+            candidate_target=self.candidate_target,
+            steps=self.steps,
+            batch_size=self.batch_size or 1,
+            absolute=self.absolute,
+            sender_order=self.sender_order,
+            from_input=from_input,
+        )
+
+    def resolved(self, device: torch.device) -> Hybrid:
+        return replace(self, batch_size=auto_batch_size(self.batch_size, device))
+
+
+def run(problem: Problem, options: Hybrid, context: RunContext) -> MethodResult:
+    """The registry's entry for ``hybrid``: :func:`run_hybrid` with the context's shared exact evaluator; edges
+    without a kept path from the input are dropped only under resample ablation (where that is exact).
+
+    Example:
+        >>> result = run(problem, Hybrid(target=0.8), RunContext())
+        >>> result.stats["reached"], result.mask.dtype
+        (True, torch.bool)
+    """
+    from_input = getattr(problem.ablated, "kind", None) is Ablation.RESAMPLE
+    opts = options.resolved(problem.pm.device).hybrid_options(from_input)
+    result = run_hybrid(problem, opts, context.faithfulness(problem), context.progress)
+    stats = {**result.stats, "probes": result.probes, "faithfulness": result.faithfulness, "reached": result.reached}
+    return MethodResult(result.scores, stats, mask=result.mask)
 
 
 @dataclass

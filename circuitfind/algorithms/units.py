@@ -21,7 +21,7 @@ from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
 from circuitfind.selection.cuts import edge_ranking, prune_dangling
 
-__all__ = ["LEVELS", "UnitCut", "check_level", "node_circuit", "node_cut", "position_cut", "smallest_k"]
+__all__ = ["LEVELS", "UnitCut", "check_level", "check_units", "node_circuit", "node_cut", "position_cut", "smallest_k"]
 
 LEVELS = ("edge", "node")
 """What a scoring method scores and cuts: single edges, or nodes (heads, MLPs and the input) as units."""
@@ -32,6 +32,23 @@ def check_level(level: Any) -> str:
     if level not in LEVELS:
         raise ConfigError(f"level must be one of {LEVELS} (what is scored and cut); got {level!r}")
     return level
+
+
+def check_units(level: Any, by_position: Any = False) -> None:
+    """Refuse a bad ``level`` / ``by_position`` pair (a method's options check it when built).
+
+    Example:
+        >>> check_units("node", True)
+        Traceback (most recent call last):
+        ...
+        circuitfind.errors.ConfigError: level='node' and by_position=True do not combine: choose nodes or \
+position-edges
+    """
+    check_level(level)
+    if not isinstance(by_position, bool):
+        raise ConfigError(f"by_position must be True or False; got {by_position!r}")
+    if level == "node" and by_position:
+        raise ConfigError("level='node' and by_position=True do not combine: choose nodes or position-edges")
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +83,7 @@ def node_circuit(graph: Graph, nodes: Tensor, *, from_input: bool = True) -> tup
 def node_cut(
     graph: Graph,
     node_scores: Tensor,
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     threshold: float | None = None,
     n: int | None = None,
@@ -94,14 +111,15 @@ def node_cut(
 
     above = None if threshold is None else int(((key.abs() if absolute else key) > threshold).sum())
     units = "n_nodes", "this graph's nodes"
-    return _cut_units(graph.n_senders, circuit_of, faithfulness, above=above, n=n, target=target, on_probe=on_probe,
-                      units=units)
+    return _cut_units(
+        graph.n_senders, circuit_of, faithfulness, above=above, n=n, target=target, on_probe=on_probe, units=units
+    )
 
 
 def position_cut(
     graph: Graph,
     position_scores: Tensor,
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     threshold: float | None = None,
     n: int | None = None,
@@ -137,14 +155,15 @@ def position_cut(
 
     above = None if threshold is None else int(((key.abs() if absolute else key) > threshold)[exists].sum())
     units = "n_edges", "position-edges of this task"
-    return _cut_units(int(exists.sum()), circuit_of, faithfulness, above=above, n=n, target=target,
-                      on_probe=on_probe, units=units)
+    return _cut_units(
+        int(exists.sum()), circuit_of, faithfulness, above=above, n=n, target=target, on_probe=on_probe, units=units
+    )
 
 
 def _cut_units(
     n_units: int,
     circuit_of: Callable[[int], tuple[Tensor, Tensor]],
-    faithfulness: Callable[[Tensor], float],
+    faithfulness: Callable[[Tensor], float] | None,
     *,
     above: int | None,
     n: int | None,
@@ -155,6 +174,8 @@ def _cut_units(
     """The one cut rule over ranked units: ``target`` (smallest faithful top-k), ``n`` (the top n), or the
     ``above`` units over the threshold. ``units`` names the option and the units for the range error."""
     if target is not None:
+        if faithfulness is None:
+            raise ConfigError(f"a cut by target faithfulness ({target}) needs a faithfulness function; got None")
         return smallest_k(n_units, circuit_of, faithfulness, target, on_probe=on_probe)
     if n is not None:
         if not 1 <= n <= n_units:

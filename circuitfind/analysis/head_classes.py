@@ -42,11 +42,11 @@ from torch import Tensor
 from circuitfind.analysis.activations import attention_patterns
 from circuitfind.analysis.path_patching import PathPatcher
 from circuitfind.analysis.roles import copying_scores
-from circuitfind.engine.patchable import resolve_model
+from circuitfind.engine.patchable import PatchableModel, resolve_model
 from circuitfind.errors import ConfigError
-from circuitfind.metrics import make_metric
-from circuitfind.problem import Problem, ablation_for
-from circuitfind.tasks import check_task_fits, ioi_positions, resolve_task
+from circuitfind.graph import Node, NodeKind
+from circuitfind.problem import Problem, prepare_problem
+from circuitfind.tasks import Task, ioi_positions, resolve_task
 
 __all__ = ["CLASSES", "MEASURES", "RULES", "ClassThresholds", "HeadClasses", "head_classes"]
 
@@ -144,7 +144,7 @@ class HeadClasses:
     settings: dict[str, Any]
 
     def head_name(self, i: int) -> str:
-        return f"a{i // self.n_heads}.h{i % self.n_heads}"
+        return Node(NodeKind.HEAD, *divmod(i, self.n_heads)).name
 
     def members(self, cls: str) -> list[str]:
         """The heads assigned ``cls``, in layer-then-head order."""
@@ -265,17 +265,9 @@ def head_classes(
     return HeadClasses(g.n_layers, g.n_heads, measures, scores, _assign(scores), thresholds, settings)
 
 
-def _problem(pm, task, ablation: str) -> Problem:
-    """The task on the model for path patching: its ablation and the logit difference on the answer columns.
-
-    (:func:`circuitfind.discovery.prepare_problem` does the same, but discovery sits above this package.)"""
-    check_task_fits(task, pm.spec)
-    task = task.to(pm.device)
-    metric = make_metric("logit_diff", answers=task.answers, wrong_answers=task.wrong_answers)
-    return Problem(
-        pm, task.clean_ids, task.attention_mask, task.answer_pos, ablation_for(pm, task, ablation), metric.column_loss,
-        vocab=metric.columns.to(pm.device), separable=True,
-    )  # fmt: skip
+def _problem(pm: PatchableModel, task: Task, ablation: str) -> Problem:
+    """The task on the model for path patching: its ablation and the logit difference on the answer columns."""
+    return prepare_problem(pm, task, metric="logit_diff", ablation=ablation)[0]
 
 
 def _path_steps(pp: PathPatcher, measures: dict[str, Tensor], thresholds: ClassThresholds) -> dict[str, Any]:

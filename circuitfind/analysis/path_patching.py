@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.algorithms.acdc import FastEvaluator
+from circuitfind.engine.patchable import AblatedOutputs
 from circuitfind.problem import Problem
 
 __all__ = ["PathPatcher"]
@@ -104,7 +105,7 @@ class PathPatcher:
                 cache.partial[above] = saved
         return float(self.problem.loss(torch.cat(logits).unsqueeze(0))[0])
 
-    def _inputs(self, rows: slice) -> tuple[Tensor, object]:
+    def _inputs(self, rows: slice) -> tuple[Tensor, AblatedOutputs]:
         p = self.problem
         return p.clean_ids[rows], p.ablated.select(rows, p.clean_ids.shape[0])
 

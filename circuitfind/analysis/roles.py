@@ -34,6 +34,8 @@ from torch import Tensor
 from circuitfind.analysis.activations import attention_patterns, clean_run, direct_effects
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
+from circuitfind.graph import Node, NodeKind
+from circuitfind.selection.cuts import edge_ranking
 
 __all__ = ["COLUMNS", "HeadRoles", "copying_scores", "head_roles", "repeated_tokens"]
 
@@ -77,7 +79,7 @@ class HeadRoles:
         out = []
         for layer in range(self.n_layers):
             for h in range(self.n_heads):
-                row: dict[str, Any] = {"head": f"a{layer}.h{h}", "layer": layer, "index": h}
+                row: dict[str, Any] = {"head": Node(NodeKind.HEAD, layer, h).name, "layer": layer, "index": h}
                 row.update({c: float(t[layer, h]) for c, t in self.scores.items()})
                 out.append(row)
         return out
@@ -87,9 +89,9 @@ class HeadRoles:
         if column not in self.scores:
             raise ConfigError(f"unknown role column {column!r}; this table has {sorted(self.scores)}")
         t = self.scores[column].flatten()
-        key = torch.nan_to_num(t.abs() if absolute else t, nan=-math.inf)
-        order = torch.argsort(key, descending=True, stable=True)[:n].tolist()
-        return [(f"a{i // self.n_heads}.h{i % self.n_heads}", float(t[i])) for i in order if not math.isnan(t[i])]
+        order = edge_ranking(torch.ones(t.shape, dtype=torch.bool), t, absolute=absolute)[:n].tolist()  # NaN last
+        heads = [Node(NodeKind.HEAD, *divmod(i, self.n_heads)) for i in order]
+        return [(head.name, float(t[i])) for head, i in zip(heads, order, strict=True) if not math.isnan(t[i])]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"columns": {name: doc}, "settings": ..., "rows": [...]}`` (NaN as None)."""

@@ -41,13 +41,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from circuitfind.algorithms import METHODS, MethodKind, SenderOrder
+from circuitfind.algorithms import ACDC, METHODS, SenderOrder, given_options, method_of
 from circuitfind.engine.ablations import Ablation
-from circuitfind.errors import CheckpointError, CircuitfindError, ConfigError, OutputError, RenderError, TaskError
+from circuitfind.errors import CheckpointError, CircuitfindError, OutputError, RenderError, TaskError
 from circuitfind.fileio import atomic_write, check_writable, lock_folder
 from circuitfind.metrics import MetricKind
 from circuitfind.sweeps.command import add_sweep_parser
-from circuitfind.tasks import BUILTIN, resolve_task
+from circuitfind.tasks import BUILTIN, is_task_file, resolve_task, split_task
+from circuitfind.tasks.resolve import DEFAULT_HELD_OUT, DEFAULT_N_PROMPTS
 
 __all__ = ["SUBCOMMANDS", "build_parser", "common_options", "main"]
 
@@ -55,9 +56,6 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 LOW_RECOVERY = 0.5  # below this fraction of the metric recovered, the summary suggests a lower threshold
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # pickles of earlier versions: refused, never opened
-DEFAULT_N_PROMPTS = 20
-DEFAULT_HELD_OUT = 20  # generated held-out prompts of a built-in task
-_JSON_SUFFIXES = (".json", ".jsonl")
 
 
 # --- argument types ---------------------------------------------------------------------------------------------
@@ -123,13 +121,9 @@ def _model_label(args: argparse.Namespace) -> str:
     return args.model if args.model is not None else "smollm2"
 
 
-def _is_task_file(task: str) -> bool:
-    return task.lower().endswith(_JSON_SUFFIXES)
-
-
 def _check_task_arg(task: str) -> None:
     """Fail on an unknown task name or a missing file before the (possibly slow) model load."""
-    if _is_task_file(task):
+    if is_task_file(task):
         from circuitfind.tasks.jsonio import check_task_file
 
         try:
@@ -173,7 +167,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--select",
         choices=("validate", "train"),
-        default="validate",
+        default=None,
         help="how --target chooses the size of a scoring method's circuit: validate (default; cross-fitted over "
         "up to 4 folds of the discovery prompts, never checked on the prompts that scored it) or train (checked on "
         "the discovery prompts themselves, the rule before validation)",
@@ -207,7 +201,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         "edge-pruning (default: 200)",
     )
     p.add_argument("--lr", type=float, default=None, help="edge-pruning: learning rate of the gate logits (0.1)")
-    p.add_argument("--warm-start", action="store_true", help="edge-pruning: start the gates from EAP-IG scores")
+    p.add_argument(
+        "--warm-start",
+        action="store_const",
+        const=True,
+        default=None,
+        help="edge-pruning: start the gates from EAP-IG scores",
+    )
 
 
 def _add_unit_options(p: argparse.ArgumentParser) -> None:
@@ -215,13 +215,15 @@ def _add_unit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         choices=["edge", "node"],
-        default="edge",
+        default=None,
         help="eap/eap-ig/eap-ig-mask/exact: score and cut single edges (default) or nodes (heads, MLPs, input)",
     )
     p.add_argument("--n-nodes", type=_positive_int, default=None, metavar="N", help="--level node: keep N nodes")
     p.add_argument(
         "--by-position",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="eap/eap-ig/eap-ig-mask: score and cut (sender, receiver, position) edges; prompts of one template",
     )
 
@@ -271,8 +273,14 @@ def _add_discover(subparsers: argparse._SubParsersAction) -> None:
         f"{DEFAULT_HELD_OUT} more generated prompts for a built-in task; for a task file the N prompts after "
         "the discovery ones, default 0)",
     )
-    p.add_argument("--absolute", action="store_true", help="remove an edge when |change| < T rather than change < T")
-    p.add_argument("--sender-order", choices=[o.value for o in SenderOrder], default="normal", help="default: normal")
+    p.add_argument(
+        "--absolute",
+        action="store_const",
+        const=True,
+        default=None,
+        help="remove an edge when |change| < T rather than change < T; cuts rank by |score|",
+    )
+    p.add_argument("--sender-order", choices=[o.value for o in SenderOrder], default=None, help="default: normal")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -337,7 +345,7 @@ def _run_discover(args: argparse.Namespace) -> int:
     _check_task_arg(args.task)
     check_writable(args.out)  # before the run: a finished run must not be lost to an unwritable folder
     with lock_folder(args.out), _sigterm_as_interrupt():
-        ckpt = _checkpoint_of(args.out, args.resume, METHODS[args.method].kind is MethodKind.CIRCUIT)
+        ckpt = _checkpoint_of(args.out, args.resume, method_of(args.method).takes("checkpoint"))
         try:
             circuit, model, task, tokenizer = _find_circuit(args, ckpt)
         except KeyboardInterrupt as e:
@@ -364,7 +372,7 @@ def _run_discover(args: argparse.Namespace) -> int:
         print(validation)
     if held_out is not None:
         print(held_out)
-    if circuit.recovered < LOW_RECOVERY and args.method.startswith("acdc"):
+    if circuit.recovered < LOW_RECOVERY and issubclass(method_of(args.method).options, ACDC):
         print(
             f"note: the circuit recovers only {round(100 * circuit.recovered)}% of the full model's "
             f"{circuit.config.get('metric', 'metric')} on these prompts. Each removal may cost up to the threshold "
@@ -449,22 +457,7 @@ def _validation_line(stats: dict[str, Any]) -> str | None:
 
 def _task_with_held_out(args: argparse.Namespace, tokenizer: Any) -> Any:
     """The task: ``--n-prompts`` for discovery, then ``--held-out`` more prompts that discovery never sees."""
-    held = args.held_out if args.held_out is not None else (0 if _is_task_file(args.task) else DEFAULT_HELD_OUT)
-    if not _is_task_file(args.task):
-        n = args.n_prompts or DEFAULT_N_PROMPTS
-        return resolve_task(args.task, tokenizer, n=n + held, seed=args.seed, n_train=n if held else None)
-    from circuitfind.tasks import from_json
-
-    # a big file is read and tokenised only as far as the run uses it
-    task = from_json(args.task, tokenizer, max_prompts=args.n_prompts + held if args.n_prompts else None)
-    n = min(args.n_prompts or len(task), len(task) - held)
-    if n < 1:
-        raise TaskError(
-            f"{args.task} has {len(task)} prompts, too few for --held-out {held} and at least one for discovery; "
-            "pass a smaller --held-out"
-        )
-    task = task.subset(slice(0, n + held))
-    return dataclasses.replace(task, n_train=n) if held else task
+    return split_task(args.task, tokenizer, n_prompts=args.n_prompts, held_out=args.held_out, seed=args.seed)
 
 
 def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, Any]:
@@ -473,38 +466,25 @@ def _find_circuit(args: argparse.Namespace, ckpt: Path) -> tuple[Any, Any, Any, 
 
     model, tokenizer = _load(args)
     task = _task_with_held_out(args, tokenizer)
-    if _is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
+    if is_task_file(args.task):  # ids above this model's vocabulary: name the file (a folder may have no tokenizer)
         from circuitfind.tasks import check_task_fits
 
         check_task_fits(task, model.spec, label=f"task file {args.task}")
+    options = discover_options(args)
+    if method_of(args.method).takes("checkpoint"):  # the command line checkpoints to DIR
+        options.update(checkpoint=ckpt, resume=args.resume)
     circuit = discover(
         model,
         task,
-        method=args.method,
-        threshold=args.threshold,
-        n_edges=args.n_edges,
-        target=args.target,
-        steps=args.steps,
+        args.method,
         metric=args.metric,
         ablation=args.ablation,
         tokenizer=tokenizer,
-        absolute=args.absolute,
-        sender_order=args.sender_order,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        checkpoint=ckpt,
-        resume=args.resume,
         progress=args.progress,
-        select=args.select,
-        confidence=args.confidence,
-        band=None if args.band is None else tuple(args.band),
-        level=args.level,
-        n_nodes=args.n_nodes,
-        by_position=args.by_position,
-        **_training_options(args),
+        **options,
     )
     circuit = circuit.replace(model=_model_label(args))
-    if not _is_task_file(args.task):
+    if not is_task_file(args.task):
         circuit = circuit.with_config(seed=args.seed)
     return circuit, model, task, tokenizer
 
@@ -867,9 +847,8 @@ def _run_diff(args: argparse.Namespace) -> int:
     pm_a, tok_a = _load(args)
     pm_b, tok_b = resolve_model(args.model_b, device=args.device, dtype=args.dtype, progress=args.progress)
     task = resolve_task(args.task, tok_a, n=args.n_prompts, seed=args.seed)
-    cut = {k: getattr(args, k) for k in ("threshold", "target", "n_edges") if getattr(args, k) is not None}
     d = diff(pm_a, pm_b, task, tokenizer=tok_a, tokenizer_b=tok_b, method=args.method, metric=args.metric,
-             steps=args.steps, top=max(args.top, 20), progress=args.progress, **cut)  # fmt: skip
+             top=max(args.top, 20), progress=args.progress, **discover_options(args))  # fmt: skip
     d = dataclasses.replace(d, model_a=_model_label(args), model_b=args.model_b)
     n = args.top
     print(f"circuits ({args.method}): A {d.circuit_a.n_edges} edges, B {d.circuit_b.n_edges}, Jaccard {d.jaccard:.3f}")
@@ -890,11 +869,6 @@ def _run_diff(args: argparse.Namespace) -> int:
 
 
 # --- report -------------------------------------------------------------------------------------------------------
-REPORT_DISCOVER_ARGS = ("threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute", "sender_order",
-                        "batch_size", "chunk_size", "select", "confidence", "band", "level", "n_nodes")  # fmt: skip
-"""The ``discover`` arguments ``report`` passes on to discovery (it takes every discover option)."""
-
-
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     from circuitfind.validation.completeness import DEFAULT_PROBES
 
@@ -919,8 +893,9 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="processes for the stability resamples (default 1)")  # fmt: skip
     p.add_argument("--stability-cut", choices=["size", "same"], default="size",
-                   help="resamples keep the top-k of their own scores with k the run's cut (size, default: one scoring "
-                   "pass each) or rerun the run's own cut, size search included (same)")  # fmt: skip
+                   help="the stability resamples and the rediscovery under each other ablation keep the top-k of their "
+                   "own scores with k the run's cut (size, default: one scoring pass each) or rerun the run's own cut, "
+                   "size search included (same)")  # fmt: skip
     p.add_argument("--check-ablation", choices=[a.value for a in Ablation], default="mean",
                    help="ablation of completeness and minimality (default mean, as in the IOI paper)")  # fmt: skip
     p.add_argument("--classes", type=Path, default=None, metavar="JSON",
@@ -939,16 +914,14 @@ def _run_report(args: argparse.Namespace) -> int:
     with lock_folder(args.out):
         model, tokenizer = _load(args)
         task = _task_with_held_out(args, tokenizer)
-        opts = {k: getattr(args, k) for k in REPORT_DISCOVER_ARGS if hasattr(args, k)}
-        if opts.get("band") is not None:
-            opts["band"] = tuple(opts["band"])
+        opts = {**discover_options(args), "metric": args.metric, "ablation": args.ablation}
         rep = build_report(model, task, method=args.method, n_boot=args.n_boot, probes=args.probes,
                            seed=args.boot_seed, workers=args.workers, check_ablation=args.check_ablation,
                            stability_cut=args.stability_cut,
                            classes=classes, tokenizer=tokenizer, progress=args.progress,
                            on_stage=_stage_printer(), **opts)  # fmt: skip
         circuit = rep.circuit.replace(model=_model_label(args))
-        circuit = circuit if _is_task_file(args.task) else circuit.with_config(seed=args.seed)
+        circuit = circuit if is_task_file(args.task) else circuit.with_config(seed=args.seed)
         written = write_report(Report(circuit, {**rep.data, "model": circuit.model}), args.out)
     print(report_table(rep.data))
     print("wrote " + ", ".join(map(str, written)))
@@ -1058,11 +1031,20 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def _training_options(args: argparse.Namespace) -> dict:
-    """edge-pruning's lr / seed / warm_start (its gates' noise is seeded by --seed); other methods take none."""
-    lr, warm = getattr(args, "lr", None), getattr(args, "warm_start", False)
-    if args.method != "edge-pruning":
-        if lr is not None or warm:
-            raise ConfigError("--lr and --warm-start apply to --method edge-pruning only")
-        return {}
-    return {"lr": lr, "seed": getattr(args, "seed", None), "warm_start": warm or None}
+def discover_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``discover`` options the user gave on the command line (the method's flags default to None, so a flag
+    the method does not take is refused only when given), and edge pruning's seed, which is ``--seed``. The one
+    builder of ``discover``'s options for ``discover``, ``diff`` and ``report``.
+
+    Example:
+        >>> args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x", "--n-edges", "5"])
+        >>> discover_options(args)
+        {'n_edges': 5}
+    """
+    values = {k: v for k, v in vars(args).items() if k not in ("seed", "resume")}  # the prompts' seed; DIR's run
+    if values.get("band") is not None:
+        values["band"] = tuple(values["band"])
+    options = given_options(values, args.method)
+    if "seed" in method_of(args.method).fields and getattr(args, "seed", None) is not None:
+        options["seed"] = args.seed  # the gates' noise is seeded by --seed
+    return options

@@ -27,8 +27,13 @@ import torch
 from torch import Tensor
 
 from circuitfind.analysis.activations import clean_run
+from circuitfind.discovery import discover
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError, check_int
 from circuitfind.models.weights import node_weights
+from circuitfind.selection.cuts import edge_ranking
+from circuitfind.tasks import resolve_task
+from circuitfind.viewer.diffview import diff_html
 
 __all__ = ["ModelDiff", "activation_diffs", "check_comparable", "diff", "logprob_diffs", "weight_diffs"]
 
@@ -94,8 +99,6 @@ class ModelDiff:
 
     def to_html(self, path, **kwargs):
         """The two-model explorer (:func:`circuitfind.viewer.diffview.diff_html`): both circuits in one graph."""
-        from circuitfind.viewer.diffview import diff_html
-
         return diff_html(self, path, **kwargs)
 
 
@@ -229,13 +232,15 @@ def logprob_diffs(pm_a, pm_b, task, tokenizer: Any = None, top: int = 20) -> lis
 
 def _edge_rows(graph, mask: Tensor, own: Tensor, other: Tensor) -> list[dict[str, Any]]:
     """``{"edge", "score_a", "score_b"}`` rows for the edges of ``mask`` (``own`` ranks them by ``|score|``)."""
-    s_idx, r_idx = mask.nonzero(as_tuple=True)
-    key = own[s_idx, r_idx].abs().nan_to_num(nan=-1.0)
-    order = torch.argsort(key, descending=True, stable=True).tolist()
+    mask = mask.bool()
+    if not bool(mask.any()):
+        return []
+    R = mask.shape[1]
+    order = edge_ranking(mask, own, absolute=True).tolist()  # flat (s * R + r), untested (NaN) last
     return [
-        {"edge": graph.edge_name(int(s_idx[k]), int(r_idx[k])), "score": float(own[s_idx[k], r_idx[k]]),
-         "score_other": float(other[s_idx[k], r_idx[k]])}
-        for k in order
+        {"edge": graph.edge_name(i // R, i % R), "score": float(own[i // R, i % R]),
+         "score_other": float(other[i // R, i % R])}
+        for i in order
     ]  # fmt: skip
 
 
@@ -284,10 +289,6 @@ def diff(
         >>> d.jaccard, d.only_a, d.weights[0]["diff"]
         (1.0, [], 0.0)
     """
-    from circuitfind.discovery import discover  # discovery sits above analysis: resolved at call time
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-
     check_int(top, "top", minimum=0, what="log-prob differences kept")
     pm_a, tokenizer = resolve_model(model_a, tokenizer)
     pm_b, tokenizer_b = resolve_model(model_b, tokenizer_b)

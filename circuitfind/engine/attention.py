@@ -54,7 +54,7 @@ def project_qkv(
     receiver, or a single one that all share.
     """
     a = lay.attn
-    pairs = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
+    pairs: tuple[tuple[Tensor, Tensor | None], ...] = ((a.W_Q, a.b_Q), (a.W_K, a.b_K), (a.W_V, a.b_V))
     if heads is not None:
         pairs = tuple((w[heads], None if b is None else b[heads]) for w, b in pairs)
     H = pairs[0][0].shape[0]
@@ -90,7 +90,7 @@ def _project_grouped(x: Tensor, w: Tensor, which: Tensor) -> Tensor:
 
 def rotary_tables(spec: ArchSpec, position_ids: Tensor, dtype: torch.dtype) -> RotaryTables:
     """``(cos, sin)`` for every distinct rotary of the model's layers, keyed by the rotary (for :func:`attend`)."""
-    fns = {spec.layer_rotary(i) for i in range(spec.n_layers)} - {None}
+    fns = {fn for i in range(spec.n_layers) if (fn := spec.layer_rotary(i)) is not None}
     return {fn: fn(position_ids, dtype) for fn in fns}
 
 

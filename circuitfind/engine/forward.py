@@ -177,6 +177,7 @@ class MaskedForward:
     def _start_layer_inputs(self, cols: slice | Tensor, rows: slice | None = None) -> Tensor:
         """The cached inputs of the start layer's receivers, corrected where this mask differs from the cache's."""
         rel = _shift(cols, self.g.receivers_from(self.start_layer))
+        assert self.start_inputs is not None  # callers check it: a pass restarted from a cache
         x = _prompts(self.start_inputs[rel], rows).unsqueeze(0)
         delta = self.M[:, : self.s_pre, cols] - self.cache.start_mask[:, rel]  # (K, S_pre, C)
         changed = (delta != 0).any(dim=2).any(dim=0).nonzero().squeeze(1)

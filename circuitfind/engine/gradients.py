@@ -29,12 +29,11 @@ import torch
 from torch import Tensor
 
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
+from circuitfind.engine.memory import PassKind
 from circuitfind.engine.patchable import _frozen
 from circuitfind.errors import ConfigError, check_int
 
-__all__ = ["GradientPass", "Point", "attribution_bytes_per_prompt", "default_chunk_size", "edge_gradients"]
-
-CHUNK_BUDGET_BYTES = 1.5e9  # activations of one chunk's pass with autograd; the rest scales with it
+__all__ = ["GradientPass", "Point", "edge_gradients"]
 
 
 @dataclass(frozen=True)
@@ -64,28 +63,6 @@ class GradientPass:
     losses: list[float]
 
 
-def attribution_bytes_per_prompt(pm, seq_len: int) -> int:
-    """Bytes one prompt adds to a forward-backward pass: sender diffs and autograd activations in the model's
-    dtype, every receiver's input gradient in at least float32."""
-    g = pm.graph
-    tensors = 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt in the model's dtype
-    wide = max(4, pm.dtype.itemsize)  # the receivers' input gradients are accumulated in at least float32
-    return int(seq_len * pm.spec.d_model * (pm.dtype.itemsize * tensors + wide * g.n_receivers))
-
-
-def default_chunk_size(
-    problem, n_prompts: int | None = None, seq_len: int | None = None, budget: float = CHUNK_BUDGET_BYTES
-) -> int:
-    """Prompts per chunk so that one chunk's buffers and autograd activations stay near ``budget`` bytes.
-
-    ``problem``: a :class:`~circuitfind.algorithms.acdc.Problem` (its prompts are counted), or a
-    :class:`~circuitfind.engine.patchable.PatchableModel` with ``n_prompts`` and ``seq_len``."""
-    pm = getattr(problem, "pm", problem)
-    if n_prompts is None or seq_len is None:
-        n_prompts, seq_len = problem.clean_ids.shape
-    return max(1, min(n_prompts, int(budget // attribution_bytes_per_prompt(pm, seq_len))))
-
-
 def _loss_grad(problem, point: Point, chunk: int) -> Tensor:
     """``d loss / d logits`` ``(B, V')`` on the whole batch at ``point`` (logits from forwards without autograd)."""
     B = problem.clean_ids.shape[0]
@@ -110,14 +87,14 @@ def edge_gradients(
     """``sum_k weights[k] * d loss / d mask`` at uniform masks ``points``, for every edge at once.
 
     Args:
-        problem: a :class:`~circuitfind.algorithms.acdc.Problem` (model, prompts, ablation, loss).
+        problem: a :class:`~circuitfind.problem.Problem` (model, prompts, ablation, loss).
         points: where the gradients are taken.
         weights: one per point (default 1 each).
         clean_diffs: multiply every point's receiver gradients by the clean sender diffs (``live - ablated``
             at "all kept") instead of the point's own diffs: EAP-IG along the inputs. The receiver gradients are
             then summed over the points before the one product with the diffs.
-        chunk_size: prompts per pass (default ``problem.chunk_size``, else :func:`default_chunk_size`); the result
-            does not depend on it.
+        chunk_size: prompts per pass (default: the problem's chunk policy for an attribution pass,
+            ``problem.prompts_per_pass(PassKind.ATTRIBUTION)``); the result does not depend on it.
         on_pass: called with the number of prompts after each forward-backward pass.
         by_position: keep the position axis: ``grad`` is ``(S, R, T)``, the gradient with respect to a per-position
             mask ``mask[s, r, t]`` (summed over prompts only; its sum over ``t`` is the ``(S, R)`` gradient).
@@ -127,7 +104,7 @@ def edge_gradients(
 
     Example:
         >>> from transformers import GPT2Config, GPT2LMHeadModel
-        >>> from circuitfind.algorithms.acdc import Problem
+        >>> from circuitfind.problem import Problem
         >>> from circuitfind.engine.patchable import PatchableModel
         >>> pm = PatchableModel(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20)))
         >>> clean, corrupted = torch.randint(20, (2, 3, 4))
@@ -144,7 +121,7 @@ def edge_gradients(
         raise ConfigError(f"need one weight per point; got {len(points)} points and {len(weights)} weights")
     B = problem.clean_ids.shape[0]
     if chunk_size is None:
-        chunk_size = getattr(problem, "chunk_size", None) or default_chunk_size(problem)
+        chunk_size = problem.prompts_per_pass(PassKind.ATTRIBUTION)
     chunk = check_int(chunk_size, "chunk_size", what="prompts per pass")
     pm = problem.pm
     g = pm.graph
@@ -174,6 +151,7 @@ def edge_gradients(
             if diffs is None:
                 with torch.no_grad():
                     diffs = _forward(problem, Point(), rows, False)[2]
+            assert receiver_grads is not None  # points is not empty: every point added to it
             contract(pm, grad, diffs, receiver_grads)
     grad *= g.edge_mask.to(grad.device).view(*g.edge_mask.shape, *((1,) if by_position else ()))
     with torch.no_grad():
@@ -266,7 +244,8 @@ def _receiver_grads(
     out = x0.new_zeros((g.n_receivers, *x0.shape), dtype=wide) if into is None else into
 
     def grad_of(name: str) -> Tensor:
-        return tap_grads[name] if tap_grads[name] is not None else torch.zeros_like(taps[name])
+        grad = tap_grads[name]
+        return grad if grad is not None else torch.zeros_like(taps[name])
 
     for layer, lay in enumerate(spec.layers):
         # a pass that starts above a receiver (EAP-IG along the activations) has no tap there: its gradient is 0

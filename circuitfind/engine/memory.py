@@ -16,7 +16,9 @@ What is held for *all* prompts at once, and therefore bounds the prompt count ra
 
 With S senders, R receivers, N prompts of T tokens and D = d_model, all in the model's dtype; :func:`estimate`
 computes these numbers for a model. ``chunk_size=None`` sizes the chunk so that one pass stays within
-:data:`PASS_BUDGET_BYTES`.
+:data:`PASS_BUDGET_BYTES`: :func:`prompts_per_pass` is the one formula (bytes per prompt of a :class:`PassKind`
+times prompts within the budget); :class:`circuitfind.problem.Problem` decides which kind and how many masks a
+pass stacks, and every caller asks it.
 
 Peaks: :func:`peak_memory` reads the process's peak resident set (CPU, ``VmHWM``) or
 ``torch.cuda.max_memory_allocated`` (CUDA) without resetting anything; :func:`reset_peak_memory` resets it (the
@@ -27,6 +29,7 @@ benchmarks reads it.
 
 from __future__ import annotations
 
+import enum
 import re
 import resource
 import sys
@@ -36,15 +39,19 @@ from typing import Any
 
 import torch
 
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import check_optional_int
 
 __all__ = [
     "PASS_BUDGET_BYTES",
+    "PassKind",
     "PeakMemory",
     "available_bytes",
     "check_chunk_size",
     "estimate",
+    "forward_slices",
     "lifetime_peak_rss",
+    "pass_bytes_per_prompt",
     "peak_memory",
     "prompt_slices",
     "prompts_per_pass",
@@ -187,14 +194,55 @@ def prompt_slices(n_prompts: int, chunk_size: int) -> list[slice]:
     return [slice(i, min(i + chunk_size, n_prompts)) for i in range(0, n_prompts, max(1, chunk_size))]
 
 
-def prompts_per_pass(pm: Any, n_prompts: int, seq_len: int, slices: float, budget: float = PASS_BUDGET_BYTES) -> int:
-    """Prompts per pass so that ``slices`` tensors of shape ``(T, D)`` per prompt fit in ``budget`` bytes.
+class PassKind(enum.Enum):
+    """What one pass over a chunk of prompts holds per prompt: the kinds the chunk policy sizes."""
+
+    FORWARD = "forward"
+    """A masked forward without autograd: every sender's diffs, one layer's receiver inputs and their norms, and the
+    attention projections, in the model's dtype, per stacked mask (exact evaluation, ACDC, scrubbing, probes)."""
+    ATTRIBUTION = "attribution"
+    """A forward-backward (EAP, EAP-IG, edge pruning): sender diffs and autograd activations in the model's dtype,
+    and every receiver's input gradient in at least float32."""
+    ROUTED = "routed"
+    """A masked forward whose removed senders are read per row from other rows (causal scrubbing's joint pass): a
+    forward's slices plus the routed sender outputs and receiver-group sums of every row."""
+
+
+def pass_bytes_per_prompt(pm: Any, seq_len: int, kind: PassKind = PassKind.FORWARD, masks: int = 1) -> int:
+    """Bytes one prompt of ``seq_len`` tokens adds to one pass of ``kind`` with ``masks`` stacked masks.
 
     Example:
-        >>> prompts_per_pass(pm, 100, 16, slices=pm.graph.n_senders)  # doctest: +SKIP
-        58
+        >>> pass_bytes_per_prompt(pm, 4) == forward_slices(pm) * 4 * pm.spec.d_model * pm.dtype.itemsize
+        True
     """
-    per_prompt = max(1.0, slices * seq_len * pm.spec.d_model * pm.dtype.itemsize)
+    g, D, item = pm.graph, pm.spec.d_model, pm.dtype.itemsize
+    if kind is PassKind.FORWARD:
+        return int(forward_slices(pm, masks) * seq_len * D * item)
+    if kind is PassKind.ROUTED:
+        return int((forward_slices(pm, masks) + g.n_senders + g.n_groups) * seq_len * D * item)
+    tensors = 2 * g.n_senders + 30 * pm.spec.n_layers  # (T, D) slices held per prompt in the model's dtype
+    wide = max(4, item)  # the receivers' input gradients are accumulated in at least float32
+    return int(masks * seq_len * D * (item * tensors + wide * g.n_receivers))
+
+
+def prompts_per_pass(
+    pm: Any,
+    n_prompts: int,
+    seq_len: int,
+    kind: PassKind = PassKind.FORWARD,
+    masks: int = 1,
+    budget: float = PASS_BUDGET_BYTES,
+) -> int:
+    """The one chunk formula: the most prompts (at least 1, at most ``n_prompts``) such that
+    ``pass_bytes_per_prompt(kind, masks) x prompts <= budget``.
+
+    Example:
+        >>> prompts_per_pass(pm, 100, 4) == 100  # the tiny model: everything fits in one pass
+        True
+        >>> prompts_per_pass(pm, 100, 4, budget=3 * pass_bytes_per_prompt(pm, 4))
+        3
+    """
+    per_prompt = max(1, pass_bytes_per_prompt(pm, seq_len, kind, masks))
     return max(1, min(n_prompts, int(budget // per_prompt)))
 
 
@@ -222,23 +270,20 @@ def estimate(
         1.19
     """
     g, D, item = pm.graph, pm.spec.d_model, pm.dtype.itemsize
-    chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, forward_slices(pm, masks))
+    chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, PassKind.FORWARD, masks)
     slice_bytes = seq_len * D * item
     groups = 2 * g.n_layers + 1
-    from circuitfind.engine.ablations import Ablation
-    from circuitfind.engine.gradients import attribution_bytes_per_prompt, default_chunk_size
-
     # (B', T') of the ablated outputs: per prompt and position, per position (a mean), or one broadcast zero
     kind = Ablation.parse(ablation)  # an Ablation or its name; str(Ablation.MEAN) is not "mean"
     per = {Ablation.RESAMPLE: n_prompts * seq_len, Ablation.MEAN: seq_len, Ablation.ZERO: 1}[kind]
     weights = 0 if pm.module is None else sum(p.numel() * p.element_size() for p in pm.module.parameters())
 
-    eap_chunk = chunk_size or default_chunk_size(pm, n_prompts, seq_len)
+    eap_chunk = chunk_size or prompts_per_pass(pm, n_prompts, seq_len, PassKind.ATTRIBUTION)
     return {
         "weights": int(weights),
         "ablation": int((g.n_senders + groups) * per * D * item),
         "acdc_caches": int((g.n_senders + g.n_receivers) * n_prompts * slice_bytes),
         "forward_pass": int(forward_slices(pm, masks) * chunk * slice_bytes),
-        "attribution_pass": int(attribution_bytes_per_prompt(pm, seq_len) * eap_chunk),
+        "attribution_pass": int(pass_bytes_per_prompt(pm, seq_len, PassKind.ATTRIBUTION) * eap_chunk),
         "chunk_size": int(chunk),
     }

@@ -27,9 +27,11 @@ import torch
 from einops import einsum
 from torch import Tensor, nn
 
+from circuitfind import models
 from circuitfind.engine.ablations import AblatedOutputs, Ablation
 from circuitfind.engine.cache import PrefixCache
 from circuitfind.engine.forward import MaskedForward, PassInputs
+from circuitfind.engine.receivers import RoutedDiffStore
 from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.graph import Graph, is_position_mask
 from circuitfind.models import spec_for
@@ -156,6 +158,8 @@ class PatchableModel:
         """``(S, B, T, D)`` live outputs of every sender in the unpatched model, ``chunk_size`` prompts per pass."""
         zero = self.ablation(Ablation.ZERO)
         B = input_ids.shape[0]
+        if B == 0:
+            raise ShapeError(f"sender_outputs needs at least one prompt; input_ids has shape {tuple(input_ids.shape)}")
         step = chunk_size or B
         out = None
         for i in range(0, B, step):
@@ -166,6 +170,7 @@ class PatchableModel:
             if out is None:  # filled in place: the chunks are never held twice
                 out = diffs.new_empty((diffs.shape[0], B, *diffs.shape[2:]))
             out[:, i : i + step] = diffs
+        assert out is not None  # B >= 1 prompts went through the loop
         return out
 
     # --- caches ----------------------------------------------------------------------------------
@@ -309,8 +314,6 @@ class PatchableModel:
         Returns:
             logits ``([K,] B, V)`` as :meth:`forward`.
         """
-        from circuitfind.engine.receivers import RoutedDiffStore
-
         with _frozen(self.module), torch.no_grad():
             run, single = self._masked_forward(
                 input_ids, ablated, mask, attention_mask, positions, None, 0, None, False
@@ -427,7 +430,8 @@ def resolve_model(
         return model, tokenizer
     by_name = model is None or isinstance(model, str | os.PathLike)
     if by_name or device is not None or dtype is not None or isinstance(tokenizer, str | os.PathLike):
-        from circuitfind.models import load_model  # loading pulls in the hub stack: only when it is needed
-
-        model, tokenizer = load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        # through the package attribute, so that a replaced circuitfind.models.load_model is the one called
+        loaded, tokenizer = models.load_model(model, device=device, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        return PatchableModel(loaded), tokenizer
+    assert model is not None and not isinstance(model, str | os.PathLike)  # by_name is False
     return PatchableModel(model), tokenizer

@@ -45,17 +45,21 @@ class DiffStore:
             self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + chunk.sum(1)}
         self.n += c
 
-    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
-        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``); the rest 0."""
+    def append_some(self, c: int, idx: Tensor, values: Tensor | None) -> None:
+        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``, None when ``idx``
+        is empty); the rest 0. Only without autograd (into the buffer)."""
+        assert self.buf is not None, "append_some writes into the buffer of a pass without autograd"
         block = self.buf[:, self.n : self.n + c]
         block.zero_()
-        if len(idx):
+        if values is not None:
             block[:, idx] = values
         self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + block.sum(1)}
         self.n += c
 
     def select_positions(self, pick: Callable[[Tensor], Tensor]) -> None:
-        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``."""
+        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``. Only without
+        autograd (the forward selects positions only then)."""
+        assert self.buf is not None, "positions are selected only in a pass without autograd"
         kept = pick(self.buf[:, : self.n])
         self.buf = kept.new_empty((self.buf.shape[0], self.buf.shape[1], *kept.shape[2:]))
         self.buf[:, : self.n] = kept
@@ -195,7 +199,7 @@ class RoutedDiffStore(DiffStore):
         first = self.offset + self.n
         super().append(self._route(chunk, list(range(first, first + chunk.shape[1]))))
 
-    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
-        if len(idx):
+    def append_some(self, c: int, idx: Tensor, values: Tensor | None) -> None:
+        if values is not None:
             values = self._route(values, [self.offset + self.n + int(i) for i in idx])
         super().append_some(c, idx, values)

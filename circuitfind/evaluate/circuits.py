@@ -21,19 +21,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuitfind.circuit import Circuit
 from circuitfind.engine.ablations import Ablation
-from circuitfind.engine.memory import check_chunk_size, prompt_slices
+from circuitfind.engine.memory import PASS_BUDGET_BYTES
 from circuitfind.engine.patchable import PatchableModel, resolve_model
-from circuitfind.errors import ConfigError, ShapeError, TaskError, check_int
+from circuitfind.errors import ShapeError, TaskError, check_int
 from circuitfind.evaluate.scores import MIB_FRACTIONS, auc, cpr_cmd, roc_from_circuits, roc_points, top_k_masks
 from circuitfind.graph import Graph, is_position_mask
-from circuitfind.metrics import Metric, MetricError, check_gap, kl_divergence, make_metric, metric_site
-from circuitfind.problem import ablation_for
-from circuitfind.tasks import Task, check_task_fits, resolve_task
+from circuitfind.metrics import check_gap, metric_site
+from circuitfind.problem import Faithfulness, prepare_problem
+from circuitfind.selection.bootstrap import cpr_cmd_interval, faithfulness_intervals
+from circuitfind.selection.validated import negative_excluded
+from circuitfind.tasks import Task, resolve_task
 
 __all__ = [
     "MIB_FRACTIONS",
@@ -50,8 +51,8 @@ __all__ = [
     "top_k_masks",
 ]
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
-"""Bytes of activations one stacked forward may hold (sets how many masks are evaluated per pass)."""
+DEFAULT_MEMORY_BUDGET = PASS_BUDGET_BYTES
+"""Bytes of activations one stacked forward may hold (sets how many masks and prompts one pass takes)."""
 
 
 # --- shared plumbing ---------------------------------------------------------------------------------------
@@ -85,18 +86,10 @@ def _mask_of(graph: Graph, circuit_or_mask: Circuit | Tensor) -> Tensor:
     return mask
 
 
-def _stack_label(start: int, err: MetricError) -> str:
-    """Which evaluated circuit a bad metric value belongs to: the stack is full, empty, then the circuits."""
-    i = start + (err.index or 0)
-    if i < 2:
-        return "on the full model (every edge kept)" if i == 0 else "on the empty circuit (every edge ablated)"
-    return f"on circuit {i - 2} of those given (0-based)"
-
-
 class _Evaluator:
-    """Metric values of many circuits on one prompt set, K masks per forward pass.
-
-    The full and empty circuits ride in the first pass; their values are the reference of every circuit.
+    """Rows of faithfulness of many circuits on one prompt set: the task's evaluation split prepared once
+    (:func:`circuitfind.problem.prepare_problem`) and measured by the one exact evaluator
+    (:class:`circuitfind.problem.Faithfulness`, K masks per pass, the full and empty circuits in the first).
     """
 
     def __init__(
@@ -114,87 +107,43 @@ class _Evaluator:
     ) -> None:
         self.pm = pm
         self.task, self.split, self.note = _eval_split(task)
-        check_task_fits(self.task, pm.spec)
-        self.task = self.task.to(pm.device)
-        self.kind = Ablation.parse(ablation)
-        chunk = check_chunk_size(chunk_size) or len(self.task)
-        if reference is not None:
-            check_task_fits(reference, pm.spec, label="the reference task")
-        self.ablated = ablation_for(pm, self.task, self.kind, reference, chunk_size=chunk)
-        self.metric_spec = _default_metric(self.task, metric)
-        g, T = pm.graph, self.task.seq_len
-        self.chunks = prompt_slices(len(self.task), chunk)
-        B = self.chunks[0].stop  # prompts per pass
-        if batch_masks is None:
-            itemsize = torch.finfo(pm.dtype).bits // 8
-            per_mask = (g.n_senders + 4 * g.n_heads) * B * T * pm.spec.d_model * itemsize * 2  # diffs + inputs
-            batch_masks = max(1, min(64, memory_budget // max(per_mask, 1)))
-        if batch_masks < 1:
-            raise ConfigError(f"batch_masks must be a positive integer; got {batch_masks}")
-        self.batch_masks = batch_masks
+        self.problem, self.metric = prepare_problem(
+            pm,
+            self.task,
+            metric=_default_metric(self.task, metric),
+            ablation=ablation,
+            reference=reference,
+            chunk_size=chunk_size,
+            budget=memory_budget,
+        )
+        self.faith = Faithfulness(self.problem, detail=True, masks_per_pass=batch_masks)
+        self.kind = self.problem.ablated.kind
         self.interval = interval
-        self.metric: Metric | None = None
-        self.full_logprobs: Tensor | None = None  # (B, V)
         self.m_full = self.m_empty = math.nan
 
-    def _logits(self, masks: Tensor) -> Tensor:  # (K, S, R) -> (K, B, V)
-        t, N = self.task, len(self.task)
-        masks = masks.to(self.pm.device, self.pm.dtype)
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    self.pm.forward(
-                        t.clean_ids[rows],
-                        self.ablated.select(rows, N),
-                        masks,
-                        attention_mask=t.attention_mask[rows],
-                        positions=t.answer_pos[rows],
-                    )
-                    for rows in self.chunks
-                ],
-                dim=1,
-            )
+    def _metric_of(self, loss: Any) -> Any:
+        """Metric values from losses (the loss is the metric negated when higher is better, KL as is)."""
+        return -loss if self.metric.higher_is_better else loss
 
     def run(self, masks: Sequence[Tensor]) -> list[dict[str, Any]]:
-        g = self.pm.graph
-        full = g.full_mask().float()
-        if any(m.dim() == 3 for m in masks):  # position masks: every mask (S, R, T), full and empty too
-            T = next(m.shape[-1] for m in masks if m.dim() == 3)
-            full = full[..., None].expand(-1, -1, T)
-            masks = [m if m.dim() == 3 else m[..., None].expand(-1, -1, T) for m in masks]
-        stack = [full, torch.zeros_like(full), *(m.detach().cpu().float() for m in masks)]  # floats interpolate
-        values: list[float] = []
-        kls: list[float] = []
-        per_prompt: list[Tensor] = []  # (B,) per evaluated circuit
-        for start in range(0, len(stack), self.batch_masks):
-            chunk = torch.stack(stack[start : start + self.batch_masks])  # (K, S, R)
-            logits = self._logits(chunk)  # (K, B, V)
-            if self.metric is None:  # the first chunk holds the full model at index 0
-                self.full_logprobs = F.log_softmax(logits[0].float(), dim=-1)
-                self.metric = make_metric(
-                    self.metric_spec,
-                    clean_logits=logits[0],
-                    answers=self.task.answers,
-                    wrong_answers=self.task.wrong_answers,
-                )
-            with metric_site(lambda err, start=start: _stack_label(start, err)):
-                values += [float(v) for v in self.metric(logits)]
-                per_prompt += list(self.metric.per_prompt(logits).detach().double().cpu())
-            kls += [float(v) for v in kl_divergence(logits, self.full_logprobs)]
-        self.m_full, self.m_empty = values[0], values[1]
-        with metric_site(f"on the {len(self.task)} prompts evaluated ({self.split.replace('_', '-')} split)"):
+        values = self.faith.evaluate(masks)
+        ref = self.faith.reference
+        assert ref is not None and ref.per_prompt is not None and values.per_prompt is not None
+        self.m_full, self.m_empty = (float(v) for v in self._metric_of(ref.loss))
+        with metric_site(f"on the {self.problem.n_prompts} prompts evaluated ({self.split.replace('_', '-')} split)"):
             check_gap(self.m_full, self.m_empty, self.pm.dtype, name=self.metric.name)  # every ratio divides by it
-        self.per_full, self.per_empty = per_prompt[0], per_prompt[1]
-        rows = [self._row(m, v, kl) for m, v, kl in zip(masks, values[2:], kls[2:], strict=True)]
+        self.per_full, self.per_empty = ref.per_prompt[0], ref.per_prompt[1]
+        assert values.kl is not None
+        rows = [self._row(m, float(loss), float(kl)) for m, loss, kl in zip(masks, values.loss, values.kl, strict=True)]
         if rows:
-            _add_intervals(rows, torch.stack(per_prompt[2:]), self.per_full, self.per_empty, self.interval)
+            _add_intervals(rows, values.per_prompt, self.per_full, self.per_empty, self.interval)
         return rows
 
-    def _row(self, mask: Tensor, value: float, kl: float) -> dict[str, Any]:
+    def _row(self, mask: Tensor, loss: float, kl: float) -> dict[str, Any]:
         g = self.pm.graph
         kept = mask.detach().cpu() != 0
         n_edges = int((kept.any(dim=-1) if kept.dim() == 3 else kept)[g.edge_mask].sum())  # position: projected
-        f = (value - self.m_empty) / (self.m_full - self.m_empty)  # run() checked the gap (check_gap)
+        f = self.faith.of_loss(loss)  # run() checked the gap (check_gap)
         row = {
             "faithfulness": f,
             "deviation": abs(1 - f),  # two-sided: |1 - f|, MIB's CMD integrand
@@ -202,13 +151,13 @@ class _Evaluator:
             "metric": self.metric.name,
             "metric_full": self.m_full,
             "metric_empty": self.m_empty,
-            "metric_circuit": value,
+            "metric_circuit": float(self._metric_of(loss)),
             "kl_full_circuit": kl,
             "n_edges": n_edges,
             "fraction": n_edges / g.n_edges,
             "ablation": self.kind.value,
             "split": self.split,
-            "n_prompts": len(self.task),
+            "n_prompts": self.problem.n_prompts,
         }
         if self.note:
             row["note"] = self.note
@@ -217,8 +166,6 @@ class _Evaluator:
 
 def _add_intervals(rows: list[dict], values: Tensor, full: Tensor, empty: Tensor, interval: dict | None) -> None:
     """Each row's per-prompt metric values and the bootstrap interval of its faithfulness (shared resamples)."""
-    from circuitfind.selection.bootstrap import faithfulness_intervals
-
     opts = {"n_boot": 1000, "level": 0.95, "seed": 0, **(interval or {})}
     cis = faithfulness_intervals(values, full, empty, **opts)
     for row, v, ci in zip(rows, values, cis, strict=True):
@@ -245,9 +192,7 @@ def excluded_negative(circuit: Circuit, n: int = 10) -> list[dict[str, Any]]:
     """
     g = circuit.graph
     s = circuit.scores.detach().cpu().double()  # (S, R)
-    out = g.edge_mask & ~circuit.mask.cpu().bool() & (s < 0)  # NaN compares False
-    flat = out.flatten().nonzero().squeeze(1)
-    order = flat[torch.argsort(s.flatten()[flat], stable=True)][:n]  # most negative first
+    order = negative_excluded(g, circuit.mask, s)[:n]  # most negative first
     R = g.n_receivers
     return [{"edge": g.edge(int(i) // R, int(i) % R).name, "score": float(s.flatten()[i])} for i in order]
 
@@ -283,8 +228,10 @@ def faithfulness_many(
             pass the same one to evaluate a circuit under the ablation it was found with.
         tokenizer: for tasks given by name or as strings.
         batch_masks: masks per forward pass; default: as many as fit in ``memory_budget`` bytes.
-        memory_budget: activation bytes a pass may hold when ``batch_masks`` is None.
-        chunk_size: prompts per forward pass (None: all); the values do not depend on it beyond float rounding.
+        memory_budget: activation bytes a pass may hold (sets the masks per pass when ``batch_masks`` is None, and
+            the prompts per pass when ``chunk_size`` is None: :meth:`circuitfind.problem.Problem.masks_per_pass`).
+        chunk_size: prompts per forward pass (None: as many as fit in ``memory_budget``); the values do not depend
+            on it beyond float rounding.
         n_boot, level, seed: the bootstrap interval of each faithfulness (prompts resampled jointly from the
             stored per-prompt values, :func:`circuitfind.validation.faithfulness_intervals`).
 
@@ -344,7 +291,7 @@ def faithfulness(
         ablation: ``resample`` (default), ``mean`` or ``zero``.
         reference: mean ablation's reference batch (default: the evaluated prompts).
         tokenizer: for tasks given by name or as strings.
-        chunk_size: prompts per forward pass (None: all).
+        chunk_size: prompts per forward pass (None: as many as fit in one pass's memory budget).
         n_boot, level, seed: the bootstrap interval over prompts (95%, 1000 resamples, seed 0 by default).
 
     Returns:
@@ -536,8 +483,6 @@ def cpr_cmd_of_scores(
 
 def _cpr_cmd_ci(rows: list[dict[str, Any]], fractions: Sequence[float], **opts: Any) -> tuple[Any, Any]:
     """CPR / CMD intervals from the rows' stored per-prompt values (signed rows first, then absolute)."""
-    from circuitfind.selection.bootstrap import cpr_cmd_interval
-
     k = len(fractions)
     values = torch.tensor([r["per_prompt"]["circuit"] for r in rows], dtype=torch.float64)  # (2K, n)
     pp = rows[0]["per_prompt"]

@@ -51,7 +51,7 @@ def roc_points(scores: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
     if bool(torch.isnan(scores).any()):
         raise ShapeError("scores contain NaN; replace them (e.g. torch.nan_to_num) before computing a ROC")
     n_pos, n_neg = _class_sizes(truth)
-    order = torch.argsort(scores, descending=True, stable=True)
+    order = edge_ranking(torch.ones(scores.shape, dtype=torch.bool), scores)  # best first, ties by position
     s, t = scores[order], truth[order]
     tp = torch.cumsum(t.double(), 0)  # (n,)
     fp = torch.cumsum((~t).double(), 0)  # (n,)

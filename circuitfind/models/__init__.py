@@ -47,12 +47,14 @@ def spec_for(model: nn.Module | ArchSpec) -> ArchSpec:
         return model
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in ADAPTERS:
+    adapter = ADAPTERS.get(model_type) if isinstance(model_type, str) else None
+    if adapter is None:
         raise UnsupportedModelError(
             f"no adapter for architecture {model_type!r} ({type(model).__name__}); supported model types: "
             f"{', '.join(supported_model_types())}. Add an adapter module under circuitfind/models/."
         )
-    output = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    output = get_output_embeddings() if callable(get_output_embeddings) else None
     if output is None:
         raise UnsupportedModelError(
             f"{type(model).__name__} is a base model without a language-model head (no unembedding), but circuit "
@@ -66,15 +68,15 @@ def spec_for(model: nn.Module | ArchSpec) -> ArchSpec:
             "without its weights (e.g. under init_empty_weights, or offloaded by device_map). Load it with real "
             "weights on one device, e.g. AutoModelForCausalLM.from_pretrained(name) or circuitfind.load_model(name)."
         )
-    spec = ADAPTERS[model_type](model)
+    spec = adapter(model)
     # Detached views: gradients (e.g. w.r.t. edge masks) must never accumulate into the model's parameters.
     layers = tuple(dataclasses.replace(lay, attn=_detached(lay.attn)) for lay in spec.layers)
     return dataclasses.replace(spec, layers=layers)
 
 
 def _detached(attn: AttentionWeights) -> AttentionWeights:
-    fields = {f.name: getattr(attn, f.name) for f in dataclasses.fields(attn)}
-    return AttentionWeights(**{k: None if v is None else v.detach() for k, v in fields.items()})
+    tensors = {f.name: getattr(attn, f.name) for f in dataclasses.fields(attn)}
+    return dataclasses.replace(attn, **{k: v.detach() for k, v in tensors.items() if v is not None})
 
 
 def load_model(

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError, check_int
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, ProjectionNorm, RMSScale
+from circuitfind.models.spec import ArchSpec, AttentionWeights, HFModule, LayerSpec, ProjectionNorm, RMSScale
 
 __all__ = [
     "Windows",
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-def dims(cfg) -> tuple[int, int, int, int]:
+def dims(cfg: HFModule) -> tuple[int, int, int, int]:
     """``(H, KV, D, E)``: query heads, key/value heads, model width, head width."""
     H = cfg.num_attention_heads
     KV = getattr(cfg, "num_key_value_heads", None) or H
@@ -56,7 +56,7 @@ def _heads(w: Tensor, b: Tensor | None, n_heads: int, d_head: int, repeat: int) 
     return w, b
 
 
-def attention_weights(sa: nn.Module, cfg) -> AttentionWeights:
+def attention_weights(sa: HFModule, cfg: HFModule) -> AttentionWeights:
     """Per-head weights of an attention module with ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``.
 
     GQA follows the MIB convention: query head ``h`` reads key/value head ``h // (H / KV)`` (HF's ``repeat_kv``).
@@ -69,7 +69,7 @@ def attention_weights(sa: nn.Module, cfg) -> AttentionWeights:
     return AttentionWeights(w_q, w_k, w_v, w_o, b_q, b_k, b_v, sa.o_proj.bias)
 
 
-def fused_attention_weights(qkv: nn.Linear, o_proj: nn.Linear, cfg) -> AttentionWeights:
+def fused_attention_weights(qkv: nn.Linear, o_proj: nn.Linear, cfg: HFModule) -> AttentionWeights:
     """Per-head weights from one fused projection whose rows are ``[q (H*E) | k (KV*E) | v (KV*E)]`` (Phi-3)."""
     H, KV, D, E = dims(cfg)
     sizes = (H * E, KV * E, KV * E)
@@ -93,7 +93,7 @@ class Windows(enum.Enum):
     """The layers ``config.layer_types`` marks ``"sliding_attention"`` (Qwen2/3, Gemma-2/3)."""
 
 
-def windows(cfg, n_layers: int, policy: Windows) -> list[int | None]:
+def windows(cfg: HFModule, n_layers: int, policy: Windows) -> list[int | None]:
     """Per layer: the sliding window HF's attention applies there, or None for full causal attention."""
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None) or ["sliding_attention"] * n_layers
@@ -126,7 +126,7 @@ def rotary_of(rotary_emb: nn.Module, *args) -> Callable[[Tensor, torch.dtype], t
     return rotary
 
 
-def projection_norms(sa: nn.Module, cfg) -> tuple[ProjectionNorm, ProjectionNorm]:
+def projection_norms(sa: HFModule, cfg: HFModule) -> tuple[ProjectionNorm, ProjectionNorm]:
     """``sa.q_norm`` and ``sa.k_norm`` as RMSNorms over the whole q and k projections (OLMo-2, OLMoE)."""
     H, KV, _, E = dims(cfg)
     out = []
@@ -142,7 +142,7 @@ def projection_norms(sa: nn.Module, cfg) -> tuple[ProjectionNorm, ProjectionNorm
     return out[0], out[1]
 
 
-def rms_scale(norm: nn.Module, offset: float = 0.0) -> RMSScale:
+def rms_scale(norm: HFModule, offset: float = 0.0) -> RMSScale:
     """The :class:`RMSScale` of an HF RMSNorm module (epsilon under either of its usual names)."""
     eps = getattr(norm, "variance_epsilon", None)
     eps = getattr(norm, "eps", None) if eps is None else eps
@@ -165,7 +165,7 @@ def flat(module: nn.Module) -> Callable[[Tensor], Tensor]:
     return apply
 
 
-def check_unset(cfg, **expected: tuple) -> None:
+def check_unset(cfg: HFModule, **expected: tuple) -> None:
     """Refuse a config whose flags (that change the numbers and that the adapter does not handle) are set.
 
     ``expected``: per config attribute, the values the adapter handles (an absent attribute is fine).
@@ -180,7 +180,7 @@ def check_unset(cfg, **expected: tuple) -> None:
             )
 
 
-def decoder_spec(model: nn.Module, layers: list[LayerSpec], family: str) -> ArchSpec:
+def decoder_spec(model: HFModule, layers: list[LayerSpec], family: str) -> ArchSpec:
     """The :class:`ArchSpec` of a Llama-laid-out model (``model.model.embed_tokens / norm / rotary_emb``,
     ``model.lm_head``) from its per-layer specs.
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.decoder import Windows, attention_weights, check_unset, dims, rms_scale, rotary_of, windows
-from circuitfind.models.spec import ArchSpec, HeadNorm, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, Fn, HeadNorm, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -36,14 +36,14 @@ REFERENCES = MappingProxyType(
 )
 
 
-def _sandwich_mlp(mlp: nn.Module, post: nn.Module):
+def _sandwich_mlp(mlp: HFModule, post: HFModule) -> Fn:
     def apply(x: Tensor) -> Tensor:
         return post(mlp(x))
 
     return apply
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``GemmaForCausalLM``, ``Gemma2ForCausalLM`` or ``Gemma3ForCausalLM`` (text-only)."""
     cfg = model.config
     check_unset(cfg, use_bidirectional_attention=(False, None))

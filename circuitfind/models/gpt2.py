@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from circuitfind.errors import UnsupportedModelError
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, AttentionWeights, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -15,7 +15,7 @@ MODEL_TYPES = ("gpt2",)
 REFERENCES = MappingProxyType({"gpt2": Reference("openai-community/gpt2", 12, 12)})
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``GPT2LMHeadModel``'s weights (Conv1D stores weights as ``(in, out)``)."""
     cfg = model.config
     if getattr(cfg, "reorder_and_upcast_attn", False):

@@ -8,9 +8,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, AttentionWeights, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -18,7 +18,7 @@ MODEL_TYPES = ("gpt_neox",)
 REFERENCES = MappingProxyType({"gpt_neox": Reference("EleutherAI/pythia-160m", 12, 12, parallel=True)})
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``GPTNeoXForCausalLM``'s weights."""
     cfg = model.config
     body = model.gpt_neox

@@ -11,11 +11,11 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.decoder import per_head
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference, RotaryStyle
+from circuitfind.models.spec import ArchSpec, AttentionWeights, HFModule, LayerSpec, Reference, RotaryStyle
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -23,7 +23,7 @@ MODEL_TYPES = ("gptj",)
 REFERENCES = MappingProxyType({"gptj": Reference("EleutherAI/gpt-j-6b", 28, 16, parallel=True)})
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``GPTJForCausalLM``."""
     cfg = model.config
     body = model.transformer

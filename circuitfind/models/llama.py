@@ -17,7 +17,7 @@ from types import MappingProxyType
 from torch import nn
 
 from circuitfind.models.decoder import Windows, attention_weights, decoder_spec, dims, windows
-from circuitfind.models.spec import ArchSpec, HeadNorm, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, HeadNorm, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -42,7 +42,7 @@ def _head_norm(norm: nn.Module | None) -> HeadNorm | None:
     return None if norm is None else HeadNorm(norm)
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``LlamaForCausalLM``-style model (``model.model.layers[i].self_attn.q_proj``...)."""
     cfg = model.config
     body = model.model

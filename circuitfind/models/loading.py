@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from circuitfind.errors import ConfigError, ModelLoadError
+from circuitfind.models.spec import HFModule
 
 __all__ = [
     "DEFAULT_MODEL_ALIASES",
@@ -203,7 +204,7 @@ def default_gguf_path() -> Path:
         candidates += [Path(loc) / _GGUF_FILE for loc in spec.submodule_search_locations or ()]
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         dist = importlib.metadata.distribution(_GGUF_DISTRIBUTION)
-        candidates += [Path(dist.locate_file(f)) for f in dist.files or () if str(f).endswith(".gguf")]
+        candidates += [Path(str(dist.locate_file(f))) for f in dist.files or () if str(f).endswith(".gguf")]
     for path in candidates:
         if path.is_file():
             return path
@@ -394,7 +395,7 @@ def _file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_cache(model: nn.Module, tok: Any, target: Path, source: Path) -> None:
+def _write_cache(model: HFModule, tok: Any, target: Path, source: Path) -> None:
     """Save ``model`` and ``tok`` to ``target`` atomically; on failure warn and carry on without a cache."""
     import transformers
 
@@ -730,10 +731,9 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     # The GGUF converter uses tqdm directly, outside transformers' switch.
-    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
-    if gguf_utils is None:
-        with contextlib.suppress(ImportError):
-            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    gguf_utils: Any = None  # a module whose `tqdm` is swapped by attribute
+    with contextlib.suppress(ImportError):
+        gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
     saved_tqdm = getattr(gguf_utils, "tqdm", None)
     if saved_tqdm is not None:
         gguf_utils.tqdm = functools.partial(saved_tqdm, disable=True)

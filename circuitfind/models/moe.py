@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import nn
-
 from circuitfind.models.decoder import (
     Windows,
     attention_weights,
@@ -22,7 +20,7 @@ from circuitfind.models.decoder import (
     projection_norms,
     windows,
 )
-from circuitfind.models.spec import ArchSpec, HeadNorm, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, HeadNorm, HFModule, LayerSpec, ProjectionNorm, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -43,7 +41,7 @@ _WINDOWS = {
 }
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``MixtralForCausalLM``, ``Qwen2MoeForCausalLM``, ``Qwen3MoeForCausalLM`` or
     ``OlmoeForCausalLM``."""
     cfg = model.config
@@ -55,6 +53,8 @@ def build_spec(model: nn.Module) -> ArchSpec:
     policy = _WINDOWS[cfg.model_type]
     for block, window in zip(body.layers, windows(cfg, len(body.layers), policy), strict=True):
         sa = block.self_attn
+        q_norm: HeadNorm | ProjectionNorm | None
+        k_norm: HeadNorm | ProjectionNorm | None
         if cfg.model_type == "olmoe":
             q_norm, k_norm = projection_norms(sa, cfg)
         elif hasattr(sa, "q_norm"):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.decoder import attention_weights, decoder_spec, dims, projection_norms, rms_scale
-from circuitfind.models.spec import ArchSpec, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, Fn, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -25,14 +25,14 @@ MODEL_TYPES = ("olmo2",)
 REFERENCES = MappingProxyType({"olmo2": Reference("allenai/OLMo-2-0425-1B", 16, 16)})
 
 
-def _post_normed(mlp: nn.Module, post: nn.Module):
+def _post_normed(mlp: HFModule, post: HFModule) -> Fn:
     def apply(x: Tensor) -> Tensor:
         return post(mlp(x))
 
     return apply
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of an ``Olmo2ForCausalLM``."""
     cfg = model.config
     body = model.model

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from circuitfind.errors import UnsupportedModelError
 from circuitfind.models.decoder import per_head
 from circuitfind.models.norms import NormThenLinear
-from circuitfind.models.spec import ArchSpec, AttentionWeights, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, AttentionWeights, Fn, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -25,14 +25,14 @@ MODEL_TYPES = ("opt",)
 REFERENCES = MappingProxyType({"opt": Reference("facebook/opt-125m", 12, 12)})
 
 
-def _mlp(block: nn.Module):
+def _mlp(block: HFModule) -> Fn:
     def apply(x: Tensor) -> Tensor:
         return block.fc2(block.activation_fn(block.fc1(x)))
 
     return apply
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of an ``OPTForCausalLM``."""
     cfg = model.config
     if not cfg.do_layer_norm_before:

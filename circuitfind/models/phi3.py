@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from torch import nn
-
 from circuitfind.models.decoder import Windows, decoder_spec, dims, fused_attention_weights, windows
-from circuitfind.models.spec import ArchSpec, LayerSpec, Reference
+from circuitfind.models.spec import ArchSpec, HFModule, LayerSpec, Reference
 
 __all__ = ["MODEL_TYPES", "REFERENCES", "build_spec"]
 
@@ -21,7 +19,7 @@ MODEL_TYPES = ("phi3",)
 REFERENCES = MappingProxyType({"phi3": Reference("microsoft/Phi-3-mini-4k-instruct", 32, 32)})
 
 
-def build_spec(model: nn.Module) -> ArchSpec:
+def build_spec(model: HFModule) -> ArchSpec:
     """Per-head views of a ``Phi3ForCausalLM``."""
     cfg = model.config
     body = model.model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import torch
 from einops import einsum, rearrange
@@ -20,6 +21,7 @@ __all__ = [
     "ArchSpec",
     "Reference",
     "AttentionWeights",
+    "HFModule",
     "HeadNorm",
     "LayerSpec",
     "ProjectionNorm",
@@ -30,6 +32,12 @@ __all__ = [
 ]
 
 Fn = Callable[[Tensor], Tensor]
+HFModule: TypeAlias = Any
+"""A Hugging Face model, submodule or config, read by attribute name (``model.model.layers[i].self_attn``).
+
+Which attributes exist depends on the family and the transformers version (``nn.Module.__getattr__`` is typed
+``Tensor | Module``), so the adapters' attribute walks are not type-checked; each adapter's tests check it against
+the model's own forward."""
 RotaryFn = Callable[[Tensor, torch.dtype], tuple[Tensor, Tensor]]
 
 

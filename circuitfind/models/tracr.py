@@ -191,6 +191,17 @@ def load_tracr(
     return spec, meta
 
 
+def _token_strings(seq: Sequence[str] | Sequence[Sequence[str]]) -> list[str]:
+    """``seq`` as a list of token strings; a nested sequence where a token belongs is refused."""
+    out = [t for t in seq if isinstance(t, str)]
+    if len(out) != len(seq):
+        raise TaskError(
+            "a tracr input is one sequence of token strings (['a', 'b']) or a list of such sequences; "
+            f"found a sequence mixing tokens and sequences: {list(seq)!r}"
+        )
+    return out
+
+
 def _relu_mlp(w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor):
     def mlp(x: Tensor) -> Tensor:  # (..., D) -> (..., D)
         return torch.relu(x @ w_in + b_in) @ w_out + b_out
@@ -231,14 +242,16 @@ class TracrTokenizer:
         batch must have equal lengths.
         """
         if tokens and not isinstance(tokens[0], str):
-            rows = [self.encode(seq) for seq in tokens]  # type: ignore[arg-type]
+            rows = [self._encode_one(_token_strings(seq)) for seq in tokens]
             lengths = {len(r) for r in rows}
             if len(lengths) > 1:
                 raise TaskError(
                     f"tracr models do not mask padding, so a batch needs equal lengths; got lengths {sorted(lengths)}"
                 )
             return torch.stack(rows)  # (B, T)
-        seq = list(tokens)
+        return self._encode_one(_token_strings(tokens))
+
+    def _encode_one(self, seq: list[str]) -> Tensor:
         if seq[:1] != [self.bos]:
             seq = [self.bos, *seq]
         if len(seq) - 1 > self.max_seq_len:

@@ -33,8 +33,14 @@ from torch import Tensor
 
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ModelLoadError
+from circuitfind.evaluate.circuits import auc, faithfulness, roc_from_circuits
 from circuitfind.fileio import atomic_write
-from circuitfind.tasks.ground_truth import tracr_ground_truth
+from circuitfind.models import load_model
+from circuitfind.models.loading import DEFAULT_MODEL_ALIASES
+from circuitfind.models.tracr import TRACR_MODELS
+from circuitfind.reproduce.thresholds import roc_sweep, threshold_sweep
+from circuitfind.tasks import get_task
+from circuitfind.tasks.ground_truth import greater_than_ground_truth, ioi_ground_truth, tracr_ground_truth
 from circuitfind.tasks.tracr import tracr_setup
 
 __all__ = ["DEFAULT_THRESHOLDS", "reproduce"]
@@ -50,9 +56,6 @@ _DEFAULT_PROMPTS = 40  # default model: half for discovery, half held out
 def _reproduce_tracr(
     name: str, thresholds: Sequence[float], out_dir: Path, n_sequences: int | None, seed: int, log: Callable
 ) -> dict[str, Any]:
-    from circuitfind.evaluate.circuits import auc, roc_from_circuits
-    from circuitfind.reproduce.thresholds import roc_sweep
-
     setup = tracr_setup(name, n_sequences=n_sequences, seed=seed)
     g = setup.pm.graph
     truths = {
@@ -85,8 +88,6 @@ def _reproduce_tracr(
 
 # --- language models ---------------------------------------------------------------------------------------
 def _paper_truth(task_name: str) -> Callable | None:
-    from circuitfind.tasks.ground_truth import greater_than_ground_truth, ioi_ground_truth
-
     return {"ioi": ioi_ground_truth, "greater-than": greater_than_ground_truth}.get(task_name)
 
 
@@ -99,10 +100,6 @@ def _reproduce_gpt2(
     log: Callable,
     device: str | torch.device | None,
 ) -> dict[str, Any]:
-    from circuitfind.models import load_model
-    from circuitfind.reproduce.thresholds import roc_sweep
-    from circuitfind.tasks import get_task
-
     truth_of = _paper_truth(task_name)
     if truth_of is None:
         raise ConfigError(
@@ -135,8 +132,6 @@ def _reproduce_gpt2(
 
 
 def _model_label(model_name: str | None) -> str:
-    from circuitfind.models.loading import DEFAULT_MODEL_ALIASES
-
     if model_name is None or model_name.strip().lower() in DEFAULT_MODEL_ALIASES:
         return "smollm2"
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_name.strip("/").split("/")[-1])
@@ -152,11 +147,6 @@ def _reproduce_faithfulness(
     log: Callable,
     device: str | torch.device | None,
 ) -> dict[str, Any]:
-    from circuitfind.evaluate.circuits import faithfulness
-    from circuitfind.models import load_model
-    from circuitfind.reproduce.thresholds import threshold_sweep
-    from circuitfind.tasks import get_task
-
     label = _model_label(model_name)
     model, tok = load_model(model_name, device=device, progress=False)
     pm = PatchableModel(model)
@@ -250,8 +240,6 @@ def reproduce(
 
 def _tracr_name(task_name: str, model_name: str | None) -> str | None:
     """The tracr program named by the model (``tracr-X``) or the task, or None; a mismatch is an error."""
-    from circuitfind.models.tracr import TRACR_MODELS
-
     task = task_name.strip().lower().removeprefix("tracr-")
     model = (model_name or "").strip().lower()
     if model.startswith("tracr-"):

@@ -96,12 +96,13 @@ def threshold_sweep(
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     discover_kw.setdefault("progress", False)
-    base = _cache_base(pm, task, discover_kw) if cache_dir is not None else None
+    cache = None if cache_dir is None else (Path(cache_dir), _cache_base(pm, task, discover_kw))
     circuits = []
     for tau in thresholds:
         path = None
-        if base is not None:
-            path = Path(cache_dir) / f"acdc_{task.name}_{_digest(base, tau)}.json"
+        if cache is not None:
+            folder, base = cache
+            path = folder / f"acdc_{task.name}_{_digest(base, tau)}.json"
         if path is not None and path.exists():
             circuit = Circuit.load(path)
         elif path is not None:  # checkpointed: an interrupted run resumes from its last finished receiver

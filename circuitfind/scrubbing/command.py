@@ -13,6 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
+from circuitfind.circuit import Circuit
+from circuitfind.engine.patchable import resolve_model
+from circuitfind.errors import ConfigError, TaskError
+from circuitfind.fileio import atomic_write
+from circuitfind.scrubbing import Hypothesis, scrub
+from circuitfind.tasks import resolve_task
+
 __all__ = ["add_scrub_parser"]
 
 
@@ -52,13 +59,6 @@ def add_scrub_parser(subparsers: argparse._SubParsersAction, common: argparse.Ar
 def _run_scrub(args: argparse.Namespace) -> int:
     import time
 
-    from circuitfind.circuit import Circuit
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.errors import TaskError
-    from circuitfind.fileio import atomic_write
-    from circuitfind.scrubbing import Hypothesis, scrub
-    from circuitfind.tasks import resolve_task
-
     circuit = Circuit.load(args.circuit)
     name = args.task or circuit.config.get("task")
     if not name:
@@ -96,8 +96,6 @@ def _run_scrub(args: argparse.Namespace) -> int:
 
 def _read_labels(path: Path) -> dict:
     """The ``--labels`` JSON object (node name -> labels), or a :class:`ConfigError` naming the file and the fix."""
-    from circuitfind.errors import ConfigError
-
     fix = 'expected a JSON object of node name -> one label per scrubbed prompt, e.g. {"a0.h1": [0, 1, 0]}'
     if not path.is_file():
         raise ConfigError(f"--labels {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}; {fix}")

@@ -12,23 +12,24 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 
 from circuitfind.engine.ablations import AblatedOutputs
 from circuitfind.engine.attention import attend, attention_biases, head_outputs, project_qkv, rotary_tables
+from circuitfind.engine.memory import PassKind, prompts_per_pass
 from circuitfind.engine.patchable import _frozen
 
 __all__ = ["draws_per_pass", "joint_logits", "treeified_logits"]
 
 
 def draws_per_pass(pm, n_contexts: int, n_masks: int, seq_len: int, budget: int) -> int:
-    """Draws per pass so that one pass holds about ``budget`` bytes (ablation, bases, diffs, one layer's inputs)."""
-    g = pm.graph
-    itemsize = torch.finfo(pm.dtype).bits // 8
-    per_row = (g.n_senders * (1 + n_masks) + g.n_groups + 3 * (3 * g.n_heads + 1) * n_masks) * seq_len
-    per_draw = per_row * pm.spec.d_model * itemsize * n_contexts
-    return max(1, budget // max(per_draw, 1))
+    """Draws per joint pass: the rows of one routed pass of ``n_masks`` masks that fit in ``budget`` bytes (the one
+    chunk formula, :func:`circuitfind.engine.memory.prompts_per_pass`), ``n_contexts`` rows per draw."""
+    rows = prompts_per_pass(pm, sys.maxsize, seq_len, PassKind.ROUTED, n_masks, budget)
+    return max(1, rows // n_contexts)
 
 
 def _routes(plan, draws: slice) -> dict[int, Tensor]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.circuit import Circuit
 from circuitfind.errors import ConfigError, ShapeError
 
 __all__ = ["Hypothesis", "ResolvedHypothesis"]
@@ -88,8 +89,6 @@ class ResolvedHypothesis:
 
 
 def _edge_mask(graph, edges: Any) -> Tensor:
-    from circuitfind.circuit import Circuit
-
     if isinstance(edges, Circuit):
         mask = edges.mask
     elif isinstance(edges, Tensor):

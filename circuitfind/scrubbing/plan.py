@@ -168,13 +168,13 @@ def make_plan(graph, hyp, attention_mask: Tensor, n_samples: int, seed: int, ind
     rounds = -(-n_samples // len(eligible))
     originals = torch.cat([eligible[torch.randperm(len(eligible), generator=gen)] for _ in range(rounds)])[:n_samples]
     resamples = _pick(other[originals], originals, gen)
-    prompts = [originals]
+    chosen = [originals]
     for c in range(1, tree.n):
-        parent = prompts[tree.parents[c]]
+        parent = chosen[tree.parents[c]]
         labels = hyp.labels[tree.heads[c]]
         agree = other & (labels[:, None] == labels[None, :])
-        prompts.append(_pick(agree[parent], parent, gen))
-    prompts = torch.stack(prompts)  # (C, B)
+        chosen.append(_pick(agree[parent], parent, gen))
+    prompts = torch.stack(chosen)  # (C, B)
     edge_prompts = _edge_prompts(graph, other, prompts, gen) if independent else None
     unpaired = tuple((~other.any(1)).nonzero().flatten().tolist())
     return ScrubPlan(tree, originals, resamples, prompts, edge_prompts, independent, unpaired)

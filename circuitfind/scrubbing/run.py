@@ -16,6 +16,7 @@ from circuitfind.metrics import make_metric
 from circuitfind.scrubbing.forward import draws_per_pass, joint_logits, treeified_logits
 from circuitfind.scrubbing.hypothesis import Hypothesis
 from circuitfind.scrubbing.plan import ScrubPlan, make_plan
+from circuitfind.selection.bootstrap import bootstrap_interval
 from circuitfind.tasks import check_task_fits, resolve_task
 
 __all__ = ["ScrubResult", "scrub"]
@@ -103,8 +104,6 @@ def _recovered(scr: Tensor, full: Tensor, rand: Tensor) -> float:
 
 def _interval(scr: Tensor, full: Tensor, rand: Tensor, originals: Tensor, n_boot: int, level: float, seed: int):
     """Percentile interval of recovered, resampling original prompts (each with all its draws)."""
-    from circuitfind.selection.bootstrap import bootstrap_interval
-
     prompts, which = originals.unique(return_inverse=True)
     P = len(prompts)
     sums = torch.zeros(3, P, dtype=torch.float64).index_add_(1, which, torch.stack([scr, full, rand]))

@@ -83,7 +83,7 @@ class Interval:
 
 def _check_options(n_boot: Any, level: Any, seed: Any) -> None:
     check_int(n_boot, "n_boot", what="bootstrap resamples")
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < float(level) < 1:
         raise ConfigError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
     check_int(seed, "seed", minimum=None)
 

@@ -380,7 +380,7 @@ def smallest_faithful(
 
 def _check_search(graph: Graph, target: Any, lo: Any, hi: Any) -> int:
     """Refuse a bad target or range of :func:`smallest_faithful`; returns ``hi`` (default: every edge)."""
-    bad_target = isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1
+    bad_target = isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < float(target) <= 1
     if bad_target:
         raise ConfigError(f"target must be a float in (0, 1] (a faithfulness to reach); got {target!r}")
     hi = graph.n_edges if hi is None else hi

@@ -38,6 +38,7 @@ back (:func:`add_back`; edges that pruning would drop again are skipped), ``m`` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError, check_int
 from circuitfind.graph import Graph
+from circuitfind.metrics import Metric
+from circuitfind.problem import Faithfulness, Problem
 from circuitfind.selection.bootstrap import faithfulness_interval, lower_bound_level
 from circuitfind.selection.cuts import edge_ranking, prune_dangling
 
@@ -162,36 +165,31 @@ def complement(n: int, fold: Tensor) -> Tensor:
 
 
 class PromptValues:
-    """The metric on each of a problem's prompts, for circuits given as ``(S, R)`` masks (one forward each).
+    """The metric on each of a problem's prompts, for circuits given as ``(S, R)`` masks: the problem's one exact
+    evaluator (:class:`circuitfind.problem.Faithfulness` with per-prompt values), one mask per call.
 
-    ``full`` and ``empty`` hold the values with every edge kept and every edge ablated.
+    ``full`` and ``empty`` hold the values with every edge kept and every edge ablated. ``metric``: the bound metric
+    of the values (default the problem's own, ``problem.metric``).
     """
 
-    def __init__(self, problem: Any, metric: Any) -> None:
-        self.problem, self.metric = problem, metric
-        g = problem.pm.graph
-        self.calls = 0
-        self.full = self(g.full_mask())
-        self.empty = self(torch.zeros_like(g.edge_mask))
+    def __init__(self, problem: Problem, metric: Metric | None = None) -> None:
+        if metric is not None and metric is not problem.metric:
+            problem = dataclasses.replace(problem, metric=metric)
+        self.problem, self.metric = problem, problem.metric
+        self.ev = Faithfulness(problem, detail=True)
+        ref = self.ev.references()
+        assert ref.per_prompt is not None
+        self.full, self.empty = ref.per_prompt[0], ref.per_prompt[1]
+
+    @property
+    def calls(self) -> int:
+        """Masks evaluated, the two references included."""
+        return self.ev.calls
 
     def __call__(self, mask: Tensor) -> Tensor:  # (S, R) -> (B,) float64
-        p = self.problem
-        B = p.clean_ids.shape[0]
-        with torch.no_grad():
-            logits = torch.cat(
-                [
-                    p.pm.forward(
-                        p.clean_ids[rows],
-                        p.ablated.select(rows, B),
-                        mask,
-                        attention_mask=p.attention_mask[rows],
-                        positions=p.positions[rows],
-                    )
-                    for rows in p.prompt_chunks()
-                ]
-            )  # (B, V)
-        self.calls += 1
-        return self.metric.per_prompt(logits.unsqueeze(0))[0].detach().double().cpu()
+        values = self.ev.evaluate([mask]).per_prompt
+        assert values is not None
+        return values[0]
 
 
 # --- circuits of a ranking -----------------------------------------------------------------------------------
@@ -225,11 +223,13 @@ def _owners(graph: Graph) -> Tensor:
 
 
 def negative_excluded(graph: Graph, mask: Tensor, scores: Tensor) -> Tensor:
-    """Flat indices of the edges outside ``mask`` with a negative score, most negative first (NaN skipped)."""
+    """Flat indices of the edges outside ``mask`` with a negative score, most negative first (NaN skipped; ties
+    by position, as :func:`~circuitfind.selection.edge_ranking` ranks ``-scores``)."""
     s = scores.detach().cpu().double()
-    out = graph.edge_mask & ~mask.cpu() & (s < 0)
-    flat = out.flatten().nonzero().squeeze(1)
-    return flat[torch.argsort(s.flatten()[flat], stable=True)]
+    out = graph.edge_mask & ~mask.cpu().bool() & (s < 0)  # (S, R); NaN compares False
+    if not bool(out.any()):
+        return torch.zeros(0, dtype=torch.long)
+    return edge_ranking(out, -s)
 
 
 def add_back(graph: Graph, mask: Tensor, scores: Tensor, m: int, *, from_input: bool) -> Tensor:

@@ -7,7 +7,6 @@ signature). :class:`ModelWorker` is the worker itself: it loads its model once a
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import time
@@ -17,10 +16,18 @@ from typing import Any
 
 import torch
 
+from circuitfind.algorithms.acdc import FastEvaluator
+from circuitfind.algorithms.exact import exact_plan, score_batches
+from circuitfind.discovery import discover
 from circuitfind.engine.memory import peak_memory, reset_peak_memory
+from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import TaskError
+from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
+from circuitfind.models import load_model
+from circuitfind.problem import prepare_problem
 from circuitfind.sweeps.spec import Cell
 from circuitfind.sweeps.store import STATUS_DONE, STATUS_FAILED
+from circuitfind.tasks import is_task_file, split_task
 
 __all__ = ["CellFn", "ModelWorker", "build_task", "run_cell"]
 
@@ -39,23 +46,12 @@ def build_task(cell: Cell, tokenizer: Any) -> Any:
         >>> len(task.train()), len(task.held_out())  # doctest: +SKIP
         (16, 16)
     """
-    from circuitfind.tasks import from_json, get_task
-
-    n, held = cell.n_prompts, cell.held_out
-    if not cell.task.lower().endswith((".json", ".jsonl")):
-        if tokenizer is None:
-            raise TaskError(
-                f"the built-in task {cell.task!r} must be tokenised but the model {cell.model!r} has no tokenizer; "
-                "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
-            )
-        return get_task(cell.task, tokenizer, n=n + held, seed=cell.seed, n_train=n)
-    task = from_json(cell.task, tokenizer, max_prompts=n + held)  # never tokenises past what the cell uses
-    if len(task) < n + held:
+    if tokenizer is None and not is_task_file(cell.task):
         raise TaskError(
-            f"{cell.task} has {len(task)} prompts; the cell needs n_prompts + held_out = {n} + {held}. Lower "
-            "them in the spec or add prompts to the file"
+            f"the built-in task {cell.task!r} must be tokenised but the model {cell.model!r} has no tokenizer; "
+            "save one with the model (tokenizer.save_pretrained) or use a task file of token ids"
         )
-    return dataclasses.replace(task.subset(slice(0, n + held)), n_train=n)
+    return split_task(cell.task, tokenizer, n_prompts=cell.n_prompts, held_out=cell.held_out, seed=cell.seed)
 
 
 def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
@@ -69,26 +65,18 @@ def run_cell(cell: Cell, pm: Any, tokenizer: Any) -> dict[str, Any]:
         >>> out = run_cell(Cell(model="smollm2", task="ioi", method="eap-ig"), pm, tok)  # doctest: +SKIP
         >>> out["metrics"]["faithfulness"]  # doctest: +SKIP
     """
-    from circuitfind.discovery import discover
-    from circuitfind.evaluate.circuits import cpr_cmd_of_scores, faithfulness
-
     task = build_task(cell, tokenizer)
     torch.manual_seed(cell.seed)
     t0 = time.perf_counter()
     circuit = discover(
         pm,
         task,
-        method=cell.method,
-        threshold=cell.threshold,
-        n_edges=cell.n_edges,
-        target=cell.target,
-        steps=cell.steps,
+        cell.method,
         metric=cell.metric,
         ablation=cell.ablation,
         tokenizer=tokenizer,
-        absolute=cell.absolute,
-        batch_size=cell.batch_size,
         progress=False,
+        **cell.discover_options(),
     )
     circuit = circuit.replace(model=cell.model).with_config(seed=cell.seed)
     t1 = time.perf_counter()
@@ -139,7 +127,8 @@ class ModelWorker:
         self.device = device
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
-        self.pm = self.tokenizer = None
+        self.pm: PatchableModel | None = None
+        self.tokenizer: Any = None
         self.load_error: BaseException | None = None
         self.load_s = 0.0
         self.problems: dict[str, Any] = {}  # exact scoring: key -> (problem, evaluator)
@@ -150,9 +139,6 @@ class ModelWorker:
             return 0.0
         if self.load_error is not None:
             raise self.load_error
-        from circuitfind.engine.patchable import PatchableModel
-        from circuitfind.models import load_model
-
         t0 = time.perf_counter()
         try:
             model, self.tokenizer = load_model(self.model_source, device=self.device, progress=False)
@@ -161,6 +147,12 @@ class ModelWorker:
             self.load_error = e
             raise
         return time.perf_counter() - t0
+
+    def loaded(self) -> PatchableModel:
+        """The model, loaded on first use (:meth:`ensure_model`)."""
+        self.ensure_model()
+        assert self.pm is not None  # ensure_model loads it or raises
+        return self.pm
 
     def run(self, cell: Cell, cell_fn: CellFn | None = None, attempt: int = 1) -> dict[str, Any]:
         """Run one cell; returns its store row plus ``circuit`` (the circuit's JSON dict) when it is done.
@@ -176,7 +168,7 @@ class ModelWorker:
         }
         try:
             row["load_s"] = self.ensure_model()
-            out = (cell_fn or run_cell)(cell, self.pm, self.tokenizer)
+            out = (cell_fn or run_cell)(cell, self.loaded(), self.tokenizer)
             row.update(
                 status=STATUS_DONE,
                 metrics=out["metrics"],
@@ -192,21 +184,14 @@ class ModelWorker:
 
     # --- exact scoring shards (circuitfind.sweeps.exact) ---------------------------------------------------
     def exact_plan(self, batch_size: int, candidates: Any) -> list[Any]:
-        from circuitfind.algorithms.exact import exact_plan
-
-        self.ensure_model()
-        return exact_plan(self.pm.graph, candidates, batch_size)
+        return exact_plan(self.loaded().graph, candidates, batch_size)
 
     def exact_shard(self, key: str, recipe: dict[str, Any], batches: list[Any]) -> tuple[list[Any], float]:
         """Score ``batches`` (one forward each) of the problem ``recipe`` builds; returns the score changes per
         batch and the full model's loss. The problem and its evaluator are built once per ``key``."""
-        from circuitfind.algorithms.acdc import FastEvaluator
-        from circuitfind.algorithms.exact import score_batches
-        from circuitfind.problem import prepare_problem
-
-        self.ensure_model()
+        pm = self.loaded()
         if key not in self.problems:
-            problem, _ = prepare_problem(self.pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
+            problem, _ = prepare_problem(pm, recipe["task"], metric=recipe["metric"], ablation=recipe["ablation"])
             # the same prompt chunks as the single-process run: sized by the masks a pass stacks
             ev = FastEvaluator(problem, masks=recipe.get("batch_size", 1))
             self.problems = {key: (problem, ev)}  # one problem at a time: bounded memory

@@ -17,6 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from circuitfind.sweeps.run import sweep
+from circuitfind.sweeps.spec import load_spec
+from circuitfind.sweeps.store import ResultsStore
+
 __all__ = ["add_sweep_parser", "format_table", "plot_faithfulness_vs_size"]
 
 TABLE_COLUMNS = (
@@ -72,10 +76,6 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from circuitfind.sweeps.run import sweep
-    from circuitfind.sweeps.spec import load_spec
-    from circuitfind.sweeps.store import ResultsStore
-
     spec = load_spec(args.spec, out=args.out, max_cells=args.max_cells)
     if not args.table:
         try:
@@ -172,16 +172,16 @@ def plot_faithfulness_vs_size(rows: list[dict[str, Any]], path: str | Path) -> P
     Example:
         >>> plot_faithfulness_vs_size(result.rows(), "figures/sweep.png")  # doctest: +SKIP
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a figure on its own Agg canvas, without pyplot: the process's backend and figures stay as they are
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     done = [r for r in rows if r["status"] == "done" and r["faithfulness"] is not None and r["fraction"]]
     tasks = sorted({r["task"] for r in done}) or ["(no finished cells)"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(tasks), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         by_method: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
         for r in done:
@@ -207,5 +207,4 @@ def plot_faithfulness_vs_size(rows: list[dict[str, Any]], path: str | Path) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

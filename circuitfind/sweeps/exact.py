@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from circuitfind.algorithms.base import ScoreResult
+from circuitfind.algorithms.checkpoint import fingerprint
 from circuitfind.algorithms.exact import ExactBatch, assemble_scores, layer_cost, plan_cost
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import check_int
 from circuitfind.sweeps.cell import ModelWorker
 from circuitfind.sweeps.ray_pool import ActorPool, connect
@@ -88,8 +90,6 @@ def exact_scores(
     Example:
         >>> res = exact_scores("smollm2", task.train(), metric="logit_diff", candidates=top)  # doctest: +SKIP
     """
-    from circuitfind.engine.ablations import Ablation
-
     _check(batch_size)
     kind = Ablation.parse(ablation)
     if isinstance(model, torch.nn.Module):
@@ -122,7 +122,7 @@ def exact_scores(
         )
         for unused in spare:  # no shard to score: the planner never joined the pool
             ray.kill(unused)
-    flat = [d for shard in deltas for d in shard]  # type: ignore[union-attr]
+    flat = [d for shard in deltas for d in shard]
     scores = assemble_scores(graph, plan, flat)
     wall = time.perf_counter() - t0
     n_edges = sum(len(b.senders) for b in plan)
@@ -180,15 +180,13 @@ class _ShippedModelWorker(ModelWorker):
         return super().ensure_model()
 
     def exact_plan_and_graph(self, batch_size: int, candidates: Any) -> tuple[list[ExactBatch], Any]:
-        return self.exact_plan(batch_size, candidates), self.pm.graph
+        return self.exact_plan(batch_size, candidates), self.loaded().graph
 
 
 def _recipe_key(task: Any, metric: Any, ablation: str, batch_size: int = 1) -> str:
     """The key of a worker's problem cache: the task fingerprint
     (:func:`circuitfind.algorithms.checkpoint.fingerprint`) of the recipe, without the weights (a worker's cache
     holds problems of its own model only)."""
-    from circuitfind.algorithms.checkpoint import fingerprint
-
     return fingerprint({"ablation": ablation, "batch_size": batch_size}, task, metric=metric)  # metric: by identity
 
 

@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from circuitfind.errors import ConfigError
 
 __all__ = ["ActorPool", "Done", "connect", "import_ray", "is_worker_death"]
+
+K = TypeVar("K", bound=Hashable)  # what groups jobs onto actors (e.g. model and resources)
 
 
 def import_ray() -> Any:
@@ -97,14 +99,14 @@ class Done:
 
 
 @dataclass
-class _Actor:
+class _Actor(Generic[K]):
     handle: Any
-    key: Hashable
+    key: K
     job: Any = None
 
 
 @dataclass
-class ActorPool:
+class ActorPool(Generic[K]):
     """Actors that keep one model each; jobs are grouped by key (model and resources).
 
     Args:
@@ -121,14 +123,14 @@ class ActorPool:
 
     ray: Any
     slots: int
-    make: Callable[[Hashable], Any]
+    make: Callable[[K], Any]
     call: Callable[[Any, Any], Any]
-    queues: dict[Hashable, list[Any]] = field(default_factory=dict)
-    actors: list[_Actor] = field(default_factory=list)
-    running: dict[Any, _Actor] = field(default_factory=dict)
+    queues: dict[K, list[Any]] = field(default_factory=dict)
+    actors: list[_Actor[K]] = field(default_factory=list)
+    running: dict[Any, _Actor[K]] = field(default_factory=dict)
     started: dict[Any, float] = field(default_factory=dict)  # call -> time.monotonic() at submission
 
-    def submit(self, key: Hashable, job: Any, *, first: bool = False) -> None:
+    def submit(self, key: K, job: Any, *, first: bool = False) -> None:
         """Queue ``job`` for an actor of ``key`` (``first``: ahead of the others, e.g. a retry)."""
         queue = self.queues.setdefault(key, [])
         queue.insert(0, job) if first else queue.append(job)

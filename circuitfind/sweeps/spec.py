@@ -36,7 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from circuitfind.algorithms.registry import METHODS, given_options, plan
+from circuitfind.engine.ablations import Ablation
 from circuitfind.errors import ConfigError, check_int, check_optional_int
+from circuitfind.metrics import MetricKind
+from circuitfind.tasks import BUILTIN, is_task_file
 
 __all__ = [
     "CELL_DEFAULTS",
@@ -54,6 +58,10 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_MAX_CELLS = 10_000
 """The most cells a spec may expand to unless it says otherwise (``max_cells``): a typo such as a list of a
 million seeds is refused in milliseconds instead of building the cells for a minute first."""
+
+
+CELL_OPTIONS = ("threshold", "n_edges", "target", "steps", "batch_size", "absolute")
+"""The :class:`Cell` fields that are ``discover`` options (see :meth:`Cell.discover_options`)."""
 
 
 class SpecError(ConfigError):
@@ -121,6 +129,19 @@ class Cell:
     def worker_key(self) -> tuple[str, float, float]:
         """Cells with one key share workers: the model loaded once, the same resources."""
         return (self.model, self.num_cpus, self.num_gpus)
+
+    def discover_options(self) -> dict[str, Any]:
+        """The cell's ``discover`` options: each one set, and one left at the cell's default only when the method
+        takes it (a cell's default ``steps=5`` is not passed to ACDC; ``steps=10`` with ACDC is refused).
+
+        Example:
+            >>> Cell(model="gpt2", task="ioi", method="acdc", threshold=0.05).discover_options()
+            {'threshold': 0.05, 'absolute': False}
+            >>> Cell(model="gpt2", task="ioi", method="eap").discover_options()  # EAP takes no steps
+            {'absolute': False}
+        """
+        defaults = {f.name: f.default for f in dataclasses.fields(Cell)}
+        return given_options({name: getattr(self, name) for name in CELL_OPTIONS}, self.method, defaults)
 
     @property
     def cut(self) -> str:
@@ -212,7 +233,7 @@ def parse_spec(data: Any, *, default_name: str = "sweep") -> SweepSpec:
         ...     parse_spec({"out": "o", "grid": {"model": "m", "task": "ioi", "seed": "0"}})
         ... except SpecError as e:
         ...     print(e)
-        spec field 'grid.seed': expected an integer; got '0'
+        spec field 'grid.seed' must be an integer; got '0'. Pass 0 as a number, not a string
     """
     if not isinstance(data, Mapping):
         raise SpecError(f"a sweep spec must be a JSON object with 'out' and 'grid'; got {type(data).__name__}")
@@ -282,7 +303,7 @@ def _expand(where: str, grid: Any, defaults: Mapping[str, Any]) -> list[Cell]:
     for combo in itertools.product(*axes.values()):
         fields = {**base, **dict(zip(axes, combo, strict=True))}
         fields["model"] = _local_path(fields["model"])
-        fields["task"] = _local_path(fields["task"]) if _is_task_file(fields["task"]) else fields["task"]
+        fields["task"] = _local_path(fields["task"]) if is_task_file(fields["task"]) else fields["task"]
         for name in ("threshold", "target", "num_cpus", "num_gpus"):
             if fields[name] is not None:
                 fields[name] = float(fields[name])
@@ -298,16 +319,8 @@ def _local_path(text: str) -> str:
     return str(p.absolute()) if p.exists() else text
 
 
-def _is_task_file(task: str) -> bool:
-    return task.lower().endswith((".json", ".jsonl"))
-
-
 def _check_field(where: str, key: str, value: Any) -> None:
     """One value of one cell field, checked on its own (types and ranges)."""
-    from circuitfind.algorithms import METHODS
-    from circuitfind.engine.ablations import Ablation
-    from circuitfind.metrics import MetricKind
-    from circuitfind.tasks import BUILTIN
 
     def fail(expected: str) -> None:
         raise SpecError(f"spec field '{where}': expected {expected}; got {value!r}")
@@ -319,7 +332,7 @@ def _check_field(where: str, key: str, value: Any) -> None:
         raise SpecError(f"unknown cell field '{where}'; expected one of {list(CELL_FIELDS)}")
     if key in ("model", "task") and (not isinstance(value, str) or not value.strip()):
         fail("a non-empty string")
-    if key == "task" and not _is_task_file(value) and value.strip().lower().replace("_", "-") not in BUILTIN:
+    if key == "task" and not is_task_file(value) and value.strip().lower().replace("_", "-") not in BUILTIN:
         fail(f"a built-in task ({', '.join(sorted(BUILTIN))}) or a .json/.jsonl task file")
     if key == "method" and value not in METHODS:
         fail(f"one of {sorted(METHODS)}")
@@ -354,11 +367,9 @@ def _check_field(where: str, key: str, value: Any) -> None:
 
 def _check_cell(where: str, cell: Cell, axes: Mapping[str, Any]) -> None:
     """The rules across fields (one cut for scoring methods, ...), as ``discover`` applies them."""
-    from circuitfind.discovery import _check_selection
-
     try:
-        _check_selection(cell.method, cell.threshold, cell.n_edges, cell.target, cell.steps)
+        plan(cell.method, None, cell.discover_options())
     except ConfigError as e:
-        named = [k for k in ("method", "threshold", "n_edges", "target", "steps") if k in axes]
+        named = [k for k in ("method", *CELL_OPTIONS) if k in axes]
         fields = ", ".join(f"'{where}.{k}'" for k in named) or f"'{where}'"
         raise SpecError(f"spec field(s) {fields}: the cell {cell.label!r} is invalid: {e}") from None

@@ -17,8 +17,8 @@ from circuitfind.tasks.builtin import BUILTIN, get_task
 from circuitfind.tasks.greater_than import make_greater_than
 from circuitfind.tasks.induction import make_induction
 from circuitfind.tasks.ioi import ioi_positions, make_ioi
-from circuitfind.tasks.jsonio import from_json, to_json
-from circuitfind.tasks.resolve import resolve_task
+from circuitfind.tasks.jsonio import from_json, is_task_file, to_json
+from circuitfind.tasks.resolve import resolve_task, split_task
 
 __all__ = [
     "BUILTIN",
@@ -28,10 +28,12 @@ __all__ = [
     "from_json",
     "get_task",
     "ioi_positions",
+    "is_task_file",
     "make_greater_than",
     "make_induction",
     "make_ioi",
     "resolve_task",
+    "split_task",
     "task_from_tensors",
     "to_json",
 ]

@@ -321,9 +321,9 @@ def build_from_strings(
             "give one corrupted prompt per clean prompt"
         )
     n = len(clean)
-    for label, seq in (("answers", answers), ("wrong_answers", wrong_answers)):
-        if seq is not None and (isinstance(seq, str) or len(seq) != n):
-            found = "one string" if isinstance(seq, str) else f"{len(seq)} entries"
+    for label, given in (("answers", answers), ("wrong_answers", wrong_answers)):
+        if given is not None and (isinstance(given, str) or len(given) != n):
+            found = "one string" if isinstance(given, str) else f"{len(given)} entries"
             raise TaskError(f"{label} needs one entry per prompt ({n}); got {found}")
 
     prefix = bos_prefix(tokenizer, prepend_bos)

@@ -46,7 +46,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -54,7 +54,22 @@ from circuitfind.errors import TaskError, check_int, check_optional_int
 from circuitfind.fileio import atomic_write
 from circuitfind.tasks.base import PAD_ANSWER, Task, build_from_ids, build_from_strings, pad_id_of
 
-__all__ = ["check_task_file", "from_json", "to_json"]
+__all__ = ["TASK_FILE_SUFFIXES", "check_task_file", "from_json", "is_task_file", "to_json"]
+
+TASK_FILE_SUFFIXES = (".json", ".jsonl")
+"""A task argument ending in one of these (any case) names a task file; anything else a built-in task."""
+
+
+def is_task_file(task: str | Path) -> bool:
+    """Whether the task argument ``task`` names a task file (``.json`` / ``.jsonl``, any case) rather than a
+    built-in task: the one rule the API, the command line and sweep specs share.
+
+    Example:
+        >>> is_task_file("prompts/IOI.JSONL"), is_task_file("greater-than")
+        (True, False)
+    """
+    return str(task).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
 
 _TOP_KEYS = ("name", "metric", "seed", "n_train", "prepend_bos", "pad_id", "seq_len", "prompts")
 _STRING_FIELDS = ("clean", "corrupted", "answers", "wrong_answers")
@@ -113,7 +128,7 @@ def from_json(
     if not items:
         raise TaskError(f"{label}: the file holds no prompt; add at least one prompt object")
 
-    opts = {
+    opts: dict[str, Any] = {  # their types are checked next
         "name": name if name is not None else options.get("name", path.stem),
         "metric": metric if metric is not None else options.get("metric", "logit_diff"),
         "seed": seed if seed is not None else options.get("seed", 0),
@@ -362,7 +377,7 @@ def _list_prefix(text: str, label: str, max_prompts: int) -> list[Any] | None:
         column = pos - (text.rfind("\n", 0, pos) + 1) + 1
         return TaskError(f"{label}: not valid JSON (line {line}, column {column}): {msg}")
 
-    i = _WHITESPACE.match(text, i).end()
+    i = _skip_whitespace(text, i)
     if text.startswith("]", i):
         return items if not text[i + 1 :].strip() else None
     while len(items) < max_prompts:
@@ -373,13 +388,20 @@ def _list_prefix(text: str, label: str, max_prompts: int) -> list[Any] | None:
         except RecursionError:
             raise TaskError(f"{label}: {_TOO_DEEP}") from None
         items.append(item)
-        i = _WHITESPACE.match(text, i).end()
+        i = _skip_whitespace(text, i)
         if text.startswith("]", i):
             return items if not text[i + 1 :].strip() else None
         if not text.startswith(",", i):
             raise fail("Expecting ',' delimiter", i)
-        i = _WHITESPACE.match(text, i + 1).end()
+        i = _skip_whitespace(text, i + 1)
     return items
+
+
+def _skip_whitespace(text: str, i: int) -> int:
+    """The index of the first character at or after ``i`` that is not JSON whitespace."""
+    match = _WHITESPACE.match(text, i)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
 
 
 def _check_option_types(opts: dict[str, Any], label: str) -> None:
@@ -449,7 +471,7 @@ def _vocab_size(tokenizer: Any) -> int | None:
     return n if _is_int(n) and n > 0 else None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -461,7 +483,13 @@ def _task_from_ids(
     locate: Callable[[int], str],
 ) -> Task:
     required = ("clean_ids", "corrupted_ids", "answer_ids")
-    clean, corrupted, answers, wrong, pos, prompts, corrupted_prompts = [], [], [], [], [], [], []
+    clean: list[list[int]] = []
+    corrupted: list[list[int]] = []
+    answers: list[list[int]] = []
+    wrong: list[list[int]] = []
+    pos: list[int] = []
+    prompts: list[str] = []
+    corrupted_prompts: list[str] = []
     vocab = _vocab_size(tokenizer)
     for i, item in enumerate(items):
         where = locate(i)

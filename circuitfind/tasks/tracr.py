@@ -18,6 +18,7 @@ from torch import Tensor
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
 from circuitfind.metrics import output_mse
+from circuitfind.models.tracr import TRACR_MODELS, TracrTokenizer, load_tracr
 from circuitfind.tasks.base import Task
 
 __all__ = ["TracrSetup", "tracr_setup"]
@@ -97,8 +98,6 @@ def tracr_setup(name: str, *, n_sequences: int | None = None, seed: int = 0) -> 
         >>> len(setup.task), setup.task.seq_len
         (81, 4)
     """
-    from circuitfind.models.tracr import TRACR_MODELS, TracrTokenizer, load_tracr
-
     name = name.removeprefix("tracr-")
     if name not in TRACR_MODELS:
         raise ConfigError(f"unknown tracr model {name!r}; expected one of {', '.join(TRACR_MODELS)}")

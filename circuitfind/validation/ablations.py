@@ -13,7 +13,11 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
+from circuitfind.discovery import discover
 from circuitfind.engine.ablations import Ablation
+from circuitfind.engine.patchable import resolve_model
+from circuitfind.tasks import resolve_task
+from circuitfind.validation.heldout import heldout_rows
 
 __all__ = ["ABLATIONS", "ablation_sensitivity", "jaccard"]
 
@@ -65,11 +69,6 @@ def ablation_sensitivity(
         >>> sorted(k for k in res if k in ABLATIONS), res["resample"]["jaccard"]
         (['mean', 'resample', 'zero'], 1.0)
     """
-    from circuitfind.discovery import discover
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-    from circuitfind.validation.heldout import heldout_rows
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     own = Ablation.parse(circuit.config.get("ablation", "resample")).value

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.graph import NodeKind
+from circuitfind.tasks import resolve_task
 from circuitfind.validation.probes import NodeProbes, check_probes, circuit_nodes
 
 __all__ = ["DEFAULT_PROBES", "MINIMALITY_THRESHOLD", "completeness", "minimality"]
@@ -49,9 +51,6 @@ class _Ctx:
 
 
 def _context(model, circuit, task, *, metric, ablation, probes, seed, tokenizer) -> _Ctx:
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     mask = circuit.mask if isinstance(circuit, Circuit) else circuit
@@ -248,7 +247,7 @@ def minimality(
         raise ConfigError(f"threshold must be a number >= 0 (a fraction of |F(M) - F(empty)|); got {threshold!r}")
     ctx = _context(model, circuit, task, metric=metric, ablation=ablation, probes=probes, seed=seed,
                    tokenizer=tokenizer)  # fmt: skip
-    best = {v: {"score": -1.0, "k": [], "tried": 0} for v in ctx.nodes}
+    best: dict[int, dict[str, Any]] = {v: {"score": -1.0, "k": [], "tried": 0} for v in ctx.nodes}
     _minimal_round(ctx, best, [], ctx.nodes)  # K empty
     _minimal_round(ctx, best, None, ctx.nodes)  # K = every other node
     for _ in range(10 * probes):  # bounded: a draw that leaves nothing to test is skipped

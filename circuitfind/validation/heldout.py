@@ -13,6 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
+from circuitfind.evaluate.circuits import faithfulness_many
+from circuitfind.selection.bootstrap import faithfulness_intervals
+
 __all__ = ["N_BOOT_CI", "heldout_rows"]
 
 N_BOOT_CI = 1000
@@ -38,16 +41,14 @@ def heldout_rows(
         >>> row["n_prompts"], row["ci"] is None or row["ci"][0] <= row["ci"][1]
         (3, True)
     """
-    from circuitfind.evaluate.circuits import faithfulness_many
-
     rows = faithfulness_many(pm, list(masks), task, metric=metric, ablation=ablation)
     per = [r.get("per_prompt") for r in rows]
     if not rows or any(p is None for p in per) or all("ci" in r for r in rows):  # the evaluator's own intervals
         return [{**{k: v for k, v in r.items() if k != "per_prompt"}, "ci": _pair(r.get("ci"))} for r in rows]
-    from circuitfind.selection.bootstrap import faithfulness_intervals
 
+    known = [p for p in per if p is not None]  # all of them (checked above)
     cis = faithfulness_intervals(
-        [p["circuit"] for p in per], per[0]["full"], per[0]["empty"], n_boot=n_boot, level=level, seed=seed
+        [p["circuit"] for p in known], known[0]["full"], known[0]["empty"], n_boot=n_boot, level=level, seed=seed
     )
     out = []
     for r, ci in zip(rows, cis, strict=True):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.errors import ConfigError, check_int
+from circuitfind.evaluate.circuits import DEFAULT_MEMORY_BUDGET, _Evaluator
 
 __all__ = ["NodeProbes", "circuit_nodes", "check_probes"]
 
@@ -49,8 +50,6 @@ class NodeProbes:
     """
 
     def __init__(self, pm: Any, task: Any, *, metric: Any, ablation: str, budget: int) -> None:
-        from circuitfind.evaluate.circuits import DEFAULT_MEMORY_BUDGET, _Evaluator
-
         self.pm, self.graph = pm, pm.graph
         self.ev = _Evaluator(
             pm, task, metric, ablation, reference=None, batch_masks=None, memory_budget=DEFAULT_MEMORY_BUDGET

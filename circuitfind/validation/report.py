@@ -22,17 +22,28 @@ from typing import Any
 import torch
 
 from circuitfind.circuit import Circuit
-from circuitfind.errors import TaskError
-from circuitfind.validation.completeness import DEFAULT_PROBES
+from circuitfind.discovery import discover
+from circuitfind.engine.patchable import resolve_model
+from circuitfind.errors import ConfigError, TaskError
+from circuitfind.fileio import atomic_write
+from circuitfind.selection.cuts import prune_dangling, top_n
+from circuitfind.tasks import resolve_task
+from circuitfind.validation.ablations import ablation_sensitivity
+from circuitfind.validation.completeness import DEFAULT_PROBES, completeness, minimality
+from circuitfind.validation.heldout import heldout_rows
+from circuitfind.validation.report_html import render_report, summary_rows
+from circuitfind.validation.stability import stability
 
 __all__ = ["REPORT_VERSION", "Report", "build_report", "size_curves", "write_report"]
 
 REPORT_VERSION = 1
 CUT_OPTIONS = ("threshold", "n_edges", "n_nodes", "target", "band", "select", "confidence")  # how a run cuts
 STABILITY_CUTS = ("size", "same")
-"""How the stability resamples cut their rankings: ``size`` (the top-k of each resample's own scores, k the main
-run's cut: the selected edges' stability at that size, one scoring pass per resample) or ``same`` (the main run's
-own cut options rerun on each resample, size search included: several times the cost)."""
+"""How the reruns of discovery (the stability resamples, and the rediscovery under each other ablation) cut their
+rankings: ``size`` (the top-k of each rerun's own scores, k the main run's cut: which edges each rerun ranks
+highest at the circuit's size, one scoring pass per rerun) or ``same`` (the main run's own cut options rerun, size
+search included: several times the cost, and under an ablation where no small circuit reaches the target the
+rerun returns the whole graph, so its Jaccard only says that)."""
 CURVE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)  # curve sizes, as multiples of the circuit's cut
 
 
@@ -71,7 +82,8 @@ def build_report(
         probes: the budget of completeness and of minimality (masks each may evaluate).
         workers: processes for the stability resamples.
         check_ablation: the ablation of completeness and minimality (``mean``, as in the IOI paper).
-        stability_cut: ``size`` or ``same`` (:data:`STABILITY_CUTS`).
+        stability_cut: ``size`` or ``same`` (:data:`STABILITY_CUTS`): the cut of the stability resamples and of
+            the rediscovery under each other ablation.
         classes: ``{class: [node names]}`` for completeness (e.g. IOI head classes).
         tokenizer: for tasks given by name.
         progress: progress bars; on_stage: called with each stage's name as it starts.
@@ -86,14 +98,6 @@ def build_report(
         >>> rep.data["heldout"]["n_prompts"], rep.data["stability"]["n_boot"], rep.circuit.n_edges <= 4
         (2, 2, True)
     """
-    from circuitfind.discovery import discover
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.tasks import resolve_task
-    from circuitfind.validation.ablations import ablation_sensitivity
-    from circuitfind.validation.completeness import completeness, minimality
-    from circuitfind.validation.heldout import heldout_rows
-    from circuitfind.validation.stability import stability
-
     pm, tokenizer = resolve_model(model, tokenizer)
     task = resolve_task(task, tokenizer)
     _check_split(task)
@@ -116,7 +120,7 @@ def build_report(
     with stage("minimality"):
         mini = minimality(pm, circuit, task, ablation=check_ablation, metric=metric, probes=probes, seed=seed)
     with stage("ablations"):
-        rest = {k: v for k, v in opts.items() if k not in ("ablation",)}
+        rest = {k: v for k, v in _stability_options(opts, circuit, stability_cut).items() if k != "ablation"}
         abl = ablation_sensitivity(pm, circuit, task, method=method, **rest)
     times["total"] = sum(times.values())
     data = {
@@ -149,8 +153,6 @@ def build_report(
 
 def _stability_options(opts: dict[str, Any], circuit: Circuit, cut: str) -> dict[str, Any]:
     """The discovery options of the stability resamples (see :data:`STABILITY_CUTS`)."""
-    from circuitfind.errors import ConfigError
-
     if cut not in STABILITY_CUTS:
         raise ConfigError(f"stability_cut must be one of {STABILITY_CUTS}; got {cut!r}")
     if cut == "same":
@@ -234,9 +236,6 @@ def size_curves(pm: Any, circuit: Circuit, task: Any, *, metric: Any, ablation: 
         >>> len(cur["discovery"]) == len(cur["heldout"]) == len(cur["k"])
         True
     """
-    from circuitfind.selection.cuts import prune_dangling, top_n
-    from circuitfind.validation.heldout import heldout_rows
-
     g = pm.graph
     cut = int(circuit.stats.get("k") or circuit.n_edges or 1)
     ks = sorted({min(g.n_edges, max(1, round(cut * s))) for s in CURVE_SCALES})
@@ -259,7 +258,7 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
     return {"n_edges": row["n_edges"], "faithfulness": row["faithfulness"], "ci": row.get("ci")}
 
 
-def _validation_points(stats: dict[str, Any]) -> list[dict[str, Any]]:
+def _validation_points(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The validated size selection's probes: faithfulness on prompts not used to score them, with intervals
     (``circuit.stats["validation"]["probes"]``; none for ``select="train"`` or a method without a size search).
     The size is the mean over folds of the probe's edges after pruning; add-back probes (``m > 0``) are left out."""
@@ -296,8 +295,6 @@ def report_table(data: dict[str, Any]) -> str:
         >>> report_table(rep.data).splitlines()[0].startswith("check")
         True
     """
-    from circuitfind.validation.report_html import summary_rows
-
     rows = summary_rows(data)
     for name in ("resample", "mean", "zero"):
         r = data["ablations"].get(name)
@@ -324,9 +321,6 @@ def write_report(report: Report, out: str | Path) -> list[Path]:
         >>> [p.name for p in write_report(rep, tmp_path)]
         ['circuit.json', 'report.json', 'report.html']
     """
-    from circuitfind.fileio import atomic_write
-    from circuitfind.validation.report_html import render_report
-
     out = Path(out)
     text = json.dumps(report.data, indent=1, allow_nan=False)
     return [

@@ -22,8 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitfind.errors import ConfigError, check_int
+from circuitfind.engine.patchable import resolve_model
+from circuitfind.errors import ConfigError, TaskError, check_int
 from circuitfind.graph import Graph
+from circuitfind.selection.bootstrap import resample_indices
+from circuitfind.validation.heldout import heldout_rows
+from circuitfind.validation.stability_runs import build_named_task, run_local, run_on_ray
 
 __all__ = [
     "CORE_LEVEL",
@@ -222,20 +226,13 @@ def stability(
         >>> st.n_boot, tuple(st.masks.shape[1:]) == tuple(pm.graph.edge_mask.shape), 0 < st.jaccard_mean <= 1
         (3, True, True)
     """
-    from circuitfind.selection.bootstrap import resample_indices
-
     _check_options(n_boot, workers, discover_options)
     t0 = time.perf_counter()
     if address is not None:
-        from circuitfind.validation.stability_runs import run_on_ray
-
         spec = {"model": model, "task": task, "n_prompts": n_prompts, "held_out": held_out, "task_seed": task_seed}
         pm, full_task, masks = run_on_ray(spec, method, n_boot, seed, discover_options, address, out, progress)
         how = f"Ray cluster {address}"
     else:
-        from circuitfind.engine.patchable import resolve_model
-        from circuitfind.validation.stability_runs import build_named_task, run_local
-
         pm, tokenizer = resolve_model(model, tokenizer)
         full_task = build_named_task(task, tokenizer, n_prompts, held_out, task_seed)
         draws = resample_indices(len(full_task.train()), n_boot, seed)
@@ -275,9 +272,6 @@ def _summarise(pm, task, masks, draws, seed, core_level, method, options, how, t
 
 
 def _core_heldout(pm, core: Tensor, task, options: dict[str, Any]) -> dict[str, Any] | None:
-    from circuitfind.errors import TaskError
-    from circuitfind.validation.heldout import heldout_rows
-
     try:
         held = task.held_out()
     except TaskError:

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitfind.discovery import discover
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import CircuitfindError, ConfigError
+from circuitfind.selection.bootstrap import resample_indices
+from circuitfind.sweeps import sweep
+from circuitfind.sweeps.cell import build_task
+from circuitfind.sweeps.spec import Cell
+from circuitfind.tasks import resolve_task
 
 __all__ = ["build_named_task", "discover_resample", "run_local", "run_on_ray", "stability_cell"]
 
@@ -28,19 +35,12 @@ def build_named_task(task: Any, tokenizer: Any, n_prompts: int, held_out: int, t
     """A :class:`Task` as given, or a task name / file built as a sweep cell builds it (the same prompts here
     and on Ray): ``n_prompts`` for discovery, then ``held_out`` more."""
     if not isinstance(task, str):
-        from circuitfind.tasks import resolve_task
-
         return resolve_task(task, tokenizer)
-    from circuitfind.sweeps.cell import build_task
-    from circuitfind.sweeps.spec import Cell
-
     return build_task(Cell(model="", task=task, n_prompts=n_prompts, held_out=held_out, seed=task_seed), tokenizer)
 
 
 def discover_resample(pm: Any, train: Any, rows: Tensor, method: str, options: dict[str, Any]) -> Tensor:
     """The ``(S, R)`` bool circuit :func:`circuitfind.discover` finds on the prompts ``rows`` of ``train``."""
-    from circuitfind.discovery import discover
-
     return discover(pm, train.subset(rows), method=method, progress=False, **options).mask.cpu()
 
 
@@ -84,7 +84,11 @@ def _run_forked(pm, train, draws: Tensor, method: str, options: dict[str, Any], 
             bar.update()
     finally:
         for p in procs:
-            p.join(timeout=1.0) if not p.is_alive() else (p.terminate(), p.join())
+            if p.is_alive():
+                p.terminate()
+                p.join()
+            else:
+                p.join(timeout=1.0)
     return torch.stack([masks[b] for b in range(len(draws))])
 
 
@@ -125,9 +129,6 @@ def _bar(total: int, enabled: bool):
 def stability_cell(cell: Any, pm: Any, tokenizer: Any) -> dict[str, Any]:
     """A sweep cell function: the circuit of resample ``cell.options["resample"]`` (drawn from
     ``cell.options["seed"]`` over ``cell.options["n_boot"]`` resamples) of the cell's discovery prompts."""
-    from circuitfind.selection.bootstrap import resample_indices
-    from circuitfind.sweeps.cell import build_task
-
     opts = cell.options
     train = build_task(cell, tokenizer).train()
     rows = resample_indices(len(train), opts["n_boot"], opts["seed"])[opts["resample"]]
@@ -138,9 +139,6 @@ def stability_cell(cell: Any, pm: Any, tokenizer: Any) -> dict[str, Any]:
 
 def run_on_ray(spec: dict[str, Any], method, n_boot, seed, options, address, out, progress) -> tuple[Any, Any, Tensor]:
     """The resamples as sweep cells on the cluster at ``address``; returns the local model, task and masks."""
-    from circuitfind.engine.patchable import resolve_model
-    from circuitfind.sweeps import sweep
-
     model, task = spec["model"], spec["task"]
     if not isinstance(model, str) or not isinstance(task, str):
         raise ConfigError(
@@ -157,7 +155,7 @@ def run_on_ray(spec: dict[str, Any], method, n_boot, seed, options, address, out
         rows = {r["spec"]["options"]["resample"]: r for r in res.rows()}
     pm, tokenizer = resolve_model(model)
     full_task = build_named_task(task, tokenizer, spec["n_prompts"], spec["held_out"], spec["task_seed"])
-    return pm, full_task, _masks_of(rows, n_boot, tuple(pm.graph.edge_mask.shape))
+    return pm, full_task, _masks_of(rows, n_boot, (pm.graph.n_senders, pm.graph.n_receivers))
 
 
 def _masks_of(rows: dict[int, dict[str, Any]], n_boot: int, shape: tuple[int, int]) -> Tensor:

@@ -14,8 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from circuitfind.engine.patchable import resolve_model
 from circuitfind.errors import ConfigError
 from circuitfind.fileio import atomic_write
+from circuitfind.tasks import resolve_task
 from circuitfind.viewer.data import DEFAULT_MAX_PROMPTS, ExplorerData, collect, empty
 from circuitfind.viewer.payload import DEFAULT_MAX_EDGES, build_payload
 
@@ -117,9 +119,6 @@ def to_html(
             f"graph and the run's record only); got {'model' if task is None else 'task'} alone"
         )
     if data is None and model is not None:
-        from circuitfind.engine.patchable import resolve_model
-        from circuitfind.tasks import resolve_task
-
         pm, tokenizer = resolve_model(model, tokenizer)
         n = int(circuit.config.get("n_prompts") or max_prompts)
         seed = int(circuit.config.get("seed") or 0)

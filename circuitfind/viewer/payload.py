@@ -3,7 +3,9 @@
 Layout (``version`` 1)::
 
     {"version": 1, "model": str,
-     "graph": {"n_layers", "n_heads", "parallel", "n_edges"},
+     "graph": {"n_layers", "n_heads", "parallel", "n_edges",
+               "nodes": {"name", "kind", "layer", "head"},        # S + 1 each: the senders, then the logits
+               "receivers": {"node", "channel", "name"}},         # R each: node index, "q"/"k"/"v" or null
      "edges": {"s": [...], "r": [...], "score": [...], "n_ranked": m},   # sender / receiver indices
                # a position-aware circuit adds "at": [labels of each edge's kept positions, "S2,END"]
      "kept": [...],                      # indices into "edges" of the saved circuit's edges
@@ -18,8 +20,10 @@ Layout (``version`` 1)::
 The first ``n_ranked`` edges are the circuit's top edges by score, best first, exactly as
 :func:`circuitfind.selection.edge_ranking` orders them (signed, or by ``|score|`` when the run was
 ``absolute``; unscored edges are not ranked): the explorer's top-k is the first k of them. At most
-``cap`` are embedded; kept edges outside them follow. Attention probabilities are stored as bytes
-(``round(255 p)``), the lower triangle of each head's ``n x n`` pattern, layer by layer and head by head.
+``cap`` are embedded; kept edges outside them follow. Node and receiver names, kinds and places come from
+:mod:`circuitfind.graph`, so the explorer never spells a name or recomputes the index layout itself.
+Attention probabilities are stored as bytes (``round(255 p)``), the lower triangle of each head's ``n x n``
+pattern, layer by layer and head by head.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from circuitfind.errors import ConfigError, check_int
 from circuitfind.export import _jsonable
+from circuitfind.graph import Graph
 from circuitfind.selection.cuts import edge_ranking
 from circuitfind.viewer.data import ExplorerData
 
@@ -162,6 +167,28 @@ def _classes_part(hc: Any, n_layers: int, n_heads: int) -> dict[str, Any]:
     }
 
 
+def _graph_section(g: Graph) -> dict[str, Any]:
+    """The graph's size, and its nodes and receivers as :mod:`circuitfind.graph` names and places them."""
+    nodes = [*g.senders, g.receivers[g.logits_receiver].node]  # (S + 1,), the order of g.node_names
+    return {
+        "n_layers": g.n_layers,
+        "n_heads": g.n_heads,
+        "parallel": g.parallel,
+        "n_edges": g.n_edges,
+        "nodes": {
+            "name": list(g.node_names),
+            "kind": [n.kind.value for n in nodes],
+            "layer": [n.layer for n in nodes],
+            "head": [n.head for n in nodes],
+        },
+        "receivers": {
+            "node": g.receiver_nodes.tolist(),
+            "channel": [None if r.channel is None else r.channel.value for r in g.receivers],
+            "name": list(g.receiver_names),
+        },
+    }
+
+
 def build_payload(
     circuit,
     data: ExplorerData | None = None,
@@ -197,7 +224,7 @@ def build_payload(
     payload: dict[str, Any] = {
         "version": PAYLOAD_VERSION,
         "model": circuit.model,
-        "graph": {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel": g.parallel, "n_edges": g.n_edges},
+        "graph": _graph_section(g),
         "edges": {
             "s": [f // g.n_receivers for f in all_flat],
             "r": [f % g.n_receivers for f in all_flat],

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from circuitfind.algorithms import EapOptions, run_eap, run_eap_ig_act
-from circuitfind.algorithms.eap_ig_act import sender_groups
+from circuitfind.algorithms.eap_ig_act import activation_gradients, sender_groups
+from circuitfind.errors import ConfigError
 from tests.toy_problems import NAMES, loss_at, problem_of
 
 
@@ -90,3 +91,10 @@ def test_chunks_and_a_loss_that_is_not_a_mean_change_nothing(name):
     torch.testing.assert_close(run_eap_ig_act(squared, EapOptions(steps=2, chunk_size=2)).scores, whole)
     wrong = run_eap_ig_act(dataclasses.replace(squared, separable=True), EapOptions(steps=2, chunk_size=2)).scores
     assert float((wrong - whole).abs().max()) > 1e-3 * float(whole.abs().max())
+
+
+def test_activation_gradients_refuses_zero_steps():
+    # no point on the path used to reach the contraction with no gradient and fail there (a TypeError)
+    p = problem_of("gpt2", "logit_diff")
+    with pytest.raises(ConfigError, match="steps.*got 0"):
+        activation_gradients(p, 0)

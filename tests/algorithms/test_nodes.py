@@ -13,7 +13,9 @@ import torch
 
 import circuitfind as cf
 from circuitfind.algorithms import EapOptions, ExactOptions, run_eap, run_exact
+from circuitfind.algorithms.units import node_cut
 from circuitfind.errors import ConfigError
+from circuitfind.graph import Graph
 from circuitfind.selection.cuts import prune_dangling
 from tests.toy_problems import NAMES, PMS, logit_diff_faithfulness, loss_at, natural_task, problem_of
 
@@ -141,3 +143,10 @@ def test_node_circuit_file_round_trip_and_exports(tmp_path):
 def test_bad_node_options_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         cf.discover(PMS[NAMES[0]], TASKS[NAMES[0]], metric="logit_diff", progress=False, **kwargs)
+
+
+def test_a_target_cut_without_a_faithfulness_function_is_a_config_error():
+    # it used to call None and fail as "'NoneType' object is not callable"
+    g = Graph(1, 1)
+    with pytest.raises(ConfigError, match="needs a faithfulness function"):
+        node_cut(g, torch.tensor([3.0, 1.0, 2.0]), None, target=0.5)

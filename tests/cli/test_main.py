@@ -17,7 +17,7 @@ from safetensors import safe_open
 import circuitfind.algorithms.checkpoint as ckpt_mod
 from circuitfind.algorithms import AcdcState
 from circuitfind.circuit import Circuit
-from circuitfind.cli.main import CHECKPOINT_NAME, build_parser, main
+from circuitfind.cli.main import CHECKPOINT_NAME, build_parser, discover_options, main
 from circuitfind.discovery import discover
 from circuitfind.tasks import Task, to_json
 from tests.cli_runs import discover_cli
@@ -202,13 +202,34 @@ def test_info_prints_family_and_graph(model_dir, capsys):
 
 
 def test_parser_defaults_match_discover():
-    """Every option the command line passes on to discover() defaults to discover's own default."""
+    """The arguments the command line always passes default to discover's own defaults; every method option
+    defaults to not given, so the command line passes only the options the user gave."""
     args = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x"])
     defaults = inspect.signature(discover).parameters
-    shared = ("method", "threshold", "n_edges", "target", "steps", "metric", "ablation", "absolute")
-    shared += ("sender_order", "batch_size", "resume", "progress")
+    shared = ("method", "metric", "ablation", "progress")
     assert {name: getattr(args, name) for name in shared} == {name: defaults[name].default for name in shared}
     assert args.model is None  # the offline default model, as load_model() chooses it
+    assert discover_options(args) == {}
+    flags = ["--method", "eap-ig", "--steps", "3", "--absolute", "--band", "0.8", "1.2", "--level", "node"]
+    flags += ["--n-nodes", "4", "--select", "train", "--chunk-size", "2", "--sender-order", "reverse"]
+    given = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x", *flags])
+    assert discover_options(given) == {
+        "steps": 3, "absolute": True, "band": (0.8, 1.2), "level": "node", "n_nodes": 4, "select": "train",
+        "chunk_size": 2, "sender_order": "reverse",
+    }  # fmt: skip
+    # edge pruning's gates are seeded by --seed (the prompts' seed); no other method takes a seed
+    pruning = build_parser().parse_args(["discover", "--task", "ioi", "--out", "x", "--method", "edge-pruning"])
+    assert discover_options(pruning) == {"seed": 0}
+
+
+def test_a_flag_the_method_does_not_take_is_refused_only_when_given(model_dir, tmp_path, capsys):
+    base = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--no-progress"]
+    base += ["--metric", "logit_diff", "--method", "eap", "--n-edges", "6"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--sender-order", "reverse", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'eap' does not support sender_order='reverse'" in err and "acdc" in err
 
 
 def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
@@ -582,3 +603,47 @@ def test_cli_heads_prints_top_heads_per_role(view_dir, tmp_path, capsys):
         assert re.search(rf"^{column}\s+a\d\.h\d", out, re.M), out
     table = json.loads(js.read_text())
     assert len(table["rows"]) == 4 and table["rows"][0]["head"] == "a0.h0"
+
+
+def test_reproduce_subcommand(tmp_path, capsys):
+    argv = ["reproduce", "tracr-proportion", "--thresholds", "0.01", "--n-prompts", "4", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "zero: AUC 1.000 vs ground_truth_acdc" in capsys.readouterr().out
+    assert main(["reproduce", "ioi", "--model", "tracr-reverse"]) == 2  # a tracr model runs its own task
+
+
+# --- --dtype and --device --------------------------------------------------------------------------------------
+def test_cli_takes_dtype_and_device():
+    args = build_parser().parse_args(["info", "--dtype", "bfloat16", "--device", "cpu"])
+    assert (args.dtype, args.device) == ("bfloat16", "cpu")
+    assert build_parser().parse_args(["info"]).dtype is None
+
+
+def test_cli_discovers_in_bfloat16_in_chunks_and_reports_the_peak(tok, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        initializer_range=0.5,
+    )
+    model_dir = tmp_path / "tiny-llama"
+    LlamaForCausalLM(cfg).eval().save_pretrained(model_dir)  # saved in float32
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    args = ["discover", "--model", str(model_dir), "--task", "ioi", "--n-prompts", "4", "--held-out", "0"]
+    args += ["--method", "eap-ig", "--n-edges", "10", "--metric", "logit_diff", "--dtype", "bfloat16"]
+    assert main([*args, "--chunk-size", "3", "--out", str(out), "--no-progress"]) == 0
+    assert "peak memory" in capsys.readouterr().out
+    circuit = Circuit.load(out / "circuit.json")
+    assert 0 < circuit.n_edges <= 10
+    assert circuit.stats["peak_memory"]["kind"] == "rss" and circuit.stats["peak_memory"]["bytes"] > 0
+    assert (circuit.stats["dtype"], circuit.stats["device"]) == ("bfloat16", "cpu")

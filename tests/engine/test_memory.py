@@ -19,10 +19,9 @@ from circuitfind.algorithms import (
     run_eap_ig_mask,
     run_exact,
 )
-from circuitfind.algorithms.base import Faithfulness
 from circuitfind.engine.memory import PeakMemory, estimate, peak_memory, prompt_slices, reset_peak_memory
 from circuitfind.errors import ConfigError
-from circuitfind.problem import prepare_problem
+from circuitfind.problem import Faithfulness, prepare_problem
 from circuitfind.tasks import Task
 from tests.toy_problems import NAMES, PMS, N, natural_task
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from circuitfind.algorithms import EapOptions, run_eap_ig
 from circuitfind.engine.ablations import Ablation
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, ShapeError, UnsupportedModelError
+from circuitfind.models.loading import load_model
+from circuitfind.problem import Faithfulness, prepare_problem
+from tests.families_tiny import NEW_FAMILIES
 from tests.models_tiny import FAMILIES, VOCAB, randomize_biases, tiny_gpt2, tiny_mistral, tiny_neox, tiny_qwen2
 from tests.reference_forward import assert_close, reference_forward
+from tests.toy_problems import natural_task
 
 B, T = 4, 7
 
@@ -316,3 +323,136 @@ def test_unknown_attention_layer_type_is_refused():
     model = tiny_qwen2(layer_types=["full_attention", "chunked_attention", "sliding_attention"])
     with pytest.raises(UnsupportedModelError, match="chunked_attention"):
         PatchableModel(model)
+
+
+# --- half precision: bfloat16 / float16 against float32 within the README's tolerances ("Precision and devices") --
+# The stated tolerances of bfloat16 against float32 (README, "Precision and devices").
+LOGIT_REL = 0.03  # max |logit error| / max |logit|, all edges kept
+HF_FACTOR = 4  # ... and at most this times transformers' own forward's error in that dtype
+LOSS_REL = 0.01  # |loss error| / (|loss(full)| + |loss(empty)|)
+FAITH_ABS = 0.02  # faithfulness of a circuit, when the full-to-empty gap is not tiny
+SPEARMAN = 0.98  # rank correlation of EAP-IG scores over all edges
+TOP_OVERLAP = 0.85  # shared fraction of the top 5% of edges by EAP-IG
+
+
+def _pair(name: str, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.nn.Module, torch.nn.Module]:
+    model = FAMILIES[name](init=0.2)  # logits of a few units, like a trained model's
+    randomize_biases(model)
+    return model, load_model(copy.deepcopy(model), dtype=dtype)[0]
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
+    return float(torch.corrcoef(ranks)[0, 1])
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_all_kept_logits_in_half_precision_match_float32(name, dtype):
+    m32, m16 = _pair(name, dtype)
+    pm = PatchableModel(m16)
+    assert pm.dtype == dtype
+    task = natural_task(PatchableModel(m32))
+    with torch.no_grad():
+        ref = m32(task.clean_ids, attention_mask=task.attention_mask).logits
+        hf16 = m16(task.clean_ids, attention_mask=task.attention_mask).logits.float()
+        abl = pm.ablation("resample", task.corrupted_ids, task.attention_mask)
+        ours = pm.forward(task.clean_ids, abl, pm.graph.full_mask(), attention_mask=task.attention_mask)
+    assert ours.dtype == dtype
+    real = task.attention_mask.bool()
+    err = (ours.float() - ref)[real].abs().max()
+    assert err <= LOGIT_REL * ref[real].abs().max()
+    # of the order of transformers' own forward in that dtype: the rounding is the dtype's; the patched forward
+    # rounds each head's output before summing them (one more rounding per head than a fused o_proj)
+    assert err <= HF_FACTOR * (hf16 - ref)[real].abs().max() + 1e-3
+
+
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
+ROUTING_FLIPS = 0.05  # MoE: positions whose near-tied top-k experts may route differently in bfloat16
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FAMILIES))
+def test_every_family_in_bfloat16_tracks_transformers_own_rounding(name):
+    m32 = NEW_FAMILIES[name]()
+    m16 = load_model(copy.deepcopy(m32), dtype="bfloat16")[0]
+    pm = PatchableModel(m16)
+    task = natural_task(PatchableModel(m32))
+    with torch.no_grad():
+        ref = m32(task.clean_ids, attention_mask=task.attention_mask).logits
+        hf16 = m16(task.clean_ids, attention_mask=task.attention_mask).logits.float()
+        abl = pm.ablation("resample", task.corrupted_ids, task.attention_mask)
+        ours = pm.forward(task.clean_ids, abl, pm.graph.full_mask(), attention_mask=task.attention_mask).float()
+    real = task.attention_mask.bool()
+    per_position = (ours - ref).abs().amax(-1)[real]  # (positions,)
+    within = per_position <= HF_FACTOR * (hf16 - ref)[real].abs().max() + 1e-3
+    # a mixture of experts routes each token to its top-k experts: where two are near-tied, bfloat16 rounding may
+    # pick the other one (one of 38 positions of the tiny OLMoE), a jump no tolerance on the rounding covers
+    assert float(within.float().mean()) >= (1 - ROUTING_FLIPS if name in MOE else 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_bfloat16_metric_faithfulness_and_eap_ig_match_float32(name):
+    m32, m16 = _pair(name)
+    pm32, pm16 = PatchableModel(m32), PatchableModel(m16)
+    task = natural_task(pm32)
+    p32 = prepare_problem(pm32, task, metric="logit_diff")[0]
+    p16 = prepare_problem(pm16, task, metric="logit_diff")[0]
+    f32, f16 = Faithfulness(p32), Faithfulness(p16)
+    scale = abs(f32.loss_full) + abs(f32.loss_empty)
+    assert abs(f16.loss_full - f32.loss_full) <= LOSS_REL * scale
+    assert abs(f16.loss_empty - f32.loss_empty) <= LOSS_REL * scale
+    g = pm32.graph
+    half = torch.rand(g.n_senders, g.n_receivers, generator=torch.Generator().manual_seed(0)) > 0.5
+    assert abs(f16(half) - f32(half)) <= FAITH_ABS
+
+    s32 = run_eap_ig(p32, EapOptions(steps=5)).scores[g.edge_mask]
+    s16 = run_eap_ig(p16, EapOptions(steps=5)).scores[g.edge_mask]
+    assert s16.dtype == torch.float64  # scores are accumulated wide whatever the model's dtype
+    assert _spearman(s32, s16) >= SPEARMAN
+    k = len(s32) // 20
+    shared = set(s32.topk(k).indices.tolist()) & set(s16.topk(k).indices.tolist())
+    assert len(shared) >= TOP_OVERLAP * k
+
+
+# --- position-aware masks (S, R, T) against the slow reference --------------------------------------------------------
+TP = 6  # tokens per prompt of the position-aware tests
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_position_masks_match_the_slow_reference_and_the_2d_forward(name):
+    pm = PatchableModel(MODELS[name])
+    g = pm.graph
+    gen = torch.Generator().manual_seed(1)
+    clean, corrupt = torch.randint(0, VOCAB, (2, 3, TP), generator=gen)
+    abl = pm.ablation("resample", corrupt)
+    mask3 = (torch.rand(g.n_senders, g.n_receivers, TP, generator=gen) < 0.5) & g.edge_mask[..., None]
+    with torch.no_grad():
+        out = pm.forward(clean, abl, mask3)
+        ref = reference_forward(pm.spec, g, clean, abl.outputs, mask3.float().unsqueeze(-1))
+        assert_close(out, ref)
+        # a mask constant over positions is the 2-D mask
+        mask2 = (torch.rand(g.n_senders, g.n_receivers, generator=gen) < 0.5) & g.edge_mask
+        flat = pm.forward(clean, abl, mask2)
+        assert torch.allclose(pm.forward(clean, abl, mask2[..., None].expand(-1, -1, TP)), flat, atol=1e-5)
+        # all kept: the model's logits; none kept: the corrupted run
+        hf = pm.module(clean).logits
+        full = g.full_mask()[..., None].expand(-1, -1, TP).clone()
+        assert torch.allclose(pm.forward(clean, abl, full), hf, atol=1e-4)
+        corrupted = pm.module(corrupt).logits
+        none = torch.zeros(g.n_senders, g.n_receivers, TP, dtype=torch.bool)
+        assert torch.allclose(pm.forward(clean, abl, none), corrupted, atol=1e-4)
+        # a stack (K, S, R, TP) is the masks one by one, answer positions and vocab columns included
+        stack = torch.stack([mask3, ~mask3])
+        last, vocab = torch.full((3,), TP - 1), torch.tensor([1, 5])
+        many = pm.forward(clean, abl, stack, positions=last, vocab=vocab)
+        assert torch.allclose(many[1], pm.forward(clean, abl, ~mask3, positions=last, vocab=vocab), atol=1e-5)
+        assert torch.allclose(many[0], out[:, -1, vocab], atol=1e-5)
+
+
+def test_position_masks_are_checked():
+    pm = PatchableModel(MODELS["gpt2"])
+    g = pm.graph
+    ids = torch.randint(0, VOCAB, (2, TP))
+    abl = pm.ablation("resample", ids)
+    with pytest.raises(ShapeError, match="one position per token"):
+        pm.forward(ids, abl, torch.ones(g.n_senders, g.n_receivers, TP + 1))

@@ -7,21 +7,24 @@ import math
 import pytest
 import torch
 
+import circuitfind as cf
 import circuitfind.discovery
-import circuitfind.reproduce.thresholds
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError
 from circuitfind.evaluate.circuits import (
     cpr_cmd_of_scores,
+    excluded_negative,
     faithfulness,
     faithfulness_many,
     random_baseline,
     random_circuits,
 )
+from circuitfind.graph import Graph
 from circuitfind.problem import ablation_for
-from circuitfind.reproduce.thresholds import roc_sweep, threshold_sweep
 from circuitfind.tasks import Task
+from circuitfind.validation import faithfulness_interval
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2
+from tests.toy_problems import PMS, natural_task
 
 N, T, N_TRAIN = 8, 7, 4
 
@@ -118,20 +121,6 @@ def test_cpr_cmd_of_scores(pm):
     assert math.isfinite(res["cpr"]) and res["cmd"] >= 0
 
 
-def test_roc_sweep_and_resume_from_cache(pm, tmp_path, monkeypatch):
-    task = _task()
-    (c,) = threshold_sweep(pm, task, [0.05], cache_dir=tmp_path, metric="kl")
-    assert len(list(tmp_path.glob("*.json"))) == 1 and not list(tmp_path.glob("*.ckpt"))
-
-    def no_discovery(*args, **kwargs):
-        raise AssertionError("the cached circuit should have been reused")
-
-    monkeypatch.setattr(circuitfind.reproduce.thresholds, "discover", no_discovery)
-    res = roc_sweep(pm, task, [0.05], c.mask, cache_dir=tmp_path, metric="kl", progress=True)  # same cache key
-    assert res["auc"] == 1.0 and res["points"][0]["tpr"] == 1.0 and res["points"][0]["fpr"] == 0.0
-    assert torch.equal(res["circuits"][0].mask, c.mask)
-
-
 def test_mean_ablation_uses_the_same_reference_in_discover_and_evaluate(pm):
     """One rule for the ablation (circuitfind.problem.ablation_for): a circuit found under mean ablation over a
     reference batch evaluates, on the same prompts with the same reference, to the metric discover recorded;
@@ -167,40 +156,53 @@ def test_ablation_for_builds_each_kind_from_the_right_prompts(pm):
         ablation_for(pm, task, "resample", reference=ref)
 
 
-# --- issue 19 item 5: the threshold-sweep cache keys on the one task fingerprint ---------------------------------
-def test_threshold_sweep_cache_is_not_served_for_other_answers_wrong_answers_or_weights(tmp_path, monkeypatch):
-    import copy
-    import dataclasses
+# --- intervals, per-prompt values, the two-sided reading (on a float64 toy problem) ------------------------------
+PM = PMS["gpt2"]
+TASK = natural_task(PM)
 
-    model = tiny_gpt2(n_layer=1, n_head=2, n_embd=8, init=0.2)
-    task = _task(n_train=None)
-    (first,) = threshold_sweep(model, task, [0.05], cache_dir=tmp_path, metric="logit_diff")
-    runs = []
 
-    def counting(*args, **kwargs):
-        runs.append(kwargs.get("threshold"))
-        return first
-
-    monkeypatch.setattr(circuitfind.reproduce.thresholds, "discover", counting)
-    assert threshold_sweep(model, task, [0.05], cache_dir=tmp_path, metric="logit_diff")[0].n_edges == first.n_edges
-    assert runs == []  # same fingerprint: served from the cache
-
-    def shifted(ids, avoid):  # other token ids, valid (>= 1) and different from ``avoid`` in every prompt
-        for k in range(1, VOCAB):
-            new = (ids - 1 + k) % (VOCAB - 1) + 1
-            if not bool((new == avoid).any()):
-                return new
-        raise AssertionError
-
-    heavier = copy.deepcopy(model)
+def _by_hand(mask: torch.Tensor) -> torch.Tensor:
+    abl = PM.ablation("resample", TASK.corrupted_ids, TASK.attention_mask)
     with torch.no_grad():
-        heavier.transformer.h[0].mlp.c_fc.weight[0, 0] += 0.5  # one weight, same model name and config
-    variants = [
-        (model, dataclasses.replace(task, answers=shifted(task.answers, task.wrong_answers))),
-        (model, dataclasses.replace(task, wrong_answers=shifted(task.wrong_answers, task.answers))),
-        (heavier, task),
+        lg = PM.forward(TASK.clean_ids, abl, mask, attention_mask=TASK.attention_mask, positions=TASK.answer_pos)
+    rows = torch.arange(len(TASK))
+    return (lg[rows, TASK.answers[:, 0]] - lg[rows, TASK.wrong_answers[:, 0]]).double()
+
+
+def test_per_prompt_values_are_the_logit_difference_of_each_prompt_and_the_interval_resamples_them():
+    g = PM.graph
+    circuit = cf.discover(PM, TASK, method="eap", n_edges=40, metric="logit_diff", progress=False)
+    res = faithfulness(PM, circuit, TASK, metric="logit_diff", n_boot=500, seed=3)
+    pp = res["per_prompt"]
+    for key, mask in (("circuit", circuit.mask), ("full", g.full_mask()), ("empty", torch.zeros_like(g.edge_mask))):
+        assert pp[key] == pytest.approx(_by_hand(mask).tolist(), abs=1e-9), key
+    again = faithfulness_interval(pp["circuit"], pp["full"], pp["empty"], n_boot=500, seed=3)
+    assert (res["ci"]["lo"], res["ci"]["hi"]) == pytest.approx((again.lo, again.hi), abs=1e-7)
+    assert (
+        res["ci"]["n_boot"] == 500
+        and res["ci"]["seed"] == 3
+        and res["ci"]["lo"] <= res["faithfulness"] <= res["ci"]["hi"]
+    )
+    f = res["faithfulness"]
+    assert res["deviation"] == pytest.approx(abs(1 - f)) and res["over_recovery"] == (f > 1)
+
+
+def test_excluded_negative_lists_the_most_negative_edges_outside_the_circuit():
+    g = Graph(n_layers=1, n_heads=1)
+    s = torch.zeros(g.n_senders, g.n_receivers)
+    values = {"input->logits": -3.0, "a0.h0->logits": -1.0, "input->m0": -5.0, "m0->logits": 2.0}
+    for name, v in values.items():
+        s[g.edge_index(name)] = v
+    circuit = cf.Circuit(g, g.mask_of(["input->m0", "m0->logits"]), s)  # the -5 edge is inside
+    assert excluded_negative(circuit) == [
+        {"edge": "input->logits", "score": -3.0},
+        {"edge": "a0.h0->logits", "score": -1.0},
     ]
-    for i, (m, t) in enumerate(variants, start=1):
-        threshold_sweep(m, t, [0.05], cache_dir=tmp_path, metric="logit_diff")
-        assert runs == [0.05] * i, f"variant {i} was served the stale cached circuit"
-    assert len(list(tmp_path.glob("acdc_*.json"))) == 1 + 3
+    assert excluded_negative(circuit, n=1) == [{"edge": "input->logits", "score": -3.0}]
+
+
+def test_cpr_cmd_have_intervals_around_them():
+    scores = cf.discover(PM, TASK, method="eap", n_edges=5, metric="logit_diff", progress=False).scores
+    res = cpr_cmd_of_scores(PM, scores, TASK, metric="logit_diff", fractions=[0.1, 0.5, 1.0], n_boot=200)
+    for name in ("cpr", "cmd"):
+        assert res[f"{name}_ci"]["lo"] <= res[name] + 1e-12 and res[name] <= res[f"{name}_ci"]["hi"] + 1e-12

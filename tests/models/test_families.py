@@ -216,12 +216,12 @@ def problems():
 @pytest.mark.parametrize("name", GRADIENT_FAMILIES)
 def test_edge_gradients_equal_autograd_through_the_patched_forward(problems, name):
     from circuitfind.engine.gradients import Point, edge_gradients
-    from tests.algorithms.test_attribution import assert_close_rel, mask_grad, uniform
+    from tests.toy_problems import assert_close_rel, mask_grad, uniform
 
     p = problems[name]
     got = edge_gradients(p, [Point(mask_scale=0.7, input_scale=0.6)], chunk_size=2)
     ref = mask_grad(p, uniform(p, 0.7, 0.6))
-    ref[0] *= 0.6  # the input's edges multiply the already scaled input diff (see test_attribution)
+    ref[0] *= 0.6  # the input's edges multiply the already scaled input diff (see tests/engine/test_gradients.py)
     assert_close_rel(got.grad, ref, 1e-6)
 
 
@@ -229,7 +229,7 @@ def test_edge_gradients_equal_autograd_through_the_patched_forward(problems, nam
 @pytest.mark.parametrize("name", [n for n in GRADIENT_FAMILIES if n != "olmoe"])
 def test_eap_equals_finite_differences_of_the_mask(problems, name):
     from circuitfind.algorithms import run_eap
-    from tests.algorithms.test_attribution import central_difference, some_edges
+    from tests.toy_problems import central_difference, some_edges
 
     p = problems[name]
     scores = run_eap(p).scores
@@ -238,35 +238,3 @@ def test_eap_equals_finite_differences_of_the_mask(problems, name):
     fd = torch.tensor([central_difference(p, full, e) for e in edges])
     assert fd.abs().max() > 1e-2
     torch.testing.assert_close(torch.tensor([float(scores[e]) for e in edges]), -fd, rtol=1e-3, atol=1e-6)
-
-
-# --- the spec's quirk helpers, pinned by hand on tiny tensors ---------------------------------------------------
-def test_rotate_every_two_by_hand():
-    from circuitfind.models.spec import rotate_every_two
-
-    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert torch.equal(rotate_every_two(x), torch.tensor([-2.0, 1.0, -4.0, 3.0]))
-
-
-def test_rms_scale_times_the_sum_is_the_norm_by_hand():
-    from circuitfind.models.spec import RMSScale
-
-    s = torch.tensor([3.0, 4.0])  # mean square 12.5
-    scale = RMSScale(torch.tensor([0.5, -1.0]), eps=0.0, offset=1.0)(s)  # Gemma: (1 + w)
-    expected = torch.tensor([1.5, 0.0]) / 12.5**0.5
-    torch.testing.assert_close(scale, expected)
-    head_a, head_b = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 3.0])  # two heads summing to s
-    torch.testing.assert_close(head_a * scale + head_b * scale, s * expected)
-
-
-def test_projection_norm_by_hand():
-    """Two key/value heads of width 1 shared by four query heads: one RMS over both heads' projections."""
-    from circuitfind.models.spec import ProjectionNorm
-
-    W = torch.tensor([[[1.0], [0.0]], [[0.0], [2.0]]])  # (G=2, D=2, E=1): head 0 reads x0, head 1 reads 2*x1
-    norm = ProjectionNorm(torch.tensor([1.0, 10.0]), eps=0.0, W=W, group=2)
-    x = torch.tensor([3.0, 2.0])  # projections (3, 4): RMS = sqrt(12.5)
-    raw = torch.tensor([3.0, 3.0, 4.0, 4.0]).reshape(1, 1, 4, 1, 1)  # (K, B, H, T, E) after repeat_kv
-    out = norm(raw, x.reshape(1, 1, 1, 1, 2), None)
-    expected = torch.tensor([3.0, 3.0, 40.0, 40.0]) / 12.5**0.5
-    torch.testing.assert_close(out.flatten(), expected)

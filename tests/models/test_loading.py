@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from circuitfind.cli.main import main
 from circuitfind.errors import ConfigError, ModelLoadError
 from circuitfind.models import loading
-from circuitfind.models.loading import default_cache_dir, load_model
-from tests.models_tiny import tiny_gpt2, tiny_llama
+from circuitfind.models.loading import DTYPES, default_cache_dir, load_model, parse_dtype
+from tests.models_tiny import FAMILIES, tiny_gpt2, tiny_llama
 
 UNKNOWN = "no-such-org/no-such-model-xyz"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -41,11 +40,15 @@ def _tiny_tokenizer():
 
 
 def test_unknown_name_offline_fails_fast_with_a_clear_message(monkeypatch):
+    """Offline mode: the hub is never probed (no network at all), so the error comes at once."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
+
+    def no_probe(timeout):
+        raise AssertionError("offline mode must not probe the hub")
+
+    monkeypatch.setattr(loading, "_hub_answers", no_probe)
     with pytest.raises(ModelLoadError) as info:
         load_model(UNKNOWN)
-    assert time.perf_counter() - start < 5
     message = str(info.value)
     assert UNKNOWN in message
     assert "local" in message and "cache" in message
@@ -53,15 +56,36 @@ def test_unknown_name_offline_fails_fast_with_a_clear_message(monkeypatch):
 
 
 def test_unknown_name_fails_without_offline_mode(monkeypatch):
-    # No offline switch: a quick probe of the hub decides, so there are no minutes of retries.
+    """No offline switch: one bounded probe of the hub decides (no download attempts, so no minutes of retries)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    start = time.perf_counter()
+    probes: list[float] = []
+    monkeypatch.setattr(loading, "_hub_answers", lambda timeout: probes.append(timeout) or False)
     with pytest.raises(ModelLoadError) as info:
         load_model(UNKNOWN)
-    assert time.perf_counter() - start < 30
+    assert probes == [loading._PROBE_TIMEOUT_S]  # one probe for the model and its tokenizer together
     assert UNKNOWN in str(info.value)
     assert "local" in str(info.value)
+
+
+def test_the_hub_probe_gives_up_when_the_hub_never_answers(monkeypatch):
+    """A hub that never answers (a name lookup that hangs) reads as unreachable: the probe's thread is abandoned
+    after its timeout instead of blocking the load."""
+    import threading
+
+    import huggingface_hub
+
+    release = threading.Event()
+
+    class Hanging:
+        def head(self, *args, **kwargs):
+            release.wait()  # never returns while the probe waits
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Hanging())
+    try:
+        assert loading._hub_answers(0.01) is False
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("path", ["./no-such-dir", "/no/such/dir", "~/no-such-dir-xyz"])
@@ -175,18 +199,17 @@ def test_cache_write_replaces_a_damaged_cache(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_is_cached_and_answers_mary(tmp_path):
-    pytest.importorskip("gguf")
-    start = time.perf_counter()
     model, tok = load_model(cache_dir=tmp_path, progress=False)
-    first = time.perf_counter() - start
     (cached,) = tmp_path.iterdir()
     assert cached.name.startswith("smollm2-135m-instruct-")
     assert (cached / "model.safetensors").is_file()
 
-    start = time.perf_counter()
-    again, tok_again = load_model("default", cache_dir=tmp_path, progress=False)
-    second = time.perf_counter() - start
-    assert second < first
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the second load must read the cache, not convert the GGUF file again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loading, "_convert_gguf", no_conversion)
+        again, tok_again = load_model("default", cache_dir=tmp_path, progress=False)
 
     assert model.config.num_hidden_layers == 30 and model.config.num_key_value_heads == 3
     assert tok.pad_token is not None
@@ -364,3 +387,50 @@ def test_a_corrupted_default_cache_of_the_same_size_is_rebuilt(monkeypatch, tmp_
         warnings.simplefilter("error")
         loading.load_model(cache_dir=cache, progress=False)  # the rebuilt cache reads without converting
     assert len(conversions) == 3
+
+
+# --- dtype and device (README "Precision and devices") ------------------------------------------------------------
+def test_dtype_names_and_objects():
+    assert parse_dtype("bfloat16") is parse_dtype("bf16") is parse_dtype("torch.bfloat16") is torch.bfloat16
+    assert parse_dtype(" Float16 ") is torch.float16 and parse_dtype("fp32") is torch.float32
+    assert parse_dtype(torch.float64) is torch.float64 and parse_dtype(None) is None
+    assert set(DTYPES.values()) == {torch.float32, torch.bfloat16, torch.float16}
+    model = FAMILIES["llama"]()
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+        loaded = load_model(model, dtype=name)[0]
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+
+
+def test_saved_folder_is_read_in_the_asked_dtype(tmp_path):
+    FAMILIES["gpt2"]().save_pretrained(tmp_path)
+    model, _ = load_model(tmp_path, dtype="bfloat16", progress=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dtype": "float8"}, "unknown dtype 'float8'.*bfloat16"),
+        ({"dtype": torch.int32}, "floating torch.dtype"),
+        ({"device": "tpu:0:1"}, "unknown device"),
+    ],
+)
+def test_impossible_dtype_or_device_is_a_clear_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        load_model(FAMILIES["gpt2"](), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(ConfigError, match="CUDA is not available here.*device='cpu'"):
+        load_model(FAMILIES["gpt2"](), device="cuda", dtype="bfloat16")
+
+
+def test_an_unsupported_dtype_on_the_device_fails_at_load(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", broken)
+    with pytest.raises(ConfigError, match="float16 is not usable on device cpu.*float32"):
+        load_model(FAMILIES["gpt2"](), dtype="float16")

@@ -182,6 +182,11 @@ def test_tokenizer_errors():
         tok.encode(["a"] * 6)
     with pytest.raises(TaskError, match="equal lengths"):
         tok.encode([["a"], ["a", "b"]])
+    # a list where a token belongs used to reach the vocabulary lookup and fail there as "unhashable type: 'list'"
+    with pytest.raises(TaskError, match="mixing tokens and sequences"):
+        tok.encode(["a", ["b"]])
+    with pytest.raises(TaskError, match="mixing tokens and sequences"):
+        tok.encode([["a", ["b"]]])
 
 
 def test_load_errors(tmp_path):

@@ -15,7 +15,7 @@ from circuitfind.errors import ConfigError, ShapeError
 from circuitfind.evaluate.circuits import faithfulness
 from circuitfind.tasks import Task
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2
-from tests.scrub_reference import ReferenceScrub
+from tests.scrubbing.scrub_reference import ReferenceScrub
 
 N, T = 5, 5
 
@@ -246,3 +246,27 @@ def test_scrub_seed_that_is_not_an_integer_is_a_clear_error(pm):
 def test_scrub_contributions_of_the_empty_hypothesis_are_empty(pm):
     r = cf.scrub(pm, cf.Hypothesis(torch.zeros_like(pm.graph.full_mask())), _task(), n_samples=6, contributions=True)
     assert r.contributions == {} and abs(r.metric - r.random) < 1e-5  # nothing kept: the everything-resampled run
+
+
+def test_draws_per_pass_is_the_one_chunk_formula_and_chunked_scrub_equals_one_pass():
+    """The joint pass is sized by the memory estimate's routed pass kind; one draw per pass (a budget of 1 byte)
+    gives the same values as every draw in one pass, in float64."""
+    from circuitfind.engine.memory import PASS_BUDGET_BYTES
+    from circuitfind.scrubbing.forward import draws_per_pass
+
+    model = tiny_gpt2(seed=3, n_layer=2, n_head=2, n_embd=16, init=0.4).double()
+    randomize_biases(model)
+    pm = PatchableModel(model)
+    g, D = pm.graph, pm.spec.d_model
+    row = (2 * (g.n_senders + 3 * (3 * g.n_heads + 1)) + g.n_senders + 2 * g.n_layers + 1) * T * D * 8  # K = 2
+    assert draws_per_pass(pm, 3, 2, T, 6 * row) == 2 and draws_per_pass(pm, 3, 2, T, 6 * row - 1) == 1
+    assert draws_per_pass(pm, 3, 2, T, 1) == 1
+    task = _task(n=6, lengths=[5, 5, 5, 4, 4, 4])
+    hyp = cf.Hypothesis(_random_circuit(pm, p=0.6, seed=4), {"a0.h0": [0, 1, 0, 1, 0, 1], "m0": [0, 0, 0, 1, 1, 1]})
+    kw = dict(n_samples=12, seed=5, n_boot=20, contributions=True)
+    one = cf.scrub(pm, hyp, task, memory_budget=PASS_BUDGET_BYTES, **kw)
+    tight = cf.scrub(pm, hyp, task, memory_budget=1, **kw)
+    torch.testing.assert_close(tight.per_draw["scrubbed"], one.per_draw["scrubbed"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(tight.per_draw["random"], one.per_draw["random"], rtol=0, atol=1e-10)
+    for name, c in one.contributions.items():
+        assert tight.contributions[name]["metric"] == pytest.approx(c["metric"], abs=1e-10)

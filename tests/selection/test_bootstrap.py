@@ -125,4 +125,5 @@ def test_bad_inputs_say_what_was_expected():
         faithfulness_interval([1.0], [1.0], [0.0], level=95)
     with pytest.raises(ConfigError, match="confidence"):
         lower_bound_level(0.3)
-    assert isinstance(faithfulness_interval([1.0], [1.0], [0.0], n_boot=3), Interval)
+    one = faithfulness_interval([0.5], [2.0], [1.0], n_boot=3)  # one prompt: every resample is that prompt
+    assert isinstance(one, Interval) and (one.lo, one.hi) == (-0.5, -0.5)  # (0.5 - 1) / (2 - 1), by hand

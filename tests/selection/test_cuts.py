@@ -416,3 +416,28 @@ def test_node_cuts_rank_untested_nodes_last_by_absolute_score_too():
         True,
         True,
     ]
+
+
+# --- issue 20 item 4: the rankings elsewhere are edge_ranking's (NaN last, ties by position), by hand ------------
+def test_negative_excluded_and_the_two_model_rows_rank_by_hand():
+    from circuitfind.compare.diff import _edge_rows
+    from circuitfind.selection.validated import negative_excluded
+
+    g = Graph(1, 1)  # senders input, a0.h0, m0 x receivers a0.h0.q/k/v, m0, logits
+    assert g.edge_mask.sum() == 8
+    nan = math.nan
+    s = torch.full((g.n_senders, g.n_receivers), 0.5)
+    s[0, 0], s[0, 1], s[0, 4], s[1, 3], s[2, 4] = -2.0, -3.0, -2.0, nan, -1.0  # (0, 4) ties (0, 0)
+    kept = torch.zeros_like(g.edge_mask)
+    kept[2, 4] = True  # -1.0 is inside the circuit: not excluded
+    R = g.n_receivers
+    # most negative first, the tie -2.0 by position (0, 0) before (0, 4); NaN and positive edges skipped
+    assert negative_excluded(g, kept, s).tolist() == [0 * R + 1, 0 * R + 0, 0 * R + 4]
+    assert negative_excluded(g, g.edge_mask, s).tolist() == []  # nothing left out: an empty ranking, no error
+    # the two-model view: the circuit's edges by |score|, ties by position, untested (NaN) last
+    mask = g.edge_mask & (s != 0.5) | (torch.arange(g.n_senders)[:, None] == 1) & g.edge_mask
+    rows = _edge_rows(g, mask, s, -s)
+    expected = [(0, 1), (0, 0), (0, 4), (2, 4)] + [(1, r) for r in range(R) if g.edge_mask[1, r] and r != 3] + [(1, 3)]
+    assert [r["edge"] for r in rows] == [g.edge_name(a, b) for a, b in expected]
+    assert math.isnan(rows[-1]["score"]) and rows[0]["score_other"] == 3.0
+    assert _edge_rows(g, torch.zeros_like(mask), s, s) == []

@@ -11,6 +11,7 @@ import pytest
 from circuitfind.cli.main import main
 from circuitfind.errors import OutputError
 from circuitfind.sweeps import ResultsStore
+from circuitfind.sweeps.store import COLUMNS
 
 
 def _a_store(tmp_path):
@@ -62,7 +63,7 @@ def test_a_store_write_is_one_transaction(tmp_path):
     good = {"cell_id": "a" * 16, "status": "done", "spec": {"model": "m"}, "metrics": {"faithfulness": 0.5}}
     with ResultsStore(path) as store:
         store.put(good)
-        with pytest.raises(Exception, match="CHECK"):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             store.put({**good, "cell_id": "b" * 16, "status": "half-written"})
         with pytest.raises(ValueError, match="unknown store columns"):
             store.put({**good, "cell_id": "c" * 16, "nonsense": 1})
@@ -70,5 +71,22 @@ def test_a_store_write_is_one_transaction(tmp_path):
     assert [r["cell_id"] for r in rows] == ["a" * 16] and rows[0]["metrics"] == {"faithfulness": 0.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.sqlite"]  # one file at rest, no journal left
     (tmp_path / "junk.sqlite").write_text("not a database")
-    with pytest.raises(Exception, match="not a circuitfind results store"):
+    with pytest.raises(OutputError, match="not a circuitfind results store"):
         ResultsStore(tmp_path / "junk.sqlite")
+
+
+def test_the_sweep_store_has_interval_columns_and_adds_them_to_an_older_store(tmp_path):
+    for name in ("faithfulness_lo", "faithfulness_hi", "cpr_lo", "cpr_hi", "cmd_lo", "cmd_hi"):
+        assert COLUMNS[name] == "REAL"
+    path = tmp_path / "old.sqlite"
+    old_cols = {k: v for k, v in COLUMNS.items() if not k.endswith(("_lo", "_hi"))}
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('format_version', '1')")
+    conn.execute(f"CREATE TABLE cells ({', '.join(f'{k} {v}' for k, v in old_cols.items())})")
+    conn.commit()
+    conn.close()
+    with ResultsStore(path) as store:
+        store.put({"cell_id": "a", "status": "done", "spec": "{}", "faithfulness": 0.9, "faithfulness_lo": 0.8})
+        row = store.conn.execute("SELECT faithfulness_lo, faithfulness_hi FROM cells WHERE cell_id = 'a'").fetchone()
+    assert row == (0.8, None)

@@ -1,18 +1,20 @@
-"""Task files (tasks/jsonio.py): token ids outside int64 or the vocabulary, directories and symlink loops, deep
-nesting, text that is not UTF-8, and ``max_prompts`` reading no further than it needs."""
+"""Task files (tasks/jsonio.py): round trips, the string forms, errors that name the place; token ids outside int64
+or the vocabulary, directories and symlink loops, deep nesting, text that is not UTF-8, and ``max_prompts`` reading
+no further than it needs."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
 from circuitfind.errors import TaskError
-from circuitfind.tasks import from_json
+from circuitfind.tasks import BUILTIN, Task, from_json, get_task, to_json
 from tests.cli_runs import discover_cli
 from tests.models_tiny import VOCAB
-from tests.toy_tasks import ITEMS, CharTokenizer, CountingTokenizer, string_item
+from tests.toy_tasks import ITEMS, CharTokenizer, CountingTokenizer, same_task, string_item, two_prompt_task
 
 
 # --- token ids outside int64 or the vocabulary (issue 19, item 11) ---------------------------------------------
@@ -104,3 +106,97 @@ def test_a_utf8_task_file_with_a_byte_order_mark_reads(tmp_path):
     path = tmp_path / "bom.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ITEMS, ensure_ascii=False).encode())
     assert len(from_json(path, CharTokenizer())) == 1
+
+
+# --- round trips, the string forms, errors that name the place ---------------------------------------------
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_json_round_trip(tok, tmp_path, name):
+    task = get_task(name, tok, n=10, seed=4, n_train=7)
+    to_json(task, tmp_path / "task.json")
+    back = from_json(tmp_path / "task.json", None)
+    assert same_task(task, back)
+    assert (back.name, back.metric, back.seed, back.n_train) == (
+        task.name,
+        task.metric,
+        task.seed,
+        task.n_train,
+    )
+    assert back.corrupted_prompts == task.corrupted_prompts
+
+
+ITEM = {
+    "clean": "When Mary and John went to the store, John gave a drink to",
+    "corrupted": "When Anna and Paul went to the store, Mike gave a drink to",
+    "answers": " Mary",
+    "wrong_answers": [" John"],
+}
+
+
+def test_json_string_forms(tok, tmp_path):
+    as_list = tmp_path / "t.json"
+    as_list.write_text(json.dumps([ITEM, ITEM]))
+    expected = Task.from_strings(tok, [ITEM["clean"]] * 2, [ITEM["corrupted"]] * 2, [" Mary"] * 2, [" John"] * 2)
+    assert same_task(from_json(as_list, tok), expected)
+    lines = tmp_path / "t.jsonl"
+    lines.write_text(json.dumps(ITEM) + "\n\n" + json.dumps(ITEM) + "\n")
+    assert same_task(from_json(lines, tok), expected)
+    by_content = tmp_path / "t.txt"
+    by_content.write_text(json.dumps(ITEM) + "\n" + json.dumps(ITEM))
+    assert same_task(from_json(by_content, tok), expected)
+    with_options = tmp_path / "opts.json"
+    with_options.write_text(json.dumps({"name": "mine", "metric": "prob_diff", "n_train": 1, "prompts": [ITEM, ITEM]}))
+    task = from_json(with_options, tok)
+    assert (task.name, task.metric, task.n_train) == ("mine", "prob_diff", 1)
+    assert from_json(with_options, tok, n_train=None, name="x").n_train is None
+    assert from_json(as_list, tok).name == "t"
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        (
+            json.dumps([ITEM, ITEM, ITEM, {"clean": "x", "answers": "y"}]),
+            ".json",
+            "item 3: field 'corrupted' is missing",
+        ),
+        (
+            json.dumps(ITEM) + "\n\n" + json.dumps({**ITEM, "answers": 3}),
+            ".jsonl",
+            "line 3: field 'answers' must be",
+        ),
+        (json.dumps([{**ITEM, "anwsers": " Mary"}]), ".json", "item 0: unknown field 'anwsers'"),
+        (json.dumps([{**ITEM, "clean": 7}]), ".json", "item 0: field 'clean' must be a string"),
+        ('[{"clean": "a",]', ".json", "not valid JSON \\(line 1"),
+        (json.dumps(ITEM) + "\n{oops\n", ".jsonl", "line 2: not valid JSON"),
+        (json.dumps({"prompt": [ITEM]}), ".json", "unknown top-level field 'prompt'"),
+        (json.dumps({"name": "x"}), ".json", "top-level field 'prompts' is missing"),
+        (json.dumps([]), ".json", "the file holds no prompt"),
+        (
+            json.dumps([ITEM, {**ITEM, "answers": " Maryland Bartholomew"}]),
+            ".json",
+            "item 1: answer ' Maryland",
+        ),
+        (
+            json.dumps([ITEM, {**ITEM, "corrupted": "When Anna went to the store"}]),
+            ".json",
+            "item 1: clean and",
+        ),
+        ("7", ".json", "expected a list of prompt objects"),
+    ],
+)
+def test_json_errors_name_the_place(tok, tmp_path, content, suffix, message):
+    path = tmp_path / f"tasks{suffix}"
+    path.write_text(content)
+    with pytest.raises(TaskError, match=f"^tasks{re.escape(suffix)}: {message}"):
+        from_json(path, tok)
+
+
+def test_json_needs_a_tokenizer_for_strings_and_a_json_path(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([ITEM]))
+    with pytest.raises(TaskError, match="need a tokenizer"):
+        from_json(path, None)
+    with pytest.raises(TaskError, match="cannot read"):
+        from_json(tmp_path / "missing.json", None)
+    with pytest.raises(TaskError, match=r"\.json path"):
+        to_json(two_prompt_task(), tmp_path / "t.jsonl")

@@ -99,3 +99,31 @@ def test_a_ray_cell_computes_the_same_resample_as_the_local_run(model_dir):
         row = worker.run(cell, stability_cell)
         assert row["status"] == "done", row.get("error")
         assert row["metrics"]["edges"] == local.masks[b].flatten().nonzero().flatten().tolist()
+
+
+def test_the_rediscovery_under_each_ablation_is_cut_like_the_stability_resamples():
+    """With ``stability_cut="size"`` the circuit each other ablation finds is the top-k of that ablation's own
+    scores at the run's k (not a rerun of the target search, which under mean / zero ablation may need the whole
+    graph); with ``"same"`` it is the run's own cut rerun. Checked against independent ``discover`` calls."""
+    import dataclasses
+
+    from circuitfind import discover
+    from circuitfind.engine.patchable import PatchableModel
+    from circuitfind.validation.ablations import jaccard
+    from circuitfind.validation.report import build_report
+    from tests.models_tiny import tiny_gpt2
+    from tests.toy_problems import natural_task
+
+    pm = PatchableModel(tiny_gpt2(init=0.2))
+    task = dataclasses.replace(natural_task(pm), n_train=3)
+    cut = {"target": 0.97, "select": "train", "metric": "logit_diff"}
+    for stability_cut, rerun in (("size", None), ("same", cut)):
+        rep = build_report(pm, task, method="eap", n_boot=2, probes=8, stability_cut=stability_cut, progress=False,
+                           **cut)  # fmt: skip
+        k = int(rep.circuit.stats["k"])
+        for abl in ("mean", "zero"):
+            opts = rerun or {"n_edges": k, "metric": "logit_diff"}
+            want = discover(pm, task, method="eap", ablation=abl, progress=False, **opts)
+            got = rep.data["ablations"][abl]
+            assert got["found_n_edges"] == want.n_edges, (stability_cut, abl)
+            assert got["jaccard"] == pytest.approx(jaccard(rep.circuit.mask, want.mask)), (stability_cut, abl)

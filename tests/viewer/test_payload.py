@@ -73,3 +73,21 @@ def test_the_explorer_of_an_n_edges_cut_opens_on_the_circuit_as_cut(n_edges_circ
         assert c["k"] == circuit.stats["selected_before_pruning"] and (n == "threshold" or c["k"] == n)
         assert circuit.n_edges > 0 and sorted(ranked_names(circuit, c["k"], prune=True)) == sorted(circuit.edge_names)
     assert n_edges_circuits[10].n_edges < 10  # pruning dropped edges: opening on top-n_edges would show fewer
+
+
+def test_the_payload_carries_graph_names_and_places_so_the_explorer_never_spells_them():
+    from circuitfind.graph import Graph
+    from circuitfind.viewer.payload import _graph_section
+
+    section = _graph_section(Graph(1, 2))  # receivers: q, k, v of each head (channel-major), m0, logits
+    assert section["nodes"] == {
+        "name": ["input", "a0.h0", "a0.h1", "m0", "logits"],
+        "kind": ["input", "head", "head", "mlp", "logits"],
+        "layer": [-1, 0, 0, 0, 1],  # the logits sit above the last layer
+        "head": [-1, 0, 1, -1, -1],
+    }
+    assert section["receivers"] == {
+        "node": [1, 2, 1, 2, 1, 2, 3, 4],
+        "channel": ["q", "q", "k", "k", "v", "v", None, None],
+        "name": ["a0.h0<q>", "a0.h1<q>", "a0.h0<k>", "a0.h1<k>", "a0.h0<v>", "a0.h1<v>", "m0", "logits"],
+    }

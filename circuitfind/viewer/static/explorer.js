@@ -5,42 +5,22 @@
   const D = JSON.parse(document.getElementById("circuit-data").textContent);
   const NS = "http://www.w3.org/2000/svg";
   const L = D.graph.n_layers, H = D.graph.n_heads, PARALLEL = D.graph.parallel;
-  const S = 1 + L * (H + 1); // senders; node index S is the logits
-  const RPL = 3 * H + 1; // receivers per layer
+  const NODES = D.graph.nodes, RECV = D.graph.receivers; // names, kinds and places as circuitfind/graph.py makes them
+  const S = NODES.name.length - 1; // senders; node index S is the logits
   const E = D.edges, NE = E.s.length, NR = E.n_ranked;
-  const CHANNELS = ["q", "k", "v"];
   const $ = (id) => document.getElementById(id);
 
-  // --- names and the layout of the graph (the same formulas as circuitfind/graph.py) ---------------------------
-  function senderName(i) {
-    if (i === 0) return "input";
-    if (i === S) return "logits";
-    const layer = Math.floor((i - 1) / (H + 1)), j = (i - 1) % (H + 1);
-    return j < H ? "a" + layer + ".h" + j : "m" + layer;
-  }
-  function receiverInfo(r) {
-    const layer = Math.floor(r / RPL);
-    if (layer >= L) return { node: S, channel: null };
-    const off = r % RPL;
-    if (off < 3 * H) return { node: 1 + layer * (H + 1) + (off % H), channel: CHANNELS[Math.floor(off / H)] };
-    return { node: 1 + layer * (H + 1) + H, channel: null };
-  }
-  function nodeKind(i) {
-    if (i === 0) return "input";
-    if (i === S) return "logits";
-    return (i - 1) % (H + 1) < H ? "head" : "mlp";
-  }
-  const nodeNames = [];
-  for (let i = 0; i <= S; i++) nodeNames.push(senderName(i));
+  // --- names and the layout of the graph: read from the payload, never recomputed here ---------------------------
+  function nodeKind(i) { return NODES.kind[i]; }
+  const nodeNames = NODES.name;
   const nodeIndex = new Map(nodeNames.map((n, i) => [n, i]));
   const recvNode = new Int32Array(NE), recvChan = [];
   const edgeNames = [];
   for (let e = 0; e < NE; e++) {
-    const info = receiverInfo(E.r[e]);
-    recvNode[e] = info.node;
-    recvChan.push(info.channel);
-    edgeNames.push(nodeNames[E.s[e]] + "->" + nodeNames[info.node] + (info.channel ? "<" + info.channel + ">" : "") +
-      (E.at ? "@" + E.at[e] : ""));  // a position-aware circuit: the positions it acts at
+    recvNode[e] = RECV.node[E.r[e]];
+    recvChan.push(RECV.channel[E.r[e]]);
+    // graph.py's edge name (sender->receiver), and its position_edge_name for a position-aware circuit
+    edgeNames.push(nodeNames[E.s[e]] + "->" + RECV.name[E.r[e]] + (E.at ? "@" + E.at[e] : ""));
   }
 
   const W = 1000, ROW = 46, PAD = 40, MLPW = 70;
@@ -54,7 +34,7 @@
     if (kind === "input") pos.push({ x: W / 2, y: rowY(0) });
     else if (kind === "logits") pos.push({ x: W / 2, y: rowY(L + 1) });
     else {
-      const layer = Math.floor((i - 1) / (H + 1)), j = (i - 1) % (H + 1);
+      const layer = NODES.layer[i], j = NODES.head[i];
       if (kind === "head") pos.push({ x: PAD + (j + 0.5) * colW, y: rowY(layer + 1) });
       else pos.push({ x: W - PAD - MLPW / 2, y: rowY(layer + 1) - (PARALLEL ? 0 : ROW * 0.42) });
     }
@@ -378,7 +358,7 @@
     if (keys.length) { p.appendChild(el("h2", {}, "run statistics")); p.appendChild(table(keys.map((k) => [k, st[k]]))); }
   }
 
-  function headIndex(i) { const layer = Math.floor((i - 1) / (H + 1)); return layer * H + ((i - 1) % (H + 1)); }
+  function headIndex(i) { return NODES.layer[i] * H + NODES.head[i]; } // layer-major, as the roles and classes tables
   const patternCache = new Map();
   function patternBytes(p) {
     if (!patternCache.has(p)) {
