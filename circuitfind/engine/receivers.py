@@ -17,6 +17,7 @@ __all__ = ["DiffStore", "RoutedDiffStore", "distinct_columns", "mix_onto", "mix_
 # Gathering sender rows copies them, which on a CPU costs about as much per row as a dense pass over them costs
 # per row *and column*: gather only when at most 1/GATHER_AT_MOST of the rows take part (few columns: 1/12).
 GATHER_AT_MOST, GATHER_AT_MOST_NARROW = 3, 12
+PAD_COLUMNS_TO = 16
 
 
 class DiffStore:
@@ -116,6 +117,7 @@ def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | Non
     When no row takes part the result has one column (every column equals it).
     """
     C = parts[0][1].shape[1] if parts else x0.shape[0]
+    pad = 0 if x0.shape[0] > 1 or C <= PAD_COLUMNS_TO else -C % PAD_COLUMNS_TO
     nonzero = [(w != 0).any(dim=1) for _, w in parts]  # (n_i,) per part
     nonone = [(w != 1).any(dim=1) for _, w in parts]
     n_nonzero, n_nonone = sum(int(a.sum()) for a in nonzero), sum(int(a.sum()) for a in nonone)
@@ -132,11 +134,13 @@ def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | Non
         if n_active * (GATHER_AT_MOST if C >= 8 else GATHER_AT_MOST_NARROW) <= len(flat):
             idx = active.nonzero().squeeze(1)
             flat, weights = flat.index_select(0, idx), weights[idx]
+        if pad:  # GEMM kernels run whole register tiles on a multiple of 16 columns: zero columns, dropped after
+            weights = torch.cat([weights, weights.new_zeros((weights.shape[0], pad))], dim=1)
         if owned:
             acc.addmm_(weights.T, flat)
         else:  # the first product: x0 broadcast over the columns, into a new buffer
             acc, owned = torch.addmm(acc, weights.T, flat), True
-    return acc.reshape(acc.shape[0], *shape)
+    return acc.reshape(acc.shape[0], *shape)[:C]  # (a view: the padded columns come last)
 
 
 def distinct_columns(w: Tensor) -> tuple[Tensor, Tensor] | None:
