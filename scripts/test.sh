@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint, run the fast tests; with --all (or CI=true) also the slow real-model tests.
+# Set up, lint, type-check, run the fast tests; with --all (or CI=true) also the slow real-model tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,10 @@ bash scripts/setup.sh
 
 echo "== ruff"
 .venv/bin/ruff check circuitfind tests benchmarks
+
+echo "== mypy"
+# Configured in pyproject.toml ([tool.mypy]); its cache (.mypy_cache) makes reruns incremental.
+.venv/bin/mypy circuitfind
 
 echo "== pytest (fast)"
 .venv/bin/python -m pytest -m "not slow" -q

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from circuitfind.algorithms.base import MethodOptions, auto_batch_size
+from circuitfind.engine.ablations import AblatedOutputs
 from circuitfind.errors import ConfigError, check_int, check_optional_int
 from circuitfind.graph import Graph
 from circuitfind.metrics import metric_site
@@ -281,6 +282,8 @@ def run_acdc_plain(
     pm, graph = problem.pm, problem.pm.graph
     B = problem.clean_ids.shape[0]
     chunks = problem.prompt_chunks()
+    if state is None:
+        state = _initial_state(graph, 0.0)
 
     def logits_of(mask: Tensor, rows: slice) -> Tensor:  # (b, V') at the answer positions
         logits = pm.forward(
@@ -298,8 +301,6 @@ def run_acdc_plain(
         state.forward_passes += 1
         return float(problem.loss(logits.unsqueeze(0))[0])
 
-    if state is None:
-        state = _initial_state(graph, 0.0)
     with metric_site(_FULL):  # a resumed subgraph too: its loss recomputed, not the value a checkpoint claims
         state.current = loss(state.mask)
 
@@ -350,13 +351,18 @@ class FastEvaluator:
         self.layer: int | None = None
         self.caches: list = [None] * len(self.chunks)
 
-    def _inputs(self, rows: slice) -> tuple[Tensor, object]:
+    def _inputs(self, rows: slice) -> tuple[Tensor, AblatedOutputs]:
         B = self.p.clean_ids.shape[0]
         return self.p.clean_ids[rows], self.p.ablated.select(rows, B)
 
     def _kw(self, rows: slice) -> dict:
         p = self.p
         return {"attention_mask": p.attention_mask[rows], "positions": p.positions[rows], "vocab": p.vocab}
+
+    @property
+    def start(self) -> int:
+        """The block candidates restart at: the visited layer, or 0 (a full forward) before :meth:`start_layer`."""
+        return 0 if self.layer is None else self.layer
 
     def start_layer(self, layer: int, mask: Tensor) -> None:
         """Build the prefix cache for visiting ``layer``'s receivers under the current subgraph."""
@@ -386,7 +392,7 @@ class FastEvaluator:
         with torch.no_grad():
             return [
                 self.p.pm.forward(
-                    *self._inputs(rows), masks, start_layer=self.layer, cache=self.caches[i], **self._kw(rows)
+                    *self._inputs(rows), masks, start_layer=self.start, cache=self.caches[i], **self._kw(rows)
                 )  # (K, b, V')
                 for i, rows in enumerate(self.chunks)
             ]

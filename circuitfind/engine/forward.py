@@ -23,6 +23,9 @@ from circuitfind.engine.receivers import DiffStore, distinct_columns, mix_onto, 
 
 __all__ = ["MaskedForward", "PassInputs"]
 
+# Bytes of receiver inputs the chunked q/k/v path mixes, norms and projects at once (a few MB: the CPU's cache)
+QKV_CHUNK_BYTES = 4 << 20
+
 
 @dataclass(frozen=True)
 class PassInputs:
@@ -148,37 +151,38 @@ class MaskedForward:
             x = x + mix_rows(self.post.first(n), self.M[:, self.s_pre : n_up, cols], total, self.grad)
         return x.expand(self.K, *x.shape[1:])  # inputs shared by all K candidates stay views
 
-    def _one_mask_inputs(self, cols: slice | Tensor, layer: int) -> Tensor:
-        """:meth:`receiver_inputs` for one ``(S, R)`` mask without autograd: ``(C|1, B, T, D)`` in one buffer,
-        each product from the cheaper of the kept and the removed senders (:func:`mix_onto`)."""
+    def _one_mask_inputs(self, cols: slice | Tensor, layer: int, rows: slice | None = None) -> Tensor:
+        """:meth:`receiver_inputs` for one ``(S, R)`` mask without autograd: ``(C|1, b, T, D)`` in one buffer,
+        each product from the cheaper of the kept and the removed senders (:func:`mix_onto`); only the prompts
+        ``rows`` (None: all)."""
         g = self.g
         first = cols.start if isinstance(cols, slice) else int(cols[0])
         n_up, s_pre = int(g.n_upstream[first]), self.s_pre
         w = self.M[0, :n_up, cols]  # (n_up, C)
         n_post = max(0, n_up - s_pre)
-        parts = [(self.post.first(n_post)[0], w[s_pre:])] if n_post else []
-        post_total = self.post.total(n_post)[0] if n_post else None  # (B, T, D)
+        parts = [(_prompts(self.post.first(n_post)[0], rows), w[s_pre:])] if n_post else []
+        post_total = _prompts(self.post.total(n_post), rows) if n_post else None  # (1, b, T, D)
+        total: Tensor | None = post_total
         if self.partial is not None and layer > self.start_layer:
-            x0 = self.partial[_shift(cols, g.receivers_from(self.start_layer + 1))]  # (C, B, T, D)
-            total = None if post_total is None else post_total.unsqueeze(0)
+            x0 = _prompts(self.partial[_shift(cols, g.receivers_from(self.start_layer + 1))], rows)  # (C, b, T, D)
         elif self.start_inputs is not None and layer == self.start_layer:
-            x0 = self._start_layer_inputs(cols)[0]
-            total = None if post_total is None else post_total.unsqueeze(0)
+            x0 = self._start_layer_inputs(cols, rows)[0]
         else:
-            x0 = self.sel(self.ablated.bases[int(g.receiver_groups[first])]).unsqueeze(0)  # (1, B'|B, T'|T, D)
-            parts.insert(0, (self.pre, w[: min(n_up, s_pre)]))
+            x0 = _prompts(self.sel(self.ablated.bases[int(g.receiver_groups[first])]).unsqueeze(0), rows)
+            parts.insert(0, (_prompts(self.pre, rows), w[: min(n_up, s_pre)]))
             pre_total = self.pre.sum(0, keepdim=True) if self.pre_total is None else self.pre_total  # (1, B, T, D)
-            total = pre_total if post_total is None else pre_total + post_total
+            total = _prompts(pre_total, rows) if post_total is None else _prompts(pre_total, rows) + post_total
         return mix_onto(x0, parts, total)
 
-    def _start_layer_inputs(self, cols: slice | Tensor) -> Tensor:
+    def _start_layer_inputs(self, cols: slice | Tensor, rows: slice | None = None) -> Tensor:
         """The cached inputs of the start layer's receivers, corrected where this mask differs from the cache's."""
         rel = _shift(cols, self.g.receivers_from(self.start_layer))
-        x = self.start_inputs[rel].unsqueeze(0)
+        assert self.start_inputs is not None  # callers check it: a pass restarted from a cache
+        x = _prompts(self.start_inputs[rel], rows).unsqueeze(0)
         delta = self.M[:, : self.s_pre, cols] - self.cache.start_mask[:, rel]  # (K, S_pre, C)
         changed = (delta != 0).any(dim=2).any(dim=0).nonzero().squeeze(1)
         if len(changed):
-            x = x + einsum(self.pre[changed], delta[:, changed], "s b t d, k s c -> k c b t d")
+            x = x + einsum(_prompts(self.pre[changed], rows), delta[:, changed], "s b t d, k s c -> k c b t d")
         return x
 
     # --- blocks ------------------------------------------------------------------------------------
@@ -207,15 +211,34 @@ class MaskedForward:
         one norm and one projection per head group; the rest get their own.
         """
         lay = self.spec.layers[layer]
-        shared = None
+        which = None
         if not self.grad:
             idx = torch.arange(cols.start, cols.stop, device=self.M.device) if isinstance(cols, slice) else cols
             shared = distinct_columns(self.M[:, : int(self.g.n_upstream[int(idx[0])]), idx])
-            cols = cols if shared is None else idx[shared[0]]
-        x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|U|1, B, T, D)
-        q, k, v = project_qkv(lay, x, heads, None if shared is None or x.shape[1] == 1 else shared[1])
+            cols, which = (cols, None) if shared is None else (idx[shared[0]], shared[1])
+        q, k, v = self._qkv(layer, cols, heads, which)
         z = attend(self.pm.spec, lay, q, k, v, self.rot, self.attn_bias[lay.sliding_window])  # (K, B, h, T, E)
         return head_outputs(lay, z, heads)
+
+    def _qkv(self, layer: int, cols: slice | Tensor, heads: Tensor | None, which: Tensor | None) -> tuple:
+        """q, k, v ``(K, B, h, T, E)`` from the receivers ``cols`` (``which``: as for :func:`project_qkv`).
+
+        With one mask and no autograd the inputs, their norm and the projections run a few prompts at a time:
+        every step is per position, and a chunk's inputs stay in the CPU's cache between the mixing that writes
+        them and the norm and projection that read them (the unchunked inputs are tens of MB per layer).
+        """
+        lay = self.spec.layers[layer]
+        n_cols = cols.stop - cols.start if isinstance(cols, slice) else len(cols)
+        per_prompt = n_cols * self.pre.shape[-2] * self.spec.d_model * self.pre.element_size()
+        step = max(1, QKV_CHUNK_BYTES // per_prompt)
+        if self.K > 1 or self.grad or self.M.dim() == 4 or step >= self.B:
+            x = lay.attn_norm(self.receiver_inputs(cols, layer))  # (K, 3h|U|1, B, T, D)
+            return project_qkv(lay, x, heads, None if x.shape[1] == 1 else which)
+        pieces = []
+        for b in range(0, self.B, step):
+            x = lay.attn_norm(self._one_mask_inputs(cols, layer, slice(b, b + step)).unsqueeze(0))  # (1, C|1, b, T, D)
+            pieces.append(project_qkv(lay, x, heads, None if x.shape[1] == 1 else which))
+        return tuple(torch.cat([p[j] for p in pieces], dim=1) for j in range(3))
 
     def mlp_layer(self, layer: int) -> None:
         """The MLP of ``layer`` when it has a kept outgoing edge (or under autograd); otherwise diff 0."""
@@ -237,6 +260,11 @@ class MaskedForward:
         elif self.inputs.positions is not None:
             final = final[:, self.rows, self.inputs.positions]  # (K, B, D)
         return self.spec.logits(self.spec.final_norm(final), vocab)
+
+
+def _prompts(x: Tensor, rows: slice | None) -> Tensor:
+    """``x (n, B|1, ...)`` restricted to the prompts ``rows`` (a broadcast prompt axis stays as it is)."""
+    return x if rows is None or x.shape[1] == 1 else x[:, rows]
 
 
 def _shift(cols: slice | Tensor, offset: int) -> slice | Tensor:

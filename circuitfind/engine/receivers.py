@@ -17,6 +17,7 @@ __all__ = ["DiffStore", "RoutedDiffStore", "distinct_columns", "mix_onto", "mix_
 # Gathering sender rows copies them, which on a CPU costs about as much per row as a dense pass over them costs
 # per row *and column*: gather only when at most 1/GATHER_AT_MOST of the rows take part (few columns: 1/12).
 GATHER_AT_MOST, GATHER_AT_MOST_NARROW = 3, 12
+PAD_COLUMNS_TO = 16
 
 
 class DiffStore:
@@ -44,17 +45,21 @@ class DiffStore:
             self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + chunk.sum(1)}
         self.n += c
 
-    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
-        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``); the rest 0."""
+    def append_some(self, c: int, idx: Tensor, values: Tensor | None) -> None:
+        """Append ``c`` diffs of which only ``idx`` are given (``values (K, len(idx), B, T, D)``, None when ``idx``
+        is empty); the rest 0. Only without autograd (into the buffer)."""
+        assert self.buf is not None, "append_some writes into the buffer of a pass without autograd"
         block = self.buf[:, self.n : self.n + c]
         block.zero_()
-        if len(idx):
+        if values is not None:
             block[:, idx] = values
         self._sums = {self.n: self._sums[self.n], self.n + c: self._sums[self.n] + block.sum(1)}
         self.n += c
 
     def select_positions(self, pick: Callable[[Tensor], Tensor]) -> None:
-        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``."""
+        """Keep only the answer positions of everything stored: ``(..., B, T, D) -> (..., B, 1, D)``. Only without
+        autograd (the forward selects positions only then)."""
+        assert self.buf is not None, "positions are selected only in a pass without autograd"
         kept = pick(self.buf[:, : self.n])
         self.buf = kept.new_empty((self.buf.shape[0], self.buf.shape[1], *kept.shape[2:]))
         self.buf[:, : self.n] = kept
@@ -112,6 +117,7 @@ def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | Non
     When no row takes part the result has one column (every column equals it).
     """
     C = parts[0][1].shape[1] if parts else x0.shape[0]
+    pad = 0 if x0.shape[0] > 1 or C <= PAD_COLUMNS_TO else -C % PAD_COLUMNS_TO
     nonzero = [(w != 0).any(dim=1) for _, w in parts]  # (n_i,) per part
     nonone = [(w != 1).any(dim=1) for _, w in parts]
     n_nonzero, n_nonone = sum(int(a.sum()) for a in nonzero), sum(int(a.sum()) for a in nonone)
@@ -128,11 +134,13 @@ def mix_onto(x0: Tensor, parts: list[tuple[Tensor, Tensor]], total: Tensor | Non
         if n_active * (GATHER_AT_MOST if C >= 8 else GATHER_AT_MOST_NARROW) <= len(flat):
             idx = active.nonzero().squeeze(1)
             flat, weights = flat.index_select(0, idx), weights[idx]
+        if pad:  # GEMM kernels run whole register tiles on a multiple of 16 columns: zero columns, dropped after
+            weights = torch.cat([weights, weights.new_zeros((weights.shape[0], pad))], dim=1)
         if owned:
             acc.addmm_(weights.T, flat)
         else:  # the first product: x0 broadcast over the columns, into a new buffer
             acc, owned = torch.addmm(acc, weights.T, flat), True
-    return acc.reshape(acc.shape[0], *shape)
+    return acc.reshape(acc.shape[0], *shape)[:C]  # (a view: the padded columns come last)
 
 
 def distinct_columns(w: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -191,7 +199,7 @@ class RoutedDiffStore(DiffStore):
         first = self.offset + self.n
         super().append(self._route(chunk, list(range(first, first + chunk.shape[1]))))
 
-    def append_some(self, c: int, idx: Tensor, values: Tensor) -> None:
-        if len(idx):
+    def append_some(self, c: int, idx: Tensor, values: Tensor | None) -> None:
+        if values is not None:
             values = self._route(values, [self.offset + self.n + int(i) for i in idx])
         super().append_some(c, idx, values)

@@ -9,7 +9,7 @@ import torch
 
 import circuitfind as cf
 from circuitfind.algorithms import AcdcOptions, SenderOrder, run_acdc_fast, run_acdc_plain
-from circuitfind.algorithms.acdc import receiver_order, sender_order
+from circuitfind.algorithms.acdc import FastEvaluator, receiver_order, sender_order
 from circuitfind.engine.patchable import PatchableModel
 from circuitfind.errors import ConfigError, TaskError
 from circuitfind.evaluate.scores import auc, roc_from_circuits
@@ -19,6 +19,7 @@ from circuitfind.tasks import Task
 from circuitfind.tasks.ground_truth import tracr_ground_truth
 from circuitfind.tasks.tracr import tracr_setup
 from tests.models_tiny import VOCAB, randomize_biases, tiny_gpt2, tiny_llama, tiny_neox
+from tests.toy_problems import loss_at
 from tests.toy_tasks import random_task
 
 N, T = 5, 8
@@ -79,6 +80,19 @@ def test_fast_equals_plain(name, metric, tau, absolute, order):
     fast = run_acdc_fast(problem, opts)
     _assert_same(plain, fast)
     assert fast.forward_passes < plain.forward_passes
+
+def test_fast_evaluator_losses_before_start_layer_are_full_forwards():
+    # before start_layer() the evaluator has no visited layer: candidates run from the embedding (this passed
+    # start_layer=None to the forward, which cannot restart at None)
+    p = _problem("gpt2")
+    g = p.pm.graph
+    masks = torch.stack([g.full_mask(), g.mask_of(g.edge_names[: g.n_edges // 2])])  # (2, S, R)
+    with torch.no_grad():
+        want = torch.stack([loss_at(p, m) for m in masks]).double()
+    got = FastEvaluator(p, masks=2).losses(masks).double()
+    assert float((want[0] - want[1]).abs()) > 1e-3  # the two masks differ in loss
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])

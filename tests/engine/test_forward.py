@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from circuitfind.engine import forward
 from circuitfind.engine.patchable import PatchableModel
 from tests import families_tiny
 from tests.models_tiny import FAMILIES, VOCAB, in_float64, randomize_biases
@@ -65,8 +66,16 @@ def _masks(pm: PatchableModel) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.fixture(params=["whole batch", "prompt by prompt"])
+def chunking(request, monkeypatch):
+    """The q/k/v inputs mixed, normed and projected for the whole batch at once, or one prompt at a time."""
+    if request.param == "prompt by prompt":
+        monkeypatch.setattr(forward, "QKV_CHUNK_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(PMS))
-def test_sparse_branches_match_the_slow_reference(name):
+def test_sparse_branches_match_the_slow_reference(name, chunking):
     pm = PMS[name]
     clean, corrupt = _ids(0), _ids(1)
     for kind in ("resample", "mean", "zero"):
@@ -76,7 +85,7 @@ def test_sparse_branches_match_the_slow_reference(name):
                 out = pm.forward(clean, abl, mask)
             ref = reference_forward(pm.spec, pm.graph, clean, abl.outputs, mask.double())
             diff = float((out - ref).abs().max().detach())
-            assert diff <= TOL, f"{kind}, {label}: max abs difference {diff:.3g}"
+            assert diff <= TOL, f"{kind}, {label}, {chunking}: max abs difference {diff:.3g}"
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
@@ -109,7 +118,7 @@ def test_position_masks_with_shared_receivers_match_the_reference(name):
 
 
 @pytest.mark.parametrize("start", [1, 2])
-def test_restart_from_the_cache_matches_the_reference(start):
+def test_restart_from_the_cache_matches_the_reference(start, chunking):
     """A one-mask restart at ``start`` (the ACDC test): the start layer's cached inputs corrected where the
     mask differs, the partial inputs above it, both mixed sparsely."""
     pm = PMS["llama"]

@@ -46,7 +46,7 @@ def _weights(n, C, kind, gen):
 KINDS = ["all kept", "mostly kept", "mostly removed", "few kept rows", "few removed rows", "none kept"]
 
 
-@pytest.mark.parametrize("C", [1, 9])
+@pytest.mark.parametrize("C", [1, 9, 27])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("x0_cols", ["one", "per column"])
 def test_mix_onto_is_the_written_out_sum(C, kind, x0_cols):
