@@ -150,6 +150,8 @@ class MethodOptions:
     """
 
     RECORDLESS: ClassVar[frozenset[str]] = frozenset()  # fields the circuit's config does not record
+    # Every subclass is a dataclass: declaring what the decorator adds lets dataclasses.fields / replace take one.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def units(self) -> str:
         """``"edge"``, ``"node"`` or ``"position"``."""
@@ -165,7 +167,7 @@ class MethodOptions:
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name not in self.RECORDLESS and value is not None:
                 out[f.name] = value.value if isinstance(value, enum.Enum) else value

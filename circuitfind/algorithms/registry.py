@@ -54,7 +54,7 @@ class Method:
     @property
     def fields(self) -> frozenset[str]:
         """The option names of its options class."""
-        return frozenset(f.name for f in dataclasses.fields(self.options))  # type: ignore[arg-type]
+        return frozenset(f.name for f in dataclasses.fields(self.options))
 
     def takes(self, name: str) -> bool:
         """Whether ``discover(..., name=...)`` is an option of this method (its own, its cut's or the problem's)."""
@@ -165,7 +165,7 @@ eap-ig-mask, eap-ig-act, edge-pruning, hybrid. Drop it, or pass one of those met
     entry = method_of(method)
     own, cuts, problem = _route(entry, {k: v for k, v in (options or {}).items() if v is not None})
     base = method if isinstance(method, MethodOptions) else None
-    opts = entry.options(**own) if base is None else dataclasses.replace(base, **own)  # type: ignore[type-var]
+    opts = entry.options(**own) if base is None else dataclasses.replace(base, **own)
     given = {} if cut is None else _check_cut_type(cut).given
     for name, value in given.items():
         if name not in entry.cuts:
