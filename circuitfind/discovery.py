@@ -264,7 +264,9 @@ def _fold_problems(pm: PatchableModel, task: Task, metric: Any, kind: Ablation, 
     chunk_size = problem.get("chunk_size")
 
     def make(idx: torch.Tensor) -> tuple[Problem, Metric]:
-        return prepare_problem(pm, task.subset(idx), metric=metric, ablation=kind, reference=ref, chunk_size=chunk_size)
+        fold_metric = metric.subset(idx) if hasattr(metric, "subset") else metric  # bound to per-prompt data
+        subset = task.subset(idx)
+        return prepare_problem(pm, subset, metric=fold_metric, ablation=kind, reference=ref, chunk_size=chunk_size)
 
     return make
 

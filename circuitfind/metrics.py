@@ -27,6 +27,7 @@ __all__ = [
     "metric_site",
     "kl_divergence",
     "logit_diff",
+    "OutputMSE",
     "output_mse",
     "prob_diff",
 ]
@@ -92,7 +93,7 @@ def _prob_diff_rows(logits: Tensor, answers: Tensor, wrong: Tensor) -> Tensor:
     return _gather_sum(probs, answers) - _gather_sum(probs, wrong)
 
 
-def output_mse(reference: Tensor) -> Callable[[Tensor], Tensor]:
+def output_mse(reference: Tensor) -> OutputMSE:
     """The ACDC paper's L2 metric for tracr models: mean squared error of the outputs against ``reference``.
 
     A custom metric (pass it as ``metric=``; it is minimised): tracr's outputs are values rather than logits, so
@@ -102,20 +103,40 @@ def output_mse(reference: Tensor) -> Callable[[Tensor], Tensor]:
         reference: ``(B, V)`` the full model's outputs at the prompts' answer positions.
 
     Returns:
-        a callable on logits ``(B, V)`` returning the mean over prompts and output entries of
-        ``(logits - reference) ** 2`` (a loss to minimise; 0 for the full model).
+        an :class:`OutputMSE`: a callable on logits ``(B, V)`` returning the mean over prompts and output entries
+        of ``(logits - reference) ** 2`` (a loss to minimise; 0 for the full model).
 
     Example:
         >>> mse = output_mse(torch.tensor([[1.0, 0.0]]))
         >>> float(mse(torch.tensor([[0.0, 0.0]])))
         0.5
     """
-    ref = reference.detach().float()  # (B, V)
+    return OutputMSE(reference.detach().float())
 
-    def tracr_mse(logits: Tensor) -> Tensor:  # (B, V) -> ()
-        return ((logits.float() - ref.to(logits.device)) ** 2).mean()
 
-    return tracr_mse
+class OutputMSE:
+    """:func:`output_mse`'s metric: bound to one reference row per prompt, so it knows its rows.
+
+    ``subset(idx)`` is the same metric on prompts ``idx`` only: what a run on part of the prompts (the folds of
+    the validated cut, a bootstrap resample) binds. A custom callable bound to per-prompt data may offer the same
+    ``subset`` method; without it such a callable only works on the prompts it was bound to.
+
+    Example:
+        >>> mse = output_mse(torch.tensor([[1.0], [3.0]]))
+        >>> float(mse.subset(torch.tensor([1]))(torch.tensor([[0.0]])))  # prompt 1's reference only
+        9.0
+    """
+
+    __name__ = "tracr_mse"
+
+    def __init__(self, reference: Tensor) -> None:
+        self.reference = reference  # (B, V)
+
+    def __call__(self, logits: Tensor) -> Tensor:  # (B, V) -> ()
+        return ((logits.float() - self.reference.to(logits.device)) ** 2).mean()
+
+    def subset(self, idx: Tensor) -> OutputMSE:
+        return OutputMSE(self.reference[idx.to(self.reference.device)])
 
 
 @dataclass(frozen=True)

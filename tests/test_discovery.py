@@ -259,3 +259,30 @@ def test_recorded_metric_values_are_the_hf_logits_metrics(metric):
     circuit = cf.discover(pm, task, method="exact", candidates=one_edge, n_edges=1, metric=metric, progress=False)
     assert abs(by_hand[1] - by_hand[0]) > 1e-3  # the corruption really moves the metric
     assert (circuit.metric_full, circuit.metric_empty) == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
+
+
+def test_a_validated_cut_binds_a_per_prompt_metric_to_each_fold():
+    """tracr's L2 metric holds one reference row per prompt: the validated cut's folds (and the hybrid's
+    validation figure) bind it to their own prompts through ``subset`` (it crashed with a shape mismatch before).
+    Each fold gets the reference rows of its own prompts."""
+    from circuitfind.metrics import OutputMSE
+    from circuitfind.tasks.tracr import tracr_setup
+
+    s = tracr_setup("proportion", n_sequences=16, seed=0)
+    assert isinstance(s.metric, OutputMSE)
+    bound: list[int] = []
+    original = OutputMSE.subset
+
+    def spy(self, idx):
+        bound.append(len(idx))
+        out = original(self, idx)
+        assert torch.equal(out.reference, self.reference[idx])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OutputMSE, "subset", spy)
+        for method in ("eap-ig", "hybrid"):
+            bound.clear()
+            c = cf.discover(s.pm, s.task, method=method, metric=s.metric, ablation="zero", target=0.8, progress=False)
+            assert c.stats["validation"]["n_prompts"] == len(s.task.train())
+            assert bound and all(0 < b < len(s.task.train()) for b in bound), (method, bound)
