@@ -19,7 +19,7 @@ from torch import Tensor
 
 from circuitfind.errors import ConfigError
 from circuitfind.graph import Graph
-from circuitfind.selection.cuts import edge_ranking, prune_dangling
+from circuitfind.selection.cuts import edge_ranking, gallop_bisect, prune_dangling
 
 __all__ = ["LEVELS", "UnitCut", "check_level", "check_units", "node_circuit", "node_cut", "position_cut", "smallest_k"]
 
@@ -221,19 +221,9 @@ def smallest_k(
             on_probe(record)
         return f >= target
 
-    failing, k = 0, min(n_units, max(1, first))
-    while not probe(k):
-        failing = k
-        if k == n_units:
-            mask, units, f = seen[k]
-            return UnitCut(mask, units, {"k": k, "probes": probes, "faithfulness": f, "reached": False})
-        k = min(n_units, 2 * k)
-    passing = k
-    while passing - failing > 1:
-        mid = (failing + passing) // 2
-        if probe(mid):
-            passing = mid
-        else:
-            failing = mid
+    passing, reached = gallop_bisect(probe, 1, n_units, first)
+    if not reached:
+        mask, units, f = seen[passing]
+        return UnitCut(mask, units, {"k": passing, "probes": probes, "faithfulness": f, "reached": False})
     mask, units, f = seen[passing]
     return UnitCut(mask, units, {"k": passing, "probes": probes, "faithfulness": f, "reached": True})

@@ -33,6 +33,7 @@ __all__ = [
     "TargetResult",
     "above_threshold",
     "edge_ranking",
+    "gallop_bisect",
     "n_of_fraction",
     "prune_dangling",
     "probes_left",
@@ -350,32 +351,47 @@ def smallest_faithful(
             on_probe(record)
         return f >= target
 
-    # Galloping from small circuits: small ones are cheap to evaluate (most heads are dead and skipped) and the
-    # answer is usually small, so k doubles from ``first`` until the target is reached, then bisection.
-    failing, k = lo - 1, min(hi, max(lo, first))
-    while not probe(k):
-        failing = k
-        if k == hi:
-            mask, f = circuits[hi]
-            message = (
-                f"even the top {hi} edges reach faithfulness {f:.4g} < target {target:g}; "
-                "no circuit of this ranking reaches the target"
-            )
-            return TargetResult(mask, hi, f, False, probes, message)
-        k = min(hi, 2 * k)
-    passing = k  # invariant: passing was probed and passed; failing was probed and failed (or is below lo)
-    while passing - failing > 1:
-        mid = (failing + passing) // 2
-        if probe(mid):
-            passing = mid
-        else:
-            failing = mid
+    passing, reached = gallop_bisect(probe, lo, hi, first)
+    if not reached:
+        mask, f = circuits[hi]
+        message = (
+            f"even the top {hi} edges reach faithfulness {f:.4g} < target {target:g}; "
+            "no circuit of this ranking reaches the target"
+        )
+        return TargetResult(mask, hi, f, False, probes, message)
     mask, f = circuits[passing]
     message = (
         f"the top {passing} of {graph.n_edges} edges ({int(mask.sum())} after pruning) reach faithfulness "
         f"{f:.4g} >= target {target:g} ({len(probes)} probes)"
     )
     return TargetResult(mask, passing, f, True, probes, message)
+
+
+def gallop_bisect(passes: Callable[[int], bool], lo: int, hi: int, first: int) -> tuple[int, bool]:
+    """The search of every target cut: ``k`` doubles from ``first`` (clamped to ``lo..hi``) until ``passes(k)``,
+    then bisection keeps ``(failing, passing]``; returns ``(k, True)`` for the probed passing ``k`` it ends on, or
+    ``(hi, False)`` when even ``hi`` fails. Galloping from small circuits: they are the cheap ones to evaluate (most
+    heads are dead and skipped) and the answer is usually small.
+
+    Example:
+        >>> seen = []
+        >>> gallop_bisect(lambda k: seen.append(k) or k >= 5, 1, 100, 2), seen
+        ((5, True), [2, 4, 8, 6, 5])
+    """
+    failing, k = lo - 1, min(hi, max(lo, first))
+    while not passes(k):
+        failing = k
+        if k == hi:
+            return hi, False
+        k = min(hi, 2 * k)
+    passing = k  # invariant: passing was probed and passed; failing was probed and failed (or is below lo)
+    while passing - failing > 1:
+        mid = (failing + passing) // 2
+        if passes(mid):
+            passing = mid
+        else:
+            failing = mid
+    return passing, True
 
 
 def _check_search(graph: Graph, target: Any, lo: Any, hi: Any) -> int:
